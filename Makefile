@@ -1,0 +1,31 @@
+# yolotune: `make demo` runs the main job on the bundled demo, `make test` runs the tests.
+# Both create .venv when it is missing and install everything into it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tune eval --model yolov8n-coco.pt --data tiny_coco --imgsz 320 --plan yolotune/demo/sample_plan.yaml --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check yolotune tests bench
+	$(BIN)/mypy yolotune
+
+bench: $(STAMP)
+	$(BIN)/python bench/candidate.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,59 @@
+"""Process-wide settings that keep Ultralytics offline, quiet and out of the home directory.
+
+Import this module before ``ultralytics``: Ultralytics reads its environment at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["configure_ultralytics", "workspace_dir"]
+
+_configured = False
+
+
+def workspace_dir() -> Path:
+    """Return yolotune's private scratch directory (``YOLOTUNE_TMP`` or a per-user temp dir)."""
+    root = os.environ.get("YOLOTUNE_TMP")
+    path = Path(root) if root else Path(tempfile.gettempdir()) / f"yolotune-{os.getuid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def configure_ultralytics() -> None:
+    """Set Ultralytics' environment: offline, no auto-install, private config dir, quiet logs.
+
+    Safe to call many times. Must run before ``import ultralytics`` to take full effect.
+    """
+    global _configured
+    if _configured:
+        return
+    config_dir = workspace_dir() / "ultralytics"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "False"
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    # Ultralytics fetches Arial fonts when it checks a dataset; give it a bundled font instead.
+    _install_fallback_fonts(config_dir)
+    _configured = True
+    logging.getLogger("ultralytics").setLevel(logging.WARNING)
+
+
+def _install_fallback_fonts(config_dir: Path) -> None:
+    wanted = [config_dir / "Arial.ttf", config_dir / "Arial.Unicode.ttf"]
+    if all(p.exists() for p in wanted):
+        return
+    try:
+        import matplotlib
+
+        source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except ImportError:  # pragma: no cover - matplotlib is an Ultralytics dependency
+        return
+    for target in wanted:
+        if not target.exists() and source.exists():
+            shutil.copyfile(source, target)

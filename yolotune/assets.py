@@ -1,0 +1,204 @@
+"""Resolve model and dataset arguments, and give Ultralytics a private working copy of a dataset.
+
+Bare names (``yolov8n-coco.pt``, ``tiny_coco``, ``coco8``) resolve through the assets directory:
+``YOLOTUNE_ASSETS``, else ``../shared/assets`` when it exists. Paths are taken as they are.
+Ultralytics writes ``labels/*.cache`` next to a dataset's labels, so every dataset is validated
+through a working copy (links to the images and labels) under yolotune's scratch directory:
+nothing is ever written next to the user's data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yolotune._env import workspace_dir
+from yolotune.errors import YolotuneError
+
+__all__ = ["Dataset", "assets_dir", "prepare_dataset", "resolve_data", "resolve_model"]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+_SPLITS = ("train", "val")
+
+
+def assets_dir() -> Path | None:
+    """Return the assets directory, or None when there is none.
+
+    ``YOLOTUNE_ASSETS`` wins; otherwise ``../shared/assets`` relative to the working directory or
+    to the source checkout, whichever exists.
+    """
+    env = os.environ.get("YOLOTUNE_ASSETS")
+    if env:
+        return Path(env).expanduser()
+    candidates = [
+        Path.cwd().parent / "shared" / "assets",
+        Path(__file__).resolve().parents[2] / "shared" / "assets",
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def _looked(paths: list[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
+
+
+def resolve_model(name: str | os.PathLike[str]) -> Path:
+    """Resolve a model argument (path, or bare name in ``<assets>/weights``) to an existing file.
+
+    Raises:
+        YolotuneError: When no file exists; the message names every place looked at.
+    """
+    path = Path(name).expanduser()
+    tried = [path.resolve()]
+    if path.is_file():
+        return path.resolve()
+    root = assets_dir()
+    if root is not None and len(path.parts) == 1:
+        candidate = root / "weights" / path.name
+        tried.append(candidate)
+        if candidate.is_file():
+            return candidate
+    hint = "" if root is not None else " (no assets directory: set YOLOTUNE_ASSETS)"
+    raise YolotuneError(f"model '{name}' not found; looked at {_looked(tried)}{hint}")
+
+
+def resolve_data(name: str | os.PathLike[str]) -> Path:
+    """Resolve a dataset argument (data yaml, dataset dir, or bare name in ``<assets>/datasets``).
+
+    Raises:
+        YolotuneError: When no data yaml exists; the message names every place looked at.
+    """
+    path = Path(name).expanduser()
+    tried: list[Path] = []
+    candidates = [path, path / "data.yaml"]
+    root = assets_dir()
+    if root is not None and len(path.parts) == 1:
+        stem = path.name.removesuffix(".yaml")
+        candidates += [root / "datasets" / stem / "data.yaml", root / "datasets" / path.name]
+    for candidate in candidates:
+        tried.append(candidate.resolve())
+        if candidate.is_file():
+            return candidate.resolve()
+    hint = "" if root is not None else " (no assets directory: set YOLOTUNE_ASSETS)"
+    raise YolotuneError(f"dataset '{name}' not found; looked at {_looked(tried)}{hint}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dataset:
+    """A dataset ready for Ultralytics: a private data yaml and the image lists of its splits.
+
+    Attributes:
+        source: The user's data yaml.
+        yaml_path: The working copy's data yaml (pass this to Ultralytics).
+        names: Class names by index.
+        train_images: Training images (calibration and fine-tuning use only these).
+        val_images: Validation images (scoring uses only these).
+    """
+
+    source: Path
+    yaml_path: Path
+    names: dict[int, str]
+    train_images: tuple[Path, ...]
+    val_images: tuple[Path, ...]
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise YolotuneError(f"cannot read data yaml {path}: {exc}".splitlines()[0]) from exc
+    if not isinstance(data, dict):
+        raise YolotuneError(f"data yaml {path} is not a mapping with 'train', 'val' and 'names'")
+    return data
+
+
+def _split_dirs(data: dict[str, Any], split: str, root: Path, source: Path) -> list[Path]:
+    value = data.get(split)
+    if not value:
+        raise YolotuneError(
+            f"data yaml {source} has no '{split}' split; add '{split}: images/{split}' "
+            "(a folder of images with labels in the matching labels/ folder)"
+        )
+    entries = value if isinstance(value, list) else [value]
+    dirs = []
+    for entry in entries:
+        d = Path(entry) if Path(entry).is_absolute() else root / entry
+        if not d.is_dir():
+            raise YolotuneError(f"'{split}' folder of {source} not found: {d}")
+        dirs.append(d)
+    return dirs
+
+
+def _images_in(dirs: list[Path]) -> list[Path]:
+    images: list[Path] = []
+    for d in dirs:
+        images += sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return images
+
+
+def _label_for(image: Path) -> Path:
+    parts = list(image.parts)
+    idx = len(parts) - 1 - parts[::-1].index("images")
+    parts[idx] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
+    """Resolve a dataset and build (once) its private working copy for Ultralytics.
+
+    Raises:
+        YolotuneError: Missing yaml, a missing split, no images, or no class names.
+    """
+    source = resolve_data(name)
+    data = _load_yaml(source)
+    root = Path(data["path"]) if data.get("path") else source.parent
+    if not root.is_absolute():
+        root = (source.parent / root).resolve()
+    names = data.get("names")
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise YolotuneError(f"data yaml {source} has no class 'names'")
+    splits = {s: _images_in(_split_dirs(data, s, root, source)) for s in _SPLITS}
+    for split, images in splits.items():
+        if not images:
+            raise YolotuneError(f"'{split}' split of {source} holds no images")
+
+    key = hashlib.sha1(f"{source}:{source.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    copy = workspace_dir() / "datasets" / key
+    if not (copy / "data.yaml").exists():
+        tmp = copy.with_name(f"{key}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for split, images in splits.items():
+            for i, image in enumerate(images):
+                # flat, unique names: <split>/<index>_<name>
+                link_name = f"{i:06d}_{image.name}"
+                img_link = tmp / "images" / split / link_name
+                img_link.parent.mkdir(parents=True, exist_ok=True)
+                img_link.symlink_to(image)
+                label = _label_for(image)
+                if label.exists():
+                    lbl_link = (tmp / "labels" / split / link_name).with_suffix(".txt")
+                    lbl_link.parent.mkdir(parents=True, exist_ok=True)
+                    lbl_link.symlink_to(label)
+        spec = {"path": str(copy), "train": "images/train", "val": "images/val", "names": names}
+        (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        try:
+            tmp.rename(copy)
+        except OSError:  # another process built it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Dataset(
+        source=source,
+        yaml_path=copy / "data.yaml",
+        names={int(k): str(v) for k, v in names.items()},
+        train_images=tuple(splits["train"]),
+        val_images=tuple(splits["val"]),
+    )

@@ -1,0 +1,171 @@
+"""``tune``: a thin command line over yolotune's Python API (typer + rich)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from yolotune.errors import YolotuneError
+
+app = typer.Typer(
+    name="tune",
+    help="Compress YOLO detectors for a target device: prune, quantize, measure.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint path or asset name.")]
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="Data yaml path or asset name.")]
+ImgszOpt = Annotated[int, typer.Option("--imgsz", help="Square input size.")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target that times the model.")]
+
+
+def _one_line_errors(fn: F) -> F:
+    """Report YolotuneError (and anything unexpected) as one line on stderr, exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except YolotuneError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("YOLOTUNE_DEBUG"):
+                raise
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            err_console.print(
+                f"[red]error:[/red] unexpected {type(exc).__name__}: {msg} (set YOLOTUNE_DEBUG=1 for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _run(label: str, **kwargs: Any) -> Any:
+    from yolotune.search import run_candidate
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label)
+        return run_candidate(on_step=lambda step: progress.update(task, description=f"{label}: {step}"), **kwargs)
+
+
+def _settings(imgsz: int, target: str) -> Any:
+    from yolotune.evaluators import get_target
+    from yolotune.search import CandidateSettings
+
+    get_target(target)  # unknown target: fail before any work
+    return CandidateSettings(imgsz=imgsz, target=target)
+
+
+def _table(rows: list[tuple[str, Any]], baseline: Any | None) -> Table:
+    table = Table(show_header=True, header_style="bold")
+    for col in ("model", "mAP50-95", "mAP50", "ΔmAP", "ms", "p90", "cv", "speed", "MB", "smaller"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    for name, r in rows:
+        lat = r.latency
+        if baseline is not None:
+            drop = f"{r.accuracy.map50_95 - baseline.accuracy.map50_95:+.3f}"
+            speed = f"{baseline.latency.median_ms / lat.median_ms:.2f}×"
+            size = f"{baseline.size_bytes / r.size_bytes:.2f}×"
+        else:
+            drop = speed = size = "–"
+        table.add_row(
+            name,
+            f"{r.accuracy.map50_95:.3f}",
+            f"{r.accuracy.map50:.3f}",
+            drop,
+            f"{lat.median_ms:.2f}",
+            f"{lat.p90_ms:.2f}",
+            f"{lat.cv:.0%}",
+            speed,
+            f"{r.size_mb:.2f}",
+            size,
+        )
+    return table
+
+
+@app.command()
+@_one_line_errors
+def baseline(
+    model: ModelOpt = "yolov8n-coco.pt",
+    data: DataOpt = "tiny_coco",
+    imgsz: ImgszOpt = 320,
+    target: TargetOpt = "local-cpu",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/baseline"),
+) -> None:
+    """Measure the uncompressed model's FP32 ONNX: mAP, size, latency."""
+    from yolotune.spaces import CompressionPlan
+
+    result = _run(
+        "baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out, settings=_settings(imgsz, target)
+    )
+    console.print(_table([("baseline", result)], None))
+    console.print(f"artifacts and metrics.json in {out}")
+
+
+@app.command("eval")
+@_one_line_errors
+def eval_(
+    plan: Annotated[Path, typer.Option("--plan", "-p", help="Compression plan (YAML or JSON).")],
+    model: ModelOpt = "yolov8n-coco.pt",
+    data: DataOpt = "tiny_coco",
+    imgsz: ImgszOpt = 320,
+    target: TargetOpt = "local-cpu",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/eval"),
+) -> None:
+    """Build and measure one candidate, side by side with the FP32 baseline."""
+    from yolotune.spaces import CompressionPlan
+
+    the_plan = CompressionPlan.load(plan)
+    settings = _settings(imgsz, target)
+    console.print(f"plan: {the_plan.brief()}")
+    base = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out / "baseline", settings=settings)
+    cand = _run("candidate", model=model, data=data, plan=the_plan, out_dir=out / "candidate", settings=settings)
+    console.print(_table([("baseline", base), ("candidate", cand)], base))
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in cand.step_seconds.items())
+    console.print(f"candidate steps: {steps}")
+    console.print(f"deployable: {cand.deployable}\nmetrics: {out / 'candidate' / 'metrics.json'}")
+
+
+@app.command()
+def targets() -> None:
+    """List the known targets."""
+    from yolotune.evaluators import get_target, target_names
+
+    for name in target_names():
+        t = get_target(name)
+        console.print(f"{name}: precisions {', '.join(t.precisions)}")
+
+
+def main() -> None:
+    """Console-script entry point (``tune`` and ``yolotune``)."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,30 @@
+"""Compression steps: turn a model and a plan into a deployable artifact.
+
+``prune`` (torch-pruning), ``finetune`` (Ultralytics' trainer on the pruned model), ``export``
+(ONNX), ``quantize`` (ONNX Runtime static QDQ). All Ultralytics surgery lives in
+``yolotune.compression.ultralytics_adapter``.
+"""
+
+from __future__ import annotations
+
+from yolotune.compression._prune import PruneReport, count_macs_params, prune
+from yolotune.compression._quantize import (
+    DEFAULT_CALIBRATION_MEMORY_GB,
+    CalibrationEstimate,
+    QuantizeReport,
+    check_calibration_budget,
+    estimate_calibration_memory,
+    quantize,
+)
+
+__all__ = [
+    "DEFAULT_CALIBRATION_MEMORY_GB",
+    "CalibrationEstimate",
+    "PruneReport",
+    "QuantizeReport",
+    "check_calibration_budget",
+    "count_macs_params",
+    "estimate_calibration_memory",
+    "prune",
+    "quantize",
+]

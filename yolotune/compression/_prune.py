@@ -1,0 +1,98 @@
+"""Structured channel pruning with torch-pruning's dependency graph, one ratio per layer group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from yolotune.compression import ultralytics_adapter as adapter
+from yolotune.errors import StepError
+from yolotune.spaces import PruningConfig
+
+__all__ = ["PruneReport", "count_macs_params", "prune"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneReport:
+    """What pruning did: size before and after (torch-pruning's counters, estimates of compute)."""
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    channels: dict[str, tuple[int, int]]  # group -> (output channels before, after), summed
+
+    @property
+    def macs_ratio(self) -> float:
+        """MACs after / before (an estimate: latency is measured, never inferred from it)."""
+        return self.macs_after / max(self.macs_before, 1)
+
+
+def _importance(name: str) -> tp.importance.Importance:
+    if name == "l1":
+        return tp.importance.MagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.MagnitudeImportance(p=2)
+    if name == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    raise StepError("prune", f"unknown importance criterion {name!r}")
+
+
+def count_macs_params(model: nn.Module, imgsz: int) -> tuple[int, int]:
+    """Return (MACs, parameters) of ``model`` for one ``imgsz`` square image (torch-pruning)."""
+    example = torch.zeros(1, 3, imgsz, imgsz)
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return int(macs), int(params)
+
+
+def _out_channels(module: nn.Module) -> int:
+    return sum(m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def prune(model: nn.Module, config: PruningConfig, *, imgsz: int) -> PruneReport:
+    """Prune ``model`` in place: each named group loses its ratio of output channels.
+
+    C2f/C3k2 blocks are first made split-free. Groups the config does not name keep all their
+    output channels (their inputs shrink where a pruned producer feeds them). The Detect
+    output convolutions and DFL are never pruned, so the output shapes stay the same.
+
+    Raises:
+        StepError: torch-pruning failed, or the pruned model no longer runs.
+    """
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    macs0, params0 = count_macs_params(model, imgsz)
+    adapter.make_prunable(model)
+    groups = adapter.group_modules(model)
+    before = {name: _out_channels(m) for name, m in groups.items()}
+    ratios = {groups[name]: config.ratio(name) for name, _ in config.ratios if config.ratio(name) > 0}
+    example = torch.zeros(1, 3, imgsz, imgsz)
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=_importance(config.importance),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=ratios,
+            ignored_layers=adapter.never_pruned(model),
+            round_to=config.round_to if config.round_to > 1 else None,
+            global_pruning=False,
+        )
+        with torch.no_grad():
+            pruner.step()
+            model(example)
+    except Exception as exc:
+        raise StepError("prune", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    macs1, params1 = count_macs_params(model, imgsz)
+    after = {name: _out_channels(m) for name, m in adapter.group_modules(model).items()}
+    return PruneReport(
+        params_before=params0,
+        params_after=params1,
+        macs_before=macs0,
+        macs_after=macs1,
+        channels={name: (before[name], after[name]) for name in before},
+    )

@@ -1,0 +1,514 @@
+"""The one place that knows Ultralytics: loading, model surgery, naming, training, export, validation.
+
+Everything else in yolotune sees plain ``torch.nn.Module`` objects, file paths and numbers.
+
+Surgery: YOLOv8 ``C2f`` and YOLO11 ``C3k2`` split one convolution's output with ``chunk``; that
+breaks torch-pruning's channel index mapping. ``make_prunable`` replaces them by ``C2fSplitFree``,
+which computes the same function with two 1x1 convolutions. The class lives in this importable
+module, so a pruned checkpoint reloads in a fresh process with plain ``YOLO(path)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from yolotune._env import configure_ultralytics, workspace_dir
+from yolotune.errors import StepError, YolotuneError
+
+configure_ultralytics()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+if TYPE_CHECKING:
+    from yolotune.assets import Dataset
+
+#: Ultralytics models and blocks carry dynamic attributes (``model.model``, ``m.f``): typed as Any.
+UltraModule = Any
+
+__all__ = [
+    "C2fSplitFree",
+    "ModelLayout",
+    "calibration_images",
+    "export_onnx",
+    "finetune",
+    "group_modules",
+    "load_model",
+    "make_prunable",
+    "model_layout",
+    "never_pruned",
+    "quiet",
+    "save_checkpoint",
+    "validate_onnx",
+]
+
+_ULTRALYTICS_SET_UP = False
+
+
+def _setup() -> None:
+    """Turn off Ultralytics' integrations and point its folders into yolotune's scratch dir."""
+    global _ULTRALYTICS_SET_UP
+    if _ULTRALYTICS_SET_UP:
+        return
+    from ultralytics.utils import LOGGER, SETTINGS
+
+    scratch = workspace_dir()
+    updates: dict[str, Any] = {
+        key: False for key in ("sync", "clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
+    }
+    updates.update(
+        datasets_dir=str(scratch / "datasets"),
+        weights_dir=str(scratch / "weights"),
+        runs_dir=str(scratch / "runs"),
+        vscode_msg=False,
+        openvino_msg=False,
+    )
+    if any(SETTINGS.get(k) != v for k, v in updates.items()):
+        SETTINGS.update(updates)
+    LOGGER.setLevel(logging.WARNING)
+    _ULTRALYTICS_SET_UP = True
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Ultralytics' console output (logger and stray prints) inside the block."""
+    _setup()
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+# --------------------------------------------------------------------------- loading
+def load_model(path: str | Path) -> UltraModule:
+    """Load a detector from a ``.pt`` checkpoint (pruned ones included) or build one from ``.yaml``.
+
+    Returns:
+        The ``DetectionModel`` in fp32, eval mode, on the CPU, with gradients enabled.
+
+    Raises:
+        YolotuneError: The file is missing, unreadable, or not an Ultralytics detector.
+    """
+    _setup()
+    path = Path(path)
+    if not path.is_file():
+        raise YolotuneError(f"model file not found: {path}")
+    if path.suffix not in {".pt", ".yaml", ".yml"}:
+        raise YolotuneError(f"model must be an Ultralytics .pt checkpoint or .yaml config; got {path}")
+    try:
+        with quiet():
+            if path.suffix == ".pt":
+                from ultralytics.nn.tasks import load_checkpoint
+
+                model, _ = load_checkpoint(str(path), device="cpu")
+            else:
+                from ultralytics.nn.tasks import DetectionModel
+
+                model = DetectionModel(str(path), verbose=False)
+    except Exception as exc:
+        raise YolotuneError(f"cannot load model {path}: {_first_line(exc)}") from exc
+    from ultralytics.nn.tasks import DetectionModel
+
+    if not isinstance(model, DetectionModel) or type(model).__name__ != "DetectionModel":
+        raise YolotuneError(f"{path} is a {type(model).__name__}, not an Ultralytics detection model")
+    model = model.float().eval().cpu()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def save_checkpoint(model: UltraModule, path: str | Path, *, note: str = "") -> Path:
+    """Save ``model`` as an Ultralytics checkpoint that ``YOLO(path)`` and ``load_model`` reload.
+
+    The module objects are pickled whole (pruned widths included); every class they use lives
+    in Ultralytics or in this module, so a fresh process needs nothing but ``import yolotune``.
+    """
+    import copy
+    from datetime import datetime, timezone
+
+    from ultralytics import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "model": copy.deepcopy(model).float().eval(),
+        "train_args": dict(getattr(model, "args", {}) or {}) if isinstance(getattr(model, "args", None), dict) else {},
+        "date": datetime.now(timezone.utc).isoformat(),
+        "version": __version__,
+        "yolotune": note,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------- surgery
+class C2fSplitFree(nn.Module):
+    """``C2f`` / ``C3k2`` without the channel split: the same function, prunable.
+
+    The original's ``cv1`` produces ``2c`` channels and ``chunk`` splits them; here ``cv0`` and
+    ``cv1`` each produce ``c`` channels from the same input. Weights are copied, so outputs equal
+    the original's up to float rounding.
+    """
+
+    def __init__(self, block: UltraModule) -> None:
+        from ultralytics.nn.modules import Conv
+
+        super().__init__()
+        src = block.cv1
+        c_out = src.conv.out_channels // 2
+        halves = []
+        for half in range(2):
+            conv = Conv(src.conv.in_channels, c_out, k=src.conv.kernel_size, s=src.conv.stride)
+            sl = slice(half * c_out, (half + 1) * c_out)
+            conv.conv.weight.data.copy_(src.conv.weight.data[sl])
+            if src.conv.bias is not None:  # pragma: no cover - Ultralytics convs have no bias
+                conv.conv.bias = nn.Parameter(src.conv.bias.data[sl].clone())
+            bn, sbn = conv.bn, src.bn
+            bn.weight.data.copy_(sbn.weight.data[sl])
+            bn.bias.data.copy_(sbn.bias.data[sl])
+            bn.running_mean.data.copy_(sbn.running_mean.data[sl])
+            bn.running_var.data.copy_(sbn.running_var.data[sl])
+            bn.eps, bn.momentum = sbn.eps, sbn.momentum
+            conv.act = src.act
+            halves.append(conv)
+        self.cv0, self.cv1 = halves
+        self.cv2 = block.cv2
+        self.m = block.m
+        for attr in ("f", "i", "type", "np"):  # Ultralytics' graph bookkeeping
+            if hasattr(block, attr):
+                setattr(self, attr, getattr(block, attr))
+        self.train(block.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the block: both halves, the bottleneck chain on the second, then ``cv2``."""
+        y = [self.cv0(x), self.cv1(x)]
+        y.extend(m(y[-1]) for m in self.m)
+        out: torch.Tensor = self.cv2(torch.cat(y, 1))
+        return out
+
+
+def make_prunable(model: UltraModule) -> int:
+    """Replace every ``C2f`` / ``C3k2`` layer of ``model`` by ``C2fSplitFree`` in place.
+
+    Returns:
+        The number of blocks replaced.
+    """
+    from ultralytics.nn.modules.block import C2f
+
+    count = 0
+    layers = model.model
+    for idx, layer in enumerate(layers):
+        if isinstance(layer, C2f):
+            layers[idx] = C2fSplitFree(layer)
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- naming
+@dataclass(frozen=True, kw_only=True)
+class ModelLayout:
+    """Human-readable layer groups of a detector and where its Detect head sits.
+
+    Attributes:
+        groups: Prunable / quantizable group names in model order (``backbone.4``, ``neck.15``,
+            ``head.cv2.0``, ...). ``head.decode`` (DFL, decode, final concat) is quantization-only.
+        detect_index: Index of the Detect layer in ``model.model``.
+        backbone_layers: Number of layers in the backbone section of the model's yaml.
+    """
+
+    groups: tuple[str, ...]
+    detect_index: int
+    backbone_layers: int
+
+    def group_of_layer(self, index: int, sub: str = "") -> str | None:
+        """Return the group of layer ``index`` (``sub``: path inside the Detect layer)."""
+        if index == self.detect_index:
+            match = re.match(r"(cv[23])\.(\d+)", sub)
+            return f"head.{match.group(1)}.{match.group(2)}" if match else "head.decode"
+        section = "backbone" if index < self.backbone_layers else "neck"
+        name = f"{section}.{index}"
+        return name if name in self.groups else None
+
+    def group_of_onnx_node(self, node_name: str) -> str:
+        """Map an exported ONNX node name (``/model.4/cv1/conv/Conv``) to its layer group.
+
+        Nodes outside any layer (input casts, the final output) belong to ``head.decode``.
+        """
+        match = re.match(r"/?model\.(\d+)(?:/(.*))?", node_name)
+        if not match:
+            return "head.decode"
+        group = self.group_of_layer(int(match.group(1)), match.group(2) or "")
+        return group or f"layer.{match.group(1)}"
+
+
+def _detect(model: UltraModule) -> UltraModule:
+    from ultralytics.nn.modules.head import Detect
+
+    head = model.model[-1]
+    if not isinstance(head, Detect):
+        raise YolotuneError(f"model's last layer is {type(head).__name__}, not a Detect head")
+    return head
+
+
+def _has_attention(module: UltraModule) -> bool:
+    from ultralytics.nn.modules.block import Attention
+
+    return any(isinstance(m, Attention) for m in module.modules())
+
+
+def group_modules(model: UltraModule) -> dict[str, nn.Module]:
+    """Return the prunable layer groups of ``model`` by name, in model order.
+
+    Layers without convolutions (Upsample, Concat) and blocks with attention (their head
+    structure is not pruned) are not groups. Each Detect branch ``cv2.k`` / ``cv3.k`` is a
+    group whose last 1x1 output convolution is never pruned.
+    """
+    yaml_cfg = getattr(model, "yaml", None) or {}
+    backbone = len(yaml_cfg.get("backbone", [])) or len(model.model) - 1
+    detect = _detect(model)
+    groups: dict[str, nn.Module] = {}
+    for idx, layer in enumerate(model.model[:-1]):
+        if not any(isinstance(m, nn.Conv2d) for m in layer.modules()) or _has_attention(layer):
+            continue
+        groups[f"{'backbone' if idx < backbone else 'neck'}.{idx}"] = layer
+    for branch in ("cv2", "cv3"):
+        for k, seq in enumerate(getattr(detect, branch)):
+            groups[f"head.{branch}.{k}"] = seq
+    return groups
+
+
+def model_layout(model: UltraModule) -> ModelLayout:
+    """Return the ``ModelLayout`` (group names, Detect position) of ``model``."""
+    yaml_cfg = getattr(model, "yaml", None) or {}
+    backbone = len(yaml_cfg.get("backbone", [])) or len(model.model) - 1
+    return ModelLayout(
+        groups=tuple(group_modules(model)),
+        detect_index=len(model.model) - 1,
+        backbone_layers=backbone,
+    )
+
+
+def never_pruned(model: UltraModule) -> list[nn.Module]:
+    """Modules whose output channels must never be pruned.
+
+    The Detect head's last 1x1 convolutions (box distribution and class outputs), its DFL, any
+    end-to-end one-to-one branches, and blocks with attention.
+    """
+    detect = _detect(model)
+    ignored: list[nn.Module] = [detect.dfl]
+    for branch in ("cv2", "cv3"):
+        for seq in getattr(detect, branch):
+            ignored.append(seq[-1])
+    for branch in ("one2one_cv2", "one2one_cv3"):
+        if getattr(detect, branch, None) is not None:
+            ignored.append(getattr(detect, branch))
+    ignored += [layer for layer in model.model[:-1] if _has_attention(layer)]
+    return ignored
+
+
+# --------------------------------------------------------------------------- fine-tuning
+def _train_yaml(dataset: Dataset) -> Path:
+    """A data yaml whose ``val`` is the training split: training never loads validation images."""
+    import yaml
+
+    spec = yaml.safe_load(dataset.yaml_path.read_text())
+    spec["val"] = spec["train"]
+    path = dataset.yaml_path.with_name("train_only.yaml")
+    if not path.exists():
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def finetune(
+    checkpoint: Path,
+    dataset: Dataset,
+    *,
+    epochs: int,
+    lr: float,
+    imgsz: int,
+    out_dir: Path,
+    batch: int = 16,
+    seed: int = 0,
+) -> UltraModule:
+    """Fine-tune the (pruned) model in ``checkpoint`` itself on the training split.
+
+    Ultralytics' trainer rebuilds a model from its yaml, which would undo pruning; a trainer
+    subclass hands it the checkpoint's own modules instead. Settings suit 1–5 epoch recovery:
+    AdamW at ``lr`` with no warm-up, ``nbs`` equal to the batch (one optimizer step per batch),
+    no mosaic for runs of five epochs or fewer, and no validation (model selection never sees
+    validation images).
+
+    Returns:
+        The fine-tuned model (EMA weights), fp32, eval mode.
+    """
+    _setup()
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class _PrunedTrainer(DetectionTrainer):  # type: ignore[misc]
+        def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> Any:
+            if weights is None:
+                raise StepError("finetune", "the pruned checkpoint did not load")
+            return weights
+
+        def validate(self) -> tuple[dict[str, float], None]:
+            return {}, None
+
+        def final_eval(self) -> None:
+            return None
+
+    batch = max(1, min(batch, len(dataset.train_images)))
+    overrides = {
+        "model": str(checkpoint),
+        "data": str(_train_yaml(dataset)),
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "nbs": batch,
+        "optimizer": "AdamW",
+        "lr0": lr,
+        "lrf": 1.0,
+        "warmup_epochs": 0,
+        "mosaic": 0.0 if epochs <= 5 else 1.0,
+        "close_mosaic": 0,
+        "device": "cpu",
+        "workers": 0,
+        "amp": False,
+        "plots": False,
+        "val": False,
+        "seed": seed,
+        "deterministic": True,
+        "project": str(out_dir),
+        "name": "finetune",
+        "exist_ok": True,
+        "verbose": False,
+        "cache": False,
+    }
+    try:
+        with quiet():
+            trainer = _PrunedTrainer(overrides=overrides)
+            trainer.train()
+    except StepError:
+        raise
+    except Exception as exc:
+        raise StepError("finetune", _first_line(exc)) from exc
+    model = trainer.ema.ema if trainer.ema is not None else trainer.model
+    model = model.float().eval().cpu()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if any(not torch.isfinite(p).all() for p in model.parameters()):
+        raise StepError("finetune", "weights became NaN/inf; lower the learning rate")
+    return model
+
+
+# --------------------------------------------------------------------------- export
+def export_onnx(checkpoint: Path, *, imgsz: int, opset: int = 17) -> Path:
+    """Export a checkpoint to ONNX (static 1x3ximgszximgsz, opset 17, simplified by onnxslim).
+
+    The file lands next to the checkpoint with the ``.onnx`` suffix and carries Ultralytics'
+    metadata (class names, stride, image size), so its validator and predictor read it directly.
+    """
+    _setup()
+    from ultralytics import YOLO
+
+    try:
+        with quiet():
+            out = YOLO(str(checkpoint), task="detect").export(
+                format="onnx",
+                imgsz=imgsz,
+                opset=opset,
+                simplify=True,
+                dynamic=False,
+                half=False,
+                batch=1,
+                device="cpu",
+                nms=False,
+            )
+    except Exception as exc:
+        raise StepError("export", _first_line(exc)) from exc
+    if not out or not Path(out).is_file():
+        raise StepError("export", f"Ultralytics wrote no ONNX file for {checkpoint}")
+    return Path(out)
+
+
+# --------------------------------------------------------------------------- data
+def calibration_images(dataset: Dataset, *, imgsz: int, count: int) -> Iterator[np.ndarray]:
+    """Yield ``count`` training images as 1x3xHxW float32 arrays.
+
+    They are preprocessed exactly as Ultralytics' validator feeds an ONNX model (resize the long
+    side, letterbox to a square with gray 114, BGR→RGB, /255). Uses Ultralytics' own dataset
+    class, on the training split only.
+    """
+    _setup()
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    with quiet():
+        data = check_det_dataset(str(dataset.yaml_path))
+        cfg = get_cfg(overrides={"imgsz": imgsz, "rect": False, "task": "detect", "cache": False})
+        ds = build_yolo_dataset(cfg, data["train"], 1, data, mode="val", rect=False, stride=32)
+    n = min(count, len(ds))
+    for i in range(n):
+        img = ds[i]["img"]  # CHW uint8 RGB tensor, letterboxed
+        yield (img.numpy().astype(np.float32) / 255.0)[None]
+
+
+def validate_onnx(onnx_path: Path, dataset: Dataset, *, imgsz: int) -> tuple[float, float]:
+    """Validate an ONNX file with Ultralytics' validator on the val split (CPU).
+
+    Returns:
+        (mAP50-95, mAP50).
+    """
+    _setup()
+    from ultralytics import YOLO
+
+    try:
+        with quiet():
+            model = YOLO(str(onnx_path), task="detect")
+            metrics = model.val(
+                data=str(dataset.yaml_path),
+                imgsz=imgsz,
+                batch=1,
+                device="cpu",
+                plots=False,
+                workers=0,
+                verbose=False,
+                save_json=False,
+                project=str(workspace_dir() / "runs"),
+                name="val",
+                exist_ok=True,
+            )
+    except Exception as exc:
+        raise StepError("validate", _first_line(exc)) from exc
+    finally:
+        # free the ONNX Runtime session now: idle sessions spin threads and disturb timings
+        model = None  # type: ignore[assignment]
+        import gc
+
+        gc.collect()
+    box = metrics.box
+    m, m50 = float(box.map), float(box.map50)
+    if not (np.isfinite(m) and np.isfinite(m50)):
+        raise StepError("validate", "mAP is not a finite number")
+    return m, m50

@@ -1,0 +1,1 @@
+"""Bundled demo inputs (a sample compression plan)."""

@@ -1,0 +1,120 @@
+"""``local-cpu``: ONNX Runtime on this machine's CPU, one timing at a time per machine."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from filelock import FileLock
+
+from yolotune._env import workspace_dir
+from yolotune.errors import StepError
+from yolotune.evaluators._base import LatencyStats, Provenance
+from yolotune.evaluators._target import Target, register_target
+
+__all__ = ["LocalCPUTarget", "timing_lock"]
+
+
+@contextlib.contextmanager
+def timing_lock(timeout: float = 3600.0) -> Iterator[None]:
+    """Hold this machine's timing lock: one timing at a time across every process.
+
+    Overlapping timings on a 2-core machine are off by 25–40%, so every local timing takes
+    this inter-process lock (a file lock in yolotune's scratch directory).
+    """
+    lock = FileLock(str(workspace_dir() / "timing.lock"), timeout=timeout)
+    with lock:
+        yield
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+class LocalCPUTarget(Target):
+    """Time ONNX models with ONNX Runtime's CPU execution provider on this machine.
+
+    Args:
+        threads: Intra-op threads (default: the machine's CPU count).
+        warmup: Untimed runs before timing.
+        runs: Timed runs (at least 50).
+    """
+
+    name = "local-cpu"
+    precisions = ("int8", "fp32")
+
+    def __init__(self, *, threads: int | None = None, warmup: int = 10, runs: int = 50) -> None:
+        if runs < 50:
+            raise ValueError("local-cpu times at least 50 runs")
+        self.threads = threads or os.cpu_count() or 1
+        self.warmup = warmup
+        self.runs = runs
+
+    def _options(self) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        return opts
+
+    def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
+        """Time ``model_path``: warm-up, then ``runs`` timed runs on a fixed random input.
+
+        Only this session is alive while it times (collected before the lock is released).
+        """
+        x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+        with timing_lock():
+            gc.collect()  # drop idle sessions of this process: their threads spin
+            try:
+                session = ort.InferenceSession(str(model_path), self._options(), providers=["CPUExecutionProvider"])
+                feed = {session.get_inputs()[0].name: x}
+                for _ in range(self.warmup):
+                    session.run(None, feed)
+                samples = []
+                started = time.time()
+                for _ in range(self.runs):
+                    t0 = time.perf_counter()
+                    session.run(None, feed)
+                    samples.append((time.perf_counter() - t0) * 1e3)
+                ended = time.time()
+            except Exception as exc:
+                raise StepError("latency", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+            finally:
+                session = None
+                gc.collect()
+        return LatencyStats.from_samples(samples, warmup=self.warmup, started_at=started, ended_at=ended)
+
+    def provenance(self, *, imgsz: int) -> Provenance:
+        """ONNX Runtime version, CPU model, host, threads."""
+        return Provenance(
+            target=self.name,
+            runtime="onnxruntime",
+            runtime_version=ort.__version__,
+            device=_cpu_name(),
+            host=socket.gethostname(),
+            imgsz=imgsz,
+            settings={
+                "provider": "CPUExecutionProvider",
+                "intra_op_threads": self.threads,
+                "warmup": self.warmup,
+                "runs": self.runs,
+                "batch": 1,
+            },
+        )
+
+
+register_target(LocalCPUTarget.name, LocalCPUTarget)

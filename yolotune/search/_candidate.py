@@ -1,0 +1,268 @@
+"""One candidate, end to end: model + plan → deployable ONNX → mAP, size, latency.
+
+This is the operation the search calls for every trial. Every number it returns is measured on
+the file it leaves in ``out_dir`` (``deployable``): the same file ``tune export`` hands out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from yolotune.assets import Dataset, prepare_dataset, resolve_model
+from yolotune.compression import (
+    DEFAULT_CALIBRATION_MEMORY_GB,
+    PruneReport,
+    QuantizeReport,
+    count_macs_params,
+    prune,
+    quantize,
+)
+from yolotune.compression import ultralytics_adapter as adapter
+from yolotune.errors import PlanError, StepError, YolotuneError
+from yolotune.evaluators import (
+    Accuracy,
+    LatencyStats,
+    Provenance,
+    Target,
+    get_target,
+    measure_map,
+    measure_size,
+)
+from yolotune.spaces import CompressionPlan
+
+__all__ = ["CandidateResult", "CandidateSettings", "run_candidate"]
+
+_PACKAGES = ("yolotune", "ultralytics", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxslim")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateSettings:
+    """How candidates are built and measured (shared by every candidate of a study).
+
+    Attributes:
+        imgsz: Square input size of the exported model, validation and timing.
+        target: Registered target name that times the deployable model.
+        calibration_memory_gb: Memory budget of one INT8 calibration.
+        seed: Seed of fine-tuning.
+    """
+
+    imgsz: int = 320
+    target: str = "local-cpu"
+    calibration_memory_gb: float = DEFAULT_CALIBRATION_MEMORY_GB
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise YolotuneError(f"imgsz must be a multiple of 32 and ≥32; got {self.imgsz}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateResult:
+    """Everything measured about one candidate, and where its artifacts are."""
+
+    plan: CompressionPlan
+    model: str
+    data: str
+    imgsz: int
+    deployable: Path
+    accuracy: Accuracy
+    size_bytes: int
+    latency: LatencyStats
+    provenance: Provenance
+    prune: PruneReport | None
+    quantize: QuantizeReport | None
+    macs: int
+    params: int
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size_mb(self) -> float:
+        """Deployable size in MB (10^6 bytes)."""
+        return self.size_bytes / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable record (what ``metrics.json`` holds)."""
+        return {
+            "plan": self.plan.to_dict(),
+            "model": self.model,
+            "data": self.data,
+            "imgsz": self.imgsz,
+            "deployable": str(self.deployable),
+            "map50_95": self.accuracy.map50_95,
+            "map50": self.accuracy.map50,
+            "size_bytes": self.size_bytes,
+            "latency_ms": self.latency.median_ms,
+            "accuracy": self.accuracy.to_dict(),
+            "latency": self.latency.to_dict(),
+            "provenance": self.provenance.to_dict(),
+            "prune": asdict(self.prune) if self.prune else None,
+            "quantize": asdict(self.quantize) if self.quantize else None,
+            "macs_estimate": self.macs,
+            "params": self.params,
+            "step_seconds": self.step_seconds,
+            "versions": self.versions,
+        }
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+class _Steps:
+    """Times steps, reports them to a callback, and turns library exceptions into StepErrors."""
+
+    def __init__(self, on_step: Callable[[str], None] | None) -> None:
+        self.seconds: dict[str, float] = {}
+        self._on_step = on_step
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self._on_step:
+            self._on_step(name)
+        t0 = time.perf_counter()
+        try:
+            yield
+        except YolotuneError:
+            raise
+        except Exception as exc:
+            raise StepError(
+                name, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            ) from exc
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def check_plan(plan: CompressionPlan, *, groups: tuple[str, ...], dataset: Dataset, target: Target) -> None:
+    """Refuse a plan the model, the data or the target cannot honour (before any work).
+
+    Raises:
+        PlanError: Unknown groups, too many calibration images, or precisions the target lacks.
+    """
+    plan.check(groups=groups, n_train_images=len(dataset.train_images))
+    missing = sorted(p for p in plan.quantization.precisions if p not in target.precisions)
+    if missing:
+        raise PlanError(
+            f"target {target.name} cannot run {', '.join(missing)}; it supports {', '.join(target.precisions)}"
+        )
+
+
+def run_candidate(
+    *,
+    model: str | Path,
+    data: str | Path,
+    plan: CompressionPlan,
+    out_dir: str | Path,
+    settings: CandidateSettings | None = None,
+    target: Target | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> CandidateResult:
+    """Build the deployable model for ``plan`` and measure it.
+
+    Steps: load → (prune) → (fine-tune) → export ONNX → (quantize) → mAP → size → latency.
+    Artifacts land in ``out_dir``: ``plan.yaml``, checkpoints, ``model.onnx`` (FP32),
+    ``model.int8.onnx`` when quantized, and ``metrics.json``.
+
+    Args:
+        model: Checkpoint path or bare asset name.
+        data: Data yaml path or bare asset name.
+        plan: The compression plan.
+        out_dir: Directory for the artifacts.
+        settings: Image size, target, calibration budget, seed.
+        target: A target instance (overrides ``settings.target``; tests pass fakes).
+        on_step: Called with each step's name as it starts (progress display).
+
+    Raises:
+        YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
+    """
+    settings = settings or CandidateSettings()
+    target = target or get_target(settings.target)
+    steps = _Steps(on_step)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    imgsz = settings.imgsz
+
+    with steps("load"):
+        model_path = resolve_model(model)
+        dataset = prepare_dataset(data)
+        net = adapter.load_model(model_path)
+        layout = adapter.model_layout(net)
+        check_plan(plan, groups=layout.groups, dataset=dataset, target=target)
+        plan.save(out / "plan.yaml")
+
+    prune_report = None
+    if plan.pruning.active:
+        with steps("prune"):
+            prune_report = prune(net, plan.pruning, imgsz=imgsz)
+    with steps("save"):
+        checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
+    if plan.recovery.epochs > 0:
+        with steps("finetune"):
+            net = adapter.finetune(
+                checkpoint,
+                dataset,
+                epochs=plan.recovery.epochs,
+                lr=plan.recovery.lr,
+                imgsz=imgsz,
+                out_dir=out,
+                seed=settings.seed,
+            )
+            checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
+    with steps("count"):
+        macs, params = count_macs_params(net, imgsz)
+    del net
+    with steps("export"):
+        fp32 = adapter.export_onnx(checkpoint, imgsz=imgsz)
+    deployable = fp32
+    quant_report = None
+    if plan.quantization.active:
+        with steps("quantize"):
+            deployable = out / "model.int8.onnx"
+            quant_report = quantize(
+                fp32,
+                deployable,
+                plan.quantization,
+                group_of_node=layout.group_of_onnx_node,
+                calibration=lambda: adapter.calibration_images(
+                    dataset, imgsz=imgsz, count=plan.quantization.calibration_images
+                ),
+                budget_gb=settings.calibration_memory_gb,
+            )
+    with steps("validate"):
+        accuracy = measure_map(deployable, dataset, imgsz=imgsz)
+    size = measure_size(deployable)
+    with steps("latency"):
+        latency = target.benchmark(deployable, imgsz=imgsz)
+
+    result = CandidateResult(
+        plan=plan,
+        model=str(model_path),
+        data=str(dataset.source),
+        imgsz=imgsz,
+        deployable=deployable,
+        accuracy=accuracy,
+        size_bytes=size,
+        latency=latency,
+        provenance=target.provenance(imgsz=imgsz),
+        prune=prune_report,
+        quantize=quant_report,
+        macs=macs,
+        params=params,
+        step_seconds=dict(steps.seconds),
+        versions=_versions(),
+    )
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(result.to_dict(), indent=2))
+    tmp.replace(out / "metrics.json")
+    return result

@@ -1,0 +1,31 @@
+"""Search spaces: turn an Optuna trial into a ``CompressionPlan``. Pure: no torch, no I/O."""
+
+from __future__ import annotations
+
+from yolotune.spaces._plan import (
+    ACTIVATION_TYPES,
+    CALIBRATION_METHODS,
+    DECODE_GROUP,
+    IMPORTANCE_CRITERIA,
+    MAX_PRUNING_RATIO,
+    PRECISIONS,
+    ROUND_TO,
+    CompressionPlan,
+    PruningConfig,
+    QuantizationConfig,
+    RecoveryConfig,
+)
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "CALIBRATION_METHODS",
+    "DECODE_GROUP",
+    "IMPORTANCE_CRITERIA",
+    "MAX_PRUNING_RATIO",
+    "PRECISIONS",
+    "ROUND_TO",
+    "CompressionPlan",
+    "PruningConfig",
+    "QuantizationConfig",
+    "RecoveryConfig",
+]

@@ -1,0 +1,321 @@
+"""``CompressionPlan``: the one frozen, validated description of a candidate.
+
+Pure values: no torch, no I/O beyond reading and writing the plan's own JSON/YAML text.
+Steps never change a plan; they refuse it with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yolotune.errors import PlanError
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "CALIBRATION_METHODS",
+    "DECODE_GROUP",
+    "IMPORTANCE_CRITERIA",
+    "MAX_PRUNING_RATIO",
+    "PRECISIONS",
+    "ROUND_TO",
+    "CompressionPlan",
+    "PruningConfig",
+    "QuantizationConfig",
+    "RecoveryConfig",
+]
+
+PRECISIONS = ("int8", "fp16", "fp32")
+IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale")
+ROUND_TO = (1, 8, 16)
+ACTIVATION_TYPES = ("uint8", "int8")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+MAX_PRUNING_RATIO = 0.9
+#: Quantization-only group: the Detect head's DFL, box decode, sigmoid and final concat.
+#: It stays fp32 unless a plan names it explicitly.
+DECODE_GROUP = "head.decode"
+
+
+def _pairs(value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), v) for k, v in items))
+
+
+def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise PlanError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruningConfig:
+    """Structured channel pruning.
+
+    Attributes:
+        ratios: Fraction of output channels removed per named layer group (missing groups: 0).
+        importance: Channel ranking criterion: ``l1``/``l2`` weight magnitude or ``bn_scale``.
+        round_to: Kept channel counts are rounded to a multiple of this (1, 8 or 16).
+    """
+
+    ratios: tuple[tuple[str, float], ...] = ()
+    importance: str = "l2"
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ratios", _pairs(self.ratios))
+        for group, ratio in self.ratios:
+            if isinstance(ratio, bool) or not isinstance(ratio, int | float) or math.isnan(ratio):
+                raise PlanError(f"pruning ratio of '{group}' must be a number; got {ratio!r}")
+            if not 0.0 <= ratio <= MAX_PRUNING_RATIO:
+                raise PlanError(f"pruning ratio of '{group}' is {ratio}; it must lie in [0, {MAX_PRUNING_RATIO}]")
+        if DECODE_GROUP in dict(self.ratios):
+            raise PlanError(f"'{DECODE_GROUP}' (DFL and box decode) cannot be pruned")
+        _choice("pruning importance", self.importance, IMPORTANCE_CRITERIA)
+        _choice("round_to", self.round_to, ROUND_TO)
+
+    def ratio(self, group: str) -> float:
+        """Return the pruning ratio of ``group`` (0 when the plan does not name it)."""
+        return float(dict(self.ratios).get(group, 0.0))
+
+    @property
+    def active(self) -> bool:
+        """True when any group loses channels."""
+        return any(r > 0 for _, r in self.ratios)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizationConfig:
+    """Post-training static quantization (ONNX Runtime QDQ).
+
+    Attributes:
+        default: Precision of every group the plan does not name (``head.decode`` excepted).
+        precision: Precision per named layer group.
+        activation_type: ``uint8`` (fast on x86 CPUs) or ``int8`` activations.
+        calibration_method: ``minmax``, ``entropy`` or ``percentile``.
+        calibration_images: Number of training images used for calibration.
+        per_channel: Per-output-channel weight scales.
+    """
+
+    default: str = "fp32"
+    precision: tuple[tuple[str, str], ...] = ()
+    activation_type: str = "uint8"
+    calibration_method: str = "minmax"
+    calibration_images: int = 32
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", _pairs(self.precision))
+        _choice("default precision", self.default, PRECISIONS)
+        for group, value in self.precision:
+            _choice(f"precision of '{group}'", value, PRECISIONS)
+        _choice("activation_type", self.activation_type, ACTIVATION_TYPES)
+        _choice("calibration_method", self.calibration_method, CALIBRATION_METHODS)
+        n = self.calibration_images
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PlanError(f"calibration_images must be a positive integer; got {n!r}")
+
+    def precision_of(self, group: str) -> str:
+        """Return the precision of ``group``; ``head.decode`` is fp32 unless named."""
+        named = dict(self.precision)
+        if group in named:
+            return str(named[group])
+        return "fp32" if group == DECODE_GROUP else self.default
+
+    @property
+    def active(self) -> bool:
+        """True when any group runs in a precision other than fp32."""
+        return self.default != "fp32" or any(p != "fp32" for _, p in self.precision)
+
+    @property
+    def precisions(self) -> frozenset[str]:
+        """The precisions this plan uses."""
+        return frozenset({self.default, *(p for _, p in self.precision)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryConfig:
+    """Recovery fine-tuning of a pruned model.
+
+    Attributes:
+        epochs: Fine-tune epochs on the training split (0: none).
+        lr: Initial learning rate.
+    """
+
+    epochs: int = 0
+    lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
+            raise PlanError(f"fine-tune epochs must be an integer ≥ 0; got {self.epochs!r}")
+        if not isinstance(self.lr, int | float) or not 0 < self.lr < 1:
+            raise PlanError(f"fine-tune lr must lie in (0, 1); got {self.lr!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressionPlan:
+    """How to compress one candidate: pruning, then recovery, then quantization.
+
+    Build one directly, from a dict (``from_dict``) or from a JSON/YAML file (``load``).
+    Values are checked on construction; ``check`` adds the checks that need the model's group
+    names and the size of the training split.
+    """
+
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+
+    # ----------------------------------------------------------------- validation
+    def check(self, *, groups: Sequence[str], n_train_images: int) -> None:
+        """Check the plan against a model's layer groups and a dataset's training split.
+
+        Args:
+            groups: Valid layer group names of the model (``backbone.4``, ``head.cv2.0``, ...).
+            n_train_images: Number of images in the training split.
+
+        Raises:
+            PlanError: Unknown group names (the message lists the valid ones), or more
+                calibration images than the training split holds.
+        """
+        valid = set(groups)
+        for kind, named in (("pruning", self.pruning.ratios), ("precision", self.quantization.precision)):
+            allowed = valid | ({DECODE_GROUP} if kind == "precision" else set())
+            unknown = sorted(g for g, _ in named if g not in allowed)
+            if unknown:
+                raise PlanError(
+                    f"unknown {kind} group {', '.join(repr(u) for u in unknown)}; valid groups: "
+                    + ", ".join(sorted(allowed, key=_group_sort_key))
+                )
+        n = self.quantization.calibration_images
+        if self.quantization.active and n > n_train_images:
+            raise PlanError(
+                f"calibration_images is {n} but the training split holds {n_train_images} images; "
+                f"use at most {n_train_images}"
+            )
+
+    # -------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (mappings as dicts) that ``from_dict`` rebuilds."""
+        return {
+            "pruning": {
+                "ratios": dict(self.pruning.ratios),
+                "importance": self.pruning.importance,
+                "round_to": self.pruning.round_to,
+            },
+            "quantization": {
+                "default": self.quantization.default,
+                "precision": dict(self.quantization.precision),
+                "activation_type": self.quantization.activation_type,
+                "calibration_method": self.quantization.calibration_method,
+                "calibration_images": self.quantization.calibration_images,
+                "per_channel": self.quantization.per_channel,
+            },
+            "recovery": {"epochs": self.recovery.epochs, "lr": self.recovery.lr},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompressionPlan:
+        """Build a plan from ``to_dict`` output (sections and keys may be omitted).
+
+        Raises:
+            PlanError: Unknown sections or keys, or invalid values.
+        """
+        if not isinstance(data, Mapping):
+            raise PlanError("a plan must be a mapping with 'pruning', 'quantization', 'recovery'")
+        sections: dict[str, Any] = {
+            "pruning": PruningConfig,
+            "quantization": QuantizationConfig,
+            "recovery": RecoveryConfig,
+        }
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise PlanError(f"unknown plan section(s) {sorted(unknown)}; valid: {list(sections)}")
+        kwargs: dict[str, Any] = {}
+        for name, section_cls in sections.items():
+            raw = data.get(name) or {}
+            if not isinstance(raw, Mapping):
+                raise PlanError(f"plan section '{name}' must be a mapping")
+            names = {f.name for f in fields(section_cls)}
+            bad = set(raw) - names
+            if bad:
+                raise PlanError(f"unknown key(s) {sorted(bad)} in '{name}'; valid: {sorted(names)}")
+            values = dict(raw)
+            for key in ("ratios", "precision"):
+                if key in values:
+                    if not isinstance(values[key], Mapping):
+                        raise PlanError(f"'{name}.{key}' must be a mapping of group name to value")
+                    values[key] = _pairs(values[key])
+            kwargs[name] = section_cls(**values)
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        """Return the plan as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CompressionPlan:
+        """Parse a plan from JSON text."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan is not valid JSON: {exc}") from exc
+
+    def to_yaml(self) -> str:
+        """Return the plan as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> CompressionPlan:
+        """Parse a plan from YAML (or JSON, which is YAML) text."""
+        try:
+            return cls.from_dict(yaml.safe_load(text) or {})
+        except yaml.YAMLError as exc:
+            raise PlanError(f"plan is not valid YAML: {str(exc).splitlines()[0]}") from exc
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan to ``path`` (JSON for ``.json``, YAML otherwise)."""
+        path = Path(path)
+        path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompressionPlan:
+        """Read a plan from a JSON or YAML file.
+
+        Raises:
+            PlanError: Missing file or invalid plan.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file not found: {path}")
+        return cls.from_yaml(path.read_text())
+
+    # ---------------------------------------------------------------- summaries
+    def brief(self) -> str:
+        """Return a one-line summary, e.g. ``prune 3 groups ≤30% l2/16 · int8 u8 minmax×32 · ft 2``."""
+        parts = []
+        if self.pruning.active:
+            active = [r for _, r in self.pruning.ratios if r > 0]
+            parts.append(
+                f"prune {len(active)} group(s) ≤{max(active):.0%} {self.pruning.importance}/{self.pruning.round_to}"
+            )
+        if self.quantization.active:
+            q = self.quantization
+            act = "u8" if q.activation_type == "uint8" else "s8"
+            parts.append(f"{'/'.join(sorted(q.precisions))} {act} {q.calibration_method}×{q.calibration_images}")
+        else:
+            parts.append("fp32")
+        if self.recovery.epochs:
+            parts.append(f"ft {self.recovery.epochs}ep")
+        return " · ".join(parts)
+
+
+def _group_sort_key(name: str) -> tuple[int, str, int]:
+    order = {"backbone": 0, "neck": 1, "head": 2}
+    head, _, rest = name.partition(".")
+    digits = "".join(c for c in rest if c.isdigit())
+    return (order.get(head, 3), rest.rstrip("0123456789"), int(digits) if digits else -1)
