@@ -22,8 +22,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+class _Consoles:
+    """Rich consoles created on use, so they see the streams in use (tests swap them)."""
+
+    @property
+    def out(self) -> Console:
+        import sys
+
+        # a pipe or file gets wide lines rather than rich's 80-column default
+        return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
+
+    @property
+    def err(self) -> Console:
+        return Console(stderr=True, soft_wrap=True)
+
+
+_consoles = _Consoles()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,16 +57,16 @@ def _one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except YolotuneError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            _consoles.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted")
+            _consoles.err.print("interrupted")
             raise typer.Exit(130) from None
         except Exception as exc:
             if os.environ.get("YOLOTUNE_DEBUG"):
                 raise
             msg = str(exc).splitlines()[0] if str(exc) else ""
-            err_console.print(
+            _consoles.err.print(
                 f"[red]error:[/red] unexpected {type(exc).__name__}: {msg} (set YOLOTUNE_DEBUG=1 for the traceback)",
                 highlight=False,
                 soft_wrap=True,
@@ -67,7 +83,7 @@ def _run(label: str, **kwargs: Any) -> Any:
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         TimeElapsedColumn(),
-        console=err_console,
+        console=_consoles.err,
         transient=True,
     ) as progress:
         task = progress.add_task(label)
@@ -124,8 +140,8 @@ def baseline(
     result = _run(
         "baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out, settings=_settings(imgsz, target)
     )
-    console.print(_table([("baseline", result)], None))
-    console.print(f"artifacts and metrics.json in {out}")
+    _consoles.out.print(_table([("baseline", result)], None))
+    _consoles.out.print(f"artifacts and metrics.json in {out}")
 
 
 @app.command("eval")
@@ -143,13 +159,13 @@ def eval_(
 
     the_plan = CompressionPlan.load(plan)
     settings = _settings(imgsz, target)
-    console.print(f"plan: {the_plan.brief()}")
+    _consoles.out.print(f"plan: {the_plan.brief()}")
     base = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out / "baseline", settings=settings)
     cand = _run("candidate", model=model, data=data, plan=the_plan, out_dir=out / "candidate", settings=settings)
-    console.print(_table([("baseline", base), ("candidate", cand)], base))
+    _consoles.out.print(_table([("baseline", base), ("candidate", cand)], base))
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in cand.step_seconds.items())
-    console.print(f"candidate steps: {steps}")
-    console.print(f"deployable: {cand.deployable}\nmetrics: {out / 'candidate' / 'metrics.json'}")
+    _consoles.out.print(f"candidate steps: {steps}")
+    _consoles.out.print(f"deployable: {cand.deployable}\nmetrics: {out / 'candidate' / 'metrics.json'}")
 
 
 @app.command()
@@ -159,7 +175,7 @@ def targets() -> None:
 
     for name in target_names():
         t = get_target(name)
-        console.print(f"{name}: precisions {', '.join(t.precisions)}")
+        _consoles.out.print(f"{name}: precisions {', '.join(t.precisions)}")
 
 
 def main() -> None:

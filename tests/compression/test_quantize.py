@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from yolotune import PlanError
+from yolotune.compression import check_calibration_budget, quantize, ultralytics_adapter
+from yolotune.evaluators import measure_map
+from yolotune.spaces import QuantizationConfig
+
+
+def _quantize(fp32: Path, out: Path, config: QuantizationConfig, dataset, model) -> Path:
+    layout = ultralytics_adapter.model_layout(model)
+    quantize(
+        fp32,
+        out,
+        config,
+        group_of_node=layout.group_of_onnx_node,
+        calibration=lambda: ultralytics_adapter.calibration_images(dataset, imgsz=320, count=config.calibration_images),
+    )
+    return out
+
+
+def test_int8_keeps_map_with_float_decode_and_collapses_without(fp32_onnx_320, tiny_coco, _loaded, tmp_path) -> None:
+    fp32 = measure_map(fp32_onnx_320, tiny_coco, imgsz=320).map50_95
+    assert fp32 > 0.3  # the real COCO model on real COCO images
+
+    default = QuantizationConfig(default="int8", calibration_images=16)
+    int8 = _quantize(fp32_onnx_320, tmp_path / "int8.onnx", default, tiny_coco, _loaded)
+    assert abs(measure_map(int8, tiny_coco, imgsz=320).map50_95 - fp32) <= 0.02
+    # the decode nodes really are float, and the rest is quantized
+    nodes = onnx.load(str(int8)).graph.node
+    assert sum(n.op_type == "QuantizeLinear" for n in nodes) > 50
+    assert "/model.22/Concat_3" in {n.name for n in nodes}
+
+    # Why the default exists: one int8 scale for box pixels (0-320) and class scores (0-1) in the
+    # final concat rounds most scores away (measured on yolov8n-coco/tiny_coco: 0.353 -> 0.126)
+    everything = QuantizationConfig(default="int8", precision={"head.decode": "int8"}, calibration_images=16)
+    collapsed = _quantize(fp32_onnx_320, tmp_path / "all.onnx", everything, tiny_coco, _loaded)
+    assert measure_map(collapsed, tiny_coco, imgsz=320).map50_95 < 0.5 * fp32
+
+
+def test_fp32_groups_stay_float(fp32_onnx_320, tiny_coco, _loaded, tmp_path) -> None:
+    config = QuantizationConfig(default="fp32", precision={"backbone.0": "int8"}, calibration_images=2)
+    out = _quantize(fp32_onnx_320, tmp_path / "partial.onnx", config, tiny_coco, _loaded)
+    graph = onnx.load(str(out)).graph
+    dq_consumers = {n.name for n in graph.node if any("model.0" in i for i in n.input) and n.op_type == "Conv"}
+    assert dq_consumers  # backbone.0's conv now reads dequantized tensors
+    assert not any(n.op_type == "QuantizeLinear" and "model.8" in n.name for n in graph.node)
+    meta = {p.key for p in onnx.load(str(out)).metadata_props}
+    assert {"names", "stride", "imgsz"} <= meta  # Ultralytics' metadata survives
+
+
+def test_calibration_memory_budget_refuses_with_a_message(fp32_onnx_320) -> None:
+    big = QuantizationConfig(default="int8", calibration_method="entropy", calibration_images=200)
+    with pytest.raises(PlanError) as info:
+        check_calibration_budget(fp32_onnx_320, big, budget_gb=4.0)
+    msg = str(info.value)
+    assert "entropy calibration on 200 images needs" in msg and "over the 4 GB budget" in msg
+    fits = int(msg.split("use ≤")[1].split()[0])
+    assert 0 < fits < 200
+    ok = QuantizationConfig(default="int8", calibration_method="entropy", calibration_images=fits)
+    assert check_calibration_budget(fp32_onnx_320, ok, budget_gb=4.0).peak_gb <= 4.0
+    # MinMax keeps only ranges: its estimate does not grow with the image count
+    mm = QuantizationConfig(default="int8", calibration_method="minmax", calibration_images=200)
+    assert check_calibration_budget(fp32_onnx_320, mm, budget_gb=4.0).peak_gb < 2.0

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from yolotune import YolotuneError
+from yolotune.compression import prune, ultralytics_adapter
+from yolotune.spaces import PruningConfig
+
+
+def test_split_free_c2f_equals_original_on_the_real_model(yolov8n) -> None:
+    x = torch.rand(2, 3, 320, 320, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = yolov8n(x)[0]
+    assert ultralytics_adapter.make_prunable(yolov8n) == 8  # yolov8n has eight C2f blocks
+    assert not any(type(m).__name__ == "C2f" for m in yolov8n.modules())
+    with torch.no_grad():
+        after = yolov8n(x)[0]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)
+
+
+def test_split_free_c3k2_equals_original_on_yolo11() -> None:
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", verbose=False).eval()
+    # give BatchNorm non-trivial statistics so a wrong copy would show
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        before = model(x)[0]
+    n = ultralytics_adapter.make_prunable(model)
+    assert n == 8  # yolo11n: eight C3k2 blocks
+    with torch.no_grad():
+        after = model(x)[0]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)
+
+
+def test_group_names_are_stable_and_readable(yolov8n) -> None:
+    layout = ultralytics_adapter.model_layout(yolov8n)
+    assert layout.groups[:3] == ("backbone.0", "backbone.1", "backbone.2")
+    assert "neck.15" in layout.groups and "neck.11" not in layout.groups  # Upsample has no convs
+    assert layout.groups[-6:] == tuple(f"head.{b}.{k}" for b in ("cv2", "cv3") for k in range(3))
+    ultralytics_adapter.make_prunable(yolov8n)
+    assert ultralytics_adapter.model_layout(yolov8n) == layout  # surgery keeps the names
+    assert layout.group_of_onnx_node("/model.4/m.0/cv1/conv/Conv") == "backbone.4"
+    assert layout.group_of_onnx_node("/model.22/cv3.1/cv3.1.2/Conv") == "head.cv3.1"
+    assert layout.group_of_onnx_node("/model.22/dfl/conv/Conv") == "head.decode"
+    assert layout.group_of_onnx_node("/model.22/Concat_3") == "head.decode"
+
+
+def test_detect_outputs_and_dfl_are_never_pruned(yolov8n) -> None:
+    detect = yolov8n.model[-1]
+    ignored = ultralytics_adapter.never_pruned(yolov8n)
+    assert detect.dfl in ignored
+    for seq in [*detect.cv2, *detect.cv3]:
+        assert seq[-1] in ignored
+
+
+def test_pruned_checkpoint_reloads_in_a_fresh_process(yolov8n, tmp_path: Path) -> None:
+    prune(yolov8n, PruningConfig(ratios={"backbone.4": 0.5, "neck.18": 0.25}, round_to=8), imgsz=160)
+    ckpt = ultralytics_adapter.save_checkpoint(yolov8n, tmp_path / "pruned.pt")
+    widths = [m.out_channels for m in yolov8n.modules() if isinstance(m, torch.nn.Conv2d)]
+    code = (
+        "import sys, torch\n"
+        "from ultralytics import YOLO\n"
+        "m = YOLO(sys.argv[1]).model\n"
+        "print([c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)])\n"
+        "print(tuple(m.float().eval()(torch.zeros(1, 3, 160, 160))[0].shape))\n"
+    )
+    env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "PATH": "/usr/bin:/bin"}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path / "cfg")
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", "import yolotune\n" + code, str(ckpt)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
+    assert out[-2] == str(widths)
+    assert out[-1] == "(1, 84, 525)"
+
+
+def test_load_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(YolotuneError, match="model file not found"):
+        ultralytics_adapter.load_model(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(YolotuneError) as info:
+        ultralytics_adapter.load_model(corrupt)
+    assert str(info.value).startswith(f"cannot load model {corrupt}")
+    assert "\n" not in str(info.value)
+
+
+def test_finetune_trains_the_pruned_model_itself(yolov8n, coco8, tmp_path: Path) -> None:
+    prune(yolov8n, PruningConfig(ratios={"backbone.7": 0.5}, round_to=8), imgsz=160)
+    widths = [m.out_channels for m in yolov8n.modules() if isinstance(m, torch.nn.Conv2d)]
+    before = copy.deepcopy(yolov8n.state_dict())
+    ckpt = ultralytics_adapter.save_checkpoint(yolov8n, tmp_path / "pruned.pt")
+    tuned = ultralytics_adapter.finetune(ckpt, coco8, epochs=1, lr=1e-3, imgsz=160, out_dir=tmp_path)
+    # same pruned architecture (not rebuilt from the yaml), and the weights moved
+    assert [m.out_channels for m in tuned.modules() if isinstance(m, torch.nn.Conv2d)] == widths
+    after = tuned.state_dict()
+    moved = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
+    assert moved

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from yolotune import YolotuneError
+from yolotune.evaluators import LocalCPUTarget, get_target, target_names
+
+
+def test_latency_stats_are_finite_and_ordered(fp32_onnx_160) -> None:
+    target = LocalCPUTarget(threads=2, warmup=3, runs=50)
+    stats = target.benchmark(fp32_onnx_160, imgsz=160)
+    assert stats.runs == 50 and stats.warmup == 3
+    for value in (stats.median_ms, stats.p90_ms, stats.mean_ms, stats.cv):
+        assert math.isfinite(value) and value > 0
+    assert stats.median_ms <= stats.p90_ms
+    assert stats.started_at < stats.ended_at
+    prov = target.provenance(imgsz=160)
+    assert prov.target == "local-cpu" and prov.runtime == "onnxruntime" and prov.imgsz == 160
+    assert prov.settings["intra_op_threads"] == 2
+
+
+_TIMER = """
+import json, sys
+from yolotune.evaluators import LocalCPUTarget
+t = LocalCPUTarget(threads=1, warmup=2, runs=60)
+out = []
+for _ in range(3):
+    s = t.benchmark(sys.argv[1], imgsz=160)
+    out.append([s.started_at, s.ended_at])
+print(json.dumps(out))
+"""
+
+
+def test_timings_in_two_processes_never_overlap(fp32_onnx_160, tmp_path: Path) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _TIMER, str(fp32_onnx_160)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    windows = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0
+        windows += json.loads(out.strip().splitlines()[-1])
+    windows.sort()
+    assert len(windows) == 6
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert end <= start  # each timed window ends before the next begins
+
+
+def test_targets_registry() -> None:
+    assert "local-cpu" in target_names()
+    assert get_target("local-cpu").precisions == ("int8", "fp32")
+    with pytest.raises(YolotuneError, match="unknown target 'jetson-nano'; known targets: local-cpu"):
+        get_target("jetson-nano")
+    with pytest.raises(ValueError):
+        LocalCPUTarget(runs=10)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from yolotune import CompressionPlan, PlanError
+from yolotune.evaluators import LatencyStats, LocalCPUTarget, Provenance
+from yolotune.search import CandidateSettings, run_candidate
+
+
+class _CountingTarget(LocalCPUTarget):
+    """The real local-cpu target, recording which files it timed."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=2, warmup=2, runs=50)
+        self.timed: list[Path] = []
+
+    def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
+        self.timed.append(Path(model_path))
+        return super().benchmark(model_path, imgsz=imgsz)
+
+
+def test_candidate_builds_and_measures_the_deployable_file(tmp_path: Path) -> None:
+    plan = CompressionPlan.from_dict(
+        {
+            "pruning": {"ratios": {"backbone.7": 0.25, "head.cv2.0": 0.25}, "round_to": 8, "importance": "bn_scale"},
+            "quantization": {"default": "int8", "calibration_images": 4},
+            "recovery": {"epochs": 1, "lr": 1e-4},
+        }
+    )
+    target = _CountingTarget()
+    steps: list[str] = []
+    result = run_candidate(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        plan=plan,
+        out_dir=tmp_path,
+        settings=CandidateSettings(imgsz=160),
+        target=target,
+        on_step=steps.append,
+    )
+    assert steps == ["load", "prune", "save", "finetune", "count", "export", "quantize", "validate", "latency"]
+    # every number describes the file that is handed out
+    assert result.deployable == tmp_path / "model.int8.onnx"
+    assert target.timed == [result.deployable]
+    assert result.size_bytes == result.deployable.stat().st_size
+    assert 0.0 <= result.accuracy.map50_95 <= 1.0 and math.isfinite(result.latency.median_ms)
+    assert result.prune is not None and result.prune.params_after < result.prune.params_before
+    assert result.quantize is not None and result.quantize.calibration_images == 4
+    assert isinstance(result.provenance, Provenance) and result.provenance.imgsz == 160
+    assert {"ultralytics", "onnxruntime", "torch-pruning"} <= set(result.versions)
+    recorded = json.loads((tmp_path / "metrics.json").read_text())
+    assert recorded["map50_95"] == result.accuracy.map50_95
+    assert recorded["provenance"]["target"] == "local-cpu"
+    assert CompressionPlan.load(tmp_path / "plan.yaml") == plan
+
+
+def test_baseline_plan_is_the_fp32_export(tmp_path: Path) -> None:
+    result = run_candidate(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        plan=CompressionPlan(),
+        out_dir=tmp_path,
+        settings=CandidateSettings(imgsz=160),
+    )
+    assert result.deployable == tmp_path / "model.onnx"
+    assert result.prune is None and result.quantize is None
+    assert result.accuracy.map50_95 > 0.2
+
+
+def test_plans_the_target_cannot_run_are_refused_before_work(tmp_path: Path) -> None:
+    fp16 = CompressionPlan.from_dict({"quantization": {"default": "fp16", "calibration_images": 4}})
+    with pytest.raises(PlanError, match="target local-cpu cannot run fp16; it supports int8, fp32"):
+        run_candidate(model="yolov8n-coco.pt", data="coco8", plan=fp16, out_dir=tmp_path)
+    assert not (tmp_path / "model.pt").exists()

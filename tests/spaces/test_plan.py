@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from yolotune import CompressionPlan, PlanError, PruningConfig, QuantizationConfig, RecoveryConfig
+
+GROUPS = ("backbone.0", "backbone.4", "neck.15", "head.cv2.0", "head.cv3.0")
+
+
+def _plan() -> CompressionPlan:
+    return CompressionPlan(
+        pruning=PruningConfig(ratios={"backbone.4": 0.25, "head.cv2.0": 0.5}, importance="bn_scale", round_to=8),
+        quantization=QuantizationConfig(
+            default="int8",
+            precision={"backbone.0": "fp32"},
+            activation_type="int8",
+            calibration_method="percentile",
+            calibration_images=8,
+            per_channel=False,
+        ),
+        recovery=RecoveryConfig(epochs=2, lr=5e-4),
+    )
+
+
+def test_round_trips_through_json_yaml_and_files(tmp_path: Path) -> None:
+    plan = _plan()
+    assert CompressionPlan.from_json(plan.to_json()) == plan
+    assert CompressionPlan.from_yaml(plan.to_yaml()) == plan
+    assert CompressionPlan.load(plan.save(tmp_path / "p.json")) == plan
+    assert CompressionPlan.load(plan.save(tmp_path / "p.yaml")) == plan
+    assert hash(plan) == hash(CompressionPlan.from_json(plan.to_json()))  # frozen and hashable
+
+
+def test_plan_is_immutable() -> None:
+    plan = _plan()
+    with pytest.raises(AttributeError):
+        plan.recovery = RecoveryConfig()  # type: ignore[misc]
+
+
+def test_accessors_and_defaults() -> None:
+    plan = _plan()
+    assert plan.pruning.ratio("backbone.4") == 0.25
+    assert plan.pruning.ratio("neck.15") == 0.0
+    assert plan.quantization.precision_of("backbone.0") == "fp32"
+    assert plan.quantization.precision_of("neck.15") == "int8"
+    # the Detect decode stays float unless the plan names it
+    assert plan.quantization.precision_of("head.decode") == "fp32"
+    assert QuantizationConfig(default="int8", precision={"head.decode": "int8"}).precision_of("head.decode") == "int8"
+    assert not CompressionPlan().pruning.active and not CompressionPlan().quantization.active
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pruning": {"ratios": {"backbone.4": 0.95}}}, "must lie in [0, 0.9]"),
+        ({"pruning": {"ratios": {"backbone.4": -0.1}}}, "must lie in [0, 0.9]"),
+        ({"pruning": {"ratios": {"head.decode": 0.1}}}, "cannot be pruned"),
+        ({"pruning": {"round_to": 4}}, "round_to must be one of 1, 8, 16"),
+        ({"pruning": {"importance": "taylor"}}, "importance must be one of"),
+        ({"quantization": {"default": "int4"}}, "default precision must be one of"),
+        ({"quantization": {"calibration_method": "mse"}}, "calibration_method must be one of"),
+        ({"quantization": {"calibration_images": 0}}, "positive integer"),
+        ({"recovery": {"epochs": -1}}, "epochs must be an integer"),
+        ({"pruning": {"ratio": {}}}, "unknown key(s) ['ratio'] in 'pruning'"),
+        ({"prune": {}}, "unknown plan section"),
+    ],
+)
+def test_invalid_plans_fail_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(PlanError) as info:
+        CompressionPlan.from_dict(kwargs)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_group_lists_the_valid_ones() -> None:
+    plan = CompressionPlan.from_dict({"pruning": {"ratios": {"backbone.99": 0.2}}})
+    with pytest.raises(PlanError) as info:
+        plan.check(groups=GROUPS, n_train_images=50)
+    msg = str(info.value)
+    assert "'backbone.99'" in msg
+    assert "valid groups: backbone.0, backbone.4, neck.15, head.cv2.0, head.cv3.0" in msg
+
+
+def test_calibration_count_bounded_by_training_split() -> None:
+    plan = CompressionPlan.from_dict({"quantization": {"default": "int8", "calibration_images": 64}})
+    with pytest.raises(PlanError, match="training split holds 50 images"):
+        plan.check(groups=GROUPS, n_train_images=50)
+    plan.check(groups=GROUPS, n_train_images=64)
+    # an FP32 plan does not calibrate, so the count does not matter
+    CompressionPlan.from_dict({"quantization": {"calibration_images": 64}}).check(groups=GROUPS, n_train_images=4)
+
+
+def test_brief_names_the_plan() -> None:
+    assert _plan().brief() == "prune 2 group(s) ≤50% bn_scale/8 · fp32/int8 s8 percentile×8 · ft 2ep"
+    assert CompressionPlan().brief() == "fp32"
