@@ -83,3 +83,11 @@ def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path
     metrics = json.loads((out / "candidate" / "metrics.json").read_text())
     assert metrics["deployable"].endswith("model.int8.onnx")
     assert (out / "baseline" / "metrics.json").exists()
+
+
+def test_run_bad_arguments(tmp_path: Path) -> None:
+    assert "--budget must be a positive number of trials; got 0" in _error(["run", "--data", "coco8", "--budget", "0"])
+    line = _error(["run", "--data", "coco8", "--budget", "1", "--storage", "nosuchdb://x"])
+    assert "cannot open storage 'nosuchdb://x'" in line
+    assert "unknown target 'jetson-orin'" in _error(["run", "--data", "coco8", "--target", "jetson-orin"])
+    assert "0 studies in" in _error(["show", "--root", str(tmp_path)])

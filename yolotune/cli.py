@@ -169,6 +169,118 @@ def eval_(
 
 
 @app.command()
+@_one_line_errors
+def run(
+    model: ModelOpt = "yolov8n-coco.pt",
+    data: DataOpt = "tiny_coco",
+    imgsz: ImgszOpt = 320,
+    target: TargetOpt = "local-cpu",
+    budget: Annotated[int, typer.Option("--budget", "-b", help="COMPLETE trials the study should hold.")] = 12,
+    study: Annotated[str | None, typer.Option("--study", "-s", help="Study name.")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
+    root: Annotated[Path, typer.Option("--root", help="Studies directory.")] = Path("studies"),
+    sampler: Annotated[str, typer.Option("--sampler", help="nsga2 or tpe.")] = "nsga2",
+    population: Annotated[int, typer.Option("--population", help="NSGA-II population.")] = 8,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Search compression plans; the same command resumes the study."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+    from yolotune.search import SearchConfig, open_study, run_search
+    from yolotune.studies import pareto_front
+
+    config = SearchConfig(
+        model=model,
+        data=data,
+        budget=budget,
+        settings=_settings(imgsz, target),
+        study_name=study,
+        storage=storage,
+        root=root,
+        sampler=sampler,
+        population=population,
+        seed=seed,
+    )
+    open_study(config)  # a storage that cannot be opened fails here, before any display
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=_consoles.err) as progress:
+        task = progress.add_task(config.name, total=budget, status="starting")
+
+        def on_trial(outcome: Any, st: Any) -> None:
+            import optuna
+
+            done = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+            front = pareto_front(st) if done else []
+            best_map = max((r.map50_95 for r in front), default=float("nan"))
+            best_ms = min((r.latency_ms for r in front), default=float("nan"))
+            if outcome.state == "FAIL":
+                progress.console.print(f"trial {outcome.number} failed: {outcome.reason}", highlight=False)
+            progress.update(
+                task,
+                completed=done,
+                status=f"front {len(front)} · best mAP {best_map:.3f} · fastest {best_ms:.2f} ms",
+            )
+
+        result = run_search(
+            config, on_trial=on_trial, on_step=lambda n, step: progress.update(task, description=f"trial {n}: {step}")
+        )
+    _show(result)
+    _consoles.out.print(f"study '{config.name}' in {config.storage_url}")
+
+
+def _show(st: Any) -> None:
+    from yolotune.studies import pareto_front
+
+    table = Table(title=f"Pareto front of {st.study_name}", header_style="bold")
+    for col in ("trial", "mAP50-95", "ΔmAP", "latency ms", "speed", "size MB", "smaller", "plan"):
+        table.add_column(col, justify="left" if col == "plan" else "right", no_wrap=col != "plan")
+    for r in pareto_front(st):
+        table.add_row(
+            f"{r.number}" + (f" ({r.reference})" if r.reference else ""),
+            f"{r.map50_95:.3f}",
+            "–" if r.map_drop is None else f"{-r.map_drop:+.3f}",
+            f"{r.latency_ms:.2f}",
+            "–" if r.speedup is None else f"{r.speedup:.2f}×",
+            f"{r.size_mb:.2f}",
+            "–" if r.size_ratio is None else f"{r.size_ratio:.2f}×",
+            r.brief,
+        )
+    _consoles.out.print(table)
+
+
+@app.command()
+@_one_line_errors
+def show(
+    study: Annotated[str | None, typer.Option("--study", "-s", help="Study name.")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
+    root: Annotated[Path, typer.Option("--root", help="Studies directory.")] = Path("studies"),
+) -> None:
+    """Print a study's Pareto front, sorted by latency."""
+    import optuna
+
+    from yolotune.studies import default_storage_url, open_storage
+
+    if study is None:
+        found = sorted(p.stem for p in root.glob("*.db"))
+        if len(found) != 1:
+            raise YolotuneError(f"{len(found)} studies in {root} ({', '.join(found) or 'none'}); pass --study NAME")
+        study = found[0]
+    url = storage or default_storage_url(root, study)
+    try:
+        st = optuna.load_study(study_name=study, storage=open_storage(url))
+    except KeyError as exc:
+        raise YolotuneError(f"no study '{study}' in {url}") from exc
+    _show(st)
+
+
+@app.command()
 def targets() -> None:
     """List the known targets."""
     from yolotune.evaluators import get_target, target_names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from yolotune.spaces._default import DefaultSpace, TrialLike, coarse_units
 from yolotune.spaces._plan import (
     ACTIVATION_TYPES,
     CALIBRATION_METHODS,
@@ -25,7 +26,10 @@ __all__ = [
     "PRECISIONS",
     "ROUND_TO",
     "CompressionPlan",
+    "DefaultSpace",
     "PruningConfig",
     "QuantizationConfig",
     "RecoveryConfig",
+    "TrialLike",
+    "coarse_units",
 ]

@@ -306,7 +306,9 @@ class CompressionPlan:
         if self.quantization.active:
             q = self.quantization
             act = "u8" if q.activation_type == "uint8" else "s8"
-            parts.append(f"{'/'.join(sorted(q.precisions))} {act} {q.calibration_method}×{q.calibration_images}")
+            named = {p for _, p in q.precision}
+            used = named | ({q.default} if q.default != "fp32" or not named else set())
+            parts.append(f"{'/'.join(sorted(used))} {act} {q.calibration_method}×{q.calibration_images}")
         else:
             parts.append("fp32")
         if self.recovery.epochs:

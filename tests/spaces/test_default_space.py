@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import optuna
+
+from yolotune.spaces import CompressionPlan, DefaultSpace, coarse_units
+
+GROUPS = ("backbone.0", "backbone.1", "backbone.2", "backbone.3", "neck.12", "head.cv2.0", "head.cv3.0")
+
+
+def test_coarse_units_cover_every_group_once() -> None:
+    units = coarse_units(GROUPS)
+    assert list(units) == ["backbone.early", "backbone.late", "neck", "head.box", "head.cls"]
+    members = [g for gs in units.values() for g in gs]
+    assert sorted(members) == sorted(GROUPS)
+
+
+def test_recorded_params_rebuild_the_plan_exactly() -> None:
+    space = DefaultSpace(groups=GROUPS, max_calibration_images=50)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        plan = space(trial)
+        assert isinstance(plan, CompressionPlan)
+        assert space(optuna.trial.FixedTrial(trial.params)) == plan
+        assert plan.quantization.calibration_images <= 50
+        assert all(0 < r <= 0.6 for _, r in plan.pruning.ratios)
+        study.tell(trial, [0.0, 0.0])
+
+
+def test_space_asks_only_for_the_target_precisions_and_no_pruning_is_a_value() -> None:
+    space = DefaultSpace(groups=GROUPS, precisions=("fp32",), fine=True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_zero = False
+    for _ in range(30):
+        trial = study.ask()
+        plan = space(trial)
+        assert plan.quantization.precisions == {"fp32"}
+        seen_zero |= any(trial.params[f"prune/{g}"] == 0.0 for g in GROUPS)
+        study.tell(trial, 0.0)
+    assert seen_zero
+
+
+def test_reference_trials() -> None:
+    space = DefaultSpace(groups=GROUPS)
+    refs = {name: space(optuna.trial.FixedTrial(p)) for name, p in space.reference_params().items()}
+    assert (
+        refs["fp32"] == CompressionPlan(quantization=refs["fp32"].quantization)
+        and not refs["fp32"].quantization.active
+        and not refs["fp32"].pruning.active
+    )
+    assert refs["int8"].quantization.active and not refs["int8"].pruning.active
+    seeds = refs["seeds"]
+    assert all(seeds.pruning.ratio(g) == 0.3 for g in GROUPS) and seeds.pruning.importance == "bn_scale"
+    assert seeds.recovery.epochs > 0 and seeds.quantization.active
