@@ -24,8 +24,6 @@ def test_assets_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_dataset_working_copy_never_writes_next_to_the_source(tiny_coco) -> None:
-    from yolotune.evaluators import measure_map  # noqa: F401  (validation ran in other tests too)
-
     source_root = tiny_coco.source.parent
     assert not list(source_root.rglob("*.cache"))
     assert tiny_coco.yaml_path.parent != source_root

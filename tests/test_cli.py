@@ -44,7 +44,10 @@ def test_corrupt_weights(tmp_path: Path) -> None:
 
 def test_data_yaml_without_val(tmp_path: Path) -> None:
     data = tmp_path / "data.yaml"
-    data.write_text(yaml.safe_dump({"train": "/work/shared/assets/datasets/coco8/images/train", "names": {0: "a"}}))
+    from yolotune.assets import assets_dir
+
+    train = assets_dir() / "datasets" / "coco8" / "images" / "train"
+    data.write_text(yaml.safe_dump({"train": str(train), "names": {0: "a"}}))
     line = _error(["baseline", "--data", str(data)])
     assert "has no 'val' split" in line
 

@@ -146,6 +146,8 @@ def _images_in(dirs: list[Path]) -> list[Path]:
 
 def _label_for(image: Path) -> Path:
     parts = list(image.parts)
+    if "images" not in parts:  # no images/ folder: Ultralytics looks for labels beside the image
+        return image.with_suffix(".txt")
     idx = len(parts) - 1 - parts[::-1].index("images")
     parts[idx] = "labels"
     return Path(*parts).with_suffix(".txt")

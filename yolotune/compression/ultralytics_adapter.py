@@ -151,7 +151,7 @@ def save_checkpoint(model: UltraModule, path: str | Path, *, note: str = "") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {
         "model": copy.deepcopy(model).float().eval(),
-        "train_args": dict(getattr(model, "args", {}) or {}) if isinstance(getattr(model, "args", None), dict) else {},
+        "train_args": model.args if isinstance(getattr(model, "args", None), dict) else {},
         "date": datetime.now(timezone.utc).isoformat(),
         "version": __version__,
         "yolotune": note,
