@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/tune eval --model yolov8n-coco.pt --data tiny_coco --imgsz 320 --plan yolotune/demo/sample_plan.yaml --out runs/demo
 
 test: $(STAMP)
+	./scripts/system-deps.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

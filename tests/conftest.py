@@ -59,5 +59,22 @@ def fp32_onnx_160(tmp_path_factory: pytest.TempPathFactory, _loaded) -> Path:
     return ultralytics_adapter.export_onnx(ckpt, imgsz=160)
 
 
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A real study made by ``tune run`` (coco8 at 160 px, budget 4, --max-map-drop 0.05).
+
+    Returns the studies root, the study name and the command's output.
+    """
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    root = tmp_path_factory.mktemp("studies")
+    args = ["run", "--data", "coco8", "--imgsz", "160", "--budget", "4", "--root", str(root), "--study", "small"]
+    result = CliRunner().invoke(app, [*args, "--max-map-drop", "0.05"])
+    assert result.exit_code == 0, result.output
+    return root, "small", result.output
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("YOLOTUNE_DEBUG", "")

@@ -94,3 +94,40 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
     assert "cannot open storage 'nosuchdb://x'" in line
     assert "unknown target 'jetson-orin'" in _error(["run", "--data", "coco8", "--target", "jetson-orin"])
     assert "0 studies in" in _error(["show", "--root", str(tmp_path)])
+    assert "--max-map-drop is an mAP50-95 difference" in _error(
+        ["run", "--data", "coco8", "--max-map-drop", "5", "--root", str(tmp_path)]
+    )
+    assert "no study 'nope'" in _error(["report", "--root", str(tmp_path), "--study", "nope"])
+    assert "--space must be a .yaml file or module:callable" in _error(
+        ["run", "--data", "coco8", "--space", "x", "--root", str(tmp_path)]
+    )
+
+
+def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
+    import optuna
+
+    from yolotune.studies import load_study, pareto_front
+
+    root, name, output = small_study
+    assert "Pareto front of small" in output and "export with `tune export --trial N`" in output
+    front = [r.number for r in pareto_front(load_study(study=name, root=root))]
+    # one study under --root: --study may be left out
+    shown = runner.invoke(app, ["show", "--root", str(root)])
+    assert shown.exit_code == 0, shown.output
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("│")]
+    assert [int(r.split("│")[1].split()[0]) for r in rows] == front
+    assert "infeasible under max_map_drop 0.05" in shown.stdout
+
+    html = tmp_path / "report.html"
+    reported = runner.invoke(app, ["report", "--root", str(root), "-o", str(html)])
+    assert reported.exit_code == 0, reported.output
+    page = html.read_text()
+    assert all(f'data-trial="{n}"' in page for n in front)
+
+    out = tmp_path / "export"
+    exported = runner.invoke(app, ["export", "--root", str(root), "--trial", str(front[-1]), "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert "re-measured" in exported.stdout and "mAP50-95" in exported.stdout
+    assert (out / "recipe.yaml").is_file() and any(out.glob("*.onnx"))
+    failed = optuna.trial.TrialState.FAIL
+    assert not load_study(study=name, root=root).get_trials(states=(failed,))

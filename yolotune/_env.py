@@ -11,9 +11,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["configure_ultralytics", "workspace_dir"]
+__all__ = ["configure_ultralytics", "package_versions", "workspace_dir"]
+
+_PACKAGES = ("yolotune", "ultralytics", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxslim", "optuna")
 
 _configured = False
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a deployable model and its measurements."""
+    from importlib import metadata
+
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 def workspace_dir() -> Path:

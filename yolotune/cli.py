@@ -60,7 +60,7 @@ def _one_line_errors(fn: F) -> F:
             _consoles.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            _consoles.err.print("interrupted")
+            _consoles.err.print("interrupted: work in progress was recorded as failed; run the same command to resume")
             raise typer.Exit(130) from None
         except Exception as exc:
             if os.environ.get("YOLOTUNE_DEBUG"):
@@ -182,11 +182,19 @@ def run(
     sampler: Annotated[str, typer.Option("--sampler", help="nsga2 or tpe.")] = "nsga2",
     population: Annotated[int, typer.Option("--population", help="NSGA-II population.")] = 8,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    space: Annotated[
+        str | None, typer.Option("--space", help="YAML file narrowing the default space, or module:callable.")
+    ] = None,
+    fine: Annotated[bool, typer.Option("--fine", help="One search unit per layer group.")] = False,
+    max_map_drop: Annotated[
+        float | None, typer.Option("--max-map-drop", help="Largest mAP50-95 drop from FP32 (e.g. 0.01).")
+    ] = None,
+    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", help="Largest median latency.")] = None,
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
-    from yolotune.search import SearchConfig, open_study, run_search
+    from yolotune.search import SearchConfig, open_study, run_search, search_spaces
     from yolotune.studies import pareto_front
 
     config = SearchConfig(
@@ -200,8 +208,13 @@ def run(
         sampler=sampler,
         population=population,
         seed=seed,
+        space=space,
+        fine=fine,
+        max_map_drop=max_map_drop,
+        max_latency_ms=max_latency_ms,
     )
-    open_study(config)  # a storage that cannot be opened fails here, before any display
+    search_spaces(config)  # a model, data or space that cannot be loaded fails here, before any display
+    open_study(config)  # and so does a storage that cannot be opened
     columns = (
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -236,16 +249,28 @@ def run(
 
 
 def _show(st: Any) -> None:
+    import optuna
+
+    from yolotune.search import constraints_of
     from yolotune.studies import pareto_front
 
-    table = Table(title=f"Pareto front of {st.study_name}", header_style="bold")
+    trials = st.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    infeasible = sum(any(v > 0 for v in t.constraints.values()) for t in complete)
+    limits = {k: v for k, v in constraints_of(st).items() if v is not None}
+    caption = f"{len(complete)} complete, {failed} failed"
+    if limits:
+        caption += f", {infeasible} infeasible under " + ", ".join(f"{k} {v}" for k, v in limits.items())
+    caption += " · export with `tune export --trial N`"
+    table = Table(title=f"Pareto front of {st.study_name}", caption=caption, header_style="bold")
     for col in ("trial", "mAP50-95", "ΔmAP", "latency ms", "speed", "size MB", "smaller", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right", no_wrap=col != "plan")
     for r in pareto_front(st):
         table.add_row(
             f"{r.number}" + (f" ({r.reference})" if r.reference else ""),
             f"{r.map50_95:.3f}",
-            "–" if r.map_drop is None else f"{-r.map_drop:+.3f}",
+            "–" if r.map_drop is None else f"{0.0 - r.map_drop:+.3f}",
             f"{r.latency_ms:.2f}",
             "–" if r.speedup is None else f"{r.speedup:.2f}×",
             f"{r.size_mb:.2f}",
@@ -255,29 +280,100 @@ def _show(st: Any) -> None:
     _consoles.out.print(table)
 
 
+StudyOpt = Annotated[str | None, typer.Option("--study", "-s", help="Study name (may be left out when there is one).")]
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (default: SQLite under --root).")]
+RootOpt = Annotated[Path, typer.Option("--root", help="Studies directory.")]
+
+
 @app.command()
 @_one_line_errors
-def show(
-    study: Annotated[str | None, typer.Option("--study", "-s", help="Study name.")] = None,
-    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
-    root: Annotated[Path, typer.Option("--root", help="Studies directory.")] = Path("studies"),
-) -> None:
+def show(study: StudyOpt = None, storage: StorageOpt = None, root: RootOpt = Path("studies")) -> None:
     """Print a study's Pareto front, sorted by latency."""
-    import optuna
+    from yolotune.studies import load_study
 
-    from yolotune.studies import default_storage_url, open_storage
+    _show(load_study(study=study, storage=storage, root=root))
 
-    if study is None:
-        found = sorted(p.stem for p in root.glob("*.db"))
-        if len(found) != 1:
-            raise YolotuneError(f"{len(found)} studies in {root} ({', '.join(found) or 'none'}); pass --study NAME")
-        study = found[0]
-    url = storage or default_storage_url(root, study)
-    try:
-        st = optuna.load_study(study_name=study, storage=open_storage(url))
-    except KeyError as exc:
-        raise YolotuneError(f"no study '{study}' in {url}") from exc
-    _show(st)
+
+@app.command()
+@_one_line_errors
+def report(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    root: RootOpt = Path("studies"),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file [default: <root>/<study>/report.html]")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report of a study (plotly)."""
+    from yolotune.studies import load_study, study_dir, write_report
+
+    st = load_study(study=study, storage=storage, root=root)
+    path = write_report(st, out or study_dir(root, st.study_name) / "report.html")
+    _consoles.out.print(f"report: {path}")
+
+
+@app.command()
+@_one_line_errors
+def dashboard(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    root: RootOpt = Path("studies"),
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 8080,
+) -> None:
+    """Serve a study on optuna-dashboard (Ctrl-C stops it)."""
+    from yolotune.studies import artifact_dir, default_storage_url, load_study, serve_dashboard
+
+    st = load_study(study=study, storage=storage, root=root)
+    url = storage or default_storage_url(root, st.study_name)
+    serve_dashboard(
+        storage_url=url,
+        artifacts=artifact_dir(root, st.study_name),
+        host=host,
+        port=port,
+        on_ready=lambda address: _consoles.out.print(f"dashboard of '{st.study_name}': {address}"),
+    )
+
+
+@app.command()
+@_one_line_errors
+def export(
+    trial: Annotated[int, typer.Option("--trial", "-n", help="Trial number (see `tune show`).")],
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    root: RootOpt = Path("studies"),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory [default: export/<study>-<N>]")
+    ] = None,
+    remeasure: Annotated[bool, typer.Option(help="Re-validate mAP and re-time latency on the target.")] = True,
+) -> None:
+    """Hand out a trial's deployable model and recipe, then re-measure it."""
+    from yolotune.studies import artifact_dir, export_trial, load_study
+
+    st = load_study(study=study, storage=storage, root=root)
+    dest = out or Path("export") / f"{st.study_name}-{trial}"
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=_consoles.err, transient=True) as bar:
+        bar.add_task(f"exporting trial {trial}" + (" and re-measuring it" if remeasure else ""))
+        res = export_trial(st, trial, dest, artifacts=artifact_dir(root, st.study_name), remeasure=remeasure)
+    table = Table(title=f"trial {trial} of {st.study_name}", header_style="bold")
+    for col in ("metric", "recorded", "re-measured", "difference"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key, label, fmt in (
+        ("map50_95", "mAP50-95", "{:.4f}"),
+        ("map50", "mAP50", "{:.4f}"),
+        ("latency_ms", "latency ms", "{:.2f}"),
+        ("size_bytes", "size MB", "{:.3f}"),
+    ):
+        scale = 1e-6 if key == "size_bytes" else 1.0
+        rec, new = res.recorded.get(key), res.measured.get(key)
+        table.add_row(
+            label,
+            "–" if rec is None else fmt.format(rec * scale),
+            "–" if new is None else fmt.format(new * scale),
+            "–" if rec is None or new is None else ("{:+" + fmt[2:]).format((new - rec) * scale),
+        )
+    _consoles.out.print(table)
+    _consoles.out.print(f"model: {res.model}\nrecipe: {res.recipe}\nplan: {res.plan}")
 
 
 @app.command()

@@ -7,6 +7,7 @@ import pytest
 
 from yolotune import YolotuneError
 from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search
+from yolotune.spaces import CompressionPlan
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
@@ -60,3 +61,127 @@ def test_bad_search_arguments() -> None:
         from yolotune.studies import open_storage
 
         open_storage("nosuchdb://x")
+
+
+def test_constraints_keep_infeasible_trials_visible_but_off_the_front(small_study: tuple[Path, str, str]) -> None:
+    from yolotune.search import constraints_of
+    from yolotune.studies import load_study, pareto_front
+
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    assert constraints_of(study) == {"max_map_drop": 0.05, "max_latency_ms": None}
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4
+    base = next(t for t in complete if t.user_attrs.get("reference") == "fp32").values[0]
+    for t in complete:
+        assert t.constraints["map_drop"] == pytest.approx((base - t.values[0]) - 0.05)
+    infeasible = [t.number for t in complete if t.constraints["map_drop"] > 0]
+    # the seeds' recipe destroys this model's accuracy (field notes): it is recorded, not reported
+    seeds = next(t for t in complete if t.user_attrs.get("reference") == "seeds")
+    assert seeds.number in infeasible
+    front = {r.number for r in pareto_front(study)}
+    assert front and not front & set(infeasible)
+
+
+def test_changing_constraints_of_an_existing_study_is_refused(small_study: tuple[Path, str, str]) -> None:
+    root, name, _ = small_study
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=4,
+        settings=CandidateSettings(imgsz=160),
+        root=root,
+        study_name=name,
+        max_map_drop=0.2,
+    )
+    with pytest.raises(YolotuneError, match=r"created with --max-map-drop 0\.05; use another --study name"):
+        run_search(config)
+
+
+def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("max_ratio: 0.0\nprecisions: [int8]\ncalibration_methods: [minmax]\ncalibration_sizes: [4]\n")
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=4,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        space=str(space),
+        sampler="tpe",
+    )
+    study = run_search(config)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs.get("reference") for t in complete[:3]] == ["fp32", "int8", "seeds"]
+    assert plan_of(complete[2]).pruning.active  # the seeds' recipe, though this space never prunes
+    searched = plan_of(complete[3])
+    assert not searched.pruning.active
+    assert set(dict(searched.quantization.precision).values()) == {"int8"}
+    assert searched.quantization.calibration_method == "minmax"
+
+
+def test_space_from_a_python_callable(tmp_path: Path) -> None:
+    from yolotune.search import load_space
+    from yolotune.spaces import DefaultSpace
+
+    source = tmp_path / "my_space.py"
+    source.write_text(
+        "from yolotune.spaces import CompressionPlan, QuantizationConfig\n"
+        "def space(trial):\n"
+        "    n = trial.suggest_categorical('calib/n', [2, 4])\n"
+        "    return CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=n))\n"
+    )
+    default = DefaultSpace(groups=("backbone.0",))
+    space = load_space(f"{source}:space", default=default)
+    plan = space(optuna.trial.FixedTrial({"calib/n": 4}))
+    assert plan.quantization.default == "int8" and plan.quantization.calibration_images == 4
+    with pytest.raises(YolotuneError, match="has no attribute 'nope'"):
+        load_space(f"{source}:nope", default=default)
+    with pytest.raises(YolotuneError, match=r"space file .*missing\.yaml not found"):
+        load_space(str(tmp_path / "missing.yaml"), default=default)
+    (tmp_path / "bad.yaml").write_text("max_ratio: 0.3\nwidth: 2\n")
+    with pytest.raises(YolotuneError, match="unknown space option"):
+        load_space(str(tmp_path / "bad.yaml"), default=default)
+
+
+def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from yolotune.studies import load_study
+
+    tune = Path(sys.executable).parent / "tune"
+    args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
+    args += ["--study", "s"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # wait until trial 1 (INT8 only) is running, then press Ctrl-C
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (tmp_path / "s" / "trials" / "1").is_dir():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("trial 1 never started")
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    study = load_study(study="s", root=tmp_path)
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert study.trials[1].state == optuna.trial.TrialState.FAIL
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
+    # the same command again picks up: the interrupted INT8 reference is queued again and completes
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    study = load_study(study="s", root=tmp_path)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "seeds", "int8"]
+    assert complete[2].user_attrs["retry_of"] == 1
+    assert plan_of(complete[2]) == CompressionPlan.from_dict(study.trials[1].user_attrs["plan"])

@@ -11,10 +11,10 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from yolotune._env import package_versions
 from yolotune.assets import Dataset, prepare_dataset, resolve_model
 from yolotune.compression import (
     DEFAULT_CALIBRATION_MEMORY_GB,
@@ -39,7 +39,6 @@ from yolotune.spaces import CompressionPlan
 
 __all__ = ["CandidateResult", "CandidateSettings", "run_candidate"]
 
-_PACKAGES = ("yolotune", "ultralytics", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxslim")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,14 +109,6 @@ class CandidateResult:
             "step_seconds": self.step_seconds,
             "versions": self.versions,
         }
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in _PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
 
 
 class _Steps:
@@ -260,7 +251,7 @@ def run_candidate(
         macs=macs,
         params=params,
         step_seconds=dict(steps.seconds),
-        versions=_versions(),
+        versions=package_versions(),
     )
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(result.to_dict(), indent=2))

@@ -3,11 +3,16 @@
 One Optuna study holds every trial. The driver is the only writer of the storage; a failed
 candidate is told as FAIL with its reason (``fail_reason`` user attribute) and the search goes
 on. ``budget`` counts COMPLETE trials, earlier runs included, so the same command resumes.
+
+Constraints (``max_map_drop`` against the FP32 reference trial, ``max_latency_ms``) are set with
+``Trial.set_constraint``, so Optuna's samplers prefer feasible plans and ``Study.best_trials``
+(the reported front) leaves infeasible trials out; they stay in the study.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +22,20 @@ import optuna
 
 from yolotune.errors import YolotuneError
 from yolotune.search._candidate import CandidateResult, CandidateSettings, run_candidate
-from yolotune.spaces import CompressionPlan, DefaultSpace
-from yolotune.studies._storage import default_storage_url, open_storage, study_dir
+from yolotune.search._spaces import load_space
+from yolotune.spaces import CompressionPlan, DefaultSpace, Space
+from yolotune.studies._storage import artifact_dir, default_storage_url, open_storage, study_dir
 
-__all__ = ["METRIC_NAMES", "SearchConfig", "TrialOutcome", "run_search"]
+__all__ = [
+    "METRIC_NAMES",
+    "SearchConfig",
+    "TrialOutcome",
+    "constraints_of",
+    "open_study",
+    "plan_of",
+    "run_search",
+    "search_spaces",
+]
 
 METRIC_NAMES = ["mAP50-95", "size MB", "latency ms"]
 DIRECTIONS = [
@@ -46,6 +61,9 @@ class SearchConfig:
         population: NSGA-II population size.
         seed: Sampler seed.
         fine: Per-layer search space instead of the coarse one.
+        space: A YAML file narrowing the default space, or ``module:callable`` / ``file.py:callable``.
+        max_map_drop: Largest mAP50-95 drop (absolute, e.g. 0.01) from the FP32 reference trial.
+        max_latency_ms: Largest median latency on the target.
     """
 
     model: str
@@ -59,8 +77,15 @@ class SearchConfig:
     population: int = 8
     seed: int = 0
     fine: bool = False
+    space: str | None = None
+    max_map_drop: float | None = None
+    max_latency_ms: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_map_drop is not None and not 0 <= self.max_map_drop <= 1:
+            raise YolotuneError(f"--max-map-drop is an mAP50-95 difference in [0, 1]; got {self.max_map_drop}")
+        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
+            raise YolotuneError(f"--max-latency-ms must be positive; got {self.max_latency_ms}")
         if self.budget <= 0:
             raise YolotuneError(f"--budget must be a positive number of trials; got {self.budget}")
         if self.sampler not in {"nsga2", "tpe"}:
@@ -99,7 +124,12 @@ def _sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(population_size=config.population, seed=config.seed)
 
 
-def _space(config: SearchConfig) -> DefaultSpace:
+def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
+    """The space the study searches, and the model's default space (its reference plans).
+
+    Raises:
+        YolotuneError: Missing model or data, unknown target, or a space that cannot be loaded.
+    """
     from yolotune.assets import prepare_dataset, resolve_model
     from yolotune.compression import ultralytics_adapter
     from yolotune.evaluators import get_target
@@ -107,16 +137,27 @@ def _space(config: SearchConfig) -> DefaultSpace:
     target = get_target(config.settings.target)
     layout = ultralytics_adapter.model_layout(ultralytics_adapter.load_model(resolve_model(config.model)))
     n_train = len(prepare_dataset(config.data).train_images)
-    return DefaultSpace(
+    default = DefaultSpace(
         groups=layout.groups,
         precisions=target.precisions,
         max_calibration_images=min(n_train, 256),
         fine=config.fine,
     )
+    return load_space(config.space, default=default), default
+
+
+def _space(config: SearchConfig) -> Space:
+    return search_spaces(config)[0]
 
 
 def open_study(config: SearchConfig) -> optuna.Study:
-    """Create the study, or load it when it exists (checking it describes the same job)."""
+    """Create the study, or load it when it exists (checking it describes the same job).
+
+    The job (model, data, image size, target, space) and the constraints are recorded in the
+    study's user attributes; a run that asks for another job or other constraints under the same
+    study name is refused, and a run that leaves the constraints out uses the recorded ones.
+    """
+    optuna.logging.set_verbosity(logging.WARNING)
     storage = open_storage(config.storage_url)
     study = optuna.create_study(
         study_name=config.name,
@@ -125,14 +166,69 @@ def open_study(config: SearchConfig) -> optuna.Study:
         sampler=_sampler(config),
         load_if_exists=True,
     )
-    job = {"model": config.model, "data": config.data, "imgsz": config.settings.imgsz, "target": config.settings.target}
+    job = {
+        "model": config.model,
+        "data": config.data,
+        "imgsz": config.settings.imgsz,
+        "target": config.settings.target,
+        "space": config.space or ("default-fine" if config.fine else "default"),
+    }
+    wanted = {"max_map_drop": config.max_map_drop, "max_latency_ms": config.max_latency_ms}
     recorded = study.user_attrs.get("job")
     if recorded is None:
         study.set_user_attr("job", job)
-        study.set_metric_names(METRIC_NAMES)
-    elif recorded != job:
+        study.set_user_attr("constraints", wanted)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRIC_NAMES)
+        return study
+    if recorded != job:
         raise YolotuneError(f"study '{config.name}' was created for {recorded}; use another --study name for {job}")
+    have = constraints_of(study)
+    for key, value in wanted.items():
+        if value is not None and value != have.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise YolotuneError(
+                f"study '{config.name}' was created with {flag} {have.get(key)}; use another --study name for {value}"
+            )
     return study
+
+
+def constraints_of(study: optuna.Study) -> dict[str, float | None]:
+    """The study's recorded constraints (``max_map_drop``, ``max_latency_ms``; ``None`` when unset)."""
+    recorded = study.user_attrs.get("constraints") or {}
+    return {"max_map_drop": recorded.get("max_map_drop"), "max_latency_ms": recorded.get("max_latency_ms")}
+
+
+def _baseline_map(study: optuna.Study) -> float | None:
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("reference") == "fp32":
+            return float(t.values[0])
+    return None
+
+
+def _set_constraints(study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
+    limits = constraints_of(study)
+    if limits["max_map_drop"] is not None:
+        is_baseline = trial.user_attrs.get("reference") == "fp32"
+        base = result.accuracy.map50_95 if is_baseline else _baseline_map(study)
+        if base is None:
+            raise YolotuneError("--max-map-drop needs the FP32 reference trial, which has not completed")
+        trial.set_constraint("map_drop", (base - result.accuracy.map50_95) - limits["max_map_drop"])
+    if limits["max_latency_ms"] is not None:
+        trial.set_constraint("latency", result.latency.median_ms - limits["max_latency_ms"])
+
+
+def _register_artifacts(config: SearchConfig, trial: optuna.Trial, result: CandidateResult) -> dict[str, str]:
+    """Upload the deployable model, plan and metrics to the study's Optuna artifact store."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    store = FileSystemArtifactStore(str(artifact_dir(config.root, config.name)))
+    out = result.deployable.parent
+    ids = {}
+    for path in (result.deployable, out / "plan.yaml", out / "metrics.json"):
+        ids[path.name] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    return ids
 
 
 def _bind(on_step: Callable[[int, str], None] | None, number: int) -> Callable[[str], None] | None:
@@ -155,24 +251,31 @@ def run_search(
     """Run trials until the study holds ``config.budget`` COMPLETE trials.
 
     Reference trials (FP32, INT8 only, the seeds' recipe) are enqueued when the study is new.
-    Ctrl-C tells the running trial FAIL (reason ``interrupted``) and re-raises: nothing
-    half-done is reported as complete, and the next run picks up.
+    Ctrl-C tells the running trial FAIL (reason ``interrupted``), enqueues its params again and
+    re-raises: nothing half-done is reported as complete, and the next run starts with that plan.
     """
     optuna.logging.set_verbosity(logging.WARNING)
+    space, default = search_spaces(config)
     study = open_study(config)
-    space = _space(config)
+    references = default.reference_plans()
     if not study.trials:
-        for name, params in space.reference_params().items():
-            study.enqueue_trial(params, user_attrs={"reference": name})
+        # the default space expresses the references in its own params, so the sampler learns from them
+        params = default.reference_params() if space == default else {}
+        for name in references:
+            study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
     failures = 0
     limit = max_failures if max_failures is not None else max(3, config.budget)
     root = study_dir(config.root, config.name) / "trials"
     while _complete(study) < config.budget and failures < limit:
         trial = study.ask()
         out = root / str(trial.number)
+        reference = trial.user_attrs.get("reference")
         try:
-            plan = space(trial)
+            plan = references[reference] if reference in references and space != default else space(trial)
+            if not isinstance(plan, CompressionPlan):
+                raise YolotuneError(f"the search space returned {type(plan).__name__}, not a CompressionPlan")
             trial.set_user_attr("plan", plan.to_dict())
+            trial.set_user_attr("brief", plan.brief())
             result = run_candidate(
                 model=config.model,
                 data=config.data,
@@ -181,35 +284,36 @@ def run_search(
                 settings=config.settings,
                 on_step=_bind(on_step, trial.number),
             )
+            record: dict[str, Any] = result.to_dict()
+            trial.set_user_attr("metrics", {k: record[k] for k in ("map50_95", "map50", "size_bytes", "latency_ms")})
+            trial.set_user_attr("latency", record["latency"])
+            trial.set_user_attr("provenance", record["provenance"])
+            trial.set_user_attr("artifact", str(result.deployable))
+            trial.set_user_attr("artifacts", _register_artifacts(config, trial, result))
+            _set_constraints(study, trial, result)
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            # the next run retries the interrupted plan first
+            retry = {"reference": reference} if reference else {}
+            study.enqueue_trial(trial.params, user_attrs={**retry, "retry_of": trial.number})
             raise
-        except YolotuneError as exc:
-            failures += 1
-            trial.set_user_attr("fail_reason", str(exc))
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            if on_trial:
-                on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=str(exc)), study)
-            continue
         except Exception as exc:  # never let one candidate take the search down
             failures += 1
-            reason = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc)
             trial.set_user_attr("fail_reason", reason)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             if on_trial:
                 on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), study)
             continue
-        record: dict[str, Any] = result.to_dict()
-        trial.set_user_attr("metrics", {k: record[k] for k in ("map50_95", "map50", "size_bytes", "latency_ms")})
-        trial.set_user_attr("latency", record["latency"])
-        trial.set_user_attr("provenance", record["provenance"])
-        trial.set_user_attr("artifact", str(result.deployable))
-        trial.set_user_attr("brief", plan.brief())
         study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
         if on_trial:
             on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), study)
     return study
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def plan_of(trial: optuna.trial.FrozenTrial) -> CompressionPlan:

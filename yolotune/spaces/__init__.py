@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from yolotune.spaces._default import DefaultSpace, TrialLike, coarse_units
+from yolotune.spaces._default import SPACE_OPTIONS, DefaultSpace, Space, TrialLike, coarse_units
 from yolotune.spaces._plan import (
     ACTIVATION_TYPES,
     CALIBRATION_METHODS,
@@ -25,11 +25,13 @@ __all__ = [
     "MAX_PRUNING_RATIO",
     "PRECISIONS",
     "ROUND_TO",
+    "SPACE_OPTIONS",
     "CompressionPlan",
     "DefaultSpace",
     "PruningConfig",
     "QuantizationConfig",
     "RecoveryConfig",
+    "Space",
     "TrialLike",
     "coarse_units",
 ]

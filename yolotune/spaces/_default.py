@@ -7,13 +7,17 @@ precisions are passed in as plain values, so a recorded trial's params rebuild i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from yolotune.errors import PlanError
 from yolotune.spaces._plan import (
+    ACTIVATION_TYPES,
     CALIBRATION_METHODS,
     IMPORTANCE_CRITERIA,
+    MAX_PRUNING_RATIO,
+    PRECISIONS,
     ROUND_TO,
     CompressionPlan,
     PruningConfig,
@@ -21,7 +25,7 @@ from yolotune.spaces._plan import (
     RecoveryConfig,
 )
 
-__all__ = ["DefaultSpace", "TrialLike", "coarse_units"]
+__all__ = ["SPACE_OPTIONS", "DefaultSpace", "Space", "TrialLike", "coarse_units"]
 
 
 class TrialLike(Protocol):
@@ -32,6 +36,12 @@ class TrialLike(Protocol):
     def suggest_int(self, name: str, low: int, high: int) -> int: ...
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+
+class Space(Protocol):
+    """A search space: a callable from a trial to a plan (``DefaultSpace`` or a user's function)."""
+
+    def __call__(self, trial: TrialLike) -> CompressionPlan: ...
 
 
 def coarse_units(groups: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -52,16 +62,41 @@ def coarse_units(groups: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return {name: members for name, members in units.items() if members}
 
 
+#: Options a YAML space file may set (each one a ``DefaultSpace`` field).
+SPACE_OPTIONS = (
+    "fine",
+    "units",
+    "max_ratio",
+    "ratio_step",
+    "precisions",
+    "importance",
+    "round_to",
+    "activations",
+    "calibration_methods",
+    "calibration_sizes",
+    "epochs",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DefaultSpace:
     """Pruning ratio, precision per unit; criterion, rounding, activations, calibration, fine-tune.
+
+    Every choice list can be narrowed (a YAML space file sets these fields, see ``from_options``).
 
     Attributes:
         groups: The model's layer groups (``ModelLayout.groups``).
         precisions: Precisions the target runs (the space asks only for these).
         max_calibration_images: Bound on the calibration set (training split, memory budget).
         fine: One unit per layer group instead of the coarse buckets.
+        units: Explicit search units as ``(unit, (group, ...))`` pairs (overrides ``fine``).
         max_ratio: Largest pruning ratio sampled (0 is always a choice).
+        ratio_step: Step of the sampled pruning ratios.
+        importance: Importance criteria sampled.
+        round_to: Channel rounding choices.
+        activations: Activation types of INT8 layers.
+        calibration_methods: Calibration methods sampled.
+        calibration_sizes: Calibration-set sizes sampled (bounded by ``max_calibration_images``).
         epochs: Fine-tune epoch choices.
     """
 
@@ -69,16 +104,90 @@ class DefaultSpace:
     precisions: tuple[str, ...] = ("int8", "fp32")
     max_calibration_images: int = 64
     fine: bool = False
+    units_: tuple[tuple[str, tuple[str, ...]], ...] | None = None
     max_ratio: float = 0.6
+    ratio_step: float = 0.1
+    importance: tuple[str, ...] = IMPORTANCE_CRITERIA
+    round_to: tuple[int, ...] = ROUND_TO
+    activations: tuple[str, ...] = ACTIVATION_TYPES
+    calibration_methods: tuple[str, ...] = CALIBRATION_METHODS
+    calibration_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     epochs: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
+            ("importance", self.importance, IMPORTANCE_CRITERIA),
+            ("round_to", self.round_to, ROUND_TO),
+            ("activations", self.activations, ACTIVATION_TYPES),
+            ("calibration_methods", self.calibration_methods, CALIBRATION_METHODS),
+            ("precisions", self.precisions, PRECISIONS),
+        ]
+        for name, values, allowed in checks:
+            bad = [v for v in values if v not in allowed]
+            if not values or bad:
+                raise PlanError(
+                    f"space option {name} must be a non-empty subset of {list(allowed)}; got {list(values)}"
+                )
+        bad_step = self.max_ratio > 0 and not 0 < self.ratio_step <= self.max_ratio
+        if not 0 <= self.max_ratio <= MAX_PRUNING_RATIO or bad_step:
+            raise PlanError(
+                f"space options need 0 ≤ max_ratio ≤ {MAX_PRUNING_RATIO} and 0 < ratio_step ≤ max_ratio; "
+                f"got {self.max_ratio}, {self.ratio_step}"
+            )
+        if not self.epochs or any(e < 0 for e in self.epochs) or not self.calibration_sizes:
+            raise PlanError("space options epochs and calibration_sizes must be non-empty and ≥0")
+        if self.units_ is not None:
+            unknown = sorted({g for _, gs in self.units_ for g in gs} - set(self.groups))
+            if unknown:
+                raise PlanError(f"space units name groups the model lacks: {', '.join(unknown[:5])}")
+
+    @classmethod
+    def from_options(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        groups: tuple[str, ...],
+        precisions: tuple[str, ...],
+        max_calibration_images: int,
+    ) -> DefaultSpace:
+        """A space narrowed by user options (a YAML space file's mapping; keys in ``SPACE_OPTIONS``).
+
+        Precisions are intersected with the target's; calibration sizes are still bounded by
+        ``max_calibration_images``.
+
+        Raises:
+            PlanError: Unknown option or invalid value, as one line.
+        """
+        unknown = sorted(set(options) - set(SPACE_OPTIONS))
+        if unknown:
+            raise PlanError(f"unknown space option(s) {', '.join(unknown)}; known: {', '.join(SPACE_OPTIONS)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in options.items():
+            if key == "units":
+                if not isinstance(value, Mapping):
+                    raise PlanError("space option units must map unit names to lists of layer groups")
+                kwargs["units_"] = tuple((str(u), tuple(str(g) for g in gs)) for u, gs in value.items())
+            elif key in {"fine", "max_ratio", "ratio_step"}:
+                kwargs[key] = value
+            else:
+                kwargs[key] = tuple(value) if isinstance(value, list | tuple) else (value,)
+        wanted = kwargs.pop("precisions", precisions)
+        missing = [p for p in wanted if p not in precisions]
+        if missing:
+            raise PlanError(
+                f"space asks for {', '.join(missing)}, which the target cannot run ({', '.join(precisions)})"
+            )
+        return cls(groups=groups, precisions=tuple(wanted), max_calibration_images=max_calibration_images, **kwargs)
 
     def units(self) -> dict[str, tuple[str, ...]]:
         """Search units and the layer groups each one sets."""
+        if self.units_ is not None:
+            return dict(self.units_)
         return {g: (g,) for g in self.groups} if self.fine else coarse_units(self.groups)
 
     def calibration_choices(self) -> tuple[int, ...]:
         """Calibration-set sizes the space samples from."""
-        return tuple(n for n in (8, 16, 32, 64, 128, 256) if n <= self.max_calibration_images) or (
+        return tuple(n for n in self.calibration_sizes if n <= self.max_calibration_images) or (
             self.max_calibration_images,
         )
 
@@ -88,7 +197,11 @@ class DefaultSpace:
         ratios: dict[str, float] = {}
         precision: dict[str, str] = {}
         for unit, members in units.items():
-            r = trial.suggest_float(f"prune/{unit}", 0.0, self.max_ratio, step=0.1)
+            r = (
+                trial.suggest_float(f"prune/{unit}", 0.0, self.max_ratio, step=self.ratio_step)
+                if self.max_ratio
+                else 0.0
+            )
             p = trial.suggest_categorical(f"quant/{unit}", list(self.precisions))
             for g in members:
                 if r > 0:
@@ -96,21 +209,21 @@ class DefaultSpace:
                 precision[g] = p
         pruning = PruningConfig(
             ratios=tuple(ratios.items()),
-            importance=trial.suggest_categorical("prune/importance", list(IMPORTANCE_CRITERIA)),
-            round_to=trial.suggest_categorical("prune/round_to", list(ROUND_TO)),
+            importance=trial.suggest_categorical("prune/importance", list(self.importance)),
+            round_to=trial.suggest_categorical("prune/round_to", list(self.round_to)),
         )
         quant = QuantizationConfig(
             default="fp32",
             precision=tuple(precision.items()),
-            activation_type=trial.suggest_categorical("quant/activation", ["uint8", "int8"]),
-            calibration_method=trial.suggest_categorical("calib/method", list(CALIBRATION_METHODS)),
+            activation_type=trial.suggest_categorical("quant/activation", list(self.activations)),
+            calibration_method=trial.suggest_categorical("calib/method", list(self.calibration_methods)),
             calibration_images=trial.suggest_categorical("calib/n", list(self.calibration_choices())),
         )
         epochs = trial.suggest_categorical("ft/epochs", list(self.epochs)) if ratios else 0
         return CompressionPlan(pruning=pruning, quantization=quant, recovery=RecoveryConfig(epochs=epochs))
 
     def reference_params(self) -> dict[str, dict[str, Any]]:
-        """Params of the reference trials every study starts with.
+        """Params of the reference trials every study starts with, in the full default space.
 
         ``fp32``: the uncompressed model. ``int8``: INT8 only. ``seeds``: the seeds' recipe,
         uniform 30% BN-scale pruning + INT8 PTQ + a short fine-tune.
@@ -125,3 +238,38 @@ class DefaultSpace:
         seeds = {**only_int8, **{f"prune/{u}": 0.3 for u in units}}
         seeds.update({"prune/importance": "bn_scale", "prune/round_to": 8, "ft/epochs": max(self.epochs)})
         return {"fp32": fp32, "int8": only_int8, "seeds": seeds}
+
+    def reference_plans(self) -> dict[str, CompressionPlan]:
+        """The reference plans (``fp32``, ``int8``, ``seeds``), built in the full default space.
+
+        Only the groups, units and precisions of this space matter: a narrowed space (a YAML
+        file) still gets the same references, so every front shows them.
+        """
+        full = self.full()
+        return {name: full(_Fixed(params)) for name, params in full.reference_params().items()}
+
+    def full(self) -> DefaultSpace:
+        """This space with every choice list back at its default (same groups, units, precisions)."""
+        return DefaultSpace(
+            groups=self.groups,
+            precisions=self.precisions,
+            max_calibration_images=self.max_calibration_images,
+            fine=self.fine,
+            units_=self.units_,
+        )
+
+
+class _Fixed:
+    """A trial that answers from fixed params (a pure stand-in for ``optuna.trial.FixedTrial``)."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self._params = params
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None) -> float:
+        return float(self._params[name])
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return int(self._params[name])
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._params[name]

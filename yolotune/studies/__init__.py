@@ -1,8 +1,23 @@
-"""Studies: storage, Pareto fronts (reports and export of a chosen trial come next)."""
+"""Studies: storage, Pareto fronts, reports, the dashboard and export of a chosen trial."""
 
 from __future__ import annotations
 
+from yolotune.studies._dashboard import serve_dashboard
+from yolotune.studies._export import ExportResult, export_trial
 from yolotune.studies._front import FrontRow, pareto_front
-from yolotune.studies._storage import default_storage_url, open_storage, study_dir
+from yolotune.studies._report import write_report
+from yolotune.studies._storage import artifact_dir, default_storage_url, load_study, open_storage, study_dir
 
-__all__ = ["FrontRow", "default_storage_url", "open_storage", "pareto_front", "study_dir"]
+__all__ = [
+    "ExportResult",
+    "FrontRow",
+    "artifact_dir",
+    "default_storage_url",
+    "export_trial",
+    "load_study",
+    "open_storage",
+    "pareto_front",
+    "serve_dashboard",
+    "study_dir",
+    "write_report",
+]

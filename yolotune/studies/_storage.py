@@ -8,12 +8,19 @@ import optuna
 
 from yolotune.errors import YolotuneError
 
-__all__ = ["default_storage_url", "open_storage", "study_dir"]
+__all__ = ["artifact_dir", "default_storage_url", "load_study", "open_storage", "study_dir"]
 
 
 def study_dir(root: Path, study_name: str) -> Path:
     """Directory of a study's artifacts (``<root>/<study>``)."""
     return root / study_name
+
+
+def artifact_dir(root: Path, study_name: str) -> Path:
+    """Directory of the study's Optuna artifact store (``<root>/<study>/artifacts``)."""
+    path = study_dir(root, study_name) / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def default_storage_url(root: Path, study_name: str) -> str:
@@ -37,3 +44,37 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}") from exc
+
+
+def load_study(*, study: str | None = None, storage: str | None = None, root: Path = Path("studies")) -> optuna.Study:
+    """Load an existing study for ``show`` / ``report`` / ``export`` / ``dashboard``.
+
+    Args:
+        study: Study name. May be left out when the storage (or ``root``) holds exactly one study.
+        storage: Optuna storage URL (default: the study's SQLite file under ``root``).
+        root: Studies directory of the default storage.
+
+    Raises:
+        YolotuneError: No such study, or several and no name given.
+    """
+    if storage is None and study is None:
+        found = sorted(p.stem for p in root.glob("*.db"))
+        if len(found) != 1:
+            where = f"{root}/" if root.is_dir() else f"{root} (missing)"
+            raise YolotuneError(f"{len(found)} studies in {where} ({', '.join(found) or 'none'}); pass --study NAME")
+        study = found[0]
+    if storage is None:
+        assert study is not None
+        if not (root / f"{study}.db").is_file():
+            raise YolotuneError(f"no study '{study}' in {root}/ (run `tune run --study {study}` first, or pass --root)")
+        storage = default_storage_url(root, study)
+    opened = open_storage(storage)
+    if study is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
+        if len(names) != 1:
+            raise YolotuneError(f"{len(names)} studies in {storage} ({', '.join(names) or 'none'}); pass --study NAME")
+        study = names[0]
+    try:
+        return optuna.load_study(study_name=study, storage=opened)
+    except KeyError as exc:
+        raise YolotuneError(f"no study '{study}' in {storage}") from exc

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from yolotune import YolotuneError
+from yolotune.spaces import CompressionPlan
+from yolotune.studies import artifact_dir, export_trial, load_study, pareto_front
+
+
+def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    front = pareto_front(study)
+    assert front
+    for row in front:
+        res = export_trial(study, row.number, tmp_path / str(row.number), artifacts=artifact_dir(root, name))
+        trial = study.trials[row.number]
+        # the file handed out is the file the trial measured
+        assert res.model.read_bytes() == Path(trial.user_attrs["artifact"]).read_bytes()
+        assert abs(res.measured["map50_95"] - row.map50_95) <= 0.002
+        assert res.measured["size_bytes"] == trial.user_attrs["metrics"]["size_bytes"]
+        assert res.measured["latency_ms"] > 0
+        recipe = yaml.safe_load(res.recipe.read_text())
+        assert recipe["trial"] == row.number and recipe["job"]["data"] == "coco8"
+        assert CompressionPlan.from_dict(recipe["plan"]) == CompressionPlan.load(res.plan)
+        assert recipe["recorded"]["map50_95"] == row.map50_95 and "onnxruntime" in recipe["versions"]
+
+
+def test_export_falls_back_to_the_optuna_artifact_store(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    trial = study.trials[1]
+    metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+    assert {m.filename for m in metas} == {Path(trial.user_attrs["artifact"]).name, "plan.yaml", "metrics.json"}
+    # the trial directory is gone: the model comes from the artifact store
+    moved = tmp_path / "moved"
+    shutil.move(Path(trial.user_attrs["artifact"]).parent, moved)
+    try:
+        res = export_trial(study, 1, tmp_path / "out", artifacts=artifact_dir(root, name), remeasure=False)
+        assert res.model.read_bytes() == (moved / res.model.name).read_bytes()
+        with pytest.raises(YolotuneError, match="model is gone"):
+            export_trial(study, 1, tmp_path / "out2", artifacts=None, remeasure=False)
+    finally:
+        shutil.move(moved, Path(trial.user_attrs["artifact"]).parent)
+
+
+def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    with pytest.raises(YolotuneError, match="has no trial 99"):
+        export_trial(study, 99, tmp_path)
+    failed = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"fail_reason": "export failed"})
+    scratch = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    scratch.add_trial(failed)
+    with pytest.raises(YolotuneError, match=r"trial 0 is FAIL \(export failed\); export a COMPLETE trial"):
+        export_trial(scratch, 0, tmp_path)

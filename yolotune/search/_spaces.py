@@ -1,0 +1,88 @@
+"""Load the search space a study uses: the default one, a YAML file narrowing it, or a callable."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yolotune.errors import YolotuneError
+from yolotune.spaces import DefaultSpace, Space
+
+__all__ = ["load_space"]
+
+
+def _import_attr(spec: str) -> Any:
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise YolotuneError(f"space file {path} not found")
+            mod_spec = importlib.util.spec_from_file_location(f"yolotune_user_space_{path.stem}", path)
+            assert mod_spec is not None and mod_spec.loader is not None
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_spec.name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except YolotuneError:
+        raise
+    except Exception as exc:
+        raise YolotuneError(f"cannot import space '{spec}': {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, attr):
+        raise YolotuneError(f"space '{spec}': {module_name} has no attribute '{attr}'")
+    return getattr(module, attr)
+
+
+def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
+    """The space named by ``spec``.
+
+    Args:
+        spec: ``None`` (the default space), a YAML file of ``DefaultSpace`` options
+            (``max_ratio: 0.3``, ``precisions: [int8]``, ``units: {stem: [backbone.0]}``, ...),
+            or ``module:attr`` / ``path/to/file.py:attr`` naming a callable ``trial → CompressionPlan``
+            (a function, or a factory called with ``default`` when it takes one argument named
+            ``default``).
+        default: The model's default space (groups, target precisions, calibration bound).
+
+    Raises:
+        YolotuneError: The file or callable cannot be loaded, or the options are invalid.
+    """
+    if spec is None:
+        return default
+    if spec.endswith((".yaml", ".yml")):
+        path = Path(spec)
+        if not path.is_file():
+            raise YolotuneError(f"space file {path} not found")
+        try:
+            options = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise YolotuneError(f"space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(options, dict):
+            raise YolotuneError(f"space file {path} must hold a mapping of options")
+        return DefaultSpace.from_options(
+            options,
+            groups=default.groups,
+            precisions=default.precisions,
+            max_calibration_images=default.max_calibration_images,
+        )
+    if ":" not in spec:
+        raise YolotuneError(f"--space must be a .yaml file or module:callable (file.py:callable); got '{spec}'")
+    obj = _import_attr(spec)
+    if not callable(obj):
+        raise YolotuneError(f"space '{spec}' is not callable")
+    import inspect
+
+    try:
+        params = list(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        params = []
+    if params == ["default"]:
+        obj = obj(default)
+    space: Space = obj
+    return space

@@ -1,0 +1,152 @@
+"""Export a chosen trial: its deployable model, its plan as a recipe, and a re-measurement.
+
+The file handed out is the one the trial measured (copied from the trial directory, or fetched
+from the study's Optuna artifact store when that directory is gone). It is then validated for
+mAP through the same code path and timed on the same target, so the user sees recorded and
+re-measured numbers side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from yolotune._env import package_versions
+from yolotune.errors import YolotuneError
+
+__all__ = ["ExportResult", "export_trial"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportResult:
+    """What ``export_trial`` wrote and measured.
+
+    Attributes:
+        trial: Trial number.
+        model: The deployable model in the output directory.
+        recipe: ``recipe.yaml``: plan, job, recorded metrics, library versions.
+        plan: ``plan.yaml`` (usable with ``tune eval --plan``).
+        recorded: Metrics recorded by the search (``map50_95``, ``map50``, ``size_bytes``, ``latency_ms``).
+        measured: The same metrics re-measured on the exported file (empty when not re-measured).
+    """
+
+    trial: int
+    model: Path
+    recipe: Path
+    plan: Path
+    recorded: dict[str, float]
+    measured: dict[str, float]
+
+
+def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    found = next((t for t in trials if t.number == number), None)
+    if found is None:
+        raise YolotuneError(f"study '{study.study_name}' has no trial {number} (trials 0–{len(trials) - 1})")
+    if found.state != optuna.trial.TrialState.COMPLETE:
+        reason = found.user_attrs.get("fail_reason")
+        detail = f" ({reason})" if reason else ""
+        raise YolotuneError(f"trial {number} is {found.state.name}{detail}; export a COMPLETE trial (see `tune show`)")
+    return found
+
+
+def _fetch(trial: optuna.trial.FrozenTrial, artifacts: Path | None, dest: Path) -> None:
+    """Copy the trial's deployable file to ``dest``: from its trial directory, else the artifact store."""
+    source = Path(str(trial.user_attrs.get("artifact", "")))
+    if source.is_file():
+        shutil.copy2(source, dest)
+        return
+    ids: dict[str, str] = trial.user_attrs.get("artifacts") or {}
+    artifact_id = ids.get(source.name)
+    if artifact_id and artifacts is not None and (artifacts / artifact_id).exists():
+        from optuna.artifacts import FileSystemArtifactStore, download_artifact
+
+        download_artifact(
+            artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(dest), artifact_id=artifact_id
+        )
+        return
+    raise YolotuneError(
+        f"trial {trial.number}'s model is gone ({source} and the artifact store); "
+        "rebuild it with `tune eval --plan` on the trial's plan"
+    )
+
+
+def export_trial(
+    study: optuna.Study,
+    number: int,
+    out_dir: Path,
+    *,
+    artifacts: Path | None = None,
+    remeasure: bool = True,
+) -> ExportResult:
+    """Write trial ``number``'s deployable model and recipe to ``out_dir`` and re-measure it.
+
+    Args:
+        study: The study.
+        number: A COMPLETE trial's number.
+        out_dir: Output directory (created).
+        artifacts: The study's artifact store directory (fallback source of the model).
+        remeasure: Re-validate mAP and re-time latency on the study's target.
+
+    Raises:
+        YolotuneError: No such trial, not COMPLETE, or its model cannot be found.
+    """
+    from yolotune.spaces import CompressionPlan
+
+    trial = _find_trial(study, number)
+    job: dict[str, Any] = study.user_attrs.get("job") or {}
+    plan = CompressionPlan.from_dict(trial.user_attrs["plan"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
+    model = out_dir / name
+    _fetch(trial, artifacts, model)
+    plan_path = plan.save(out_dir / "plan.yaml")
+    recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
+    recipe = out_dir / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "study": study.study_name,
+                "trial": number,
+                "job": job,
+                "model_file": name,
+                "plan": plan.to_dict(),
+                "recorded": {
+                    **recorded,
+                    "latency": trial.user_attrs.get("latency"),
+                    "provenance": trial.user_attrs.get("provenance"),
+                },
+                "versions": package_versions(),
+            },
+            sort_keys=False,
+        )
+    )
+    measured: dict[str, float] = {}
+    if remeasure:
+        measured = _remeasure(model, job)
+        (out_dir / "remeasured.json").write_text(json.dumps(measured, indent=2))
+    return ExportResult(trial=number, model=model, recipe=recipe, plan=plan_path, recorded=recorded, measured=measured)
+
+
+def _remeasure(model: Path, job: dict[str, Any]) -> dict[str, float]:
+    """mAP, size and latency of ``model`` through the same code path the search used."""
+    from yolotune.assets import prepare_dataset
+    from yolotune.evaluators import get_target, measure_map, measure_size
+
+    if not {"data", "imgsz", "target"} <= set(job):
+        raise YolotuneError("the study does not record its job (data, imgsz, target); cannot re-measure")
+    imgsz = int(job["imgsz"])
+    accuracy = measure_map(model, prepare_dataset(job["data"]), imgsz=imgsz)
+    latency = get_target(job["target"]).benchmark(model, imgsz=imgsz)
+    return {
+        "map50_95": accuracy.map50_95,
+        "map50": accuracy.map50,
+        "size_bytes": float(measure_size(model)),
+        "latency_ms": latency.median_ms,
+    }
