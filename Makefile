@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tune eval --model yolov8n-coco.pt --data tiny_coco --imgsz 320 --plan yolotune/demo/sample_plan.yaml --out runs/demo
+	$(BIN)/tune run --model yolov8n-coco.pt --data tiny_coco --imgsz 320 --target local-cpu --budget 12 --study demo
+	$(BIN)/tune report --study demo
+	@echo "study: studies/demo.db, trials in studies/demo/trials/ (tune show / dashboard / export --study demo)"
 
 test: $(STAMP)
 	./scripts/system-deps.sh

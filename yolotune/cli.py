@@ -179,7 +179,7 @@ def run(
     study: Annotated[str | None, typer.Option("--study", "-s", help="Study name.")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
     root: Annotated[Path, typer.Option("--root", help="Studies directory.")] = Path("studies"),
-    sampler: Annotated[str, typer.Option("--sampler", help="nsga2 or tpe.")] = "nsga2",
+    sampler: Annotated[str, typer.Option("--sampler", help="nsga2, tpe or random.")] = "nsga2",
     population: Annotated[int, typer.Option("--population", help="NSGA-II population.")] = 8,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     space: Annotated[

@@ -57,7 +57,7 @@ class SearchConfig:
         study_name: Study name (default: derived from model, data, target, image size).
         storage: Optuna storage URL (default: ``sqlite:///<root>/<study>.db``).
         root: Directory of the default storage and of trial artifacts.
-        sampler: ``nsga2`` (default) or ``tpe``.
+        sampler: ``nsga2`` (default), ``tpe`` or ``random`` (a baseline for comparisons).
         population: NSGA-II population size.
         seed: Sampler seed.
         fine: Per-layer search space instead of the coarse one.
@@ -88,8 +88,8 @@ class SearchConfig:
             raise YolotuneError(f"--max-latency-ms must be positive; got {self.max_latency_ms}")
         if self.budget <= 0:
             raise YolotuneError(f"--budget must be a positive number of trials; got {self.budget}")
-        if self.sampler not in {"nsga2", "tpe"}:
-            raise YolotuneError(f"unknown sampler '{self.sampler}'; use nsga2 or tpe")
+        if self.sampler not in {"nsga2", "tpe", "random"}:
+            raise YolotuneError(f"unknown sampler '{self.sampler}'; use nsga2, tpe or random")
         if self.population < 2:
             raise YolotuneError(f"population must be ≥2; got {self.population}")
 
@@ -121,6 +121,8 @@ class TrialOutcome:
 def _sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
     if config.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=config.seed)
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
     return optuna.samplers.NSGAIISampler(population_size=config.population, seed=config.seed)
 
 
