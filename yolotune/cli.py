@@ -190,12 +190,20 @@ def run(
         float | None, typer.Option("--max-map-drop", help="Largest mAP50-95 drop from FP32 (e.g. 0.01).")
     ] = None,
     max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", help="Largest median latency.")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Candidates built at once (Ray).")] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Join this Ray cluster instead of a local instance.")
+    ] = None,
+    cpus_per_worker: Annotated[int, typer.Option("--cpus-per-worker", help="CPUs each candidate task takes.")] = 1,
+    heartbeat_interval: Annotated[
+        int, typer.Option("--heartbeat-interval", help="Seconds between heartbeats of running trials.")
+    ] = 10,
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
-    from yolotune.search import SearchConfig, open_study, run_search, search_spaces
-    from yolotune.studies import pareto_front
+    from yolotune.search import SearchConfig, run_search, search_spaces
+    from yolotune.studies import open_storage, pareto_front
 
     config = SearchConfig(
         model=model,
@@ -212,9 +220,13 @@ def run(
         fine=fine,
         max_map_drop=max_map_drop,
         max_latency_ms=max_latency_ms,
+        workers=workers,
+        ray_address=ray_address,
+        cpus_per_worker=cpus_per_worker,
+        heartbeat_interval=heartbeat_interval,
     )
     search_spaces(config)  # a model, data or space that cannot be loaded fails here, before any display
-    open_study(config)  # and so does a storage that cannot be opened
+    open_storage(config.storage_url)  # and so does a storage that cannot be opened
     columns = (
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),

@@ -51,6 +51,7 @@ class LatencyStats:
         warmup: Number of untimed warm-up runs.
         started_at: Wall-clock start of the timed window (epoch seconds).
         ended_at: Wall-clock end of the timed window (epoch seconds).
+        attempts: Timings made (a timing whose spread says it was disturbed is repeated).
     """
 
     median_ms: float
@@ -61,6 +62,12 @@ class LatencyStats:
     warmup: int
     started_at: float
     ended_at: float
+    attempts: int = 1
+
+    @property
+    def spread(self) -> float:
+        """Relative spread of the timed runs: ``p90 / median - 1``."""
+        return self.p90_ms / self.median_ms - 1 if self.median_ms > 0 else float("inf")
 
     @classmethod
     def from_samples(

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from yolotune.search._candidate import CandidateResult, CandidateSettings, check_plan, run_candidate
+from yolotune.search._candidate import (
+    BuiltCandidate,
+    CandidateResult,
+    CandidateSettings,
+    build_candidate,
+    check_plan,
+    run_candidate,
+    time_candidate,
+)
 from yolotune.search._driver import (
     METRIC_NAMES,
     SearchConfig,
@@ -17,10 +25,12 @@ from yolotune.search._spaces import load_space
 
 __all__ = [
     "METRIC_NAMES",
+    "BuiltCandidate",
     "CandidateResult",
     "CandidateSettings",
     "SearchConfig",
     "TrialOutcome",
+    "build_candidate",
     "check_plan",
     "constraints_of",
     "load_space",
@@ -29,4 +39,5 @@ __all__ = [
     "run_candidate",
     "run_search",
     "search_spaces",
+    "time_candidate",
 ]

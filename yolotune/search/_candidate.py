@@ -31,14 +31,21 @@ from yolotune.evaluators import (
     LatencyStats,
     Provenance,
     Target,
+    compute_lease,
     get_target,
     measure_map,
     measure_size,
 )
 from yolotune.spaces import CompressionPlan
 
-__all__ = ["CandidateResult", "CandidateSettings", "run_candidate"]
-
+__all__ = [
+    "BuiltCandidate",
+    "CandidateResult",
+    "CandidateSettings",
+    "build_candidate",
+    "run_candidate",
+    "time_candidate",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,9 +121,10 @@ class CandidateResult:
 class _Steps:
     """Times steps, reports them to a callback, and turns library exceptions into StepErrors."""
 
-    def __init__(self, on_step: Callable[[str], None] | None) -> None:
+    def __init__(self, on_step: Callable[[str], None] | None, *, lease: bool = True) -> None:
         self.seconds: dict[str, float] = {}
         self._on_step = on_step
+        self._lease = lease
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -124,7 +132,9 @@ class _Steps:
             self._on_step(name)
         t0 = time.perf_counter()
         try:
-            yield
+            # compute steps share the host; a timing waits for them (see evaluators._lease)
+            with compute_lease() if self._lease else contextlib.nullcontext():
+                yield
         except YolotuneError:
             raise
         except Exception as exc:
@@ -149,7 +159,44 @@ def check_plan(plan: CompressionPlan, *, groups: tuple[str, ...], dataset: Datas
         )
 
 
-def run_candidate(
+@dataclass(frozen=True, kw_only=True)
+class BuiltCandidate:
+    """A candidate built and validated, not yet timed (what a worker hands back to the driver).
+
+    Attributes:
+        plan: The plan.
+        model: Resolved checkpoint path.
+        data: Resolved dataset source.
+        imgsz: Input size.
+        deployable: The deployable file (on the host that built it).
+        accuracy: mAP of the deployable file.
+        size_bytes: Its size.
+        prune: Pruning report, when pruned.
+        quantize: Quantization report, when quantized.
+        macs: Estimated MACs (thop-style count, an estimate).
+        params: Parameter count.
+        step_seconds: Seconds per step.
+        versions: Library versions.
+        host: Host name of the machine that built it.
+    """
+
+    plan: CompressionPlan
+    model: str
+    data: str
+    imgsz: int
+    deployable: Path
+    accuracy: Accuracy
+    size_bytes: int
+    prune: PruneReport | None
+    quantize: QuantizeReport | None
+    macs: int
+    params: int
+    step_seconds: dict[str, float]
+    versions: dict[str, str]
+    host: str
+
+
+def build_candidate(
     *,
     model: str | Path,
     data: str | Path,
@@ -158,25 +205,18 @@ def run_candidate(
     settings: CandidateSettings | None = None,
     target: Target | None = None,
     on_step: Callable[[str], None] | None = None,
-) -> CandidateResult:
-    """Build the deployable model for ``plan`` and measure it.
+) -> BuiltCandidate:
+    """Build the deployable model for ``plan`` and validate it; every step holds the compute lease.
 
-    Steps: load → (prune) → (fine-tune) → export ONNX → (quantize) → mAP → size → latency.
-    Artifacts land in ``out_dir``: ``plan.yaml``, checkpoints, ``model.onnx`` (FP32),
-    ``model.int8.onnx`` when quantized, and ``metrics.json``.
-
-    Args:
-        model: Checkpoint path or bare asset name.
-        data: Data yaml path or bare asset name.
-        plan: The compression plan.
-        out_dir: Directory for the artifacts.
-        settings: Image size, target, calibration budget, seed.
-        target: A target instance (overrides ``settings.target``; tests pass fakes).
-        on_step: Called with each step's name as it starts (progress display).
+    Steps: load → (prune) → (fine-tune) → export ONNX → (quantize) → mAP → size.
+    Artifacts land in ``out_dir``: ``plan.yaml``, checkpoints, ``model.onnx`` (FP32) and
+    ``model.int8.onnx`` when quantized.
 
     Raises:
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
     """
+    import socket
+
     settings = settings or CandidateSettings()
     target = target or get_target(settings.target)
     steps = _Steps(on_step)
@@ -232,28 +272,93 @@ def run_candidate(
             )
     with steps("validate"):
         accuracy = measure_map(deployable, dataset, imgsz=imgsz)
-    size = measure_size(deployable)
-    with steps("latency"):
-        latency = target.benchmark(deployable, imgsz=imgsz)
-
-    result = CandidateResult(
+    return BuiltCandidate(
         plan=plan,
         model=str(model_path),
         data=str(dataset.source),
         imgsz=imgsz,
         deployable=deployable,
         accuracy=accuracy,
-        size_bytes=size,
-        latency=latency,
-        provenance=target.provenance(imgsz=imgsz),
+        size_bytes=measure_size(deployable),
         prune=prune_report,
         quantize=quant_report,
         macs=macs,
         params=params,
         step_seconds=dict(steps.seconds),
         versions=package_versions(),
+        host=socket.gethostname(),
     )
+
+
+def time_candidate(
+    built: BuiltCandidate,
+    *,
+    target: Target,
+    on_step: Callable[[str], None] | None = None,
+) -> CandidateResult:
+    """Time a built candidate on ``target`` (on this host) and write its ``metrics.json``.
+
+    Raises:
+        YolotuneError: The timing failed, as one line.
+    """
+    steps = _Steps(on_step, lease=False)  # the target takes the timing lease itself
+    with steps("latency"):
+        latency = target.benchmark(built.deployable, imgsz=built.imgsz)
+    result = CandidateResult(
+        plan=built.plan,
+        model=built.model,
+        data=built.data,
+        imgsz=built.imgsz,
+        deployable=built.deployable,
+        accuracy=built.accuracy,
+        size_bytes=built.size_bytes,
+        latency=latency,
+        provenance=target.provenance(imgsz=built.imgsz),
+        prune=built.prune,
+        quantize=built.quantize,
+        macs=built.macs,
+        params=built.params,
+        step_seconds={**built.step_seconds, **steps.seconds},
+        versions=built.versions,
+    )
+    out = built.deployable.parent
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(result.to_dict(), indent=2))
     tmp.replace(out / "metrics.json")
     return result
+
+
+def run_candidate(
+    *,
+    model: str | Path,
+    data: str | Path,
+    plan: CompressionPlan,
+    out_dir: str | Path,
+    settings: CandidateSettings | None = None,
+    target: Target | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> CandidateResult:
+    """Build the deployable model for ``plan`` and measure it (``build_candidate`` + ``time_candidate``).
+
+    Steps: load → (prune) → (fine-tune) → export ONNX → (quantize) → mAP → size → latency.
+    Artifacts land in ``out_dir``: ``plan.yaml``, checkpoints, ``model.onnx`` (FP32),
+    ``model.int8.onnx`` when quantized, and ``metrics.json``.
+
+    Args:
+        model: Checkpoint path or bare asset name.
+        data: Data yaml path or bare asset name.
+        plan: The compression plan.
+        out_dir: Directory for the artifacts.
+        settings: Image size, target, calibration budget, seed.
+        target: A target instance (overrides ``settings.target``; tests pass fakes).
+        on_step: Called with each step's name as it starts (progress display).
+
+    Raises:
+        YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
+    """
+    settings = settings or CandidateSettings()
+    target = target or get_target(settings.target)
+    built = build_candidate(
+        model=model, data=data, plan=plan, out_dir=out_dir, settings=settings, target=target, on_step=on_step
+    )
+    return time_candidate(built, target=target, on_step=on_step)

@@ -11,6 +11,7 @@ Constraints (``max_map_drop`` against the FP32 reference trial, ``max_latency_ms
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from typing import Any
 import optuna
 
 from yolotune.errors import YolotuneError
-from yolotune.search._candidate import CandidateResult, CandidateSettings, run_candidate
+from yolotune.search._candidate import CandidateResult, CandidateSettings, time_candidate
+from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor
+from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
 from yolotune.search._spaces import load_space
 from yolotune.spaces import CompressionPlan, DefaultSpace, Space
 from yolotune.studies._storage import artifact_dir, default_storage_url, open_storage, study_dir
@@ -64,6 +67,11 @@ class SearchConfig:
         space: A YAML file narrowing the default space, or ``module:callable`` / ``file.py:callable``.
         max_map_drop: Largest mAP50-95 drop (absolute, e.g. 0.01) from the FP32 reference trial.
         max_latency_ms: Largest median latency on the target.
+        workers: Candidates built at once (more than 1: Ray tasks on a local instance).
+        ray_address: Join this Ray cluster instead of starting a local instance.
+        cpus_per_worker: CPUs each candidate's Ray task declares.
+        heartbeat_interval: Seconds between heartbeats of running trials (RDB storages); a trial
+            silent for three intervals belongs to a dead driver and is failed and retried.
     """
 
     model: str
@@ -80,8 +88,16 @@ class SearchConfig:
     space: str | None = None
     max_map_drop: float | None = None
     max_latency_ms: float | None = None
+    workers: int = 1
+    ray_address: str | None = None
+    cpus_per_worker: int = 1
+    heartbeat_interval: int = 10
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise YolotuneError(f"--workers must be ≥1; got {self.workers}")
+        if self.heartbeat_interval < 1:
+            raise YolotuneError(f"heartbeat interval must be ≥1 s; got {self.heartbeat_interval}")
         if self.max_map_drop is not None and not 0 <= self.max_map_drop <= 1:
             raise YolotuneError(f"--max-map-drop is an mAP50-95 difference in [0, 1]; got {self.max_map_drop}")
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
@@ -159,15 +175,26 @@ def open_study(config: SearchConfig) -> optuna.Study:
     study's user attributes; a run that asks for another job or other constraints under the same
     study name is refused, and a run that leaves the constraints out uses the recorded ones.
     """
+    return _open_study(config)[0]
+
+
+def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storages.BaseStorage]:
+    """``open_study``, also saying whether this call created the study (only its creator seeds it).
+
+    Returns the storage too: Optuna wraps it in a cache inside the study, and heartbeats go to it.
+    """
     optuna.logging.set_verbosity(logging.WARNING)
-    storage = open_storage(config.storage_url)
-    study = optuna.create_study(
-        study_name=config.name,
-        storage=storage,
-        directions=DIRECTIONS,
-        sampler=_sampler(config),
-        load_if_exists=True,
-    )
+    storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval)
+    created = True
+    try:
+        study = optuna.create_study(
+            study_name=config.name, storage=storage, directions=DIRECTIONS, sampler=_sampler(config)
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+        study = optuna.load_study(study_name=config.name, storage=storage, sampler=_sampler(config))
+    if study.directions != DIRECTIONS:
+        raise YolotuneError(f"study '{config.name}' in {config.storage_url} is not a yolotune study")
     job = {
         "model": config.model,
         "data": config.data,
@@ -183,7 +210,7 @@ def open_study(config: SearchConfig) -> optuna.Study:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(METRIC_NAMES)
-        return study
+        return study, created, storage
     if recorded != job:
         raise YolotuneError(f"study '{config.name}' was created for {recorded}; use another --study name for {job}")
     have = constraints_of(study)
@@ -193,7 +220,7 @@ def open_study(config: SearchConfig) -> optuna.Study:
             raise YolotuneError(
                 f"study '{config.name}' was created with {flag} {have.get(key)}; use another --study name for {value}"
             )
-    return study
+    return study, created, storage
 
 
 def constraints_of(study: optuna.Study) -> dict[str, float | None]:
@@ -243,6 +270,37 @@ def _complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
+@dataclass(eq=False)  # hashed by identity: executors key their tasks by it
+class _Pending:
+    """A trial handed to an executor."""
+
+    trial: optuna.Trial
+    plan: CompressionPlan
+    out_dir: Path
+
+
+def _executor(config: SearchConfig) -> InProcess | RayExecutor:
+    if config.workers == 1 and config.ray_address is None:
+        return InProcess()
+    return RayExecutor(
+        workers=config.workers,
+        temp_dir=study_dir(config.root, config.name) / "ray",
+        address=config.ray_address,
+        cpus_per_worker=config.cpus_per_worker,
+    )
+
+
+def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str) -> bool:
+    """Queue a trial's plan once more (once only: a retry is not retried). Return whether queued."""
+    if "retry_of" in trial.user_attrs:
+        return False
+    attrs: dict[str, Any] = {"retry_of": trial.number, "retry_reason": reason}
+    if trial.user_attrs.get("reference"):
+        attrs["reference"] = trial.user_attrs["reference"]
+    study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
+    return True
+
+
 def run_search(
     config: SearchConfig,
     *,
@@ -253,65 +311,121 @@ def run_search(
     """Run trials until the study holds ``config.budget`` COMPLETE trials.
 
     Reference trials (FP32, INT8 only, the seeds' recipe) are enqueued when the study is new.
-    Ctrl-C tells the running trial FAIL (reason ``interrupted``), enqueues its params again and
-    re-raises: nothing half-done is reported as complete, and the next run starts with that plan.
+    With ``workers > 1`` (or a Ray address) candidates are built as Ray tasks, up to ``workers``
+    at once; every timing still happens here, on the target host. A candidate whose worker died
+    is failed and its plan retried once; so is a trial left RUNNING by a driver that died (no
+    heartbeat). Ctrl-C tells the running trials FAIL (reason ``interrupted``), queues their plans
+    again and re-raises: nothing half-done is reported as complete, and the next run picks up.
     """
     optuna.logging.set_verbosity(logging.WARNING)
     space, default = search_spaces(config)
-    study = open_study(config)
+    study, created, storage = _open_study(config)
     references = default.reference_plans()
-    if not study.trials:
+    if created:
         # the default space expresses the references in its own params, so the sampler learns from them
         params = default.reference_params() if space == default else {}
         for name in references:
             study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
+    from yolotune.evaluators import get_target
+
+    target = get_target(config.settings.target)
     failures = 0
     limit = max_failures if max_failures is not None else max(3, config.budget)
     root = study_dir(config.root, config.name) / "trials"
-    while _complete(study) < config.budget and failures < limit:
-        trial = study.ask()
-        out = root / str(trial.number)
-        reference = trial.user_attrs.get("reference")
-        try:
-            plan = references[reference] if reference in references and space != default else space(trial)
-            if not isinstance(plan, CompressionPlan):
-                raise YolotuneError(f"the search space returned {type(plan).__name__}, not a CompressionPlan")
-            trial.set_user_attr("plan", plan.to_dict())
-            trial.set_user_attr("brief", plan.brief())
-            result = run_candidate(
-                model=config.model,
-                data=config.data,
-                plan=plan,
-                out_dir=out,
-                settings=config.settings,
-                on_step=_bind(on_step, trial.number),
-            )
-            record: dict[str, Any] = result.to_dict()
-            trial.set_user_attr("metrics", {k: record[k] for k in ("map50_95", "map50", "size_bytes", "latency_ms")})
-            trial.set_user_attr("latency", record["latency"])
-            trial.set_user_attr("provenance", record["provenance"])
-            trial.set_user_attr("artifact", str(result.deployable))
-            trial.set_user_attr("artifacts", _register_artifacts(config, trial, result))
-            _set_constraints(study, trial, result)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            # the next run retries the interrupted plan first
-            retry = {"reference": reference} if reference else {}
-            study.enqueue_trial(trial.params, user_attrs={**retry, "retry_of": trial.number})
-            raise
-        except Exception as exc:  # never let one candidate take the search down
-            failures += 1
-            reason = str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc)
-            trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            if on_trial:
-                on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), study)
-            continue
-        study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
+
+    open_trials: dict[int, _Pending] = {}  # asked, not yet told
+
+    def fail(trial: optuna.Trial, reason: str) -> None:
+        open_trials.pop(trial.number, None)
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if on_trial:
-            on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), study)
+            on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), study)
+
+    # the driver beats for its trials itself (Heartbeat), so Optuna's optimize-only note does not apply
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+    with Heartbeat(storage) as heartbeat, _executor(config) as executor:
+        try:
+            while _complete(study) < config.budget and failures < limit:
+                for stale in fail_stale_trials(study, storage):
+                    _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"))
+                # keep every worker busy, without asking for more trials than the budget needs
+                while executor.in_flight < executor.workers and _complete(study) + executor.in_flight < config.budget:
+                    trial = study.ask()
+                    heartbeat.add(trial._trial_id)
+                    reference = str(trial.user_attrs.get("reference", ""))
+                    try:
+                        use_reference = reference in references and space != default
+                        plan = references[reference] if use_reference else space(trial)
+                        if not isinstance(plan, CompressionPlan):
+                            raise YolotuneError(
+                                f"the search space returned {type(plan).__name__}, not a CompressionPlan"
+                            )
+                    except Exception as exc:
+                        failures += 1
+                        heartbeat.remove(trial._trial_id)
+                        fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
+                        continue
+                    trial.set_user_attr("plan", plan.to_dict())
+                    trial.set_user_attr("brief", plan.brief())
+                    pending = _Pending(trial=trial, plan=plan, out_dir=root / str(trial.number))
+                    open_trials[trial.number] = pending
+                    kwargs = {
+                        "model": config.model,
+                        "data": config.data,
+                        "plan": plan,
+                        "out_dir": pending.out_dir,
+                        "settings": config.settings,
+                    }
+                    if isinstance(executor, InProcess):
+                        kwargs["on_step"] = _bind(on_step, trial.number)
+                    executor.submit(pending, kwargs)
+                if executor.in_flight == 0:
+                    break
+                for pending, built in executor.wait():
+                    trial = pending.trial
+                    try:
+                        if isinstance(built, Crashed):
+                            failures += 1
+                            fail(trial, built.reason)
+                            _retry(study, trial, built.reason)
+                            continue
+                        if isinstance(built, Failed):
+                            failures += 1
+                            fail(trial, built.reason)
+                            continue
+                        try:
+                            result = time_candidate(built, target=target, on_step=_bind(on_step, trial.number))
+                            _record(config, study, trial, result)
+                        except Exception as exc:
+                            failures += 1
+                            fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
+                            continue
+                        study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
+                        open_trials.pop(trial.number, None)
+                        if on_trial:
+                            on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), study)
+                    finally:
+                        heartbeat.remove(trial._trial_id)
+        except KeyboardInterrupt:
+            executor.cancel_all()
+            for pending in open_trials.values():
+                with contextlib.suppress(Exception):  # already told, storage gone: nothing more to save
+                    pending.trial.set_user_attr("fail_reason", "interrupted")
+                    study.tell(pending.trial, state=optuna.trial.TrialState.FAIL)
+                    _retry(study, pending.trial, "interrupted")
+            raise
     return study
+
+
+def _record(config: SearchConfig, study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
+    record: dict[str, Any] = result.to_dict()
+    trial.set_user_attr("metrics", {k: record[k] for k in ("map50_95", "map50", "size_bytes", "latency_ms")})
+    trial.set_user_attr("latency", record["latency"])
+    trial.set_user_attr("provenance", record["provenance"])
+    trial.set_user_attr("artifact", str(result.deployable))
+    trial.set_user_attr("artifacts", _register_artifacts(config, trial, result))
+    _set_constraints(study, trial, result)
 
 
 def _unexpected(exc: Exception) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -29,8 +30,13 @@ def default_storage_url(root: Path, study_name: str) -> str:
     return f"sqlite:///{(root / f'{study_name}.db').resolve()}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.storages.BaseStorage:
     """Open an Optuna storage URL (RDB via SQLAlchemy, or ``journal:<file>``).
+
+    Args:
+        url: Storage URL.
+        heartbeat_interval: Seconds between a driver's heartbeats for its running trials (RDB
+            storages only; a RUNNING trial without a heartbeat for three intervals is stale).
 
     Raises:
         YolotuneError: The URL cannot be opened; one line with the reason.
@@ -40,7 +46,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-        return optuna.storages.RDBStorage(url)
+        if heartbeat_interval is None:
+            return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval
+            )
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}") from exc

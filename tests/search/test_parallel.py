@@ -1,0 +1,102 @@
+"""The search over Ray, and nothing lost when a worker or the driver is killed (for real, by pid)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from yolotune import YolotuneError
+from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search
+from yolotune.studies import load_study
+
+COMPLETE = optuna.trial.TrialState.COMPLETE
+FAIL = optuna.trial.TrialState.FAIL
+
+
+def _config(root: Path, **kwargs: object) -> SearchConfig:
+    base: dict = {
+        "model": "yolov8n-coco.pt",
+        "data": "coco8",
+        "budget": 3,
+        "settings": CandidateSettings(imgsz=160),
+        "root": root,
+        "study_name": "s",
+    }
+    return SearchConfig(**{**base, **kwargs})
+
+
+def _wait_for(path: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} never appeared")
+        time.sleep(0.1)
+
+
+def test_a_killed_worker_fails_its_trial_which_is_retried_once(tmp_path: Path) -> None:
+    pid_file = tmp_path / "s" / "trials" / "1" / "worker.pid"
+    killed: list[int] = []
+
+    def kill_worker_of_trial_1() -> None:
+        _wait_for(pid_file)
+        time.sleep(0.5)  # mid-candidate
+        pid = int(pid_file.read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    killer = threading.Thread(target=kill_worker_of_trial_1, daemon=True)
+    killer.start()
+    study = run_search(_config(tmp_path, workers=2))
+    killer.join(timeout=5)
+    assert killed and killed[0] != os.getpid()
+    trials = study.get_trials()
+    assert trials[1].state == FAIL and "worker died" in trials[1].user_attrs["fail_reason"]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retries) == 1 and retries[0].state == COMPLETE
+    assert plan_of(retries[0]) == plan_of(trials[1])  # the same plan, retried once
+    complete = study.get_trials(states=(COMPLETE,))
+    assert len(complete) == 3 and {t.user_attrs.get("reference") for t in complete} == {"fp32", "int8", "seeds"}
+    # every timing happened in this process (the target host), none in a worker
+    assert all(t.user_attrs["provenance"]["host"] == os.uname().nodename for t in complete)
+
+
+def test_more_workers_than_the_cluster_has_cpus_is_a_clear_error(tmp_path: Path) -> None:
+    cpus = os.cpu_count() or 1
+    with pytest.raises(YolotuneError, match=rf"--workers {cpus + 1} needs {cpus + 1} CPUs; the Ray cluster has {cpus}"):
+        run_search(_config(tmp_path, workers=cpus + 1))
+
+
+def test_a_killed_driver_leaves_nothing_lost_and_the_same_command_resumes(tmp_path: Path) -> None:
+    tune = Path(sys.executable).parent / "tune"
+    args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
+    args += ["--study", "s", "--heartbeat-interval", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(tmp_path / "s" / "trials" / "1" / "plan.yaml")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    before = load_study(study="s", root=tmp_path)
+    done_before = {t.number: t.values for t in before.get_trials(states=(COMPLETE,))}
+    assert done_before and before.trials[1].state == optuna.trial.TrialState.RUNNING
+    time.sleep(3.5)  # longer than the grace period (three heartbeats)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    after = load_study(study="s", root=tmp_path)
+    assert after.trials[1].state == FAIL
+    assert "its driver stopped (no heartbeat" in after.trials[1].user_attrs["fail_reason"]
+    retry = next(t for t in after.trials if t.user_attrs.get("retry_of") == 1)
+    assert retry.state == COMPLETE and plan_of(retry) == plan_of(after.trials[1])
+    assert {n: after.trials[n].values for n in done_before} == done_before  # completed trials untouched
+    assert len(after.get_trials(states=(COMPLETE,))) == 3
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in after.trials]
