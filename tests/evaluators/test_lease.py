@@ -5,14 +5,19 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from yolotune.evaluators import LocalCPUTarget, compute_lease, timing_lease
 
 
-def _busy_worker(stop_at: float) -> None:
+def _busy_worker(stop_at: float, ready: Any, paused: Any) -> None:
     """A candidate's compute: short steps on one core, each holding the host's compute lease."""
     while time.time() < stop_at:
+        if paused.is_set():
+            time.sleep(0.01)
+            continue
         with compute_lease():
+            ready.set()
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 0.2:
                 sum(i * i for i in range(2000))
@@ -49,34 +54,46 @@ def test_a_timing_waits_for_running_steps_and_blocks_new_ones() -> None:
     assert events == ["a start", "a end", "timing start", "timing end", "b start", "b end"]
 
 
-def test_latency_with_two_busy_workers_matches_latency_alone(fp32_onnx_160: Path) -> None:
+def test_latency_with_two_busy_workers_matches_latency_alone(fp32_onnx_320: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
     target = LocalCPUTarget(warmup=10, runs=60, attempts=1)
-    alone = [target.benchmark(fp32_onnx_160, imgsz=160).median_ms for _ in range(3)]
     ctx = mp.get_context("spawn")
-    workers = [ctx.Process(target=_busy_worker, args=(time.time() + 60,)) for _ in range(2)]
+    ready, paused = [ctx.Event() for _ in range(2)], ctx.Event()
+    workers = [ctx.Process(target=_busy_worker, args=(time.time() + 180, r, paused)) for r in ready]
     for w in workers:
         w.start()
+    alone: list[float] = []
+    busy: list[float] = []
     try:
-        time.sleep(3)  # both workers are busy
-        busy = [target.benchmark(fp32_onnx_160, imgsz=160).median_ms for _ in range(3)]
+        assert all(r.wait(60) for r in ready)  # both workers started (imports done) and busy
+        # interleaved rounds: this machine drifts by ±30% within a minute
+        for _ in range(4):
+            paused.set()
+            time.sleep(0.3)
+            alone.append(target.benchmark(fp32_onnx_320, imgsz=320).median_ms)
+            paused.clear()
+            time.sleep(0.3)
+            busy.append(target.benchmark(fp32_onnx_320, imgsz=320).median_ms)
         # control: the same timing without the lease, beside the busy workers
-        t0_samples = []
-        import numpy as np
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(fp32_onnx_160), providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: np.zeros((1, 3, 160, 160), np.float32)}
+        session = ort.InferenceSession(str(fp32_onnx_320), providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: np.zeros((1, 3, 320, 320), np.float32)}
+        for _ in range(10):
+            session.run(None, feed)
+        samples = []
         for _ in range(60):
             t0 = time.perf_counter()
             session.run(None, feed)
-            t0_samples.append((time.perf_counter() - t0) * 1e3)
-        unleased = statistics.median(t0_samples)
+            samples.append((time.perf_counter() - t0) * 1e3)
+        unleased = statistics.median(samples)
     finally:
         for w in workers:
             w.kill()
             w.join()
-    spread = (max(alone) - min(alone)) / statistics.median(alone)
-    tolerance = max(spread, 0.15)
-    assert abs(statistics.median(busy) / statistics.median(alone) - 1) <= tolerance, (alone, busy)
+    base = statistics.median(alone)
+    spread = (max(alone) - min(alone)) / base  # run-to-run spread of the timing alone
+    tolerance = max(spread, 0.2)
+    assert abs(statistics.median(busy) / base - 1) <= tolerance, (alone, busy)
     # without the lease the busy workers do inflate the number: the test can tell the difference
-    assert unleased > statistics.median(alone) * (1 + tolerance), (alone, unleased)
+    assert unleased > base * (1 + 2 * tolerance), (alone, unleased)
