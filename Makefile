@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tune run --model yolov8n-coco.pt --data tiny_coco --imgsz 320 --target local-cpu --budget 12 --study demo
+	$(BIN)/tune run --model yolov8n-coco.pt --data tiny_coco --imgsz 320 --target local-cpu --budget 12 --study demo --workers 2
 	$(BIN)/tune report --study demo
 	@echo "study: studies/demo.db, trials in studies/demo/trials/ (tune show / dashboard / export --study demo)"
 
@@ -29,6 +29,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/candidate.py
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/scale.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,6 +8,8 @@ coordinates (0–imgsz px) and class scores (0–1) under one scale, and quantiz
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import time
@@ -185,17 +187,19 @@ def quantize(
             # shape inference only: graph optimisation would rename nodes and break exclusions
             quant_pre_process(str(fp32_path), str(pre), skip_optimization=True)
             reader = _Reader(calibration, input_name)
-            quantize_static(
-                str(pre),
-                str(out_path),
-                reader,
-                quant_format=QuantFormat.QDQ,
-                per_channel=config.per_channel,
-                activation_type=_ACTIVATIONS[config.activation_type],
-                weight_type=QuantType.QInt8,
-                calibrate_method=_METHODS[config.calibration_method],
-                nodes_to_exclude=exclude,
-            )
+            # ORT's histogram calibrators print their bin counts: keep the console for progress
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(
+                    str(pre),
+                    str(out_path),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=config.per_channel,
+                    activation_type=_ACTIVATIONS[config.activation_type],
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=_METHODS[config.calibration_method],
+                    nodes_to_exclude=exclude,
+                )
         except PlanError:
             raise
         except Exception as exc:
