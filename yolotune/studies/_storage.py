@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -46,16 +47,27 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-        if heartbeat_interval is None:
-            return optuna.storages.RDBStorage(url)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval
-            )
+        return _rdb(url, heartbeat_interval)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}") from exc
+
+
+def _rdb(url: str, heartbeat_interval: int | None, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An RDB storage; retried when another driver is creating the same schema at that moment."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    grace = 3 * heartbeat_interval if heartbeat_interval is not None else None
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace)
+        except (IntegrityError, ProgrammingError):  # two drivers creating the tables at once (PostgreSQL)
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def load_study(*, study: str | None = None, storage: str | None = None, root: Path = Path("studies")) -> optuna.Study:
