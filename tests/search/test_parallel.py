@@ -100,3 +100,32 @@ def test_a_killed_driver_leaves_nothing_lost_and_the_same_command_resumes(tmp_pa
     assert {n: after.trials[n].values for n in done_before} == done_before  # completed trials untouched
     assert len(after.get_trials(states=(COMPLETE,))) == 3
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in after.trials]
+
+
+def test_joining_an_existing_ray_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import tempfile
+
+    from yolotune._env import workspace_dir
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = Path(sys.executable).parent / "ray"
+    token = workspace_dir() / "ray_auth_token"  # the token the local-instance tests use (Ray caches it)
+    if not token.exists():
+        token.write_text(os.urandom(32).hex())
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    temp = Path(tempfile.mkdtemp(prefix="yt-ray-"))
+    head = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp}"]
+    head += ["--include-dashboard=false", "--disable-usage-stats"]
+    subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        study = run_search(_config(tmp_path, budget=2, workers=2, ray_address=f"127.0.0.1:{port}"))
+        complete = study.get_trials(states=(COMPLETE,))
+        assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "int8"]
+        assert not (tmp_path / "s" / "ray").exists()  # no local instance was started
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
