@@ -96,4 +96,4 @@ def test_latency_with_two_busy_workers_matches_latency_alone(fp32_onnx_320: Path
     tolerance = max(spread, 0.2)
     assert abs(statistics.median(busy) / base - 1) <= tolerance, (alone, busy)
     # without the lease the busy workers do inflate the number: the test can tell the difference
-    assert unleased > base * (1 + 2 * tolerance), (alone, unleased)
+    assert unleased > base * (1 + tolerance), (alone, unleased)

@@ -1,7 +1,8 @@
 """Compression steps: turn a model and a plan into a deployable artifact.
 
-``prune`` (torch-pruning), ``finetune`` (Ultralytics' trainer on the pruned model), ``export``
-(ONNX), ``quantize`` (ONNX Runtime static QDQ). All Ultralytics surgery lives in
+``prune`` (torch-pruning), ``reestimate_batchnorm`` (post-training recovery), ``finetune``
+(Ultralytics' trainer on the pruned model), ``export`` (ONNX), ``quantize`` (ONNX Runtime static
+QDQ). All Ultralytics surgery lives in
 ``yolotune.compression.ultralytics_adapter``.
 """
 
@@ -16,15 +17,18 @@ from yolotune.compression._quantize import (
     estimate_calibration_memory,
     quantize,
 )
+from yolotune.compression._recover import RecoverReport, reestimate_batchnorm
 
 __all__ = [
     "DEFAULT_CALIBRATION_MEMORY_GB",
     "CalibrationEstimate",
     "PruneReport",
     "QuantizeReport",
+    "RecoverReport",
     "check_calibration_budget",
     "count_macs_params",
     "estimate_calibration_memory",
     "prune",
     "quantize",
+    "reestimate_batchnorm",
 ]

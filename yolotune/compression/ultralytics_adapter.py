@@ -14,7 +14,7 @@ import contextlib
 import io
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ __all__ = [
     "load_model",
     "make_prunable",
     "model_layout",
+    "modules_from_first",
     "never_pruned",
     "quiet",
     "save_checkpoint",
@@ -296,6 +297,17 @@ def group_modules(model: UltraModule) -> dict[str, nn.Module]:
         for k, seq in enumerate(getattr(detect, branch)):
             groups[f"head.{branch}.{k}"] = seq
     return groups
+
+
+def modules_from_first(model: UltraModule, groups: Iterable[str]) -> list[nn.Module]:
+    """Every module from the first of ``groups``' layers on, in model order.
+
+    When those groups are pruned, only these modules can see different inputs: everything
+    before the first pruned layer computes exactly what it did.
+    """
+    detect_index = len(model.model) - 1
+    first = min((detect_index if g.startswith("head.") else int(g.split(".")[1]) for g in groups), default=0)
+    return [m for layer in model.model[first:] for m in layer.modules()]
 
 
 def model_layout(model: UltraModule) -> ModelLayout:

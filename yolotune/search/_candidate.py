@@ -20,9 +20,11 @@ from yolotune.compression import (
     DEFAULT_CALIBRATION_MEMORY_GB,
     PruneReport,
     QuantizeReport,
+    RecoverReport,
     count_macs_params,
     prune,
     quantize,
+    reestimate_batchnorm,
 )
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import PlanError, StepError, YolotuneError
@@ -87,6 +89,7 @@ class CandidateResult:
     macs: int
     params: int
     step_seconds: dict[str, float] = field(default_factory=dict)
+    recover: RecoverReport | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -110,6 +113,7 @@ class CandidateResult:
             "latency": self.latency.to_dict(),
             "provenance": self.provenance.to_dict(),
             "prune": asdict(self.prune) if self.prune else None,
+            "recover": asdict(self.recover) if self.recover else None,
             "quantize": asdict(self.quantize) if self.quantize else None,
             "macs_estimate": self.macs,
             "params": self.params,
@@ -172,6 +176,7 @@ class BuiltCandidate:
         accuracy: mAP of the deployable file.
         size_bytes: Its size.
         prune: Pruning report, when pruned.
+        recover: Post-training recovery report, when one ran.
         quantize: Quantization report, when quantized.
         macs: Estimated MACs (thop-style count, an estimate).
         params: Parameter count.
@@ -188,6 +193,7 @@ class BuiltCandidate:
     accuracy: Accuracy
     size_bytes: int
     prune: PruneReport | None
+    recover: RecoverReport | None
     quantize: QuantizeReport | None
     macs: int
     params: int
@@ -208,7 +214,7 @@ def build_candidate(
 ) -> BuiltCandidate:
     """Build the deployable model for ``plan`` and validate it; every step holds the compute lease.
 
-    Steps: load → (prune) → (fine-tune) → export ONNX → (quantize) → mAP → size.
+    Steps: load → (prune → post-training recovery) → (fine-tune) → export ONNX → (quantize) → mAP → size.
     Artifacts land in ``out_dir``: ``plan.yaml``, checkpoints, ``model.onnx`` (FP32) and
     ``model.int8.onnx`` when quantized.
 
@@ -233,9 +239,17 @@ def build_candidate(
         plan.save(out / "plan.yaml")
 
     prune_report = None
+    recover_report = None
     if plan.pruning.active:
         with steps("prune"):
             prune_report = prune(net, plan.pruning, imgsz=imgsz)
+        if plan.recovery.post_training:
+            with steps("recover"):
+                recover_report = reestimate_batchnorm(
+                    net,
+                    adapter.calibration_images(dataset, imgsz=imgsz, count=plan.recovery.images),
+                    only=adapter.modules_from_first(net, [g for g, r in plan.pruning.ratios if r > 0]),
+                )
     with steps("save"):
         checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
     if plan.recovery.epochs > 0:
@@ -281,6 +295,7 @@ def build_candidate(
         accuracy=accuracy,
         size_bytes=measure_size(deployable),
         prune=prune_report,
+        recover=recover_report,
         quantize=quant_report,
         macs=macs,
         params=params,
@@ -315,6 +330,7 @@ def time_candidate(
         latency=latency,
         provenance=target.provenance(imgsz=built.imgsz),
         prune=built.prune,
+        recover=built.recover,
         quantize=built.quantize,
         macs=built.macs,
         params=built.params,

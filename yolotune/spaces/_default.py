@@ -18,6 +18,7 @@ from yolotune.spaces._plan import (
     IMPORTANCE_CRITERIA,
     MAX_PRUNING_RATIO,
     PRECISIONS,
+    RECOVERY_METHODS,
     ROUND_TO,
     CompressionPlan,
     PruningConfig,
@@ -74,6 +75,7 @@ SPACE_OPTIONS = (
     "activations",
     "calibration_methods",
     "calibration_sizes",
+    "recovery_methods",
     "epochs",
 )
 
@@ -96,7 +98,9 @@ class DefaultSpace:
         round_to: Channel rounding choices.
         activations: Activation types of INT8 layers.
         calibration_methods: Calibration methods sampled.
-        calibration_sizes: Calibration-set sizes sampled (bounded by ``max_calibration_images``).
+        calibration_sizes: Calibration-set sizes sampled (bounded by ``max_calibration_images``);
+            the post-training recovery samples its image count from the same choices.
+        recovery_methods: Post-training recovery methods of pruned plans.
         epochs: Fine-tune epoch choices.
     """
 
@@ -112,6 +116,7 @@ class DefaultSpace:
     activations: tuple[str, ...] = ACTIVATION_TYPES
     calibration_methods: tuple[str, ...] = CALIBRATION_METHODS
     calibration_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    recovery_methods: tuple[str, ...] = RECOVERY_METHODS
     epochs: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
@@ -120,6 +125,7 @@ class DefaultSpace:
             ("round_to", self.round_to, ROUND_TO),
             ("activations", self.activations, ACTIVATION_TYPES),
             ("calibration_methods", self.calibration_methods, CALIBRATION_METHODS),
+            ("recovery_methods", self.recovery_methods, RECOVERY_METHODS),
             ("precisions", self.precisions, PRECISIONS),
         ]
         for name, values, allowed in checks:
@@ -219,8 +225,15 @@ class DefaultSpace:
             calibration_method=trial.suggest_categorical("calib/method", list(self.calibration_methods)),
             calibration_images=trial.suggest_categorical("calib/n", list(self.calibration_choices())),
         )
-        epochs = trial.suggest_categorical("ft/epochs", list(self.epochs)) if ratios else 0
-        return CompressionPlan(pruning=pruning, quantization=quant, recovery=RecoveryConfig(epochs=epochs))
+        recovery = RecoveryConfig()
+        if ratios:
+            method = trial.suggest_categorical("recover/method", list(self.recovery_methods))
+            images = (
+                trial.suggest_categorical("recover/n", list(self.calibration_choices())) if method != "none" else 32
+            )
+            epochs = trial.suggest_categorical("ft/epochs", list(self.epochs))
+            recovery = RecoveryConfig(method=method, images=images, epochs=epochs)
+        return CompressionPlan(pruning=pruning, quantization=quant, recovery=recovery)
 
     def reference_params(self) -> dict[str, dict[str, Any]]:
         """Params of the reference trials every study starts with, in the full default space.
@@ -237,6 +250,7 @@ class DefaultSpace:
         only_int8 = {**fp32, **{f"quant/{u}": int8 for u in units}}
         seeds = {**only_int8, **{f"prune/{u}": 0.3 for u in units}}
         seeds.update({"prune/importance": "bn_scale", "prune/round_to": 8, "ft/epochs": max(self.epochs)})
+        seeds["recover/method"] = "none"  # the seeds' recipe had no post-training recovery
         return {"fp32": fp32, "int8": only_int8, "seeds": seeds}
 
     def reference_plans(self) -> dict[str, CompressionPlan]:

@@ -24,6 +24,7 @@ __all__ = [
     "IMPORTANCE_CRITERIA",
     "MAX_PRUNING_RATIO",
     "PRECISIONS",
+    "RECOVERY_METHODS",
     "ROUND_TO",
     "CompressionPlan",
     "PruningConfig",
@@ -36,6 +37,7 @@ IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale")
 ROUND_TO = (1, 8, 16)
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+RECOVERY_METHODS = ("none", "bn")
 MAX_PRUNING_RATIO = 0.9
 #: Quantization-only group: the Detect head's DFL, box decode, sigmoid and final concat.
 #: It stays fp32 unless a plan names it explicitly.
@@ -139,17 +141,30 @@ class QuantizationConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RecoveryConfig:
-    """Recovery fine-tuning of a pruned model.
+    """Recovering a pruned model's accuracy: post-training (no labels), then fine-tuning.
 
     Attributes:
+        method: Post-training recovery right after pruning: ``none``, or ``bn`` (re-estimate
+            BatchNorm statistics on training images; no labels, no training loop).
+        images: Training images the post-training recovery sees.
         epochs: Fine-tune epochs on the training split (0: none).
         lr: Initial learning rate.
     """
 
+    method: str = "none"
+    images: int = 32
     epochs: int = 0
     lr: float = 1e-4
 
+    @property
+    def post_training(self) -> bool:
+        """Whether a post-training recovery runs (only pruned models have one)."""
+        return self.method != "none"
+
     def __post_init__(self) -> None:
+        _choice("recovery method", self.method, RECOVERY_METHODS)
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or self.images < 1:
+            raise PlanError(f"recovery images must be an integer ≥ 1; got {self.images!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise PlanError(f"fine-tune epochs must be an integer ≥ 0; got {self.epochs!r}")
         if not isinstance(self.lr, int | float) or not 0 < self.lr < 1:
@@ -190,6 +205,11 @@ class CompressionPlan:
                     f"unknown {kind} group {', '.join(repr(u) for u in unknown)}; valid groups: "
                     + ", ".join(sorted(allowed, key=_group_sort_key))
                 )
+        if self.pruning.active and self.recovery.post_training and self.recovery.images > n_train_images:
+            raise PlanError(
+                f"recovery images is {self.recovery.images} but the training split holds {n_train_images} images; "
+                f"use at most {n_train_images}"
+            )
         n = self.quantization.calibration_images
         if self.quantization.active and n > n_train_images:
             raise PlanError(
@@ -214,7 +234,12 @@ class CompressionPlan:
                 "calibration_images": self.quantization.calibration_images,
                 "per_channel": self.quantization.per_channel,
             },
-            "recovery": {"epochs": self.recovery.epochs, "lr": self.recovery.lr},
+            "recovery": {
+                "method": self.recovery.method,
+                "images": self.recovery.images,
+                "epochs": self.recovery.epochs,
+                "lr": self.recovery.lr,
+            },
         }
 
     @classmethod
@@ -311,6 +336,8 @@ class CompressionPlan:
             parts.append(f"{'/'.join(sorted(used))} {act} {q.calibration_method}×{q.calibration_images}")
         else:
             parts.append("fp32")
+        if self.pruning.active and self.recovery.post_training:
+            parts.append(f"{self.recovery.method}×{self.recovery.images}")
         if self.recovery.epochs:
             parts.append(f"ft {self.recovery.epochs}ep")
         return " · ".join(parts)
