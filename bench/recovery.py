@@ -1,8 +1,9 @@
 """Benchmark post-training recovery: mAP of pruned yolov8n-coco right after pruning and after each stage.
 
 yolov8n-coco / tiny_coco at 320 px, FP32 ONNX (no quantization, so only pruning and recovery
-move the number). For each pruning plan: no recovery, then BatchNorm re-estimation on 16 and 50
-training images (unlabelled; tiny_coco's training split holds 50). mAP through the same
+move the number). For each pruning plan and channel ranking (weight L2, or mean activation on 50
+unlabelled training images): no recovery, then BatchNorm re-estimation on 16 and 50 training
+images (tiny_coco's training split holds 50). mAP through the same
 pipeline the search runs (``run_candidate``: prune → recover → export → validate → time).
 Prints a table; writes bench/results/recovery.json.
 
@@ -48,13 +49,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="yolotune-bench-recovery-"))
     rows: list[dict[str, Any]] = []
 
-    def run(name: str, recovery: str, plan: CompressionPlan) -> None:
+    def run(name: str, importance: str, recovery: str, plan: CompressionPlan) -> None:
         r = run_candidate(
             model="yolov8n-coco.pt", data="tiny_coco", plan=plan, out_dir=work / str(len(rows)), settings=settings
         )
         rows.append(
             {
                 "plan": name,
+                "importance": importance,
                 "recovery": recovery,
                 "map50_95": r.accuracy.map50_95,
                 "map50": r.accuracy.map50,
@@ -66,19 +68,22 @@ def main() -> None:
         )
         row = rows[-1]
         print(
-            f"| {name} | {recovery} | {row['map50_95']:.3f} | {row['map50']:.3f} | {row['macs_ratio']:.2f} "
-            f"| {row['recover_s']:.1f} | {row['latency_ms']:.2f} |",
+            f"| {name} | {importance} | {recovery} | {row['map50_95']:.3f} | {row['map50']:.3f} "
+            f"| {row['macs_ratio']:.2f} | {row['recover_s']:.1f} | {row['latency_ms']:.2f} |",
             flush=True,
         )
 
-    print("| plan | recovery | mAP50-95 | mAP50 | MACs after/before (est.) | recover s | latency ms |")
-    print("|---|---|---|---|---|---|---|")
-    run("unpruned", "—", CompressionPlan())
+    print("| plan | ranking | recovery | mAP50-95 | mAP50 | MACs after/before (est.) | recover s | latency ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    run("unpruned", "—", "—", CompressionPlan())
     for name, pruning in pruning_plans(groups).items():
-        run(name, "none", CompressionPlan.from_dict({"pruning": pruning}))
-        for n in (16, 50):
-            plan = CompressionPlan.from_dict({"pruning": pruning, "recovery": {"method": "bn", "images": n}})
-            run(name, f"bn×{n}", plan)
+        for importance in ("l2", "activation"):
+            ranked = {**pruning, "importance": importance}
+            plan = CompressionPlan.from_dict({"pruning": ranked, "recovery": {"images": 50}})
+            run(name, importance, "none", plan)
+            for n in (16, 50):
+                plan = CompressionPlan.from_dict({"pruning": ranked, "recovery": {"method": "bn", "images": n}})
+                run(name, importance, f"bn×{n}", plan)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"imgsz": args.imgsz, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

@@ -61,3 +61,23 @@ def test_targets_registry() -> None:
         get_target("jetson-nano")
     with pytest.raises(ValueError):
         LocalCPUTarget(runs=10)
+
+
+def test_a_disturbed_timing_is_repeated_and_the_least_spread_one_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from yolotune.evaluators import LatencyStats
+
+    def stats(median: float, p90: float) -> LatencyStats:
+        return LatencyStats(
+            median_ms=median, p90_ms=p90, mean_ms=median, cv=0.1, runs=50, warmup=10, started_at=0.0, ended_at=1.0
+        )
+
+    # the real timings are not under test here: the repeat policy is
+    made = iter([stats(10.0, 15.0), stats(9.0, 9.5), stats(8.0, 8.1)])
+    target = LocalCPUTarget(max_spread=0.25, attempts=3)
+    monkeypatch.setattr(target, "_time_once", lambda model_path, imgsz: next(made))
+    kept = target.benchmark(Path("unused.onnx"), imgsz=32)
+    assert kept.median_ms == 9.0 and kept.attempts == 2  # 50% spread → timed again; 5.6% → kept
+    always_disturbed = iter([stats(10.0, 20.0), stats(12.0, 18.0), stats(11.0, 30.0)])
+    monkeypatch.setattr(target, "_time_once", lambda model_path, imgsz: next(always_disturbed))
+    kept = target.benchmark(Path("unused.onnx"), imgsz=32)
+    assert kept.median_ms == 12.0 and kept.attempts == 3 and kept.spread == pytest.approx(0.5)

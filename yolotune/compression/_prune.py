@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -31,7 +34,41 @@ class PruneReport:
         return self.macs_after / max(self.macs_before, 1)
 
 
-def _importance(name: str) -> tp.importance.Importance:
+class ActivationImportance(tp.importance.GroupMagnitudeImportance):
+    """Rank channels by their mean absolute activation on calibration images (not by weights).
+
+    For each BatchNorm in a pruning group with recorded statistics, a channel's score is its mean
+    |output| after the block's activation; scores are normalised per layer and averaged over the
+    group, like torch-pruning's magnitude importances. Groups without statistics fall back to L2.
+    """
+
+    def __init__(self, activations: dict[nn.Module, torch.Tensor]) -> None:
+        super().__init__(p=2, group_reduction="mean", normalizer="mean")
+        self.activations = activations
+        self._fallback = tp.importance.MagnitudeImportance(p=2)
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor:
+        scores, root_idxs = [], []
+        for i, (dep, idxs) in enumerate(group):
+            stats = self.activations.get(dep.layer)
+            if stats is None or dep.pruning_fn != tp.function.prune_batchnorm_out_channels:
+                continue
+            local = stats[idxs]
+            scores.append(local / (local.mean() + 1e-12))
+            root_idxs.append(group[i].root_idxs)
+        if not scores:
+            fallback: torch.Tensor = self._fallback(group)
+            return fallback
+        reduced: torch.Tensor = self._normalize(self._reduce(scores, root_idxs), self.normalizer)
+        return reduced
+
+
+def _importance(name: str, activations: dict[nn.Module, torch.Tensor] | None = None) -> tp.importance.Importance:
+    if name == "activation":
+        if activations is None:
+            raise StepError("prune", "activation importance needs calibration images")
+        return ActivationImportance(activations)
     if name == "l1":
         return tp.importance.MagnitudeImportance(p=1)
     if name == "l2":
@@ -52,9 +89,17 @@ def _out_channels(module: nn.Module) -> int:
     return sum(m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
-def prune(model: nn.Module, config: PruningConfig, *, imgsz: int) -> PruneReport:
+def prune(
+    model: nn.Module,
+    config: PruningConfig,
+    *,
+    imgsz: int,
+    images: Callable[[], Iterable[np.ndarray]] | None = None,
+) -> PruneReport:
     """Prune ``model`` in place: each named group loses its ratio of output channels.
 
+    With ``importance="activation"`` channels are ranked by their activations on ``images``
+    (unlabelled training images, preprocessed as the model sees them).
     C2f/C3k2 blocks are first made split-free. Groups the config does not name keep all their
     output channels (their inputs shrink where a pruned producer feeds them). The Detect
     output convolutions and DFL are never pruned, so the output shapes stay the same.
@@ -67,6 +112,11 @@ def prune(model: nn.Module, config: PruningConfig, *, imgsz: int) -> PruneReport
         p.requires_grad_(True)
     macs0, params0 = count_macs_params(model, imgsz)
     adapter.make_prunable(model)
+    activations = None
+    if config.importance == "activation":
+        if images is None:
+            raise StepError("prune", "activation importance needs calibration images")
+        activations = adapter.activation_statistics(model, images())
     groups = adapter.group_modules(model)
     before = {name: _out_channels(m) for name, m in groups.items()}
     ratios = {groups[name]: config.ratio(name) for name, _ in config.ratios if config.ratio(name) > 0}
@@ -75,7 +125,7 @@ def prune(model: nn.Module, config: PruningConfig, *, imgsz: int) -> PruneReport
         pruner = tp.pruner.MetaPruner(
             model,
             example,
-            importance=_importance(config.importance),
+            importance=_importance(config.importance, activations),
             pruning_ratio=0.0,
             pruning_ratio_dict=ratios,
             ignored_layers=adapter.never_pruned(model),

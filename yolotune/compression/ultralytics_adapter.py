@@ -37,6 +37,7 @@ UltraModule = Any
 __all__ = [
     "C2fSplitFree",
     "ModelLayout",
+    "activation_statistics",
     "calibration_images",
     "export_onnx",
     "finetune",
@@ -308,6 +309,35 @@ def modules_from_first(model: UltraModule, groups: Iterable[str]) -> list[nn.Mod
     detect_index = len(model.model) - 1
     first = min((detect_index if g.startswith("head.") else int(g.split(".")[1]) for g in groups), default=0)
     return [m for layer in model.model[first:] for m in layer.modules()]
+
+
+def activation_statistics(model: UltraModule, images: Iterable[np.ndarray]) -> dict[nn.Module, torch.Tensor]:
+    """Mean absolute output of every channel of every ``Conv`` block (conv → BN → SiLU) on ``images``.
+
+    Keyed by the block's BatchNorm, whose channels are the block's output channels. Runs the model
+    in eval mode without gradients (unlabelled images, no training).
+    """
+    _setup()
+    from ultralytics.nn.modules.conv import Conv
+
+    sums: dict[nn.Module, torch.Tensor] = {}
+    counts: dict[nn.Module, int] = {}
+
+    def hook(module: Any, _inputs: Any, output: torch.Tensor) -> None:
+        bn: nn.Module = module.bn
+        sums[bn] = sums.get(bn, 0) + output.detach().abs().mean(dim=(0, 2, 3))
+        counts[bn] = counts.get(bn, 0) + 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Conv) and hasattr(m, "bn")]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for img in images:
+                model(torch.from_numpy(img))
+    finally:
+        for h in handles:
+            h.remove()
+    return {bn: total / counts[bn] for bn, total in sums.items()}
 
 
 def model_layout(model: UltraModule) -> ModelLayout:

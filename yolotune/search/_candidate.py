@@ -242,7 +242,12 @@ def build_candidate(
     recover_report = None
     if plan.pruning.active:
         with steps("prune"):
-            prune_report = prune(net, plan.pruning, imgsz=imgsz)
+            prune_report = prune(
+                net,
+                plan.pruning,
+                imgsz=imgsz,
+                images=lambda: adapter.calibration_images(dataset, imgsz=imgsz, count=plan.recovery.images),
+            )
         if plan.recovery.post_training:
             with steps("recover"):
                 recover_report = reestimate_batchnorm(

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("int8", "fp16", "fp32")
-IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale")
+IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale", "activation")
 ROUND_TO = (1, 8, 16)
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -60,7 +60,8 @@ class PruningConfig:
 
     Attributes:
         ratios: Fraction of output channels removed per named layer group (missing groups: 0).
-        importance: Channel ranking criterion: ``l1``/``l2`` weight magnitude or ``bn_scale``.
+        importance: Channel ranking criterion: ``l1``/``l2`` weight magnitude, ``bn_scale``, or
+            ``activation`` (mean activation on ``recovery.images`` training images).
         round_to: Kept channel counts are rounded to a multiple of this (1, 8 or 16).
     """
 
