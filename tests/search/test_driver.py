@@ -7,6 +7,7 @@ import pytest
 
 from yolotune import YolotuneError
 from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search
+from yolotune.search._driver import _space
 from yolotune.spaces import CompressionPlan
 
 
@@ -30,7 +31,6 @@ def test_search_completes_trials_yields_a_front_and_resumes(tmp_path: Path) -> N
         assert not any(_dominates(o.values, t.values) for o in complete)
         assert Path(t.user_attrs["artifact"]).is_file()
     # a recorded trial's params rebuild its plan
-    from yolotune.search._driver import _space
 
     space = _space(config)
     for t in complete:
@@ -185,3 +185,25 @@ def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(tmp_path: Pa
     assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "seeds", "int8"]
     assert complete[2].user_attrs["retry_of"] == 1
     assert plan_of(complete[2]) == CompressionPlan.from_dict(study.trials[1].user_attrs["plan"])
+
+
+def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path) -> None:
+    from yolotune.search._driver import _open_study
+
+    config = SearchConfig(
+        model="yolov8n-coco.pt", data="coco8", budget=5, root=tmp_path, sampler="random", seed=3, study_name="r"
+    )
+    space = _space(config)
+    drawn = []
+    for _ in range(3):  # three runs of the same command, one trial each
+        study, _, _ = _open_study(config)
+        trial = study.ask()
+        drawn.append(trial.params if space(trial) else None)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert drawn[0] != drawn[1] != drawn[2] != drawn[0]
+    # and the same history gives the same draw (reproducible)
+    again = SearchConfig(**{**config.__dict__, "root": tmp_path / "again"})
+    first, _, _ = _open_study(again)
+    t = first.ask()
+    space(t)
+    assert t.params == drawn[0]

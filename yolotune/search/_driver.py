@@ -134,12 +134,18 @@ class TrialOutcome:
     reason: str = ""
 
 
-def _sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+def _sampler(config: SearchConfig, *, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded by ``config.seed`` and the number of trials already in the study.
+
+    A resumed run must not replay the random draws of the run before it (a sampler seeded the
+    same way each run proposes the same first plans again), yet stay reproducible.
+    """
+    seed = config.seed + 1_000_003 * resumed_at
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=config.seed)
+        return optuna.samplers.TPESampler(seed=seed)
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
-    return optuna.samplers.NSGAIISampler(population_size=config.population, seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.NSGAIISampler(population_size=config.population, seed=seed)
 
 
 def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
@@ -193,6 +199,7 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
     except optuna.exceptions.DuplicatedStudyError:
         created = False
         study = optuna.load_study(study_name=config.name, storage=storage, sampler=_sampler(config))
+        study.sampler = _sampler(config, resumed_at=len(study.get_trials(deepcopy=False)))
     if study.directions != DIRECTIONS:
         raise YolotuneError(f"study '{config.name}' in {config.storage_url} is not a yolotune study")
     job = {
