@@ -30,14 +30,20 @@ def test_recorded_params_rebuild_the_plan_exactly() -> None:
 def test_space_asks_only_for_the_target_precisions_and_no_pruning_is_a_value() -> None:
     space = DefaultSpace(groups=GROUPS, precisions=("fp32",), fine=True)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    unpruned = 0
     seen_zero = False
-    for _ in range(30):
+    for _ in range(200):
         trial = study.ask()
         plan = space(trial)
         assert plan.quantization.precisions == {"fp32"}
-        seen_zero |= any(trial.params[f"prune/{g}"] == 0.0 for g in GROUPS)
+        unpruned += not plan.pruning.active
+        if trial.params["prune/enabled"]:
+            seen_zero |= any(trial.params[f"prune/{g}"] == 0.0 for g in GROUPS)
+        else:
+            assert not any(f"prune/{g}" in trial.params for g in GROUPS)
         study.tell(trial, 0.0)
     assert seen_zero
+    assert 0.35 <= unpruned / 200 <= 0.65  # about half the plans prune nothing
 
 
 def test_reference_trials() -> None:

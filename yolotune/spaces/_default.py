@@ -198,16 +198,17 @@ class DefaultSpace:
         )
 
     def __call__(self, trial: TrialLike) -> CompressionPlan:
-        """Sample a plan. Parameter names: ``prune/<unit>``, ``quant/<unit>``, ``calib/n``, ..."""
+        """Sample a plan. Parameter names: ``prune/enabled``, ``prune/<unit>``, ``quant/<unit>``, ``calib/n``, ..."""
         units = self.units()
         ratios: dict[str, float] = {}
         precision: dict[str, str] = {}
+        # "no pruning" is a first-class value: on a small, efficient model most plans that prune
+        # a whole unit lose it (field notes), so half the budget explores precision and calibration
+        prune_on = bool(self.max_ratio) and trial.suggest_categorical("prune/enabled", [False, True])
         for unit, members in units.items():
-            r = (
-                trial.suggest_float(f"prune/{unit}", 0.0, self.max_ratio, step=self.ratio_step)
-                if self.max_ratio
-                else 0.0
-            )
+            r = 0.0
+            if prune_on:
+                r = trial.suggest_float(f"prune/{unit}", 0.0, self.max_ratio, step=self.ratio_step)
             p = trial.suggest_categorical(f"quant/{unit}", list(self.precisions))
             for g in members:
                 if r > 0:
@@ -246,9 +247,9 @@ class DefaultSpace:
         common = {"prune/importance": "l2", "prune/round_to": 1, "quant/activation": "uint8", "calib/method": "minmax"}
         common["calib/n"] = n
         int8 = "int8" if "int8" in self.precisions else self.precisions[0]
-        fp32 = {**common, **{f"prune/{u}": 0.0 for u in units}, **{f"quant/{u}": "fp32" for u in units}}
+        fp32 = {**common, "prune/enabled": False, **{f"quant/{u}": "fp32" for u in units}}
         only_int8 = {**fp32, **{f"quant/{u}": int8 for u in units}}
-        seeds = {**only_int8, **{f"prune/{u}": 0.3 for u in units}}
+        seeds = {**only_int8, "prune/enabled": True, **{f"prune/{u}": 0.3 for u in units}}
         seeds.update({"prune/importance": "bn_scale", "prune/round_to": 8, "ft/epochs": max(self.epochs)})
         seeds["recover/method"] = "none"  # the seeds' recipe had no post-training recovery
         return {"fp32": fp32, "int8": only_int8, "seeds": seeds}
