@@ -129,3 +129,26 @@ def test_joining_an_existing_ray_cluster(tmp_path: Path, monkeypatch: pytest.Mon
         assert not (tmp_path / "s" / "ray").exists()  # no local instance was started
     finally:
         subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_a_killed_driver_with_ray_workers_is_resumed_too(tmp_path: Path) -> None:
+    tune = Path(sys.executable).parent / "tune"
+    args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
+    args += ["--study", "s", "--heartbeat-interval", "1", "--workers", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(tmp_path / "s" / "trials" / "1" / "worker.pid")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    time.sleep(3.5)  # longer than the grace period
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    study = load_study(study="s", root=tmp_path)
+    assert len(study.get_trials(states=(COMPLETE,))) == 3
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
+    failed = study.get_trials(states=(FAIL,))
+    assert failed and all("its driver stopped" in t.user_attrs["fail_reason"] for t in failed)
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    assert all(t.number in retried for t in failed)  # every trial the dead driver left is retried once
