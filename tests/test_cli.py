@@ -98,6 +98,8 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
         ["run", "--data", "coco8", "--max-map-drop", "5", "--root", str(tmp_path)]
     )
     assert "no study 'nope'" in _error(["report", "--root", str(tmp_path), "--study", "nope"])
+    line = _error(["run", "--data", "coco8", "--workers", "2", "--ray-address", "127.0.0.1:1", "--root", str(tmp_path)])
+    assert "cannot reach a Ray cluster at 127.0.0.1:1" in line
     assert "--space must be a .yaml file or module:callable" in _error(
         ["run", "--data", "coco8", "--space", "x", "--root", str(tmp_path)]
     )

@@ -202,7 +202,7 @@ def run(
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
-    from yolotune.search import SearchConfig, run_search, search_spaces
+    from yolotune.search import SearchConfig, check_ray_address, run_search, search_spaces
     from yolotune.studies import open_storage, pareto_front
 
     config = SearchConfig(
@@ -225,6 +225,8 @@ def run(
         cpus_per_worker=cpus_per_worker,
         heartbeat_interval=heartbeat_interval,
     )
+    if ray_address is not None:
+        check_ray_address(ray_address)
     search_spaces(config)  # a model, data or space that cannot be loaded fails here, before any display
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
     columns = (

@@ -6,8 +6,7 @@ import optuna
 import pytest
 
 from yolotune import YolotuneError
-from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search
-from yolotune.search._driver import _space
+from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search, search_spaces
 from yolotune.spaces import CompressionPlan
 
 
@@ -32,7 +31,7 @@ def test_search_completes_trials_yields_a_front_and_resumes(tmp_path: Path) -> N
         assert Path(t.user_attrs["artifact"]).is_file()
     # a recorded trial's params rebuild its plan
 
-    space = _space(config)
+    space = search_spaces(config)[0]
     for t in complete:
         assert space(optuna.trial.FixedTrial(t.params)) == plan_of(t)
 
@@ -193,7 +192,7 @@ def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path)
     config = SearchConfig(
         model="yolov8n-coco.pt", data="coco8", budget=5, root=tmp_path, sampler="random", seed=3, study_name="r"
     )
-    space = _space(config)
+    space = search_spaces(config)[0]
     drawn = []
     for _ in range(3):  # three runs of the same command, one trial each
         study, _, _ = _open_study(config)

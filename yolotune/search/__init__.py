@@ -21,6 +21,7 @@ from yolotune.search._driver import (
     run_search,
     search_spaces,
 )
+from yolotune.search._executors import check_ray_address
 from yolotune.search._spaces import load_space
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "TrialOutcome",
     "build_candidate",
     "check_plan",
+    "check_ray_address",
     "constraints_of",
     "load_space",
     "open_study",

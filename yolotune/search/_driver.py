@@ -23,7 +23,7 @@ import optuna
 
 from yolotune.errors import YolotuneError
 from yolotune.search._candidate import CandidateResult, CandidateSettings, time_candidate
-from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor
+from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
 from yolotune.search._spaces import load_space
 from yolotune.spaces import CompressionPlan, DefaultSpace, Space
@@ -168,10 +168,6 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
         fine=config.fine,
     )
     return load_space(config.space, default=default), default
-
-
-def _space(config: SearchConfig) -> Space:
-    return search_spaces(config)[0]
 
 
 def open_study(config: SearchConfig) -> optuna.Study:
@@ -325,6 +321,8 @@ def run_search(
     again and re-raises: nothing half-done is reported as complete, and the next run picks up.
     """
     optuna.logging.set_verbosity(logging.WARNING)
+    if config.ray_address is not None:
+        check_ray_address(config.ray_address)  # before the study is touched
     space, default = search_spaces(config)
     study, created, storage = _open_study(config)
     references = default.reference_plans()

@@ -17,7 +17,7 @@ from typing import Any
 from yolotune.errors import YolotuneError
 from yolotune.search._candidate import BuiltCandidate, build_candidate
 
-__all__ = ["Build", "Crashed", "Failed", "InProcess", "RayExecutor"]
+__all__ = ["Build", "Crashed", "Failed", "InProcess", "RayExecutor", "check_ray_address"]
 
 #: Environment a worker needs to find what the driver found.
 _FORWARDED_ENV = ("YOLOTUNE_ASSETS", "YOLOTUNE_TMP", "YOLOTUNE_CALIB_MEMORY_GB")
@@ -90,6 +90,20 @@ def _local_ray_dir(temp_dir: Path) -> Path:
     return link
 
 
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` Ray address nothing listens on (``ray.init`` would wait for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", "ray://...": left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise YolotuneError(
+            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); "
+            "start one there with `ray start --head --port PORT` or leave out --ray-address"
+        ) from None
+
+
 class InProcess:
     """Builds one candidate at a time in the driver's own process."""
 
@@ -154,6 +168,8 @@ class RayExecutor:
     def __enter__(self) -> RayExecutor:
         # the local instance's directory and token must be set before Ray is imported (it caches them)
         local_dir = _local_ray_dir(self._temp_dir) if self._address is None else None
+        if self._address is not None:
+            check_ray_address(self._address)
         import ray
 
         env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
