@@ -45,8 +45,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint path or asset name.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Data yaml path or asset name.")]
-ImgszOpt = Annotated[int, typer.Option("--imgsz", help="Square input size.")]
-TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target that times the model.")]
+ImgszOpt = Annotated[int | None, typer.Option("--imgsz", help="Square input size [default: the target's].")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target that times the model (see `tune targets`).")]
+DeviceUrlOpt = Annotated[
+    str | None, typer.Option("--device-url", help="Device agent of a device target: http://HOST:8765.")
+]
+DeviceTokenOpt = Annotated[
+    Path | None, typer.Option("--device-token-file", help="File holding the device agent's token.")
+]
+TargetsFileOpt = Annotated[
+    Path | None, typer.Option("--targets-file", help="YAML file adding targets (see `tune targets`).")
+]
 
 
 def _one_line_errors(fn: F) -> F:
@@ -90,12 +99,30 @@ def _run(label: str, **kwargs: Any) -> Any:
         return run_candidate(on_step=lambda step: progress.update(task, description=f"{label}: {step}"), **kwargs)
 
 
-def _settings(imgsz: int, target: str) -> Any:
-    from yolotune.evaluators import get_target
-    from yolotune.search import CandidateSettings
+def _settings(
+    imgsz: int | None,
+    target: str,
+    device_url: str | None = None,
+    device_token_file: Path | None = None,
+    targets_file: Path | None = None,
+) -> Any:
+    """Candidate settings for ``target``, checked: unknown targets and unreachable devices fail here."""
+    from yolotune.evaluators import add_target_file, target_spec
+    from yolotune.search import CandidateSettings, make_target
 
-    get_target(target)  # unknown target: fail before any work
-    return CandidateSettings(imgsz=imgsz, target=target)
+    if targets_file is not None:
+        add_target_file(targets_file)
+        os.environ["YOLOTUNE_TARGETS"] = os.pathsep.join(
+            filter(None, [os.environ.get("YOLOTUNE_TARGETS"), str(targets_file.resolve())])
+        )  # so Ray workers started from here know the same targets
+    settings = CandidateSettings(
+        imgsz=imgsz or target_spec(target).imgsz,
+        target=target,
+        device_url=device_url,
+        device_token_file=str(device_token_file) if device_token_file else None,
+    )
+    make_target(settings).check()  # before any work
+    return settings
 
 
 def _table(rows: list[tuple[str, Any]], baseline: Any | None) -> Table:
@@ -130,15 +157,23 @@ def _table(rows: list[tuple[str, Any]], baseline: Any | None) -> Table:
 def baseline(
     model: ModelOpt = "yolov8n-coco.pt",
     data: DataOpt = "tiny_coco",
-    imgsz: ImgszOpt = 320,
+    imgsz: ImgszOpt = None,
     target: TargetOpt = "local-cpu",
+    device_url: DeviceUrlOpt = None,
+    device_token_file: DeviceTokenOpt = None,
+    targets_file: TargetsFileOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/baseline"),
 ) -> None:
     """Measure the uncompressed model's FP32 ONNX: mAP, size, latency."""
     from yolotune.spaces import CompressionPlan
 
     result = _run(
-        "baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out, settings=_settings(imgsz, target)
+        "baseline",
+        model=model,
+        data=data,
+        plan=CompressionPlan(),
+        out_dir=out,
+        settings=_settings(imgsz, target, device_url, device_token_file, targets_file),
     )
     _consoles.out.print(_table([("baseline", result)], None))
     _consoles.out.print(f"artifacts and metrics.json in {out}")
@@ -150,15 +185,18 @@ def eval_(
     plan: Annotated[Path, typer.Option("--plan", "-p", help="Compression plan (YAML or JSON).")],
     model: ModelOpt = "yolov8n-coco.pt",
     data: DataOpt = "tiny_coco",
-    imgsz: ImgszOpt = 320,
+    imgsz: ImgszOpt = None,
     target: TargetOpt = "local-cpu",
+    device_url: DeviceUrlOpt = None,
+    device_token_file: DeviceTokenOpt = None,
+    targets_file: TargetsFileOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/eval"),
 ) -> None:
     """Build and measure one candidate, side by side with the FP32 baseline."""
     from yolotune.spaces import CompressionPlan
 
     the_plan = CompressionPlan.load(plan)
-    settings = _settings(imgsz, target)
+    settings = _settings(imgsz, target, device_url, device_token_file, targets_file)
     _consoles.out.print(f"plan: {the_plan.brief()}")
     base = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out / "baseline", settings=settings)
     cand = _run("candidate", model=model, data=data, plan=the_plan, out_dir=out / "candidate", settings=settings)
@@ -173,8 +211,11 @@ def eval_(
 def run(
     model: ModelOpt = "yolov8n-coco.pt",
     data: DataOpt = "tiny_coco",
-    imgsz: ImgszOpt = 320,
+    imgsz: ImgszOpt = None,
     target: TargetOpt = "local-cpu",
+    device_url: DeviceUrlOpt = None,
+    device_token_file: DeviceTokenOpt = None,
+    targets_file: TargetsFileOpt = None,
     budget: Annotated[int, typer.Option("--budget", "-b", help="COMPLETE trials the study should hold.")] = 12,
     study: Annotated[str | None, typer.Option("--study", "-s", help="Study name.")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
@@ -209,7 +250,7 @@ def run(
         model=model,
         data=data,
         budget=budget,
-        settings=_settings(imgsz, target),
+        settings=_settings(imgsz, target, device_url, device_token_file, targets_file),
         study_name=study,
         storage=storage,
         root=root,
@@ -360,15 +401,26 @@ def export(
         Path | None, typer.Option("--out", "-o", help="Output directory [default: export/<study>-<N>]")
     ] = None,
     remeasure: Annotated[bool, typer.Option(help="Re-validate mAP and re-time latency on the target.")] = True,
+    device_url: DeviceUrlOpt = None,
+    device_token_file: DeviceTokenOpt = None,
 ) -> None:
     """Hand out a trial's deployable model and recipe, then re-measure it."""
+    from yolotune.evaluators import read_token
     from yolotune.studies import artifact_dir, export_trial, load_study
 
     st = load_study(study=study, storage=storage, root=root)
     dest = out or Path("export") / f"{st.study_name}-{trial}"
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=_consoles.err, transient=True) as bar:
         bar.add_task(f"exporting trial {trial}" + (" and re-measuring it" if remeasure else ""))
-        res = export_trial(st, trial, dest, artifacts=artifact_dir(root, st.study_name), remeasure=remeasure)
+        res = export_trial(
+            st,
+            trial,
+            dest,
+            artifacts=artifact_dir(root, st.study_name),
+            remeasure=remeasure,
+            device_url=device_url,
+            device_token=read_token(device_token_file) if device_token_file else None,
+        )
     table = Table(title=f"trial {trial} of {st.study_name}", header_style="bold")
     for col in ("metric", "recorded", "re-measured", "difference"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -391,13 +443,75 @@ def export(
 
 
 @app.command()
-def targets() -> None:
-    """List the known targets."""
-    from yolotune.evaluators import get_target, target_names
+@_one_line_errors
+def targets(targets_file: TargetsFileOpt = None) -> None:
+    """List the known targets: runtime, where they are timed, precisions, default image size."""
+    from yolotune.evaluators import add_target_file, target_specs
 
-    for name in target_names():
-        t = get_target(name)
-        _consoles.out.print(f"{name}: precisions {', '.join(t.precisions)}")
+    if targets_file is not None:
+        add_target_file(targets_file)
+    table = Table(header_style="bold", caption="add your own with --targets-file F (same YAML shape)")
+    for col in ("target", "runtime", "timed on", "precisions", "imgsz", "description"):
+        table.add_column(col, no_wrap=col != "description")
+    for spec in target_specs():
+        table.add_row(
+            spec.name,
+            spec.runtime,
+            "device agent" if spec.agent else "this machine",
+            ", ".join(spec.precisions),
+            str(spec.imgsz),
+            spec.description,
+        )
+    _consoles.out.print(table)
+
+
+@app.command()
+@_one_line_errors
+def agent(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 8765,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file", help="Token file; created with a random token when missing. Required off loopback."
+        ),
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option("--runtime", help="onnxruntime or tensorrt [default: tensorrt when trtexec is found].")
+    ] = None,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="Largest ONNX file accepted.")] = 256,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds one benchmark (engine build included) may take.")
+    ] = 900,
+    threads: Annotated[int | None, typer.Option("--threads", help="Intra-op threads of CPU runtimes.")] = None,
+) -> None:
+    """Serve this device's latency to `tune run --device-url` (run it on the device; Ctrl-C stops it)."""
+    from yolotune.evaluators import AgentConfig, AgentServer, read_token
+    from yolotune.evaluators._tensorrt import find_trtexec
+
+    token = None
+    if token_file is not None:
+        created = not token_file.exists()
+        token = read_token(token_file, create=True)
+        if created:
+            _consoles.out.print(f"new token written to {token_file}: copy it to the machine that runs `tune run`")
+    config = AgentConfig(
+        host=host,
+        port=port,
+        token=token,
+        runtime=runtime or ("tensorrt" if find_trtexec() else "onnxruntime"),
+        max_upload_bytes=max_upload_mb * 2**20,
+        timeout_s=timeout,
+        threads=threads,
+    )
+    server = AgentServer(config=config)
+    info = server.info
+    _consoles.out.print(
+        f"agent for {info['device']} ({info['runtime']} {info['runtime_version']}) on {server.url}"
+        + ("" if token else " (loopback, no token)"),
+        highlight=False,
+    )
+    server.serve_forever()
 
 
 def main() -> None:

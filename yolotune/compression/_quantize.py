@@ -1,9 +1,12 @@
 """Static INT8 quantization with ONNX Runtime (QDQ format), per-group precision, memory-bounded.
 
-Per-group precision maps to node exclusions: every node of a group whose precision is fp32 is
-left out of quantization. The Detect head's DFL, box decode, sigmoid and final concat
-(``head.decode``) stay fp32 unless the plan names that group: the final concat mixes box
-coordinates (0–imgsz px) and class scores (0–1) under one scale, and quantizing it destroys mAP.
+Per-group precision maps to node exclusions: every node of a group whose precision is not int8
+is left out of quantization. Which float nodes should run in fp16 and which in fp32 is recorded
+in the model's metadata (``yolotune._artifact``), for runtimes that choose it per layer (TensorRT);
+a plan without int8 groups is not calibrated at all, only annotated. The Detect head's DFL, box
+decode, sigmoid and final concat (``head.decode``) stay fp32 unless the plan names that group:
+the final concat mixes box coordinates (0–imgsz px) and class scores (0–1) under one scale, and
+quantizing it destroys mAP.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from yolotune._artifact import FloatPrecision, with_float_precision
 from yolotune.errors import PlanError, StepError
 from yolotune.spaces import QuantizationConfig
 
@@ -147,6 +151,33 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
         self._it = iter(self._make())
 
 
+def _quantize_static(
+    fp32_path: Path, out_path: Path, config: QuantizationConfig, *, exclude: list[str], reader: _Reader
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="yolotune-q-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            # shape inference only: graph optimisation would rename nodes and break exclusions
+            quant_pre_process(str(fp32_path), str(pre), skip_optimization=True)
+            # ORT's histogram calibrators print their bin counts: keep the console for progress
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(
+                    str(pre),
+                    str(out_path),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=config.per_channel,
+                    activation_type=_ACTIVATIONS[config.activation_type],
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=_METHODS[config.calibration_method],
+                    nodes_to_exclude=exclude,
+                )
+        except PlanError:
+            raise
+        except Exception as exc:
+            raise StepError("quantize", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+
+
 def quantize(
     fp32_path: Path,
     out_path: Path,
@@ -170,52 +201,43 @@ def quantize(
         PlanError: The calibration would exceed the memory budget.
         StepError: ONNX Runtime failed.
     """
-    est = check_calibration_budget(fp32_path, config, budget_gb=budget_gb)
     model = onnx.load(str(fp32_path))
     input_name = model.graph.input[0].name
     excluded_groups: set[str] = set()
     exclude: list[str] = []
+    fp16: list[str] = []
     for node in model.graph.node:
         group = group_of_node(node.name)
-        if config.precision_of(group) == "fp32":
+        precision = config.precision_of(group)
+        if precision != "int8":
             exclude.append(node.name)
             excluded_groups.add(group)
+            if precision == "fp16":
+                fp16.append(node.name)
+    halves = set(fp16)
+    floats = FloatPrecision(fp16_nodes=tuple(fp16), fp32_nodes=tuple(n for n in exclude if n not in halves))
+    reader: _Reader | None = None
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="yolotune-q-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            # shape inference only: graph optimisation would rename nodes and break exclusions
-            quant_pre_process(str(fp32_path), str(pre), skip_optimization=True)
-            reader = _Reader(calibration, input_name)
-            # ORT's histogram calibrators print their bin counts: keep the console for progress
-            with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(
-                    str(pre),
-                    str(out_path),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=config.per_channel,
-                    activation_type=_ACTIVATIONS[config.activation_type],
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=_METHODS[config.calibration_method],
-                    nodes_to_exclude=exclude,
-                )
-        except PlanError:
-            raise
-        except Exception as exc:
-            raise StepError("quantize", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    if len(exclude) == len(model.graph.node):  # float only (fp16/fp32): nothing to calibrate
+        est = estimate_calibration_memory(fp32_path, config)
+        quantized = model
+    else:
+        est = check_calibration_budget(fp32_path, config, budget_gb=budget_gb)
+        reader = _Reader(calibration, input_name)
+        _quantize_static(fp32_path, out_path, config, exclude=exclude, reader=reader)
+        quantized = onnx.load(str(out_path))
+        # keep Ultralytics' metadata (class names, stride, image size) on the deployable file
+        del quantized.metadata_props[:]
+        quantized.metadata_props.extend(model.metadata_props)
     seconds = time.perf_counter() - t0
-    # keep Ultralytics' metadata (class names, stride, image size) on the deployable file
-    quantized = onnx.load(str(out_path))
-    del quantized.metadata_props[:]
-    quantized.metadata_props.extend(model.metadata_props)
+    with_float_precision(quantized, floats)
     onnx.save(quantized, str(out_path))
     n_q = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
     return QuantizeReport(
         quantized_nodes=len(model.graph.node) - len(exclude),
         float_nodes=len(exclude),
         excluded_groups=tuple(sorted(excluded_groups)),
-        calibration_images=reader.count if n_q else 0,
+        calibration_images=reader.count if n_q and reader else 0,
         calibration_seconds=seconds,
         estimate_gb=est.peak_gb,
     )

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+from yolotune.evaluators._agent import AgentConfig, AgentServer, read_token
 from yolotune.evaluators._base import Accuracy, LatencyStats, Provenance
 from yolotune.evaluators._lease import compute_lease, timing_lease
 from yolotune.evaluators._local_cpu import LocalCPUTarget, timing_lock
+from yolotune.evaluators._local_cuda import LocalCUDATarget
 from yolotune.evaluators._metrics import measure_map, measure_size
-from yolotune.evaluators._target import Target, get_target, register_target, target_names
+from yolotune.evaluators._remote import RemoteTarget
+from yolotune.evaluators._spec import TargetSpec, add_target_file, target_spec, target_specs
+from yolotune.evaluators._target import Target, get_target, register_runtime, target_names
+from yolotune.evaluators._tensorrt import TensorRTTarget
 
 __all__ = [
     "Accuracy",
+    "AgentConfig",
+    "AgentServer",
     "LatencyStats",
     "LocalCPUTarget",
+    "LocalCUDATarget",
     "Provenance",
+    "RemoteTarget",
     "Target",
+    "TargetSpec",
+    "TensorRTTarget",
+    "add_target_file",
     "compute_lease",
     "get_target",
     "measure_map",
     "measure_size",
-    "register_target",
+    "read_token",
+    "register_runtime",
     "target_names",
+    "target_spec",
+    "target_specs",
     "timing_lease",
     "timing_lock",
 ]

@@ -52,6 +52,8 @@ class LatencyStats:
         started_at: Wall-clock start of the timed window (epoch seconds).
         ended_at: Wall-clock end of the timed window (epoch seconds).
         attempts: Timings made (a timing whose spread says it was disturbed is repeated).
+        built_bytes: Size of what the runtime built from the model (a TensorRT engine); ``None``
+            when it runs the ONNX file as is.
     """
 
     median_ms: float
@@ -63,6 +65,7 @@ class LatencyStats:
     started_at: float
     ended_at: float
     attempts: int = 1
+    built_bytes: int | None = None
 
     @property
     def spread(self) -> float:
@@ -104,12 +107,15 @@ class Accuracy:
         map50: mAP at IoU 0.50.
         images: Number of validation images.
         seconds: Time the validation took.
+        note: How the number relates to the target, when it is not measured exactly as the target
+            runs the model (e.g. fp16 layers validated in fp32 on the search host).
     """
 
     map50_95: float
     map50: float
     images: int
     seconds: float
+    note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""

@@ -6,19 +6,21 @@ import contextlib
 import dataclasses
 import gc
 import os
-import platform
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from yolotune.errors import StepError
 from yolotune.evaluators._base import LatencyStats, Provenance
+from yolotune.evaluators._device import cpu_name
 from yolotune.evaluators._lease import timing_lease
-from yolotune.evaluators._target import Target, register_target
+from yolotune.evaluators._spec import TargetSpec
+from yolotune.evaluators._target import Target, register_runtime
 
 __all__ = ["LocalCPUTarget", "timing_lock"]
 
@@ -32,14 +34,6 @@ def timing_lock() -> Iterator[None]:
     """
     with timing_lease():
         yield
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 class LocalCPUTarget(Target):
@@ -82,6 +76,10 @@ class LocalCPUTarget(Target):
         opts.log_severity_level = 3
         return opts
 
+    def _providers(self, model_path: Path) -> list[Any]:
+        """Execution providers of the timed session (subclasses time on other devices)."""
+        return ["CPUExecutionProvider"]
+
     def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
         """Time ``model_path``, again when the spread says the timing was disturbed.
 
@@ -105,7 +103,7 @@ class LocalCPUTarget(Target):
         with timing_lock():
             gc.collect()  # drop idle sessions of this process: their threads spin
             try:
-                session = ort.InferenceSession(str(model_path), self._options(), providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(model_path), self._options(), providers=self._providers(model_path))
                 feed = {session.get_inputs()[0].name: x}
                 for _ in range(self.warmup):
                     session.run(None, feed)
@@ -129,7 +127,7 @@ class LocalCPUTarget(Target):
             target=self.name,
             runtime="onnxruntime",
             runtime_version=ort.__version__,
-            device=_cpu_name(),
+            device=cpu_name(),
             host=socket.gethostname(),
             imgsz=imgsz,
             settings={
@@ -143,4 +141,8 @@ class LocalCPUTarget(Target):
         )
 
 
-register_target(LocalCPUTarget.name, LocalCPUTarget)
+def _from_spec(spec: TargetSpec) -> Target:
+    return LocalCPUTarget(threads=spec.threads)
+
+
+register_runtime("onnxruntime", _from_spec)

@@ -1,4 +1,4 @@
-"""Targets: where a deployable model is timed. One tiny interface, a registry by name."""
+"""Targets: where a deployable model is timed. One tiny interface; named targets built from specs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 from yolotune.errors import YolotuneError
 from yolotune.evaluators._base import LatencyStats, Provenance
+from yolotune.evaluators._spec import TargetSpec, target_spec, target_specs
 
-__all__ = ["Target", "get_target", "register_target", "target_names"]
+__all__ = ["Target", "get_target", "register_runtime", "target_names"]
 
 
 class Target(abc.ABC):
@@ -24,6 +25,13 @@ class Target(abc.ABC):
     #: Precisions this target runs; the search space and plan checks ask only for these.
     precisions: tuple[str, ...] = ("fp32",)
 
+    def check(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
+        """Fail fast, before any search, when the target cannot time anything (no device, no runtime).
+
+        Raises:
+            YolotuneError: One line saying what is missing and how to provide it.
+        """
+
     @abc.abstractmethod
     def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
         """Time ``model_path`` at batch 1 and ``imgsz``; return its latency statistics."""
@@ -33,25 +41,52 @@ class Target(abc.ABC):
         """Describe the target, runtime and settings that ``benchmark`` measures with."""
 
 
-_REGISTRY: dict[str, Callable[[], Target]] = {}
+_RUNTIMES: dict[str, Callable[[TargetSpec], Target]] = {}
 
 
-def register_target(name: str, factory: Callable[[], Target]) -> None:
-    """Register a target factory under ``name``."""
-    _REGISTRY[name] = factory
+def register_runtime(runtime: str, factory: Callable[[TargetSpec], Target]) -> None:
+    """Register how targets whose spec names ``runtime`` are built on the machine that times them."""
+    _RUNTIMES[runtime] = factory
 
 
 def target_names() -> list[str]:
-    """Names of the registered targets."""
-    return sorted(_REGISTRY)
+    """Names of the known targets (built-in and user YAML)."""
+    return [s.name for s in target_specs()]
 
 
-def get_target(name: str) -> Target:
-    """Build the target registered as ``name``.
+def get_target(name: str | TargetSpec, *, device_url: str | None = None, device_token: str | None = None) -> Target:
+    """Build the target ``name`` (or the given spec).
+
+    A target timed on a device (``agent: true``) talks to ``tune agent`` at ``device_url``; the
+    others run here with their runtime.
 
     Raises:
-        YolotuneError: Unknown name; the message lists the known ones.
+        YolotuneError: Unknown name (listing the known ones), a device target without a device URL,
+            or a runtime this installation lacks.
     """
-    if name not in _REGISTRY:
-        raise YolotuneError(f"unknown target '{name}'; known targets: {', '.join(target_names())}")
-    return _REGISTRY[name]()
+    spec = name if isinstance(name, TargetSpec) else target_spec(name)
+    if spec.agent:
+        if not device_url:
+            raise YolotuneError(
+                f"target {spec.name} is timed on the device: run `tune agent --host 0.0.0.0 --token-file F` on it "
+                f"and pass --device-url http://DEVICE:8765 --device-token-file F"
+            )
+        from yolotune.evaluators._remote import RemoteTarget
+
+        return RemoteTarget(spec=spec, url=device_url, token=device_token)
+    if device_url:
+        raise YolotuneError(f"target {spec.name} runs on this machine; --device-url is only for device targets")
+    _load_runtimes()
+    if spec.runtime not in _RUNTIMES:
+        raise YolotuneError(f"target {spec.name}: no runtime '{spec.runtime}' in this installation")
+    target = _RUNTIMES[spec.runtime](spec)
+    target.name = spec.name
+    target.precisions = spec.precisions
+    return target
+
+
+def _load_runtimes() -> None:
+    # importing the modules registers their runtimes
+    import yolotune.evaluators._local_cpu
+    import yolotune.evaluators._local_cuda
+    import yolotune.evaluators._tensorrt  # noqa: F401

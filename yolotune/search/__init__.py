@@ -8,6 +8,7 @@ from yolotune.search._candidate import (
     CandidateSettings,
     build_candidate,
     check_plan,
+    make_target,
     run_candidate,
     time_candidate,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "check_ray_address",
     "constraints_of",
     "load_space",
+    "make_target",
     "open_study",
     "plan_of",
     "run_candidate",

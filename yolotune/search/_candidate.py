@@ -7,6 +7,7 @@ the file it leaves in ``out_dir`` (``deployable``): the same file ``tune export`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -33,10 +34,13 @@ from yolotune.evaluators import (
     LatencyStats,
     Provenance,
     Target,
+    TargetSpec,
     compute_lease,
     get_target,
     measure_map,
     measure_size,
+    read_token,
+    target_spec,
 )
 from yolotune.spaces import CompressionPlan
 
@@ -45,6 +49,7 @@ __all__ = [
     "CandidateResult",
     "CandidateSettings",
     "build_candidate",
+    "make_target",
     "run_candidate",
     "time_candidate",
 ]
@@ -59,16 +64,30 @@ class CandidateSettings:
         target: Registered target name that times the deployable model.
         calibration_memory_gb: Memory budget of one INT8 calibration.
         seed: Seed of fine-tuning.
+        device_url: URL of the device agent (``tune agent``) of a device target.
+        device_token_file: File holding the agent's token.
     """
 
     imgsz: int = 320
     target: str = "local-cpu"
     calibration_memory_gb: float = DEFAULT_CALIBRATION_MEMORY_GB
     seed: int = 0
+    device_url: str | None = None
+    device_token_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.imgsz < 32 or self.imgsz % 32:
             raise YolotuneError(f"imgsz must be a multiple of 32 and ≥32; got {self.imgsz}")
+
+
+def make_target(settings: CandidateSettings) -> Target:
+    """The target ``settings`` name, connected to its device agent when it has one (not contacted yet).
+
+    Raises:
+        YolotuneError: Unknown target, a device target without ``device_url``, an unreadable token file.
+    """
+    token = read_token(settings.device_token_file) if settings.device_token_file else None
+    return get_target(settings.target, device_url=settings.device_url, device_token=token)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +168,9 @@ class _Steps:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-def check_plan(plan: CompressionPlan, *, groups: tuple[str, ...], dataset: Dataset, target: Target) -> None:
+def check_plan(
+    plan: CompressionPlan, *, groups: tuple[str, ...], dataset: Dataset, target: Target | TargetSpec
+) -> None:
     """Refuse a plan the model, the data or the target cannot honour (before any work).
 
     Raises:
@@ -216,7 +237,7 @@ def build_candidate(
 
     Steps: load → (prune → post-training recovery) → (fine-tune) → export ONNX → (quantize) → mAP → size.
     Artifacts land in ``out_dir``: ``plan.yaml``, checkpoints, ``model.onnx`` (FP32) and
-    ``model.int8.onnx`` when quantized.
+    ``model.int8.onnx`` when quantized (``model.fp16.onnx`` when only annotated for fp16).
 
     Raises:
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
@@ -224,7 +245,8 @@ def build_candidate(
     import socket
 
     settings = settings or CandidateSettings()
-    target = target or get_target(settings.target)
+    # only the target's name and precisions matter here: its device is not needed to build
+    runs_on: Target | TargetSpec = target or target_spec(settings.target)
     steps = _Steps(on_step)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,7 +257,7 @@ def build_candidate(
         dataset = prepare_dataset(data)
         net = adapter.load_model(model_path)
         layout = adapter.model_layout(net)
-        check_plan(plan, groups=layout.groups, dataset=dataset, target=target)
+        check_plan(plan, groups=layout.groups, dataset=dataset, target=runs_on)
         plan.save(out / "plan.yaml")
 
     prune_report = None
@@ -278,7 +300,7 @@ def build_candidate(
     quant_report = None
     if plan.quantization.active:
         with steps("quantize"):
-            deployable = out / "model.int8.onnx"
+            deployable = out / ("model.int8.onnx" if "int8" in plan.quantization.precisions else "model.fp16.onnx")
             quant_report = quantize(
                 fp32,
                 deployable,
@@ -291,6 +313,11 @@ def build_candidate(
             )
     with steps("validate"):
         accuracy = measure_map(deployable, dataset, imgsz=imgsz)
+    if "fp16" in plan.quantization.precisions:
+        accuracy = dataclasses.replace(
+            accuracy,
+            note="fp16 layers validated in fp32 by ONNX Runtime on the search host (fp16 rounding not modelled)",
+        )
     return BuiltCandidate(
         plan=plan,
         model=str(model_path),
@@ -378,7 +405,7 @@ def run_candidate(
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
     """
     settings = settings or CandidateSettings()
-    target = target or get_target(settings.target)
+    target = target or make_target(settings)
     built = build_candidate(
         model=model, data=data, plan=plan, out_dir=out_dir, settings=settings, target=target, on_step=on_step
     )

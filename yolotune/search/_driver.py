@@ -22,7 +22,8 @@ from typing import Any
 import optuna
 
 from yolotune.errors import YolotuneError
-from yolotune.search._candidate import CandidateResult, CandidateSettings, time_candidate
+from yolotune.evaluators import target_spec
+from yolotune.search._candidate import CandidateResult, CandidateSettings, make_target, time_candidate
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
 from yolotune.search._spaces import load_space
@@ -156,9 +157,8 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
     """
     from yolotune.assets import prepare_dataset, resolve_model
     from yolotune.compression import ultralytics_adapter
-    from yolotune.evaluators import get_target
 
-    target = get_target(config.settings.target)
+    target = target_spec(config.settings.target)
     layout = ultralytics_adapter.model_layout(ultralytics_adapter.load_model(resolve_model(config.model)))
     n_train = len(prepare_dataset(config.data).train_images)
     default = DefaultSpace(
@@ -209,6 +209,9 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
     recorded = study.user_attrs.get("job")
     if recorded is None:
         study.set_user_attr("job", job)
+        # how to rebuild the target for `tune export` (a user YAML target may not be loaded there)
+        spec = target_spec(config.settings.target).to_dict()
+        study.set_user_attr("target", {**spec, "device_url": config.settings.device_url})
         study.set_user_attr("constraints", wanted)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -324,6 +327,8 @@ def run_search(
     if config.ray_address is not None:
         check_ray_address(config.ray_address)  # before the study is touched
     space, default = search_spaces(config)
+    target = make_target(config.settings)
+    target.check()  # a device target without a reachable agent fails here, before the study is touched
     study, created, storage = _open_study(config)
     references = default.reference_plans()
     if created:
@@ -331,9 +336,6 @@ def run_search(
         params = default.reference_params() if space == default else {}
         for name in references:
             study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
-    from yolotune.evaluators import get_target
-
-    target = get_target(config.settings.target)
     failures = 0
     limit = max_failures if max_failures is not None else max(3, config.budget)
     root = study_dir(config.root, config.name) / "trials"

@@ -12,13 +12,16 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import yaml
 
 from yolotune._env import package_versions
 from yolotune.errors import YolotuneError
+
+if TYPE_CHECKING:
+    from yolotune.evaluators import Target
 
 __all__ = ["ExportResult", "export_trial"]
 
@@ -84,6 +87,8 @@ def export_trial(
     *,
     artifacts: Path | None = None,
     remeasure: bool = True,
+    device_url: str | None = None,
+    device_token: str | None = None,
 ) -> ExportResult:
     """Write trial ``number``'s deployable model and recipe to ``out_dir`` and re-measure it.
 
@@ -93,14 +98,18 @@ def export_trial(
         out_dir: Output directory (created).
         artifacts: The study's artifact store directory (fallback source of the model).
         remeasure: Re-validate mAP and re-time latency on the study's target.
+        device_url: The device agent of a device target (default: the one the study recorded).
+        device_token: That agent's token.
 
     Raises:
-        YolotuneError: No such trial, not COMPLETE, or its model cannot be found.
+        YolotuneError: No such trial, not COMPLETE, its model cannot be found, or the target
+            cannot time it (a device target whose agent is unreachable).
     """
     from yolotune.spaces import CompressionPlan
 
     trial = _find_trial(study, number)
     job: dict[str, Any] = study.user_attrs.get("job") or {}
+    target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None
     plan = CompressionPlan.from_dict(trial.user_attrs["plan"])
     out_dir.mkdir(parents=True, exist_ok=True)
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
@@ -129,21 +138,38 @@ def export_trial(
     )
     measured: dict[str, float] = {}
     if remeasure:
-        measured = _remeasure(model, job)
+        assert target is not None
+        measured = _remeasure(model, job, target)
         (out_dir / "remeasured.json").write_text(json.dumps(measured, indent=2))
     return ExportResult(trial=number, model=model, recipe=recipe, plan=plan_path, recorded=recorded, measured=measured)
 
 
-def _remeasure(model: Path, job: dict[str, Any]) -> dict[str, float]:
-    """mAP, size and latency of ``model`` through the same code path the search used."""
-    from yolotune.assets import prepare_dataset
-    from yolotune.evaluators import get_target, measure_map, measure_size
+def _target(study: optuna.Study, job: dict[str, Any], *, device_url: str | None, device_token: str | None) -> Target:
+    """The study's target, rebuilt from what the study recorded, checked before any work."""
+    from yolotune.evaluators import TargetSpec, get_target
 
     if not {"data", "imgsz", "target"} <= set(job):
         raise YolotuneError("the study does not record its job (data, imgsz, target); cannot re-measure")
+    recorded = dict(study.user_attrs.get("target") or {})
+    url = device_url or recorded.pop("device_url", None)
+    recorded.pop("device_url", None)
+    spec = TargetSpec.from_dict(job["target"], recorded) if recorded else job["target"]
+    try:
+        target = get_target(spec, device_url=url, device_token=device_token)
+    except YolotuneError as exc:
+        raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from None
+    target.check()
+    return target
+
+
+def _remeasure(model: Path, job: dict[str, Any], target: Target) -> dict[str, float]:
+    """mAP, size and latency of ``model`` through the same code path the search used."""
+    from yolotune.assets import prepare_dataset
+    from yolotune.evaluators import measure_map, measure_size
+
     imgsz = int(job["imgsz"])
     accuracy = measure_map(model, prepare_dataset(job["data"]), imgsz=imgsz)
-    latency = get_target(job["target"]).benchmark(model, imgsz=imgsz)
+    latency = target.benchmark(model, imgsz=imgsz)
     return {
         "map50_95": accuracy.map50_95,
         "map50": accuracy.map50,

@@ -26,8 +26,8 @@ from yolotune.studies._front import FrontRow, pareto_front
 __all__ = ["write_report"]
 
 #: Reference trials (``user_attrs["reference"]``) and their marker symbols (valid in 2-D and 3-D plots).
-_REFERENCE_SYMBOLS = {"fp32": "diamond", "int8": "square", "seeds": "cross"}
-_REFERENCE_COLORS = {"fp32": "#d62728", "int8": "#2ca02c", "seeds": "#9467bd"}
+_REFERENCE_SYMBOLS = {"fp32": "diamond", "int8": "square", "seeds": "cross", "fp16": "triangle-up"}
+_REFERENCE_COLORS = {"fp32": "#d62728", "int8": "#2ca02c", "seeds": "#9467bd", "fp16": "#ff7f0e"}
 _PRECISION_CODES = {"int8": 0, "fp16": 1, "fp32": 2}
 _FRONT_COLOR = "#1f77b4"
 _OBJECTIVES = (("mAP50-95", ".4f"), ("size MB", ".2f"), ("latency ms", ".2f"))

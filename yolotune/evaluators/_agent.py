@@ -1,0 +1,369 @@
+"""``tune agent``: the device side of a remote target. Receives ONNX files, times them, answers JSON.
+
+It is a network service that executes what it is sent, so:
+
+* a token (``Authorization: Bearer``) is required unless it listens on loopback only;
+* uploads are size-limited (``413`` before the body is read) and only ONNX is accepted: the body
+  is parsed as an ONNX protobuf and checked with ``onnx.checker`` (never unpickled);
+* each benchmark runs in a fresh child process with a time limit (killed when over it), so a
+  runtime crash or hang costs one request, not the agent;
+* benchmarks queue (first come, first served): one timing at a time, so timings never overlap;
+* every error is a status code and ``{"error": "<one line>"}``; the agent keeps serving.
+
+Endpoints: ``GET /v1/info`` (device, runtime, versions, power mode, pinned clocks) and
+``POST /v1/benchmark?imgsz=N[&threads=T]`` with the ONNX file as the body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from yolotune.errors import YolotuneError
+
+__all__ = ["API", "AgentConfig", "AgentServer", "read_token", "runtime_precisions"]
+
+#: Path prefix of the agent's API (its version).
+API = "/v1"
+_RUNTIME_PRECISIONS = {"onnxruntime": ("int8", "fp32"), "tensorrt": ("int8", "fp16", "fp32")}
+
+
+def runtime_precisions(runtime: str) -> tuple[str, ...]:
+    """Precisions an agent with ``runtime`` runs."""
+    return _RUNTIME_PRECISIONS[runtime]
+
+
+def read_token(path: str | Path, *, create: bool = False) -> str:
+    """Read a token file (first line); with ``create``, write a new random token when it is missing.
+
+    Raises:
+        YolotuneError: Missing or empty file.
+    """
+    p = Path(path)
+    if not p.is_file() and create:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = p.open("x")  # never overwrite
+        with fd:
+            fd.write(secrets.token_urlsafe(32) + "\n")
+        p.chmod(0o600)
+    if not p.is_file():
+        raise YolotuneError(f"token file {p} not found")
+    token = p.read_text().strip().splitlines()[0].strip() if p.read_text().strip() else ""
+    if not token:
+        raise YolotuneError(f"token file {p} is empty")
+    return token
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """How the agent serves.
+
+    Attributes:
+        host: Address to bind.
+        port: Port (0: any free port).
+        token: Bearer token requests must carry (required unless ``host`` is loopback).
+        runtime: ``onnxruntime`` (CPU boards) or ``tensorrt`` (Jetson, via trtexec).
+        max_upload_bytes: Largest ONNX file accepted.
+        timeout_s: Longest one benchmark (engine build included) may take.
+        cache_dir: Where received models and built engines are kept, by content hash.
+        threads: Default intra-op threads of CPU runtimes (``None``: every core).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    runtime: str = "onnxruntime"
+    max_upload_bytes: int = 256 * 2**20
+    timeout_s: float = 900.0
+    cache_dir: Path | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.runtime not in _RUNTIME_PRECISIONS:
+            raise YolotuneError(f"agent runtime must be one of {', '.join(_RUNTIME_PRECISIONS)}; got '{self.runtime}'")
+        if not self.token and not _is_loopback(self.host):
+            raise YolotuneError(
+                f"the agent runs what it is sent: pass --token-file F to listen on {self.host}, "
+                "or bind --host 127.0.0.1"
+            )
+
+
+class _Fifo:
+    """First come, first served: one holder at a time, in arrival order."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        with self._cv:
+            mine = self._next
+            self._next += 1
+            self._cv.wait_for(lambda: self._serving == mine)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._serving += 1
+                self._cv.notify_all()
+
+
+def _bench_child(runtime: str, model: str, imgsz: int, threads: int | None, cache: str) -> dict[str, Any]:
+    """Time ``model`` with ``runtime`` (runs in the child process, ``python -m yolotune.evaluators._agent``)."""
+    from yolotune.evaluators._spec import TargetSpec
+    from yolotune.evaluators._target import get_target
+
+    spec = TargetSpec(name=f"agent-{runtime}", runtime=runtime, precisions=runtime_precisions(runtime), threads=threads)
+    target = get_target(spec)
+    if runtime == "tensorrt":
+        target.cache_dir = Path(cache) / "engines"  # type: ignore[attr-defined]
+    target.check()
+    latency = target.benchmark(Path(model), imgsz=imgsz)
+    return {"latency": latency.to_dict(), "provenance": target.provenance(imgsz=imgsz).to_dict()}
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AgentServer:
+    """The agent: an HTTP server that benchmarks ONNX files one at a time.
+
+    Use ``serve_forever()`` (the CLI), or ``start()`` / ``stop()`` to run it in a thread (tests).
+    """
+
+    def __init__(self, *, config: AgentConfig) -> None:
+        from yolotune._env import workspace_dir
+
+        self.config = config
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else workspace_dir() / "agent"
+        (self.cache_dir / "models").mkdir(parents=True, exist_ok=True)
+        self._queue = _Fifo()
+        self.info = self._describe()
+        agent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 120  # seconds to receive a request
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
+
+            def do_GET(self) -> None:
+                agent._dispatch(self, "GET")
+
+            def do_POST(self) -> None:
+                agent._dispatch(self, "POST")
+
+        try:
+            self._server = ThreadingHTTPServer((config.host, config.port), Handler)
+        except OSError as exc:
+            raise YolotuneError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL the agent answers on."""
+        host, port = self._server.server_address[:2]
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{name}:{port}"
+
+    def _describe(self) -> dict[str, Any]:
+        from yolotune import __version__
+        from yolotune.evaluators._device import device_info
+
+        info: dict[str, Any] = {"agent": __version__, "runtime": self.config.runtime, **device_info()}
+        info["precisions"] = list(runtime_precisions(self.config.runtime))
+        info["max_upload_bytes"] = self.config.max_upload_bytes
+        info["timeout_s"] = self.config.timeout_s
+        if self.config.runtime == "onnxruntime":
+            import onnxruntime
+
+            info["runtime_version"] = onnxruntime.__version__
+        else:
+            from yolotune.evaluators._tensorrt import TensorRTTarget
+
+            info["runtime_version"] = TensorRTTarget()._version()
+        return info
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def serve_forever(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve until interrupted."""
+        if on_ready:
+            on_ready(self.url)
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self._server.server_close()
+
+    def start(self) -> AgentServer:
+        """Serve in a background thread; return self."""
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _dispatch(self, req: BaseHTTPRequestHandler, method: str) -> None:
+        try:
+            self._authorize(req)
+            path, _, query = req.path.partition("?")
+            if method == "GET" and path == f"{API}/info":
+                return self._reply(req, 200, self.info)
+            if method == "POST" and path == f"{API}/benchmark":
+                return self._reply(req, 200, self._benchmark(req, urllib.parse.parse_qs(query)))
+            raise _HTTPError(404, f"no {method} {path}; the agent answers GET {API}/info and POST {API}/benchmark")
+        except _HTTPError as exc:
+            self._reply(req, exc.status, {"error": str(exc)})
+        except Exception as exc:  # the agent keeps serving whatever happens in one request
+            self._reply(
+                req, 500, {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+            )
+
+    def _authorize(self, req: BaseHTTPRequestHandler) -> None:
+        if not self.config.token:
+            return
+        given = req.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode()):
+            req.close_connection = True  # do not read what an unauthorised client sends
+            raise _HTTPError(401, "missing or wrong token; pass the agent's token with --device-token-file")
+
+    def _reply(self, req: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        with contextlib.suppress(OSError):
+            req.send_response(status)
+            req.send_header("Content-Type", "application/json")
+            req.send_header("Content-Length", str(len(data)))
+            if req.close_connection:
+                req.send_header("Connection", "close")
+            req.end_headers()
+            req.wfile.write(data)
+
+    def _read_model(self, req: BaseHTTPRequestHandler) -> Path:
+        length = req.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            req.close_connection = True
+            raise _HTTPError(411, "send the ONNX file as the body, with a Content-Length")
+        size = int(length)
+        limit = self.config.max_upload_bytes
+        if size > limit:
+            req.close_connection = True  # the body is not read
+            raise _HTTPError(413, f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit")
+        body = req.rfile.read(size)
+        if len(body) != size:
+            req.close_connection = True
+            raise _HTTPError(400, f"upload cut short: {len(body)} of {size} bytes")
+        digest = hashlib.sha256(body).hexdigest()
+        path = self.cache_dir / "models" / f"{digest}.onnx"
+        if not path.is_file():
+            _check_onnx(body)
+            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+            tmp.write_bytes(body)
+            tmp.replace(path)
+        return path
+
+    def _benchmark(self, req: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> dict[str, Any]:
+        try:
+            imgsz = int(query.get("imgsz", ["0"])[0])
+            threads_q = query.get("threads", [""])[0]
+            threads = int(threads_q) if threads_q else self.config.threads
+        except ValueError:
+            raise _HTTPError(400, "imgsz and threads must be integers") from None
+        if imgsz < 32 or (threads is not None and threads < 1):
+            raise _HTTPError(400, "pass ?imgsz=N (N ≥ 32) and, optionally, threads ≥ 1")
+        model = self._read_model(req)
+        queued = time.time()
+        with self._queue.turn():
+            started = time.time()
+            answer = self._run_child(model, imgsz=imgsz, threads=threads)
+        return {**answer, "queued_s": started - queued, "model_sha256": model.stem}
+
+    def _run_child(self, model: Path, *, imgsz: int, threads: int | None) -> dict[str, Any]:
+        """Benchmark in a fresh interpreter with a time limit: a crash or hang costs one request."""
+        args = json.dumps([self.config.runtime, str(model), imgsz, threads, str(self.cache_dir)])
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "yolotune.evaluators._agent", args],
+                capture_output=True,
+                text=True,
+                timeout=self.config.timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise _HTTPError(504, f"benchmark exceeded the agent's {self.config.timeout_s:g} s limit") from None
+        lines = done.stdout.strip().splitlines()
+        try:
+            answer = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            raise _HTTPError(500, f"benchmark process died (exit code {done.returncode}): {tail}")
+        if "error" in answer:
+            raise _HTTPError(422, f"benchmark failed: {answer['error']}")
+        return answer
+
+
+def _check_onnx(body: bytes) -> None:
+    """Accept only a well-formed ONNX model with one float image input."""
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(body)
+    except Exception as exc:
+        raise _HTTPError(400, f"not an ONNX model ({type(exc).__name__})") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise _HTTPError(400, f"invalid ONNX model: {str(exc).splitlines()[0][:200]}") from None
+    if len(model.graph.input) != 1:
+        raise _HTTPError(400, f"expected one image input; the model has {len(model.graph.input)}")
+
+
+def _main() -> None:
+    """Child entry point: one benchmark, its answer as one JSON line on stdout."""
+    runtime, model, imgsz, threads, cache = json.loads(sys.argv[1])
+    try:
+        answer = _bench_child(runtime, model, imgsz, threads, cache)
+    except Exception as exc:
+        answer = {"error": str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}
+    sys.stdout.write("\n" + json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    _main()

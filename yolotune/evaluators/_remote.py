@@ -1,0 +1,135 @@
+"""Targets timed on a device: send the ONNX file to ``tune agent`` and read back its latency."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from yolotune.errors import StepError, YolotuneError
+from yolotune.evaluators._agent import API
+from yolotune.evaluators._base import LatencyStats, Provenance
+from yolotune.evaluators._spec import TargetSpec
+from yolotune.evaluators._target import Target
+
+__all__ = ["RemoteTarget"]
+
+
+class _AgentError(Exception):
+    pass
+
+
+class RemoteTarget(Target):
+    """A target whose latency is measured by a device agent (``tune agent``) at ``url``.
+
+    Args:
+        spec: The target (its runtime must be the agent's).
+        url: Agent base URL, ``http://host:port``.
+        token: The agent's token (``None`` for an agent on loopback without one).
+        timeout_s: Longest wait for one benchmark answer (queueing and engine build included).
+    """
+
+    def __init__(self, *, spec: TargetSpec, url: str, token: str | None = None, timeout_s: float = 1800.0) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.precisions = spec.precisions
+        self.url = url.rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            raise YolotuneError(f"--device-url must look like http://HOST:PORT; got '{url}'")
+        self.token = token
+        self.timeout_s = timeout_s
+        self._info: dict[str, Any] | None = None
+        self._last: dict[str, Any] | None = None
+
+    def _request(self, path: str, *, data: bytes | None = None, timeout: float) -> dict[str, Any]:
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if data is not None else "GET")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/octet-stream")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            try:
+                reason = json.loads(exc.read()).get("error", exc.reason)
+            except (ValueError, OSError):
+                reason = exc.reason
+            raise _AgentError(f"device agent at {self.url} answered {exc.code}: {reason}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            why = getattr(exc, "reason", None) or exc
+            raise _AgentError(f"device agent at {self.url} unreachable ({why})") from None
+
+    def info(self) -> dict[str, Any]:
+        """The agent's description of its device and runtime (fetched once)."""
+        if self._info is None:
+            self._info = self._request(f"{API}/info", timeout=15)
+        return self._info
+
+    def check(self) -> None:
+        """Reach the agent and check it runs this target's runtime and precisions.
+
+        Raises:
+            YolotuneError: Unreachable agent, wrong token, or a runtime that does not match.
+        """
+        try:
+            info = self.info()
+        except _AgentError as exc:
+            if "unreachable" not in str(exc):
+                raise YolotuneError(str(exc)) from None
+            raise YolotuneError(
+                f"{exc}; start `tune agent --host 0.0.0.0 --token-file F` on the device and pass "
+                "--device-url http://DEVICE:8765 --device-token-file F"
+            ) from None
+        if info.get("runtime") != self.spec.runtime:
+            raise YolotuneError(
+                f"the agent at {self.url} runs {info.get('runtime')}; target {self.name} needs {self.spec.runtime} "
+                f"(start it with `tune agent --runtime {self.spec.runtime}`)"
+            )
+        missing = [p for p in self.precisions if p not in info.get("precisions", ())]
+        if missing:
+            raise YolotuneError(f"the agent at {self.url} cannot run {', '.join(missing)} for target {self.name}")
+
+    def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
+        """Upload ``model_path`` and return the latency the agent measured on its device.
+
+        Raises:
+            StepError: The agent refused the model, failed to time it, or could not be reached.
+        """
+        body = Path(model_path).read_bytes()
+        query = f"?imgsz={imgsz}" + (f"&threads={self.spec.threads}" if self.spec.threads else "")
+        try:
+            limit = int(self.info().get("max_upload_bytes", 0))
+            if limit and len(body) > limit:
+                raise _AgentError(
+                    f"model is {len(body) / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit"
+                )
+            answer = self._request(f"{API}/benchmark{query}", data=body, timeout=self.timeout_s)
+        except _AgentError as exc:
+            raise StepError("latency", str(exc)) from None
+        self._last = answer
+        fields = {f.name for f in dataclasses.fields(LatencyStats)}
+        return LatencyStats(**{k: v for k, v in answer["latency"].items() if k in fields})
+
+    def provenance(self, *, imgsz: int) -> Provenance:
+        """The device that measured: the agent's own provenance, under this target's name and URL."""
+        info = self.info()
+        measured = (self._last or {}).get("provenance", {})
+        return Provenance(
+            target=self.name,
+            runtime=str(measured.get("runtime", info.get("runtime", ""))),
+            runtime_version=str(measured.get("runtime_version", info.get("runtime_version", ""))),
+            device=str(info.get("device", "")),
+            host=str(info.get("host", "")),
+            imgsz=imgsz,
+            settings={
+                **measured.get("settings", {}),
+                "agent": self.url,
+                "agent_version": info.get("agent"),
+                "power_mode": info.get("power_mode"),
+                "clocks_pinned": info.get("clocks_pinned"),
+            },
+        )

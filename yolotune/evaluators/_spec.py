@@ -1,0 +1,146 @@
+"""Named targets: what each one runs, the precisions it supports, and where it is timed.
+
+The built-in targets live in ``targets.yaml`` beside this module; users add or replace targets
+with YAML files of the same shape (``--targets-file``, or ``YOLOTUNE_TARGETS``: paths separated
+by ``os.pathsep``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yolotune.errors import YolotuneError
+from yolotune.spaces import PRECISIONS
+
+__all__ = ["RUNTIMES", "TargetSpec", "add_target_file", "target_spec", "target_specs"]
+
+#: Runtimes a target can name.
+RUNTIMES = ("onnxruntime", "onnxruntime-gpu", "tensorrt")
+_ENV = "YOLOTUNE_TARGETS"
+_FIELDS = ("runtime", "agent", "precisions", "imgsz", "threads", "description")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetSpec:
+    """A named target.
+
+    Attributes:
+        name: Registry name (``jetson-orin``).
+        runtime: ``onnxruntime`` (CPU), ``onnxruntime-gpu`` or ``tensorrt``.
+        precisions: Precisions the target runs; the search space asks only for these.
+        imgsz: Default square input size.
+        threads: Intra-op threads of CPU runtimes (``None``: every core).
+        agent: Timed on a device through ``tune agent`` rather than on this machine.
+        description: One line for ``tune targets``.
+    """
+
+    name: str
+    runtime: str
+    precisions: tuple[str, ...]
+    imgsz: int = 640
+    threads: int | None = None
+    agent: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"target '{self.name}'"
+        if self.runtime not in RUNTIMES:
+            raise YolotuneError(f"{where}: runtime '{self.runtime}' is not one of {', '.join(RUNTIMES)}")
+        object.__setattr__(self, "precisions", tuple(self.precisions))
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or not self.precisions:
+            raise YolotuneError(f"{where}: precisions must be a non-empty list of {', '.join(PRECISIONS)}")
+        if not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
+            raise YolotuneError(f"{where}: imgsz must be a multiple of 32; got {self.imgsz!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise YolotuneError(f"{where}: threads must be a positive integer or null; got {self.threads!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (``from_dict`` reads it back)."""
+        d = asdict(self)
+        d["precisions"] = list(self.precisions)
+        return d
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict[str, Any]) -> TargetSpec:
+        """Build from a YAML/JSON mapping.
+
+        Raises:
+            YolotuneError: Unknown keys or invalid values, naming the target.
+        """
+        if not isinstance(d, dict):
+            raise YolotuneError(f"target '{name}' must be a mapping of {', '.join(_FIELDS)}")
+        unknown = sorted(set(d) - set(_FIELDS) - {"name"})
+        if unknown:
+            raise YolotuneError(f"target '{name}': unknown keys {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+        if "runtime" not in d or "precisions" not in d:
+            raise YolotuneError(f"target '{name}' needs at least runtime and precisions")
+        kwargs = {k: d[k] for k in _FIELDS if k in d}
+        kwargs["precisions"] = tuple(kwargs["precisions"] or ())
+        return cls(name=name, **kwargs)
+
+
+_SPECS: dict[str, TargetSpec] = {}
+_LOADED: list[str] = []
+
+
+def _read(text: str, source: str) -> dict[str, TargetSpec]:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise YolotuneError(f"{source} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise YolotuneError(f"{source} must map target names to their settings")
+    return {str(name): TargetSpec.from_dict(str(name), d) for name, d in raw.items()}
+
+
+def _ensure_loaded() -> None:
+    if not _LOADED:
+        builtin = resources.files("yolotune.evaluators").joinpath("targets.yaml").read_text()
+        _SPECS.update(_read(builtin, "built-in targets.yaml"))
+        _LOADED.append("builtin")
+    for path in filter(None, os.environ.get(_ENV, "").split(os.pathsep)):
+        if path not in _LOADED:
+            add_target_file(Path(path))
+
+
+def add_target_file(path: Path) -> list[str]:
+    """Add (or replace) targets from a YAML file; return their names.
+
+    Raises:
+        YolotuneError: Missing file or invalid entries.
+    """
+    _ensure_loaded()
+    path = Path(path)
+    if not path.is_file():
+        raise YolotuneError(f"targets file {path} not found")
+    specs = _read(path.read_text(), str(path))
+    _SPECS.update(specs)
+    _LOADED.append(str(path))
+    return list(specs)
+
+
+def target_specs() -> list[TargetSpec]:
+    """Every known target, sorted by name."""
+    _ensure_loaded()
+    return [_SPECS[k] for k in sorted(_SPECS)]
+
+
+def target_spec(name: str) -> TargetSpec:
+    """The target registered as ``name``.
+
+    Raises:
+        YolotuneError: Unknown name; the message lists the known ones.
+    """
+    _ensure_loaded()
+    if name not in _SPECS:
+        raise YolotuneError(
+            f"unknown target '{name}'; known targets: {', '.join(sorted(_SPECS))} (add your own with --targets-file)"
+        )
+    return _SPECS[name]
