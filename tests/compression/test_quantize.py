@@ -66,3 +66,36 @@ def test_calibration_memory_budget_refuses_with_a_message(fp32_onnx_320) -> None
     # MinMax keeps only ranges: its estimate does not grow with the image count
     mm = QuantizationConfig(default="int8", calibration_method="minmax", calibration_images=200)
     assert check_calibration_budget(fp32_onnx_320, mm, budget_gb=4.0).peak_gb < 2.0
+
+
+def test_float_precision_is_recorded_for_runtimes_that_choose_it_per_layer(
+    fp32_onnx_320, tiny_coco, _loaded, tmp_path
+) -> None:
+    from yolotune._artifact import read_float_precision
+
+    # fp16 everywhere except one INT8 group: QDQ nodes for that group, fp16 names for the rest,
+    # and the decode nodes recorded fp32 (the plan does not name head.decode)
+    mixed = QuantizationConfig(default="fp16", precision={"backbone.0": "int8"}, calibration_images=2)
+    out = _quantize(fp32_onnx_320, tmp_path / "mixed.onnx", mixed, tiny_coco, _loaded)
+    rec = read_float_precision(out)
+    assert rec.int8 and rec.fp16
+    assert any("model.8" in n for n in rec.fp16_nodes)
+    assert "/model.22/Concat_3" in rec.fp32_nodes and "/model.22/Concat_3" not in rec.fp16_nodes
+    assert not any("model.0/" in n for n in rec.fp16_nodes + rec.fp32_nodes if "Conv" in n)
+
+    # no INT8 group: nothing is calibrated, the graph is the FP32 one, only annotated
+    report = quantize(
+        fp32_onnx_320,
+        tmp_path / "fp16.onnx",
+        QuantizationConfig(default="fp16"),
+        group_of_node=ultralytics_adapter.model_layout(_loaded).group_of_onnx_node,
+        calibration=lambda: pytest.fail("an fp16-only plan must not calibrate"),
+    )
+    assert report.calibration_images == 0
+    graph = onnx.load(str(tmp_path / "fp16.onnx")).graph
+    assert not any(n.op_type == "QuantizeLinear" for n in graph.node)
+    assert len(graph.node) == len(onnx.load(str(fp32_onnx_320)).graph.node)
+    only16 = read_float_precision(tmp_path / "fp16.onnx")
+    assert not only16.int8 and len(only16.fp16_nodes) > 100
+    # a plain export has no record: every float layer fp32
+    assert not read_float_precision(fp32_onnx_320).fp16

@@ -54,11 +54,7 @@ def test_timings_in_two_processes_never_overlap(fp32_onnx_160, tmp_path: Path) -
         assert end <= start  # each timed window ends before the next begins
 
 
-def test_targets_registry() -> None:
-    assert "local-cpu" in target_names()
-    assert get_target("local-cpu").precisions == ("int8", "fp32")
-    with pytest.raises(YolotuneError, match="unknown target 'jetson-nano'; known targets: local-cpu"):
-        get_target("jetson-nano")
+def test_local_cpu_times_at_least_50_runs() -> None:
     with pytest.raises(ValueError):
         LocalCPUTarget(runs=10)
 

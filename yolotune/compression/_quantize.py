@@ -237,7 +237,7 @@ def quantize(
         quantized_nodes=len(model.graph.node) - len(exclude),
         float_nodes=len(exclude),
         excluded_groups=tuple(sorted(excluded_groups)),
-        calibration_images=reader.count if n_q and reader else 0,
+        calibration_images=reader.count if n_q and reader is not None else 0,
         calibration_seconds=seconds,
         estimate_gb=est.peak_gb,
     )

@@ -361,7 +361,10 @@ def _main() -> None:
     try:
         answer = _bench_child(runtime, model, imgsz, threads, cache)
     except Exception as exc:
-        answer = {"error": str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}
+        from yolotune.errors import StepError
+
+        text = exc.reason if isinstance(exc, StepError) else str(exc)
+        answer = {"error": text.splitlines()[0][:300] if text else type(exc).__name__}
     sys.stdout.write("\n" + json.dumps(answer) + "\n")
 
 

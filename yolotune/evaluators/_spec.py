@@ -107,7 +107,16 @@ def _ensure_loaded() -> None:
         _LOADED.append("builtin")
     for path in filter(None, os.environ.get(_ENV, "").split(os.pathsep)):
         if path not in _LOADED:
-            add_target_file(Path(path))
+            _add(Path(path), f"{_ENV} names targets file {path}, which")
+
+
+def _add(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise YolotuneError(f"{what} is not found")
+    specs = _read(path.read_text(), str(path))
+    _SPECS.update(specs)
+    _LOADED.append(str(path))
+    return list(specs)
 
 
 def add_target_file(path: Path) -> list[str]:
@@ -117,13 +126,7 @@ def add_target_file(path: Path) -> list[str]:
         YolotuneError: Missing file or invalid entries.
     """
     _ensure_loaded()
-    path = Path(path)
-    if not path.is_file():
-        raise YolotuneError(f"targets file {path} not found")
-    specs = _read(path.read_text(), str(path))
-    _SPECS.update(specs)
-    _LOADED.append(str(path))
-    return list(specs)
+    return _add(Path(path), f"targets file {path}")
 
 
 def target_specs() -> list[TargetSpec]:

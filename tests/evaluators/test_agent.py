@@ -1,0 +1,133 @@
+"""The device agent on loopback with the ONNX Runtime backend: real HTTP, real timings."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from yolotune import StepError, YolotuneError
+from yolotune.evaluators import AgentConfig, AgentServer, RemoteTarget, TargetSpec, get_target, read_token
+
+TOKEN = "s3cret-token"
+BOARD = TargetSpec(name="test-board", runtime="onnxruntime", precisions=("int8", "fp32"), threads=1, agent=True)
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentServer]:
+    server = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=tmp_path, max_upload_bytes=32 * 2**20))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _raw(url: str, method: str, path: str, *, headers: dict[str, str], body: bytes | None = None) -> tuple[int, dict]:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.putrequest(method, path)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        if body:
+            conn.send(body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_agent_answers_with_its_device_and_refuses_a_wrong_or_missing_token(agent: AgentServer) -> None:
+    status, body = _raw(agent.url, "GET", "/v1/info", headers={})
+    assert status == 401 and "token" in body["error"]
+    status, body = _raw(agent.url, "GET", "/v1/info", headers={"Authorization": "Bearer nope"})
+    assert status == 401
+    status, info = _raw(agent.url, "GET", "/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200
+    assert info["runtime"] == "onnxruntime" and info["precisions"] == ["int8", "fp32"]
+    assert info["device"] and info["host"] and info["runtime_version"]
+    assert "power_mode" in info and "clocks_pinned" in info
+
+    wrong = get_target(BOARD, device_url=agent.url, device_token="nope")
+    with pytest.raises(YolotuneError, match="answered 401"):
+        wrong.check()
+    orin = get_target("jetson-orin", device_url=agent.url, device_token=TOKEN)
+    with pytest.raises(YolotuneError, match="runs onnxruntime; target jetson-orin needs tensorrt"):
+        orin.check()
+
+
+def test_uploads_are_size_limited_and_checked_and_the_agent_keeps_serving(agent: AgentServer, fp32_onnx_160) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    # refused from the Content-Length alone: the body is never read
+    status, body = _raw(
+        agent.url, "POST", "/v1/benchmark?imgsz=160", headers={**auth, "Content-Length": str(64 * 2**20)}
+    )
+    assert status == 413 and "over the agent's 32 MiB limit" in body["error"]
+    garbage = b"\x80\x04\x95 not onnx, a pickle maybe" * 10
+    status, body = _raw(
+        agent.url, "POST", "/v1/benchmark?imgsz=160", headers={**auth, "Content-Length": str(len(garbage))}, body=garbage
+    )
+    assert status == 400 and body["error"].startswith("not an ONNX model")
+    status, body = _raw(agent.url, "POST", "/v1/benchmark", headers={**auth, "Content-Length": "0"})
+    assert status == 400 and "imgsz" in body["error"]
+
+    # a model the runtime cannot run at that size: a clear failure, then a good request still works
+    target = get_target(BOARD, device_url=agent.url, device_token=TOKEN)
+    with pytest.raises(StepError, match="answered 422: benchmark failed"):
+        target.benchmark(fp32_onnx_160, imgsz=320)
+    stats = target.benchmark(fp32_onnx_160, imgsz=160)
+    assert stats.runs >= 50 and 0 < stats.median_ms <= stats.p90_ms
+    prov = target.provenance(imgsz=160)
+    assert prov.target == "test-board" and prov.settings["agent"] == agent.url
+    assert prov.settings["intra_op_threads"] == 1  # the target's threads reached the agent
+
+
+def test_concurrent_requests_are_timed_one_after_another(agent: AgentServer, fp32_onnx_160) -> None:
+    windows: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            stats = RemoteTarget(spec=BOARD, url=agent.url, token=TOKEN).benchmark(fp32_onnx_160, imgsz=160)
+            windows.append((stats.started_at, stats.ended_at))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(windows) == 3
+    windows.sort()
+    for (_, end), (start, _) in itertools.pairwise(windows):
+        assert end <= start  # no two timed windows overlap
+
+
+def test_a_benchmark_over_the_time_limit_is_killed_and_reported(tmp_path: Path, fp32_onnx_160) -> None:
+    server = AgentServer(config=AgentConfig(port=0, cache_dir=tmp_path, timeout_s=0.5)).start()  # loopback, no token
+    try:
+        target = get_target(BOARD, device_url=server.url)
+        with pytest.raises(StepError, match="answered 504: benchmark exceeded the agent's 0.5 s limit"):
+            target.benchmark(fp32_onnx_160, imgsz=160)
+        assert target.info()["runtime"] == "onnxruntime"  # still serving
+    finally:
+        server.stop()
+
+
+def test_a_token_is_required_off_loopback_and_token_files_are_created_once(tmp_path: Path) -> None:
+    with pytest.raises(YolotuneError, match="pass --token-file F to listen on 0.0.0.0"):
+        AgentConfig(host="0.0.0.0")
+    assert AgentConfig(host="0.0.0.0", token="t").token == "t"
+    f = tmp_path / "token"
+    first = read_token(f, create=True)
+    assert len(first) >= 32 and read_token(f, create=True) == first
+    assert f.stat().st_mode & 0o077 == 0  # private to its owner
+    with pytest.raises(YolotuneError, match="not found"):
+        read_token(tmp_path / "missing")
