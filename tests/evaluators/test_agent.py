@@ -71,7 +71,11 @@ def test_uploads_are_size_limited_and_checked_and_the_agent_keeps_serving(agent:
     assert status == 413 and "over the agent's 32 MiB limit" in body["error"]
     garbage = b"\x80\x04\x95 not onnx, a pickle maybe" * 10
     status, body = _raw(
-        agent.url, "POST", "/v1/benchmark?imgsz=160", headers={**auth, "Content-Length": str(len(garbage))}, body=garbage
+        agent.url,
+        "POST",
+        "/v1/benchmark?imgsz=160",
+        headers={**auth, "Content-Length": str(len(garbage))},
+        body=garbage,
     )
     assert status == 400 and body["error"].startswith("not an ONNX model")
     status, body = _raw(agent.url, "POST", "/v1/benchmark", headers={**auth, "Content-Length": "0"})
@@ -114,7 +118,7 @@ def test_a_benchmark_over_the_time_limit_is_killed_and_reported(tmp_path: Path, 
     server = AgentServer(config=AgentConfig(port=0, cache_dir=tmp_path, timeout_s=0.5)).start()  # loopback, no token
     try:
         target = get_target(BOARD, device_url=server.url)
-        with pytest.raises(StepError, match="answered 504: benchmark exceeded the agent's 0.5 s limit"):
+        with pytest.raises(StepError, match=r"answered 504: benchmark exceeded the agent.s 0\.5 s limit"):
             target.benchmark(fp32_onnx_160, imgsz=160)
         assert target.info()["runtime"] == "onnxruntime"  # still serving
     finally:
@@ -122,7 +126,7 @@ def test_a_benchmark_over_the_time_limit_is_killed_and_reported(tmp_path: Path, 
 
 
 def test_a_token_is_required_off_loopback_and_token_files_are_created_once(tmp_path: Path) -> None:
-    with pytest.raises(YolotuneError, match="pass --token-file F to listen on 0.0.0.0"):
+    with pytest.raises(YolotuneError, match=r"pass --token-file F to listen on 0\.0\.0\.0"):
         AgentConfig(host="0.0.0.0")
     assert AgentConfig(host="0.0.0.0", token="t").token == "t"
     f = tmp_path / "token"

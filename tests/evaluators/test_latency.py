@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from yolotune import YolotuneError
-from yolotune.evaluators import LocalCPUTarget, get_target, target_names
+from yolotune.evaluators import LocalCPUTarget
 
 
 def test_latency_stats_are_finite_and_ordered(fp32_onnx_160) -> None:

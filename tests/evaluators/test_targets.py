@@ -37,7 +37,7 @@ def test_a_device_target_needs_its_agent() -> None:
     with pytest.raises(YolotuneError, match="--device-url is only for device targets"):
         get_target("local-cpu", device_url="http://127.0.0.1:8765")
     unreachable = get_target("jetson-orin", device_url="http://127.0.0.1:9")
-    with pytest.raises(YolotuneError, match="unreachable.*start `tune agent"):
+    with pytest.raises(YolotuneError, match=r"unreachable.*start `tune agent"):
         unreachable.check()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-from yolotune.errors import YolotuneError
+from yolotune.errors import StepError, YolotuneError
 from yolotune.evaluators import target_spec
 from yolotune.search._candidate import CandidateResult, CandidateSettings, make_target, time_candidate
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
@@ -407,6 +407,8 @@ def run_search(
                         except Exception as exc:
                             failures += 1
                             fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
+                            if isinstance(exc, StepError) and exc.step == "latency":
+                                _retry(study, trial, str(exc))  # the target failed (a device gone), not the plan
                             continue
                         study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
                         open_trials.pop(trial.number, None)
