@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def agent(tmp_path: Path) -> Iterator[AgentServer]:
 
 
 def test_tune_run_times_every_candidate_on_the_agent(
-    tmp_path: Path, targets_file: Path, token_file: Path, agent: AgentServer
+    tmp_path: Path, targets_file: Path, token_file: Path, agent: AgentServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     common = ["--targets-file", str(targets_file), "--target", "board", "--root", str(tmp_path / "studies")]
     device = ["--device-url", agent.url, "--device-token-file", str(token_file)]
@@ -59,6 +60,19 @@ def test_tune_run_times_every_candidate_on_the_agent(
         assert prov["imgsz"] == 160  # the target's default image size
         assert t.user_attrs["latency"]["runs"] >= 50
     assert study.user_attrs["target"]["agent"] is True
+
+    # export re-times on the agent the study recorded, without the targets file
+    monkeypatch.setattr("yolotune.evaluators._spec._SPECS", {})
+    monkeypatch.setattr("yolotune.evaluators._spec._LOADED", [])
+    monkeypatch.delenv("YOLOTUNE_TARGETS", raising=False)
+    root = ["--study", "remote", "--root", str(tmp_path / "studies")]
+    exported = CliRunner().invoke(
+        app, ["export", "--trial", "0", *root, "--out", str(tmp_path / "x"), "--device-token-file", str(token_file)]
+    )
+    assert exported.exit_code == 0, exported.output
+    remeasured = json.loads((tmp_path / "x" / "remeasured.json").read_text())
+    assert remeasured["latency_ms"] > 0
+    assert abs(remeasured["map50_95"] - complete[0].values[0]) <= 0.002
 
     # a missing or wrong token is refused before the search starts, in one line
     bad = tmp_path / "bad-token"
