@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -239,18 +240,23 @@ def run(
     heartbeat_interval: Annotated[
         int, typer.Option("--heartbeat-interval", help="Seconds between heartbeats of running trials.")
     ] = 10,
+    train_device: Annotated[
+        str, typer.Option("--train-device", help="Where fine-tuning runs: cpu, N or cuda:N (one GPU per Ray task).")
+    ] = "cpu",
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
-    from yolotune.search import SearchConfig, check_ray_address, run_search, search_spaces
+    from yolotune.search import SearchConfig, preflight, run_search
     from yolotune.studies import open_storage, pareto_front
 
     config = SearchConfig(
         model=model,
         data=data,
         budget=budget,
-        settings=_settings(imgsz, target, device_url, device_token_file, targets_file),
+        settings=dataclasses.replace(
+            _settings(imgsz, target, device_url, device_token_file, targets_file), train_device=train_device
+        ),
         study_name=study,
         storage=storage,
         root=root,
@@ -266,9 +272,7 @@ def run(
         cpus_per_worker=cpus_per_worker,
         heartbeat_interval=heartbeat_interval,
     )
-    if ray_address is not None:
-        check_ray_address(ray_address)
-    search_spaces(config)  # a model, data or space that cannot be loaded fails here, before any display
+    preflight(config)  # bad input fails here in one line, before any display
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
     columns = (
         SpinnerColumn(),

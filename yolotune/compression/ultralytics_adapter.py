@@ -392,6 +392,7 @@ def finetune(
     out_dir: Path,
     batch: int = 16,
     seed: int = 0,
+    device: str = "cpu",
 ) -> UltraModule:
     """Fine-tune the (pruned) model in ``checkpoint`` itself on the training split.
 
@@ -401,8 +402,10 @@ def finetune(
     no mosaic for runs of five epochs or fewer, and no validation (model selection never sees
     validation images).
 
+    ``device`` is Ultralytics' device string (``cpu``, ``0``, ``cuda:0``).
+
     Returns:
-        The fine-tuned model (EMA weights), fp32, eval mode.
+        The fine-tuned model (EMA weights), fp32, eval mode, on the CPU.
     """
     _setup()
     from ultralytics.models.yolo.detect import DetectionTrainer
@@ -433,7 +436,7 @@ def finetune(
         "warmup_epochs": 0,
         "mosaic": 0.0 if epochs <= 5 else 1.0,
         "close_mosaic": 0,
-        "device": "cpu",
+        "device": device,
         "workers": 0,
         "amp": False,
         "plots": False,

@@ -19,6 +19,7 @@ from yolotune.search._driver import (
     constraints_of,
     open_study,
     plan_of,
+    preflight,
     run_search,
     search_spaces,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "make_target",
     "open_study",
     "plan_of",
+    "preflight",
     "run_candidate",
     "run_search",
     "search_spaces",

@@ -66,6 +66,8 @@ class CandidateSettings:
         seed: Seed of fine-tuning.
         device_url: URL of the device agent (``tune agent``) of a device target.
         device_token_file: File holding the agent's token.
+        train_device: Where fine-tuning runs: ``cpu``, or a CUDA device (``0``, ``cuda:0``); with
+            Ray workers a CUDA device makes each candidate task declare one GPU.
     """
 
     imgsz: int = 320
@@ -74,10 +76,18 @@ class CandidateSettings:
     seed: int = 0
     device_url: str | None = None
     device_token_file: str | None = None
+    train_device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.imgsz < 32 or self.imgsz % 32:
             raise YolotuneError(f"imgsz must be a multiple of 32 and ≥32; got {self.imgsz}")
+        if self.train_device != "cpu" and not self.train_device.removeprefix("cuda:").isdigit():
+            raise YolotuneError(f"--train-device must be cpu, N or cuda:N; got '{self.train_device}'")
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one candidate needs (fine-tuning on a CUDA device takes one)."""
+        return 0 if self.train_device == "cpu" else 1
 
 
 def make_target(settings: CandidateSettings) -> Target:
@@ -289,6 +299,7 @@ def build_candidate(
                 imgsz=imgsz,
                 out_dir=out,
                 seed=settings.seed,
+                device=settings.train_device,
             )
             checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
     with steps("count"):

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -27,6 +27,9 @@ from yolotune.search._candidate import CandidateResult, CandidateSettings, make_
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
 from yolotune.search._spaces import load_space
+
+if TYPE_CHECKING:
+    from yolotune.evaluators import Target
 from yolotune.spaces import CompressionPlan, DefaultSpace, Space
 from yolotune.studies._storage import artifact_dir, default_storage_url, open_storage, study_dir
 
@@ -37,6 +40,7 @@ __all__ = [
     "constraints_of",
     "open_study",
     "plan_of",
+    "preflight",
     "run_search",
     "search_spaces",
 ]
@@ -293,7 +297,31 @@ def _executor(config: SearchConfig) -> InProcess | RayExecutor:
         temp_dir=study_dir(config.root, config.name) / "ray",
         address=config.ray_address,
         cpus_per_worker=config.cpus_per_worker,
+        gpus_per_worker=config.settings.gpus,
     )
+
+
+def preflight(config: SearchConfig) -> tuple[Space, DefaultSpace, Target]:
+    """Check everything a search needs before the study is touched; return its spaces and target.
+
+    Raises:
+        YolotuneError: One line for the first problem: an unreachable Ray address, a model, data
+            or space that cannot be loaded, no CUDA device for ``--train-device``, or a target that
+            cannot time (a device agent that does not answer).
+    """
+    if config.ray_address is not None:
+        check_ray_address(config.ray_address)
+    space, default = search_spaces(config)
+    if config.settings.gpus and config.workers == 1 and config.ray_address is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise YolotuneError(
+                f"--train-device {config.settings.train_device}: no CUDA device on this machine; use --train-device cpu"
+            )
+    target = make_target(config.settings)
+    target.check()
+    return space, default, target
 
 
 def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str) -> bool:
@@ -324,11 +352,7 @@ def run_search(
     again and re-raises: nothing half-done is reported as complete, and the next run picks up.
     """
     optuna.logging.set_verbosity(logging.WARNING)
-    if config.ray_address is not None:
-        check_ray_address(config.ray_address)  # before the study is touched
-    space, default = search_spaces(config)
-    target = make_target(config.settings)
-    target.check()  # a device target without a reachable agent fails here, before the study is touched
+    space, default, target = preflight(config)
     study, created, storage = _open_study(config)
     references = default.reference_plans()
     if created:

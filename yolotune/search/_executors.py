@@ -151,16 +151,26 @@ class RayExecutor:
 
     ``address=None`` starts a local Ray instance sized to this machine, with its temporary files
     in ``temp_dir`` (nothing in the home directory); otherwise joins the cluster at ``address``.
-    Each task declares ``cpus_per_worker`` CPUs; asking for more than the cluster has is an error.
+    Each task declares ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs (one when candidates
+    fine-tune on CUDA); asking for more than the cluster has is an error.
     """
 
-    def __init__(self, *, workers: int, temp_dir: Path, address: str | None = None, cpus_per_worker: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        workers: int,
+        temp_dir: Path,
+        address: str | None = None,
+        cpus_per_worker: int = 1,
+        gpus_per_worker: int = 0,
+    ) -> None:
         if workers < 1 or cpus_per_worker < 1:
             raise YolotuneError(f"--workers must be ≥1 (got {workers}) with ≥1 CPU each (got {cpus_per_worker})")
         self.workers = workers
         self._address = address
         self._temp_dir = temp_dir
         self._cpus = cpus_per_worker
+        self._gpus = gpus_per_worker
         self._refs: dict[Any, Any] = {}
         self._started = False
         self._remote: Any = None
@@ -195,7 +205,14 @@ class RayExecutor:
                 f"--workers {self.workers} needs {self.workers * self._cpus} CPUs; the Ray cluster has {total:g} "
                 "(use fewer workers or a larger cluster)"
             )
-        self._remote = ray.remote(num_cpus=self._cpus, num_gpus=0, max_retries=0)(_build)
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if self.workers * self._gpus > gpus:
+            self.__exit__()
+            raise YolotuneError(
+                f"--workers {self.workers} fine-tuning on CUDA needs {self.workers * self._gpus} GPUs; the Ray "
+                f"cluster has {gpus:g} (use fewer workers, a cluster with GPUs, or --train-device cpu)"
+            )
+        self._remote = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0)(_build)
         return self
 
     def __exit__(self, *exc: object) -> None:
