@@ -21,7 +21,7 @@ import yaml
 from yolotune._env import workspace_dir
 from yolotune.errors import YolotuneError
 
-__all__ = ["Dataset", "assets_dir", "prepare_dataset", "resolve_data", "resolve_model"]
+__all__ = ["Dataset", "assets_dir", "prepare_dataset", "resolve_data", "resolve_model", "val_subset"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _SPLITS = ("train", "val")
@@ -203,4 +203,37 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
         names={int(k): str(v) for k, v in names.items()},
         train_images=tuple(splits["train"]),
         val_images=tuple(splits["val"]),
+    )
+
+
+def val_subset(dataset: Dataset, count: int) -> Dataset:
+    """The same dataset validated on ``count`` of its validation images (evenly spaced, deterministic).
+
+    Used by the cheap rung of multi-fidelity search; ``count`` at or above the split's size
+    returns ``dataset`` itself.
+    """
+    n = len(dataset.val_images)
+    if count >= n:
+        return dataset
+    if count < 1:
+        raise YolotuneError(f"a validation subset needs at least one image; got {count}")
+    picks = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(count)})
+    root = dataset.yaml_path.parent
+    links = sorted((root / "images" / "val").iterdir())
+    listing = root / f"val-{count}.txt"
+    yaml_path = root / f"data-val{count}.yaml"
+    if not yaml_path.exists():
+        tmp = listing.with_name(f"{listing.name}.{os.getpid()}")
+        tmp.write_text("".join(f"{links[i]}\n" for i in picks))
+        tmp.replace(listing)
+        spec = {**_load_yaml(dataset.yaml_path), "val": str(listing)}
+        tmp_yaml = yaml_path.with_name(f"{yaml_path.name}.{os.getpid()}")
+        tmp_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
+        tmp_yaml.replace(yaml_path)
+    return Dataset(
+        source=dataset.source,
+        yaml_path=yaml_path,
+        names=dataset.names,
+        train_images=dataset.train_images,
+        val_images=tuple(dataset.val_images[i] for i in picks),
     )

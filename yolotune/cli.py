@@ -243,6 +243,18 @@ def run(
     train_device: Annotated[
         str, typer.Option("--train-device", help="Where fine-tuning runs: cpu, N or cuda:N (one GPU per Ray task).")
     ] = "cpu",
+    multi_fidelity: Annotated[
+        bool,
+        typer.Option(
+            "--multi-fidelity", help="Rung 0 first (no fine-tuning, --rung0-val images); promote those near the front."
+        ),
+    ] = False,
+    rung0_val: Annotated[
+        int | None, typer.Option("--rung0-val", help="Validation images at rung 0 [default: all].")
+    ] = None,
+    promote_margin: Annotated[
+        float, typer.Option("--promote-margin", help="mAP50-95 margin within which a rung-0 candidate is promoted.")
+    ] = 0.02,
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -271,6 +283,9 @@ def run(
         ray_address=ray_address,
         cpus_per_worker=cpus_per_worker,
         heartbeat_interval=heartbeat_interval,
+        multi_fidelity=multi_fidelity,
+        rung0_val=rung0_val,
+        promote_margin=promote_margin,
     )
     preflight(config)  # bad input fails here in one line, before any display
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
@@ -294,6 +309,11 @@ def run(
             best_ms = min((r.latency_ms for r in front), default=float("nan"))
             if outcome.state == "FAIL":
                 progress.console.print(f"trial {outcome.number} failed: {outcome.reason}", highlight=False)
+            elif outcome.state == "PRUNED":
+                progress.console.print(
+                    f"trial {outcome.number} stopped at rung 0 (mAP50-95 {outcome.result.accuracy.map50_95:.3f})",
+                    highlight=False,
+                )
             progress.update(
                 task,
                 completed=done,
@@ -316,9 +336,12 @@ def _show(st: Any) -> None:
     trials = st.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    rung0 = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
     infeasible = sum(any(v > 0 for v in t.constraints.values()) for t in complete)
     limits = {k: v for k, v in constraints_of(st).items() if v is not None}
     caption = f"{len(complete)} complete, {failed} failed"
+    if rung0:
+        caption += f", {rung0} stopped at rung 0 (the front holds full-fidelity trials only)"
     if limits:
         caption += f", {infeasible} infeasible under " + ", ".join(f"{k} {v}" for k, v in limits.items())
     caption += " · export with `tune export --trial N`"

@@ -206,3 +206,92 @@ def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path)
     t = first.ask()
     space(t)
     assert t.params == drawn[0]
+
+
+class _SizeTarget:
+    """A deterministic stand-in for the latency target: 1 ms per MB (latency is not under test)."""
+
+    name = "local-cpu"
+    precisions = ("int8", "fp32")
+
+    def check(self) -> None:
+        return None
+
+    def benchmark(self, model_path: Path, *, imgsz: int):
+        from yolotune.evaluators import LatencyStats
+
+        ms = model_path.stat().st_size / 1e6
+        return LatencyStats.from_samples([ms, ms * 1.01], warmup=0, started_at=0.0, ended_at=0.0)
+
+    def provenance(self, *, imgsz: int):
+        from yolotune.evaluators import LocalCPUTarget
+
+        return LocalCPUTarget().provenance(imgsz=imgsz)
+
+
+def test_multi_fidelity_promotes_only_candidates_near_the_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from yolotune.search import SearchConfig
+    from yolotune.studies import pareto_front
+
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: _SizeTarget())
+    source = tmp_path / "plans.py"
+    source.write_text(
+        "from yolotune.spaces import CompressionPlan, PruningConfig, QuantizationConfig, RecoveryConfig\n"
+        "INT8 = QuantizationConfig(default='int8', calibration_images=4)\n"
+        "PLANS = {\n"
+        "    'int8': CompressionPlan(quantization=INT8),\n"
+        "    'pruned-fp32-ft': CompressionPlan(\n"
+        "        pruning=PruningConfig(ratios={'backbone.2': 0.1, 'backbone.4': 0.1, 'neck.12': 0.1}),\n"
+        "        recovery=RecoveryConfig(epochs=1)),\n"
+        "    'int8-ft': CompressionPlan(quantization=INT8, recovery=RecoveryConfig(epochs=1, lr=1e-5)),\n"
+        "}\n"
+        "def space(trial):\n"
+        "    return PLANS[trial.suggest_categorical('k', list(PLANS))]\n"
+    )
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=3,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        space=f"{source}:space",
+        multi_fidelity=True,
+        rung0_val=2,
+    )
+    study = optuna.create_study(
+        study_name=config.name, storage=config.storage_url, directions=["maximize", "minimize", "minimize"]
+    )
+    for k in ("int8", "pruned-fp32-ft", "int8-ft"):
+        study.enqueue_trial({"k": k})
+    study = run_search(config)
+    trials = {t.params["k"]: t for t in study.get_trials()}
+    assert len(trials) == 3
+
+    # first: nothing to compare with, promoted; no fine-tuning, so only validated again on all images
+    first = trials["int8"]
+    assert first.state == optuna.trial.TrialState.COMPLETE and first.user_attrs["fidelity"] == "full"
+    assert "rung0" in first.user_attrs
+    metrics = json.loads((Path(first.user_attrs["artifact"]).parent / "metrics.json").read_text())
+    assert metrics["accuracy"]["images"] == 4  # every coco8 validation image
+    # bigger, slower and far less accurate at rung 0 than a full-fidelity trial: stopped there
+    stopped = trials["pruned-fp32-ft"]
+    assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.user_attrs["fidelity"] == "rung0"
+    assert stopped.user_attrs["rung0"]["map50_95"] < first.values[0] - 0.02
+    assert not (Path(first.user_attrs["artifact"]).parent.parent / str(stopped.number) / "finetune").exists()
+    # as good as the front at rung 0: promoted, and fine-tuned from what rung 0 built
+    promoted = trials["int8-ft"]
+    assert promoted.state == optuna.trial.TrialState.COMPLETE and promoted.user_attrs["fidelity"] == "full"
+    out = Path(promoted.user_attrs["artifact"]).parent
+    assert (out / "finetune").is_dir()
+    assert json.loads((out / "metrics.json").read_text())["accuracy"]["images"] == 4
+    # the reported front holds full-fidelity results only
+    assert {r.number for r in pareto_front(study)} <= {first.number, promoted.number}
+    # show and report mark it
+    from yolotune.studies import write_report
+
+    page = write_report(study, tmp_path / "r.html").read_text()
+    assert f'data-trial="{stopped.number}"' in page.split('id="rung0"')[1].split("</section>")[0]

@@ -152,3 +152,21 @@ def test_a_killed_driver_with_ray_workers_is_resumed_too(tmp_path: Path) -> None
     assert failed and all("its driver stopped" in t.user_attrs["fail_reason"] for t in failed)
     retried = {t.user_attrs.get("retry_of") for t in study.trials}
     assert all(t.number in retried for t in failed)  # every trial the dead driver left is retried once
+
+
+def test_fine_tuning_on_cuda_declares_a_gpu_per_task_and_a_cluster_without_one_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    import torch
+
+    config = _config(tmp_path, workers=2)
+    cuda = dataclasses.replace(config, settings=dataclasses.replace(config.settings, train_device="cuda:0"))
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        pytest.skip("this machine has a GPU; the refusal is for clusters without one")
+    with pytest.raises(YolotuneError, match="fine-tuning on CUDA needs 2 GPUs; the Ray cluster has 0"):
+        run_search(cuda)
+    one = dataclasses.replace(cuda, workers=1)
+    with pytest.raises(YolotuneError, match="no CUDA device on this machine"):
+        run_search(one)

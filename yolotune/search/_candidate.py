@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from yolotune._env import package_versions
-from yolotune.assets import Dataset, prepare_dataset, resolve_model
+from yolotune.assets import Dataset, prepare_dataset, resolve_model, val_subset
 from yolotune.compression import (
     DEFAULT_CALIBRATION_MEMORY_GB,
     PruneReport,
@@ -214,6 +214,7 @@ class BuiltCandidate:
         step_seconds: Seconds per step.
         versions: Library versions.
         host: Host name of the machine that built it.
+        fidelity: ``full``, or ``rung0`` (no fine-tuning yet, maybe a validation subset).
     """
 
     plan: CompressionPlan
@@ -231,6 +232,7 @@ class BuiltCandidate:
     step_seconds: dict[str, float]
     versions: dict[str, str]
     host: str
+    fidelity: str = "full"
 
 
 def build_candidate(
@@ -242,6 +244,9 @@ def build_candidate(
     settings: CandidateSettings | None = None,
     target: Target | None = None,
     on_step: Callable[[str], None] | None = None,
+    stage: str = "full",
+    val_images: int | None = None,
+    previous: BuiltCandidate | None = None,
 ) -> BuiltCandidate:
     """Build the deployable model for ``plan`` and validate it; every step holds the compute lease.
 
@@ -249,12 +254,25 @@ def build_candidate(
     Artifacts land in ``out_dir``: ``plan.yaml``, checkpoints, ``model.onnx`` (FP32) and
     ``model.int8.onnx`` when quantized (``model.fp16.onnx`` when only annotated for fp16).
 
+    Multi-fidelity search builds in two stages. ``stage="rung0"`` stops before fine-tuning and
+    validates on ``val_images`` evenly spaced validation images (the result says
+    ``fidelity="rung0"``, unless that is already everything the plan asks for). ``stage="promote"``
+    continues from what rung 0 left in ``out_dir`` (``previous``): fine-tunes the recovered
+    checkpoint, exports and quantizes again when weights changed, and validates on every
+    validation image.
+
     Raises:
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
     """
-    import socket
-
+    if stage not in ("full", "rung0", "promote"):
+        raise ValueError(f"unknown stage {stage!r}")
     settings = settings or CandidateSettings()
+    if stage == "promote":
+        if previous is None or not (Path(out_dir) / "model.pt").is_file():  # rung 0 ran on another host
+            return build_candidate(
+                model=model, data=data, plan=plan, out_dir=out_dir, settings=settings, target=target, on_step=on_step
+            )
+        return _promote(previous, out=Path(out_dir), settings=settings, on_step=on_step)
     # only the target's name and precisions matter here: its device is not needed to build
     runs_on: Target | TargetSpec = target or target_spec(settings.target)
     steps = _Steps(on_step)
@@ -289,7 +307,52 @@ def build_candidate(
                 )
     with steps("save"):
         checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
-    if plan.recovery.epochs > 0:
+    subset = val_subset(dataset, val_images) if stage == "rung0" and val_images else dataset
+    cheap = stage == "rung0" and (plan.recovery.epochs > 0 or len(subset.val_images) < len(dataset.val_images))
+    return _finish(
+        plan,
+        checkpoint,
+        net,
+        model_path=model_path,
+        dataset=subset if cheap else dataset,
+        source=dataset.source,
+        layout=layout,
+        settings=settings,
+        steps=steps,
+        out=out,
+        finetune=not cheap,
+        reports=(prune_report, recover_report),
+        fidelity="rung0" if cheap else "full",
+    )
+
+
+def _finish(
+    plan: CompressionPlan,
+    checkpoint: Path,
+    net: Any,
+    *,
+    model_path: Path,
+    dataset: Dataset,
+    source: Path,
+    layout: Any,
+    settings: CandidateSettings,
+    steps: _Steps,
+    out: Path,
+    finetune: bool,
+    reports: tuple[PruneReport | None, RecoverReport | None],
+    fidelity: str,
+    deployable: Path | None = None,
+    quant_report: QuantizeReport | None = None,
+    counts: tuple[int, int] | None = None,
+) -> BuiltCandidate:
+    """(Fine-tune) → count → export → (quantize) → validate, from a saved checkpoint.
+
+    With ``deployable`` given (promotion of a plan that does not fine-tune), only validation runs.
+    """
+    import socket
+
+    imgsz = settings.imgsz
+    if finetune and plan.recovery.epochs > 0:
         with steps("finetune"):
             net = adapter.finetune(
                 checkpoint,
@@ -302,26 +365,31 @@ def build_candidate(
                 device=settings.train_device,
             )
             checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
-    with steps("count"):
-        macs, params = count_macs_params(net, imgsz)
-    del net
-    with steps("export"):
-        fp32 = adapter.export_onnx(checkpoint, imgsz=imgsz)
-    deployable = fp32
-    quant_report = None
-    if plan.quantization.active:
-        with steps("quantize"):
-            deployable = out / ("model.int8.onnx" if "int8" in plan.quantization.precisions else "model.fp16.onnx")
-            quant_report = quantize(
-                fp32,
-                deployable,
-                plan.quantization,
-                group_of_node=layout.group_of_onnx_node,
-                calibration=lambda: adapter.calibration_images(
-                    dataset, imgsz=imgsz, count=plan.quantization.calibration_images
-                ),
-                budget_gb=settings.calibration_memory_gb,
-            )
+        deployable = None  # the weights changed: export and quantize again
+    if deployable is None:
+        if net is None:
+            net = adapter.load_model(checkpoint)
+        with steps("count"):
+            counts = count_macs_params(net, imgsz)
+        del net
+        with steps("export"):
+            fp32 = adapter.export_onnx(checkpoint, imgsz=imgsz)
+        deployable = fp32
+        quant_report = None
+        if plan.quantization.active:
+            with steps("quantize"):
+                deployable = out / ("model.int8.onnx" if "int8" in plan.quantization.precisions else "model.fp16.onnx")
+                quant_report = quantize(
+                    fp32,
+                    deployable,
+                    plan.quantization,
+                    group_of_node=layout.group_of_onnx_node,
+                    calibration=lambda: adapter.calibration_images(
+                        dataset, imgsz=imgsz, count=plan.quantization.calibration_images
+                    ),
+                    budget_gb=settings.calibration_memory_gb,
+                )
+    assert counts is not None
     with steps("validate"):
         accuracy = measure_map(deployable, dataset, imgsz=imgsz)
     if "fp16" in plan.quantization.precisions:
@@ -332,19 +400,51 @@ def build_candidate(
     return BuiltCandidate(
         plan=plan,
         model=str(model_path),
-        data=str(dataset.source),
+        data=str(source),
         imgsz=imgsz,
         deployable=deployable,
         accuracy=accuracy,
         size_bytes=measure_size(deployable),
-        prune=prune_report,
-        recover=recover_report,
+        prune=reports[0],
+        recover=reports[1],
         quantize=quant_report,
-        macs=macs,
-        params=params,
+        macs=counts[0],
+        params=counts[1],
         step_seconds=dict(steps.seconds),
         versions=package_versions(),
         host=socket.gethostname(),
+        fidelity=fidelity,
+    )
+
+
+def _promote(
+    previous: BuiltCandidate, *, out: Path, settings: CandidateSettings, on_step: Callable[[str], None] | None
+) -> BuiltCandidate:
+    """Take a rung-0 candidate to full fidelity, continuing from its checkpoint and files."""
+    steps = _Steps(on_step)
+    plan = previous.plan
+    with steps("load"):
+        dataset = prepare_dataset(previous.data)
+        layout = adapter.model_layout(adapter.load_model(Path(previous.model)))
+    steps.seconds = {k: v + steps.seconds.get(k, 0.0) for k, v in previous.step_seconds.items()}
+    fine = plan.recovery.epochs > 0
+    return _finish(
+        plan,
+        out / "model.pt",
+        None,
+        model_path=Path(previous.model),
+        dataset=dataset,
+        source=dataset.source,
+        layout=layout,
+        settings=settings,
+        steps=steps,
+        out=out,
+        finetune=True,
+        reports=(previous.prune, previous.recover),
+        fidelity="full",
+        deployable=None if fine else previous.deployable,
+        quant_report=previous.quantize,
+        counts=(previous.macs, previous.params),
     )
 
 

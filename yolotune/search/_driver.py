@@ -77,6 +77,12 @@ class SearchConfig:
         cpus_per_worker: CPUs each candidate's Ray task declares.
         heartbeat_interval: Seconds between heartbeats of running trials (RDB storages); a trial
             silent for three intervals belongs to a dead driver and is failed and retried.
+        multi_fidelity: Evaluate every candidate cheaply first (rung 0: post-training recovery
+            only, no fine-tuning, ``rung0_val`` validation images) and promote only those near the
+            full-fidelity front; the others end PRUNED with their rung-0 numbers recorded.
+        rung0_val: Validation images at rung 0 (``None``: all of them).
+        promote_margin: A rung-0 candidate is promoted unless a full-fidelity trial is at least as
+            small and fast and this much mAP50-95 better.
     """
 
     model: str
@@ -97,8 +103,15 @@ class SearchConfig:
     ray_address: str | None = None
     cpus_per_worker: int = 1
     heartbeat_interval: int = 10
+    multi_fidelity: bool = False
+    rung0_val: int | None = None
+    promote_margin: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.rung0_val is not None and self.rung0_val < 1:
+            raise YolotuneError(f"--rung0-val must be ≥1 validation image; got {self.rung0_val}")
+        if not 0 <= self.promote_margin <= 1:
+            raise YolotuneError(f"--promote-margin is an mAP50-95 difference in [0, 1]; got {self.promote_margin}")
         if self.workers < 1:
             raise YolotuneError(f"--workers must be ≥1; got {self.workers}")
         if self.heartbeat_interval < 1:
@@ -277,7 +290,24 @@ def _bind(on_step: Callable[[int, str], None] | None, number: int) -> Callable[[
 
 
 def _complete(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    """Candidates evaluated: COMPLETE trials, and those that stopped at rung 0 (PRUNED)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _promote(study: optuna.Study, rung0: CandidateResult, margin: float) -> bool:
+    """Whether a rung-0 result is non-dominated by, or within ``margin`` mAP of, the full-fidelity front.
+
+    Size and latency do not change with fine-tuning or more validation images; only mAP can rise.
+    """
+    size, latency = rung0.size_mb, rung0.latency.median_ms
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if any(v > 0 for v in t.constraints.values()):
+            continue
+        m, s, lat = t.values
+        if s <= size and lat <= latency and m >= rung0.accuracy.map50_95 + margin:
+            return False
+    return True
 
 
 @dataclass(eq=False)  # hashed by identity: executors key their tasks by it
@@ -287,6 +317,7 @@ class _Pending:
     trial: optuna.Trial
     plan: CompressionPlan
     out_dir: Path
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _executor(config: SearchConfig) -> InProcess | RayExecutor:
@@ -401,20 +432,24 @@ def run_search(
                     trial.set_user_attr("brief", plan.brief())
                     pending = _Pending(trial=trial, plan=plan, out_dir=root / str(trial.number))
                     open_trials[trial.number] = pending
-                    kwargs = {
+                    kwargs: dict[str, Any] = {
                         "model": config.model,
                         "data": config.data,
                         "plan": plan,
                         "out_dir": pending.out_dir,
                         "settings": config.settings,
                     }
+                    if config.multi_fidelity:
+                        kwargs.update(stage="rung0", val_images=config.rung0_val)
                     if isinstance(executor, InProcess):
                         kwargs["on_step"] = _bind(on_step, trial.number)
+                    pending.kwargs = kwargs
                     executor.submit(pending, kwargs)
                 if executor.in_flight == 0:
                     break
                 for pending, built in executor.wait():
                     trial = pending.trial
+                    promoted = False
                     try:
                         if isinstance(built, Crashed):
                             failures += 1
@@ -427,6 +462,18 @@ def run_search(
                             continue
                         try:
                             result = time_candidate(built, target=target, on_step=_bind(on_step, trial.number))
+                            if built.fidelity == "rung0":
+                                trial.set_user_attr("rung0", _metrics(result))
+                                promoted = _promote(study, result, config.promote_margin)
+                                if promoted:  # continue from what rung 0 built
+                                    executor.submit(pending, {**pending.kwargs, "stage": "promote"})
+                                    continue
+                                trial.set_user_attr("fidelity", "rung0")
+                                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                                open_trials.pop(trial.number, None)
+                                if on_trial:
+                                    on_trial(TrialOutcome(number=trial.number, state="PRUNED", result=result), study)
+                                continue
                             _record(config, study, trial, result)
                         except Exception as exc:
                             failures += 1
@@ -439,7 +486,8 @@ def run_search(
                         if on_trial:
                             on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), study)
                     finally:
-                        heartbeat.remove(trial._trial_id)
+                        if not promoted:
+                            heartbeat.remove(trial._trial_id)
         except KeyboardInterrupt:
             executor.cancel_all()
             for pending in open_trials.values():
@@ -451,9 +499,15 @@ def run_search(
     return study
 
 
+def _metrics(result: CandidateResult) -> dict[str, Any]:
+    record = result.to_dict()
+    return {k: record[k] for k in ("map50_95", "map50", "size_bytes", "latency_ms")}
+
+
 def _record(config: SearchConfig, study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
     record: dict[str, Any] = result.to_dict()
-    trial.set_user_attr("metrics", {k: record[k] for k in ("map50_95", "map50", "size_bytes", "latency_ms")})
+    trial.set_user_attr("metrics", _metrics(result))
+    trial.set_user_attr("fidelity", "full")
     trial.set_user_attr("latency", record["latency"])
     trial.set_user_attr("provenance", record["provenance"])
     trial.set_user_attr("artifact", str(result.deployable))

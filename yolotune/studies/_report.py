@@ -72,6 +72,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
         _section("Objectives in 3-D", "objectives-3d", _scatter_3d(complete, front)),
         _section("Hypervolume", "hypervolume", _hypervolume(study, complete)),
         _section("Per-group settings of the front", "groups", _group_heatmaps(front_trials)),
+        _section("Stopped at rung 0", "rung0", _rung0_table(trials)),
         _section("Failed trials", "failed", _failed_table(trials)),
     ]
     title = html.escape(f"yolotune report: {study.study_name}")
@@ -338,6 +339,29 @@ def _group_heatmaps(front_trials: Sequence[FrozenTrial]) -> str:
     fig.update_layout(title="Precision per group", height=height)
     fig.update_yaxes(autorange="reversed", type="category")
     return out + _figure(fig)
+
+
+def _rung0_table(trials: Sequence[FrozenTrial]) -> str:
+    """Multi-fidelity: candidates evaluated cheaply and not promoted (their numbers are rung-0 ones)."""
+    stopped = [t for t in trials if t.state == TrialState.PRUNED and "rung0" in t.user_attrs]
+    if not stopped:
+        return _note("Every candidate ran at full fidelity (no multi-fidelity search, or all promoted).")
+    rows = []
+    for t in stopped:
+        m = t.user_attrs["rung0"]
+        cells = [
+            str(t.number),
+            _fmt(m.get("map50_95"), ".4f"),
+            _fmt(m.get("latency_ms"), ".2f"),
+            _fmt(m.get("size_bytes", 0) / 1e6, ".2f"),
+            html.escape(_brief(t)),
+        ]
+        rows.append((f' data-trial="{t.number}"', cells))
+    note = _note(
+        "Rung 0: post-training recovery only, no fine-tuning, maybe a validation subset. These trials are "
+        "not on the front, which holds full-fidelity results only."
+    )
+    return note + _table(["Trial", "mAP50-95 (rung 0)", "Latency ms", "Size MB", "Plan"], rows, {4}, "rung0")
 
 
 def _failed_table(trials: Sequence[FrozenTrial]) -> str:
