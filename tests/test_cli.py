@@ -73,7 +73,8 @@ def test_ratio_out_of_range(plan_file) -> None:
 
 
 def test_unknown_target_and_missing_plan(tmp_path: Path) -> None:
-    assert "unknown target 'jetson-orin'" in _error(["baseline", "--data", "coco8", "--target", "jetson-orin"])
+    assert "unknown target 'jetson-nano'" in _error(["baseline", "--data", "coco8", "--target", "jetson-nano"])
+    assert "--device-url http://DEVICE:8765" in _error(["baseline", "--data", "coco8", "--target", "jetson-orin"])
     assert "plan file not found" in _error(["eval", "--data", "coco8", "--plan", str(tmp_path / "none.yaml")])
 
 
@@ -92,7 +93,8 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
     assert "--budget must be a positive number of trials; got 0" in _error(["run", "--data", "coco8", "--budget", "0"])
     line = _error(["run", "--data", "coco8", "--budget", "1", "--storage", "nosuchdb://x"])
     assert "cannot open storage 'nosuchdb://x'" in line
-    assert "unknown target 'jetson-orin'" in _error(["run", "--data", "coco8", "--target", "jetson-orin"])
+    assert "unknown target 'jetson-nano'" in _error(["run", "--data", "coco8", "--target", "jetson-nano"])
+    assert "is timed on the device" in _error(["run", "--data", "coco8", "--target", "jetson-orin"])
     assert "0 studies in" in _error(["show", "--root", str(tmp_path)])
     assert "--max-map-drop is an mAP50-95 difference" in _error(
         ["run", "--data", "coco8", "--max-map-drop", "5", "--root", str(tmp_path)]

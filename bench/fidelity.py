@@ -1,0 +1,127 @@
+"""Benchmark multi-fidelity search against single fidelity: hypervolume reached against CPU-seconds.
+
+yolov8n-coco / tiny_coco at 320 on local-cpu, NSGA-II over the default space, the same seed.
+The single-fidelity search evaluates every candidate fully (post-training recovery, fine-tuning,
+every validation image); the multi-fidelity one evaluates each at rung 0 (no fine-tuning,
+``--rung0-val`` validation images) and promotes those near the full-fidelity front. Both run
+``--budget`` candidates, interleaved one candidate at a time so the machine's drift hits both
+alike; the CPU-seconds of this process (every step runs in it) are counted per search. After each
+step the hypervolume of the full-fidelity COMPLETE trials is recorded, all with one reference
+point (mAP 0, 1.1 × the largest size, 1.1 × the largest latency), through Optuna's public
+``plot_hypervolume_history``. Prints a table; writes bench/results/fidelity.json.
+
+    .venv/bin/python bench/fidelity.py [--budget 30] [--imgsz 320] [--rung0-val 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from search import hypervolume
+
+from yolotune.search import CandidateSettings, SearchConfig, run_search
+
+MODEL, DATA = "yolov8n-coco.pt", "tiny_coco"
+
+
+def complete_values(study: optuna.Study) -> list[list[float]]:
+    """Objective values of the full-fidelity (COMPLETE) trials."""
+    return [list(t.values) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=30, help="candidates per search")
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rung0-val", type=int, default=16)
+    parser.add_argument("--promote-margin", type=float, default=0.02)
+    parser.add_argument("--root", type=Path, default=None, help="studies directory (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fidelity.json")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    root = args.root or Path(tempfile.mkdtemp(prefix="yolotune-bench-fidelity-"))
+    common: dict[str, Any] = {
+        "model": MODEL,
+        "data": DATA,
+        "budget": args.budget,
+        "settings": CandidateSettings(imgsz=args.imgsz),
+        "root": root,
+        "seed": args.seed,
+    }
+    configs = {
+        "single": SearchConfig(study_name="single", **common),
+        "multi": SearchConfig(
+            study_name="multi",
+            multi_fidelity=True,
+            rung0_val=args.rung0_val,
+            promote_margin=args.promote_margin,
+            **common,
+        ),
+    }
+    cpu = dict.fromkeys(configs, 0.0)
+    wall = dict.fromkeys(configs, 0.0)
+    history: dict[str, list[tuple[float, list[list[float]]]]] = {name: [] for name in configs}
+    studies: dict[str, optuna.Study] = {}
+    t_start = time.perf_counter()
+    for k in range(1, args.budget + 1):
+        for name, config in configs.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            studies[name] = run_search(SearchConfig(**{**config.__dict__, "budget": k}))
+            cpu[name] += time.process_time() - c0
+            wall[name] += time.perf_counter() - t0
+            history[name].append((cpu[name], complete_values(studies[name])))
+        status = {n: f"{len(complete_values(s))} full / {len(s.get_trials())} trials" for n, s in studies.items()}
+        print(f"[{time.perf_counter() - t_start:7.0f}s] step {k}: {status}", flush=True)
+
+    everything = [v for h in history.values() for _, vs in h for v in vs]
+    ref = [0.0, 1.1 * max(v[1] for v in everything), 1.1 * max(v[2] for v in everything)]
+    curves = {name: [(c, hypervolume(vs, ref) if vs else 0.0) for c, vs in h] for name, h in history.items()}
+    final = {name: curve[-1][1] for name, curve in curves.items()}
+    target = final["multi"]
+    reach = next((c for c, hv in curves["single"] if hv >= 0.98 * target), None)
+
+    print(f"\nreference point (mAP, MB, ms) = ({ref[0]:.1f}, {ref[1]:.2f}, {ref[2]:.2f})")
+    print("| search | candidates | full fidelity | stopped at rung 0 | CPU s | wall s | hypervolume |")
+    print("|---|---|---|---|---|---|---|")
+    result: dict[str, Any] = {"reference_point": ref, "args": {k: str(v) for k, v in vars(args).items()}}
+    for name, study in studies.items():
+        states = [t.state for t in study.get_trials()]
+        n_full = states.count(optuna.trial.TrialState.COMPLETE)
+        n_rung0 = states.count(optuna.trial.TrialState.PRUNED)
+        result[name] = {
+            "candidates": n_full + n_rung0,
+            "full": n_full,
+            "rung0": n_rung0,
+            "failed": states.count(optuna.trial.TrialState.FAIL),
+            "cpu_seconds": cpu[name],
+            "wall_seconds": wall[name],
+            "hypervolume": final[name],
+            "curve": curves[name],
+        }
+        print(
+            f"| {name} | {n_full + n_rung0} | {n_full} | {n_rung0} | {cpu[name]:.0f} | {wall[name]:.0f} "
+            f"| {final[name]:.3f} |"
+        )
+    ratio = cpu["multi"] / cpu["single"] if cpu["single"] else float("nan")
+    hv_ratio = final["multi"] / final["single"] if final["single"] else float("nan")
+    print(f"\nmulti / single: CPU {ratio:.2f}×, hypervolume {hv_ratio:.3f}×")
+    if reach is None:
+        print("single fidelity never came within 2% of the multi-fidelity hypervolume")
+    else:
+        print(f"single fidelity needed {reach:.0f} CPU s to come within 2% of it (multi used {cpu['multi']:.0f})")
+    result["summary"] = {"cpu_ratio": ratio, "hypervolume_ratio": hv_ratio, "single_cpu_to_reach_multi": reach}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}; studies in {root}")
+
+
+if __name__ == "__main__":
+    main()
