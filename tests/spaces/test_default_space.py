@@ -58,3 +58,16 @@ def test_reference_trials() -> None:
     seeds = refs["seeds"]
     assert all(seeds.pruning.ratio(g) == 0.3 for g in GROUPS) and seeds.pruning.importance == "bn_scale"
     assert seeds.recovery.epochs > 0 and seeds.quantization.active
+
+
+def test_pruned_plans_sample_every_recovery_method() -> None:
+    space = DefaultSpace(groups=GROUPS, max_calibration_images=50)
+    params = {"prune/enabled": True, "prune/backbone.late": 0.2}
+    methods = set()
+    for method in ("none", "bn", "bias", "ls"):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        study.enqueue_trial({**params, "recover/method": method})
+        plan = space(study.ask())
+        assert plan.pruning.active and plan.recovery.method == method
+        methods.add(plan.recovery.method)
+    assert space.recovery_methods == ("none", "bn", "bias", "ls") and len(methods) == 4

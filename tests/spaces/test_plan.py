@@ -95,3 +95,19 @@ def test_calibration_count_bounded_by_training_split() -> None:
 def test_brief_names_the_plan() -> None:
     assert _plan().brief() == "prune 2 group(s) ≤50% bn_scale/8 · fp32/int8 s8 percentile×8 · ft 2ep"
     assert CompressionPlan().brief() == "fp32"
+
+
+@pytest.mark.parametrize("method", ["bn", "bias", "ls"])
+def test_recovery_methods_round_trip_and_old_plans_still_load(method: str, tmp_path: Path) -> None:
+    plan = CompressionPlan.from_dict(
+        {"pruning": {"ratios": {"backbone.4": 0.25}}, "recovery": {"method": method, "images": 16}}
+    )
+    assert plan.recovery.post_training and plan.recovery.method == method
+    assert CompressionPlan.from_json(plan.to_json()) == plan
+    assert CompressionPlan.load(plan.save(tmp_path / "p.json")) == plan
+    assert CompressionPlan.from_yaml(plan.to_yaml()).recovery.method == method
+    # a plan recorded before the new methods existed (no images/epochs/lr keys) still loads
+    old = CompressionPlan.from_json('{"pruning": {"ratios": {"backbone.4": 0.25}}, "recovery": {"method": "bn"}}')
+    assert old.recovery == RecoveryConfig(method="bn")
+    with pytest.raises(PlanError, match="recovery method"):
+        CompressionPlan.from_dict({"recovery": {"method": "lsq"}})

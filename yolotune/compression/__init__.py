@@ -1,6 +1,6 @@
 """Compression steps: turn a model and a plan into a deployable artifact.
 
-``prune`` (torch-pruning), ``reestimate_batchnorm`` (post-training recovery), ``finetune``
+``prune`` (torch-pruning), ``recover`` / ``reestimate_batchnorm`` (post-training recovery), ``finetune``
 (Ultralytics' trainer on the pruned model), ``export`` (ONNX), ``quantize`` (ONNX Runtime static
 QDQ). All Ultralytics surgery lives in
 ``yolotune.compression.ultralytics_adapter``.
@@ -8,7 +8,7 @@ QDQ). All Ultralytics surgery lives in
 
 from __future__ import annotations
 
-from yolotune.compression._prune import PruneReport, count_macs_params, prune
+from yolotune.compression._prune import KeptChannels, PruneReport, count_macs_params, prune
 from yolotune.compression._quantize import (
     DEFAULT_CALIBRATION_MEMORY_GB,
     CalibrationEstimate,
@@ -17,11 +17,12 @@ from yolotune.compression._quantize import (
     estimate_calibration_memory,
     quantize,
 )
-from yolotune.compression._recover import RecoverReport, reestimate_batchnorm
+from yolotune.compression._recover import RecoverReport, recover, reestimate_batchnorm, unpruned_copy
 
 __all__ = [
     "DEFAULT_CALIBRATION_MEMORY_GB",
     "CalibrationEstimate",
+    "KeptChannels",
     "PruneReport",
     "QuantizeReport",
     "RecoverReport",
@@ -30,5 +31,7 @@ __all__ = [
     "estimate_calibration_memory",
     "prune",
     "quantize",
+    "recover",
     "reestimate_batchnorm",
+    "unpruned_copy",
 ]

@@ -15,7 +15,7 @@ from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import StepError
 from yolotune.spaces import PruningConfig
 
-__all__ = ["PruneReport", "count_macs_params", "prune"]
+__all__ = ["KeptChannels", "PruneReport", "count_macs_params", "prune"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +32,60 @@ class PruneReport:
     def macs_ratio(self) -> float:
         """MACs after / before (an estimate: latency is measured, never inferred from it)."""
         return self.macs_after / max(self.macs_before, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeptChannels:
+    """Which of a convolution's channels survived pruning, as indices into its unpruned weight."""
+
+    out: tuple[int, ...]
+    inputs: tuple[int, ...]
+    out_before: int
+    inputs_before: int
+
+    @property
+    def inputs_pruned(self) -> bool:
+        """True when some of the convolution's input channels were removed."""
+        return len(self.inputs) < self.inputs_before
+
+
+class _KeptRecorder:
+    """Follow torch-pruning's groups as they prune, composing each conv's kept-index lists.
+
+    Group indices are relative to the layer as it is when the group prunes (a layer fed by a
+    concatenation loses inputs in several groups), so removals are applied in order.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
+        self.out = {m: list(range(m.out_channels)) for m in self.names}
+        self.inputs = {m: list(range(m.in_channels)) for m in self.names}
+        self.before = {m: (m.out_channels, m.in_channels) for m in self.names}
+
+    def record(self, group: Any) -> None:
+        for dep, idxs in group:
+            module = dep.target.module
+            if module not in self.names:
+                continue
+            fn = dep.pruning_fn
+            kept = self.out if fn == tp.function.prune_conv_out_channels else None
+            if fn == tp.function.prune_conv_in_channels:
+                kept = self.inputs
+            if kept is None:
+                continue
+            drop = {int(getattr(i, "idx", i)) for i in idxs}
+            kept[module] = [k for j, k in enumerate(kept[module]) if j not in drop]
+
+    def result(self) -> dict[str, KeptChannels]:
+        return {
+            name: KeptChannels(
+                out=tuple(self.out[m]),
+                inputs=tuple(self.inputs[m]),
+                out_before=self.before[m][0],
+                inputs_before=self.before[m][1],
+            )
+            for m, name in self.names.items()
+        }
 
 
 class ActivationImportance(tp.importance.GroupMagnitudeImportance):
@@ -95,6 +149,7 @@ def prune(
     *,
     imgsz: int,
     images: Callable[[], Iterable[np.ndarray]] | None = None,
+    kept: dict[str, KeptChannels] | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place: each named group loses its ratio of output channels.
 
@@ -103,6 +158,8 @@ def prune(
     C2f/C3k2 blocks are first made split-free. Groups the config does not name keep all their
     output channels (their inputs shrink where a pruned producer feeds them). The Detect
     output convolutions and DFL are never pruned, so the output shapes stay the same.
+    ``kept``, when given, is filled with each convolution's surviving channel indices (by module
+    name), which bias compensation and reconstruction pair with an unpruned copy.
 
     Raises:
         StepError: torch-pruning failed, or the pruned model no longer runs.
@@ -132,11 +189,16 @@ def prune(
             round_to=config.round_to if config.round_to > 1 else None,
             global_pruning=False,
         )
+        recorder = _KeptRecorder(model)
         with torch.no_grad():
-            pruner.step()
+            for group in pruner.step(interactive=True):
+                recorder.record(group)
+                group.prune()
             model(example)
     except Exception as exc:
         raise StepError("prune", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if kept is not None:
+        kept.update(recorder.result())
     macs1, params1 = count_macs_params(model, imgsz)
     after = {name: _out_channels(m) for name, m in adapter.group_modules(model).items()}
     return PruneReport(

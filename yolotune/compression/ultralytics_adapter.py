@@ -39,6 +39,7 @@ __all__ = [
     "ModelLayout",
     "activation_statistics",
     "calibration_images",
+    "conv_norms",
     "export_onnx",
     "finetune",
     "group_modules",
@@ -338,6 +339,21 @@ def activation_statistics(model: UltraModule, images: Iterable[np.ndarray]) -> d
         for h in handles:
             h.remove()
     return {bn: total / counts[bn] for bn, total in sums.items()}
+
+
+def conv_norms(model: UltraModule) -> dict[nn.Module, nn.BatchNorm2d]:
+    """The BatchNorm right after each ``Conv`` block's convolution (conv → BN → act), by convolution.
+
+    Convolutions missing here (Detect's output convolutions, DFL) carry their own bias.
+    """
+    _setup()
+    from ultralytics.nn.modules.conv import Conv
+
+    return {
+        m.conv: m.bn
+        for m in model.modules()
+        if isinstance(m, Conv) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)
+    }
 
 
 def model_layout(model: UltraModule) -> ModelLayout:

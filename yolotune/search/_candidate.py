@@ -19,13 +19,15 @@ from yolotune._env import package_versions
 from yolotune.assets import Dataset, prepare_dataset, resolve_model, val_subset
 from yolotune.compression import (
     DEFAULT_CALIBRATION_MEMORY_GB,
+    KeptChannels,
     PruneReport,
     QuantizeReport,
     RecoverReport,
     count_macs_params,
     prune,
     quantize,
-    reestimate_batchnorm,
+    recover,
+    unpruned_copy,
 )
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import PlanError, StepError, YolotuneError
@@ -292,19 +294,26 @@ def build_candidate(
     recover_report = None
     if plan.pruning.active:
         with steps("prune"):
+            original = unpruned_copy(net) if plan.recovery.method in ("bias", "ls") else None
+            kept: dict[str, KeptChannels] = {}
             prune_report = prune(
                 net,
                 plan.pruning,
                 imgsz=imgsz,
                 images=lambda: adapter.calibration_images(dataset, imgsz=imgsz, count=plan.recovery.images),
+                kept=kept,
             )
         if plan.recovery.post_training:
             with steps("recover"):
-                recover_report = reestimate_batchnorm(
+                recover_report = recover(
                     net,
                     adapter.calibration_images(dataset, imgsz=imgsz, count=plan.recovery.images),
-                    only=adapter.modules_from_first(net, [g for g, r in plan.pruning.ratios if r > 0]),
+                    method=plan.recovery.method,
+                    pruned_groups=[g for g, r in plan.pruning.ratios if r > 0],
+                    original=original,
+                    kept=kept,
                 )
+            del original
     with steps("save"):
         checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
     subset = val_subset(dataset, val_images) if stage == "rung0" and val_images else dataset

@@ -37,7 +37,10 @@ IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale", "activation")
 ROUND_TO = (1, 8, 16)
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-RECOVERY_METHODS = ("none", "bn")
+#: Post-training recovery: ``bn`` re-estimates BatchNorm statistics; ``bias`` compensates the
+#: pruned channels' mean contribution in the layers that consume them; ``ls`` re-fits those
+#: layers by ridge least squares (its intercept is the bias compensation).
+RECOVERY_METHODS = ("none", "bn", "bias", "ls")
 MAX_PRUNING_RATIO = 0.9
 #: Quantization-only group: the Detect head's DFL, box decode, sigmoid and final concat.
 #: It stays fp32 unless a plan names it explicitly.
@@ -145,8 +148,11 @@ class RecoveryConfig:
     """Recovering a pruned model's accuracy: post-training (no labels), then fine-tuning.
 
     Attributes:
-        method: Post-training recovery right after pruning: ``none``, or ``bn`` (re-estimate
-            BatchNorm statistics on training images; no labels, no training loop).
+        method: Post-training recovery right after pruning (training images, no labels, no
+            training loop): ``none``; ``bn`` (re-estimate BatchNorm statistics); ``bias`` (the
+            layers that lost input channels get the removed channels' mean contribution back,
+            measured through the unpruned model); ``ls`` (those layers re-fitted by ridge least
+            squares to the unpruned model's outputs, intercept included).
         images: Training images the post-training recovery sees.
         epochs: Fine-tune epochs on the training split (0: none).
         lr: Initial learning rate.

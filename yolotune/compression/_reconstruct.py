@@ -1,0 +1,311 @@
+"""Bias compensation and ridge least-squares reconstruction of the consumers of pruned channels.
+
+A *consumer* is a convolution that lost input channels. Both stages pair each consumer of the
+pruned model with the same-named convolution of an unpruned copy and run calibration images
+through both:
+
+``bias``: the removed channels' mean contribution to the consumer's output,
+``E[z_unpruned] - E[z_pruned]`` per kept output channel (with zero padding exactly accounted),
+is added to the consumer's bias, or subtracted from its BatchNorm's running mean when the
+convolution has no bias (Ultralytics' Conv = conv → BN → SiLU).
+
+``ls``: the consumer's weights and an intercept are re-fitted by ridge least squares so that, on
+a bounded sample of output positions, the pruned consumer fed with the *pruned* model's
+activations reproduces the unpruned consumer's output (Luo et al., ThiNet; He et al., channel
+pruning). The intercept subsumes the bias compensation. Memory is bounded by ``positions``:
+targets take ``positions × out_channels`` floats per consumer, normal equations
+``(in_channels·k² + 1)²`` doubles.
+
+Consumers are corrected one by one in model order, each measured on a forward pass that stops
+right after it, so its inputs come from the consumers upstream already corrected (correcting all
+at once from one pass over-corrects: upstream fixes change downstream inputs, and on uniform
+pruning errors grew layer after layer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yolotune.compression._prune import KeptChannels
+
+__all__ = ["ReconstructReport", "reconstruct_consumers"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconstructReport:
+    """What bias compensation or reconstruction did."""
+
+    method: str
+    layers: int
+    images: int
+    positions: int
+    buffer_mb: float
+    seconds: float
+    #: consumer name -> relative output error (||z_pruned - z_unpruned|| / ||z_unpruned||) on the
+    #: sampled positions, before and after
+    errors: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class _Consumer:
+    name: str
+    pruned: nn.Conv2d
+    original: nn.Conv2d
+    norm: nn.BatchNorm2d | None
+    out_idx: torch.Tensor
+    picks: dict[int, torch.Tensor] = field(default_factory=dict)
+    targets: dict[int, torch.Tensor] = field(default_factory=dict)
+    mean_original: torch.Tensor | None = None
+    sum_pruned: torch.Tensor | None = None
+    count: int = 0
+    gram: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
+    err: float = 0.0
+    norm_target: float = 0.0
+    base_mean: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.pruned.bias is None and self.norm is not None:
+            assert self.norm.running_mean is not None
+            self.base_mean = self.norm.running_mean.clone()
+
+    def offset(self) -> torch.Tensor | float:
+        """What the BN's running mean adds to the conv output, relative to its value at pruning."""
+        if self.base_mean is None or self.norm is None or self.norm.running_mean is None:
+            return 0.0
+        return (self.base_mean - self.norm.running_mean)[:, None]
+
+
+def _positions(size: int, count: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(size, generator=gen)[: min(count, size)]
+
+
+def consumers(
+    pruned: nn.Module,
+    original: nn.Module,
+    kept: Mapping[str, KeptChannels],
+    norms: Mapping[nn.Module, nn.BatchNorm2d],
+) -> list[_Consumer]:
+    """Pair every convolution of ``pruned`` that lost inputs with its unpruned twin, in model order."""
+    twins = dict(original.named_modules())
+    found = []
+    for name, module in pruned.named_modules():
+        info = kept.get(name)
+        if info is None or not info.inputs_pruned or not isinstance(module, nn.Conv2d):
+            continue
+        twin = twins.get(name)
+        if not isinstance(twin, nn.Conv2d) or module.groups != 1 or isinstance(module.padding, str):
+            continue
+        found.append(
+            _Consumer(
+                name=name,
+                pruned=module,
+                original=twin,
+                norm=norms.get(module),
+                out_idx=torch.tensor(info.out, dtype=torch.long),
+            )
+        )
+    return found
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early: nothing after the layer is needed."""
+
+
+def _raise_stop(_m: nn.Module, _inputs: Any, _output: Any) -> None:
+    raise _Stop
+
+
+def _run(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    hooks: list[tuple[nn.Module, Any]],
+    batch: int,
+    *,
+    stop_after: nn.Module | None = None,
+) -> None:
+    """Run ``images`` through ``model`` with forward ``hooks``; stop each pass after ``stop_after``."""
+    handles = [m.register_forward_hook(fn) for m, fn in hooks]
+    if stop_after is not None:
+        handles.append(stop_after.register_forward_hook(_raise_stop))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch):
+                with contextlib.suppress(_Stop):
+                    model(torch.from_numpy(np.concatenate(images[start : start + batch])))
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def reconstruct_consumers(
+    pruned: nn.Module,
+    original: nn.Module,
+    kept: Mapping[str, KeptChannels],
+    images: Sequence[np.ndarray],
+    *,
+    norms: Mapping[nn.Module, nn.BatchNorm2d],
+    method: str,
+    positions: int = 16384,
+    ridge: float = 1e-2,
+    memory_mb: float = 256.0,
+    batch: int = 8,
+) -> ReconstructReport:
+    """Correct the consumers of pruned channels in ``pruned`` (in place) against ``original``.
+
+    Args:
+        pruned: The pruned model.
+        original: An unpruned copy, module names matching ``pruned`` (read only).
+        kept: Surviving channel indices per convolution name (``prune(..., kept=...)``).
+        images: 1xCxHxW calibration arrays, preprocessed as the model sees them.
+        norms: The BatchNorm that follows each convolution of ``pruned`` (none: conv bias).
+        method: ``bias`` (mean compensation) or ``ls`` (ridge least-squares reconstruction).
+        positions: Output positions sampled per consumer, spread over the images (``ls``).
+        ridge: Ridge term, relative to the mean diagonal of the inputs' Gram matrix (``ls``).
+        memory_mb: Bound on the sampled targets of all consumers (fewer positions when needed).
+        batch: Images per forward pass.
+
+    Returns:
+        Layer count, sample size, buffer memory, time and each consumer's relative output error.
+    """
+    if method not in ("bias", "ls"):
+        raise ValueError(f"unknown reconstruction method {method!r}")
+    t0 = time.perf_counter()
+    found = consumers(pruned, original, kept, norms)
+    n = len(images)
+    channels = sum(len(c.out_idx) for c in found)
+    per_image = max(1, min(math.ceil(positions / max(n, 1)), int(memory_mb * 2**20 / 4 / max(n * channels, 1))))
+    offsets = {id(c.pruned): 0 for c in found}
+
+    def original_hook(c: _Consumer) -> Any:
+        def hook(_m: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            z = output[:, c.out_idx].flatten(2)  # B, C, L
+            total = z.sum(dim=(0, 2)).double()
+            c.mean_original = total if c.mean_original is None else c.mean_original + total
+            c.count += z.shape[0] * z.shape[2]
+            for b in range(z.shape[0]):
+                i = offsets[id(c.pruned)] + b
+                pick = _positions(z.shape[2], per_image, seed=i * 7919 + len(c.name))
+                c.picks[i] = pick
+                c.targets[i] = z[b][:, pick].T.contiguous()  # m, C
+            offsets[id(c.pruned)] += z.shape[0]
+
+        return hook
+
+    def pruned_hook(c: _Consumer, *, fit: bool) -> Any:
+        conv = c.pruned
+        padding = conv.padding
+        assert not isinstance(padding, str)  # consumers() skips padding="same"
+
+        def hook(_m: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            z = output.flatten(2) + c.offset()
+            if fit:
+                total = z.sum(dim=(0, 2)).double()
+                c.sum_pruned = total if c.sum_pruned is None else c.sum_pruned + total
+            cols = None
+            if method == "ls" and fit:
+                cols = F.unfold(
+                    inputs[0], conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride
+                )  # B, d, L
+            for b in range(z.shape[0]):
+                i = offsets[id(c.pruned)] + b
+                pick, target = c.picks[i], c.targets[i]
+                c.err += float(((z[b][:, pick].T - target) ** 2).sum())
+                c.norm_target += float((target**2).sum())
+                if cols is None:
+                    continue
+                x = cols[b][:, pick].T.double()
+                x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+                gram, cross = x.T @ x, x.T @ target.double()
+                c.gram = gram if c.gram is None else c.gram + gram
+                c.cross = cross if c.cross is None else c.cross + cross
+            offsets[id(c.pruned)] += z.shape[0]
+
+        return hook
+
+    _run(original, images, [(c.original, original_hook(c)) for c in found], batch)
+    for c in found:
+        assert c.mean_original is not None
+        c.mean_original = c.mean_original / max(c.count, 1)
+
+    def measure() -> dict[str, float]:
+        for c in found:
+            c.err, c.norm_target = 0.0, 0.0
+        offsets.update((id(c.pruned), 0) for c in found)
+        _run(pruned, images, [(c.pruned, pruned_hook(c, fit=False)) for c in found], batch)
+        return {c.name: math.sqrt(c.err / max(c.norm_target, 1e-30)) for c in found}
+
+    before = measure()
+    buffer = sum(_buffer_bytes(c) for c in found)
+    for c in found:  # in model order: each consumer sees the ones before it corrected
+        c.sum_pruned, c.gram, c.cross = None, None, None
+        offsets[id(c.pruned)] = 0
+        _run(pruned, images, [(c.pruned, pruned_hook(c, fit=True))], batch, stop_after=c.pruned)
+        buffer = max(buffer, sum(_buffer_bytes(c) for c in found))
+        if method == "bias":
+            assert c.sum_pruned is not None and c.mean_original is not None
+            _shift(c, (c.mean_original - c.sum_pruned / max(c.count, 1)).float())
+        else:
+            _solve(c, ridge)
+        c.gram, c.cross = None, None
+    after = measure()
+    return ReconstructReport(
+        method=method,
+        layers=len(found),
+        images=n,
+        positions=per_image * n if found else 0,
+        buffer_mb=buffer / 2**20,
+        seconds=time.perf_counter() - t0,
+        errors={name: (round(before[name], 4), round(after[name], 4)) for name in before},
+    )
+
+
+def _buffer_bytes(c: _Consumer) -> int:
+    """Bytes held for one consumer: sampled targets (float32) and normal equations (float64)."""
+    held = sum(t.numel() for t in c.targets.values()) * 4
+    return held + sum(t.numel() * 8 for t in (c.gram, c.cross) if t is not None)
+
+
+def _shift(c: _Consumer, delta: torch.Tensor) -> None:
+    """Add ``delta`` to the consumer's pre-activation output: conv bias, else BN running mean."""
+    conv = c.pruned
+    if conv.bias is not None:
+        conv.bias.add_(delta)
+    elif c.norm is not None:
+        assert c.norm.running_mean is not None
+        c.norm.running_mean.sub_(delta)
+    else:
+        conv.bias = nn.Parameter(delta.clone())
+
+
+def _solve(c: _Consumer, ridge: float) -> None:
+    """Ridge least squares for the consumer's weights and intercept (intercept unregularised)."""
+    assert c.gram is not None and c.cross is not None
+    d = c.gram.shape[0] - 1
+    reg = torch.zeros(d + 1, dtype=c.gram.dtype)
+    reg[:d] = ridge * float(torch.diagonal(c.gram)[:d].mean())
+    solution = torch.linalg.solve(c.gram + torch.diag(reg), c.cross)  # d+1, C
+    conv = c.pruned
+    weight = solution[:d].T.reshape(conv.weight.shape).to(conv.weight.dtype)
+    intercept = solution[d].to(conv.weight.dtype)
+    conv.weight.copy_(weight)
+    if conv.bias is not None:
+        conv.bias.copy_(intercept)
+    elif c.norm is not None and c.base_mean is not None:
+        assert c.norm.running_mean is not None
+        c.norm.running_mean.copy_(c.base_mean - intercept)
+    else:
+        conv.bias = nn.Parameter(intercept.clone())
