@@ -87,6 +87,7 @@ def test_uploads_are_size_limited_and_checked_and_the_agent_keeps_serving(agent:
         target.benchmark(fp32_onnx_160, imgsz=320)
     stats = target.benchmark(fp32_onnx_160, imgsz=160)
     assert stats.runs >= 50 and 0 < stats.median_ms <= stats.p90_ms
+    assert target._last is not None and target._last["latency"]["spread"] == stats.spread
     prov = target.provenance(imgsz=160)
     assert prov.target == "test-board" and prov.settings["agent"] == agent.url
     assert prov.settings["intra_op_threads"] == 1  # the target's threads reached the agent

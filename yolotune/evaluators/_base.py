@@ -94,8 +94,8 @@ class LatencyStats:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict."""
-        return asdict(self)
+        """Return a JSON-serialisable dict (with the derived ``spread``)."""
+        return {**asdict(self), "spread": self.spread}
 
 
 @dataclass(frozen=True, kw_only=True)
