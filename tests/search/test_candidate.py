@@ -76,3 +76,25 @@ def test_plans_the_target_cannot_run_are_refused_before_work(tmp_path: Path) -> 
     with pytest.raises(PlanError, match="target local-cpu cannot run fp16; it supports int8, fp32"):
         run_candidate(model="yolov8n-coco.pt", data="coco8", plan=fp16, out_dir=tmp_path)
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_rung0_stands_in_bn_for_least_squares_and_promotion_runs_the_plans_recovery(tmp_path: Path) -> None:
+    from yolotune.search import build_candidate
+
+    plan = CompressionPlan.from_dict(
+        {
+            "pruning": {"ratios": {"backbone.7": 0.25, "neck.16": 0.25}},
+            "recovery": {"method": "ls", "images": 4},
+        }
+    )
+    common = {"model": "yolov8n-coco.pt", "data": "coco8", "plan": plan, "out_dir": tmp_path}
+    settings = CandidateSettings(imgsz=160)
+    rung0 = build_candidate(**common, settings=settings, stage="rung0", val_images=2)
+    assert rung0.fidelity == "rung0" and rung0.proxy == "bn"
+    assert rung0.recover is not None and rung0.recover.method == "bn"
+    assert rung0.plan == plan and rung0.accuracy.images == 2
+    assert CompressionPlan.load(tmp_path / "plan.yaml") == plan  # the trial's own plan is what is recorded
+    full = build_candidate(**common, settings=settings, stage="promote", previous=rung0)
+    assert full.fidelity == "full" and not full.proxy
+    assert full.recover is not None and full.recover.method == "ls"
+    assert full.accuracy.images == 4  # every coco8 validation image

@@ -57,6 +57,10 @@ __all__ = [
 ]
 
 
+#: Post-training recovery methods too slow for rung 0 (BatchNorm re-estimation stands in for them).
+_SLOW_RECOVERY = ("bias", "ls")
+
+
 @dataclass(frozen=True, kw_only=True)
 class CandidateSettings:
     """How candidates are built and measured (shared by every candidate of a study).
@@ -217,6 +221,7 @@ class BuiltCandidate:
         versions: Library versions.
         host: Host name of the machine that built it.
         fidelity: ``full``, or ``rung0`` (no fine-tuning yet, maybe a validation subset).
+        proxy: At rung 0, the recovery method that stood in for the plan's slow one (``bn``).
     """
 
     plan: CompressionPlan
@@ -235,6 +240,7 @@ class BuiltCandidate:
     versions: dict[str, str]
     host: str
     fidelity: str = "full"
+    proxy: str = ""
 
 
 def build_candidate(
@@ -256,12 +262,14 @@ def build_candidate(
     Artifacts land in ``out_dir``: ``plan.yaml``, checkpoints, ``model.onnx`` (FP32) and
     ``model.int8.onnx`` when quantized (``model.fp16.onnx`` when only annotated for fp16).
 
-    Multi-fidelity search builds in two stages. ``stage="rung0"`` stops before fine-tuning and
-    validates on ``val_images`` evenly spaced validation images (the result says
-    ``fidelity="rung0"``, unless that is already everything the plan asks for). ``stage="promote"``
-    continues from what rung 0 left in ``out_dir`` (``previous``): fine-tunes the recovered
-    checkpoint, exports and quantizes again when weights changed, and validates on every
-    validation image.
+    Multi-fidelity search builds in two stages. ``stage="rung0"`` stops before fine-tuning,
+    validates on ``val_images`` evenly spaced validation images, and re-estimates BatchNorm in
+    place of a slow ``bias``/``ls`` recovery (the result says ``fidelity="rung0"``, unless that is
+    already everything the plan asks for). ``stage="promote"`` continues from what rung 0 left in
+    ``out_dir`` (``previous``): fine-tunes the recovered checkpoint, exports and quantizes again
+    when weights changed, and validates on every validation image. A rung 0 that stood in BN
+    re-estimation is rebuilt with the plan's own recovery (pruning again is deterministic and
+    takes about a second; the recovery it replaces is what rung 0 saved).
 
     Raises:
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
@@ -270,11 +278,29 @@ def build_candidate(
         raise ValueError(f"unknown stage {stage!r}")
     settings = settings or CandidateSettings()
     if stage == "promote":
-        if previous is None or not (Path(out_dir) / "model.pt").is_file():  # rung 0 ran on another host
+        rebuild = previous is None or previous.proxy or not (Path(out_dir) / "model.pt").is_file()
+        if rebuild:  # rung 0 stood in for the plan's recovery, or ran on another host
             return build_candidate(
                 model=model, data=data, plan=plan, out_dir=out_dir, settings=settings, target=target, on_step=on_step
             )
+        assert previous is not None
         return _promote(previous, out=Path(out_dir), settings=settings, on_step=on_step)
+    if stage == "rung0" and plan.pruning.active and plan.recovery.method in _SLOW_RECOVERY:
+        # bias / least-squares recovery takes 10-70 s; rung 0 stands in BatchNorm re-estimation (1-2 s)
+        proxy = dataclasses.replace(plan, recovery=dataclasses.replace(plan.recovery, method="bn"))
+        built = build_candidate(
+            model=model,
+            data=data,
+            plan=proxy,
+            out_dir=out_dir,
+            settings=settings,
+            target=target,
+            on_step=on_step,
+            stage="rung0",
+            val_images=val_images,
+        )
+        plan.save(Path(out_dir) / "plan.yaml")
+        return dataclasses.replace(built, plan=plan, fidelity="rung0", proxy="bn")
     # only the target's name and precisions matter here: its device is not needed to build
     runs_on: Target | TargetSpec = target or target_spec(settings.target)
     steps = _Steps(on_step)

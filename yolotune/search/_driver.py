@@ -463,7 +463,7 @@ def run_search(
                         try:
                             result = time_candidate(built, target=target, on_step=_bind(on_step, trial.number))
                             if built.fidelity == "rung0":
-                                trial.set_user_attr("rung0", _metrics(result))
+                                trial.set_user_attr("rung0", {**_metrics(result), "recovery_proxy": built.proxy or None})
                                 promoted = _promote(study, result, config.promote_margin)
                                 if promoted:  # continue from what rung 0 built
                                     executor.submit(pending, {**pending.kwargs, "stage": "promote"})
