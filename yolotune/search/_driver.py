@@ -82,7 +82,8 @@ class SearchConfig:
             full-fidelity front; the others end PRUNED with their rung-0 numbers recorded.
         rung0_val: Validation images at rung 0 (``None``: all of them).
         promote_margin: A rung-0 candidate is promoted unless a full-fidelity trial is at least as
-            small and fast and this much mAP50-95 better.
+            small and fast and this much mAP50-95 better, or (with ``max_map_drop``) its mAP is
+            more than this below the feasible mAP.
     """
 
     model: str
@@ -299,7 +300,12 @@ def _promote(study: optuna.Study, rung0: CandidateResult, margin: float) -> bool
     """Whether a rung-0 result is non-dominated by, or within ``margin`` mAP of, the full-fidelity front.
 
     Size and latency do not change with fine-tuning or more validation images; only mAP can rise.
+    Under ``max_map_drop`` a candidate more than ``margin`` below the feasible mAP stays at rung 0
+    too (a plan that destroyed the model would otherwise be promoted for being the smallest).
     """
+    drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
+    if drop is not None and base is not None and rung0.accuracy.map50_95 + margin < base - drop:
+        return False
     size, latency = rung0.size_mb, rung0.latency.median_ms
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if any(v > 0 for v in t.constraints.values()):
@@ -463,7 +469,9 @@ def run_search(
                         try:
                             result = time_candidate(built, target=target, on_step=_bind(on_step, trial.number))
                             if built.fidelity == "rung0":
-                                trial.set_user_attr("rung0", {**_metrics(result), "recovery_proxy": built.proxy or None})
+                                trial.set_user_attr(
+                                    "rung0", {**_metrics(result), "recovery_proxy": built.proxy or None}
+                                )
                                 promoted = _promote(study, result, config.promote_margin)
                                 if promoted:  # continue from what rung 0 built
                                     executor.submit(pending, {**pending.kwargs, "stage": "promote"})
