@@ -117,3 +117,23 @@ def test_finetune_trains_the_pruned_model_itself(yolov8n, coco8, tmp_path: Path)
     after = tuned.state_dict()
     moved = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
     assert moved
+
+
+def test_finetune_distils_from_the_unpruned_teacher(weights, coco8, tmp_path) -> None:
+    net = ultralytics_adapter.load_model(weights)
+    prune(net, PruningConfig(ratios={"backbone.7": 0.25, "neck.16": 0.25}), imgsz=160)
+    ckpt = ultralytics_adapter.save_checkpoint(net, tmp_path / "model.pt")
+    widths = [p.shape for p in net.parameters()]
+
+    def tune(name: str, teacher=None):
+        out = ultralytics_adapter.finetune(
+            ckpt, coco8, epochs=1, lr=1e-4, imgsz=160, out_dir=tmp_path / name, seed=0, teacher=teacher
+        )
+        return dict(out.named_parameters())
+
+    plain, again, distilled = tune("a"), tune("b"), tune("kd", teacher=weights)
+    # only the pruned student comes back, with its pruned widths
+    assert [p.shape for p in distilled.values()] == widths
+    # fine-tuning is deterministic, so a difference is the teacher's loss at work
+    assert all(torch.equal(plain[k], again[k]) for k in plain)
+    assert max((plain[k] - distilled[k]).abs().max().item() for k in plain) > 1e-6

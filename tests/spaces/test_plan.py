@@ -111,3 +111,11 @@ def test_recovery_methods_round_trip_and_old_plans_still_load(method: str, tmp_p
     assert old.recovery == RecoveryConfig(method="bn")
     with pytest.raises(PlanError, match="recovery method"):
         CompressionPlan.from_dict({"recovery": {"method": "lsq"}})
+
+
+def test_distillation_is_part_of_the_plan() -> None:
+    plan = CompressionPlan.from_dict({"recovery": {"epochs": 2, "distill": True}})
+    assert CompressionPlan.from_json(plan.to_json()) == plan and "ft 2ep kd" in plan.brief()
+    assert CompressionPlan.from_dict({"recovery": {"epochs": 2}}).recovery.distill is False  # older plans
+    with pytest.raises(PlanError, match="distill must be true or false"):
+        CompressionPlan.from_dict({"recovery": {"distill": "yes"}})

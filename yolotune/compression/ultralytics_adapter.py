@@ -409,6 +409,8 @@ def finetune(
     batch: int = 16,
     seed: int = 0,
     device: str = "cpu",
+    teacher: Path | None = None,
+    distill_weight: float = 6.0,
 ) -> UltraModule:
     """Fine-tune the (pruned) model in ``checkpoint`` itself on the training split.
 
@@ -418,7 +420,11 @@ def finetune(
     no mosaic for runs of five epochs or fewer, and no validation (model selection never sees
     validation images).
 
-    ``device`` is Ultralytics' device string (``cpu``, ``0``, ``cuda:0``).
+    ``device`` is Ultralytics' device string (``cpu``, ``0``, ``cuda:0``). With ``teacher`` (a
+    checkpoint, the unpruned model) the trainer distils from it (``distill_model``, loss weight
+    ``dis`` = ``distill_weight``): Ultralytics wraps the pruned student in its
+    ``DistillationModel``, which projects the student's features to the teacher's widths; only the
+    student comes back.
 
     Returns:
         The fine-tuned model (EMA weights), fp32, eval mode, on the CPU.
@@ -465,6 +471,8 @@ def finetune(
         "verbose": False,
         "cache": False,
     }
+    if teacher is not None:
+        overrides.update(distill_model=str(teacher), dis=distill_weight)
     try:
         with quiet():
             trainer = _PrunedTrainer(overrides=overrides)
@@ -473,7 +481,11 @@ def finetune(
         raise
     except Exception as exc:
         raise StepError("finetune", _first_line(exc)) from exc
+    from ultralytics.nn.distill_model import DistillationModel
+
     model = trainer.ema.ema if trainer.ema is not None else trainer.model
+    if isinstance(model, DistillationModel):
+        model = model.student_model
     model = model.float().eval().cpu()
     for p in model.parameters():
         p.requires_grad_(True)

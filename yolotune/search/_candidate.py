@@ -398,6 +398,7 @@ def _finish(
                 out_dir=out,
                 seed=settings.seed,
                 device=settings.train_device,
+                teacher=model_path if plan.recovery.distill else None,
             )
             checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
         deployable = None  # the weights changed: export and quantize again

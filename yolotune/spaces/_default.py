@@ -77,6 +77,7 @@ SPACE_OPTIONS = (
     "calibration_sizes",
     "recovery_methods",
     "epochs",
+    "distill",
 )
 
 
@@ -102,6 +103,7 @@ class DefaultSpace:
             the post-training recovery samples its image count from the same choices.
         recovery_methods: Post-training recovery methods of pruned plans.
         epochs: Fine-tune epoch choices.
+        distill: Whether fine-tunes distil from the unpruned model (choices).
     """
 
     groups: tuple[str, ...]
@@ -118,6 +120,7 @@ class DefaultSpace:
     calibration_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     recovery_methods: tuple[str, ...] = RECOVERY_METHODS
     epochs: tuple[int, ...] = (0, 1, 2)
+    distill: tuple[bool, ...] = (False, True)
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
@@ -142,6 +145,8 @@ class DefaultSpace:
             )
         if not self.epochs or any(e < 0 for e in self.epochs) or not self.calibration_sizes:
             raise PlanError("space options epochs and calibration_sizes must be non-empty and ≥0")
+        if not self.distill or any(not isinstance(d, bool) for d in self.distill):
+            raise PlanError(f"space option distill must be a non-empty list of true/false; got {list(self.distill)}")
         if self.units_ is not None:
             unknown = sorted({g for _, gs in self.units_ for g in gs} - set(self.groups))
             if unknown:
@@ -233,7 +238,8 @@ class DefaultSpace:
                 trial.suggest_categorical("recover/n", list(self.calibration_choices())) if method != "none" else 32
             )
             epochs = trial.suggest_categorical("ft/epochs", list(self.epochs))
-            recovery = RecoveryConfig(method=method, images=images, epochs=epochs)
+            distill = bool(trial.suggest_categorical("ft/distill", list(self.distill))) if epochs else False
+            recovery = RecoveryConfig(method=method, images=images, epochs=epochs, distill=distill)
         return CompressionPlan(pruning=pruning, quantization=quant, recovery=recovery)
 
     def reference_params(self) -> dict[str, dict[str, Any]]:
@@ -252,6 +258,7 @@ class DefaultSpace:
         only_int8 = {**fp32, **{f"quant/{u}": int8 for u in units}}
         seeds = {**only_int8, "prune/enabled": True, **{f"prune/{u}": 0.3 for u in units}}
         seeds.update({"prune/importance": "bn_scale", "prune/round_to": 8, "ft/epochs": max(self.epochs)})
+        seeds["ft/distill"] = False
         seeds["recover/method"] = "none"  # the seeds' recipe had no post-training recovery
         refs = {"fp32": fp32, "int8": only_int8, "seeds": seeds}
         if "fp16" in self.precisions:  # what GPU users deploy by default: every INT8 plan must beat it

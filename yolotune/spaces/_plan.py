@@ -156,12 +156,15 @@ class RecoveryConfig:
         images: Training images the post-training recovery sees.
         epochs: Fine-tune epochs on the training split (0: none).
         lr: Initial learning rate.
+        distill: Fine-tune with the unpruned model as teacher (Ultralytics' knowledge
+            distillation, which projects the student's pruned features to the teacher's widths).
     """
 
     method: str = "none"
     images: int = 32
     epochs: int = 0
     lr: float = 1e-4
+    distill: bool = False
 
     @property
     def post_training(self) -> bool:
@@ -176,6 +179,8 @@ class RecoveryConfig:
             raise PlanError(f"fine-tune epochs must be an integer ≥ 0; got {self.epochs!r}")
         if not isinstance(self.lr, int | float) or not 0 < self.lr < 1:
             raise PlanError(f"fine-tune lr must lie in (0, 1); got {self.lr!r}")
+        if not isinstance(self.distill, bool):
+            raise PlanError(f"recovery distill must be true or false; got {self.distill!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,6 +251,7 @@ class CompressionPlan:
                 "images": self.recovery.images,
                 "epochs": self.recovery.epochs,
                 "lr": self.recovery.lr,
+                "distill": self.recovery.distill,
             },
         }
 
@@ -346,7 +352,7 @@ class CompressionPlan:
         if self.pruning.active and self.recovery.post_training:
             parts.append(f"{self.recovery.method}×{self.recovery.images}")
         if self.recovery.epochs:
-            parts.append(f"ft {self.recovery.epochs}ep")
+            parts.append(f"ft {self.recovery.epochs}ep" + (" kd" if self.recovery.distill else ""))
         return " · ".join(parts)
 
 
