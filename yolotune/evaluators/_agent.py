@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -57,10 +58,9 @@ def read_token(path: str | Path, *, create: bool = False) -> str:
     p = Path(path)
     if not p.is_file() and create:
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd = p.open("x")  # never overwrite
-        with fd:
-            fd.write(secrets.token_urlsafe(32) + "\n")
-        p.chmod(0o600)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private from the start; never overwrite
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
     if not p.is_file():
         raise YolotuneError(f"token file {p} not found")
     token = p.read_text().strip().splitlines()[0].strip() if p.read_text().strip() else ""
