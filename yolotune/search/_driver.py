@@ -412,48 +412,58 @@ def run_search(
 
     # the driver beats for its trials itself (Heartbeat), so Optuna's optimize-only note does not apply
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+
     with Heartbeat(storage) as heartbeat, _executor(config) as executor:
+
+        def refill(collected: int) -> None:
+            """Keep every worker busy, without asking for more trials than the budget needs."""
+            nonlocal failures
+            while (
+                executor.in_flight < executor.workers
+                and _complete(study) + executor.in_flight + collected < config.budget
+            ):
+                trial = study.ask()
+                heartbeat.add(trial._trial_id)
+                reference = str(trial.user_attrs.get("reference", ""))
+                try:
+                    use_reference = reference in references and space != default
+                    plan = references[reference] if use_reference else space(trial)
+                    if not isinstance(plan, CompressionPlan):
+                        raise YolotuneError(f"the search space returned {type(plan).__name__}, not a CompressionPlan")
+                except Exception as exc:
+                    failures += 1
+                    heartbeat.remove(trial._trial_id)
+                    fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
+                    continue
+                trial.set_user_attr("plan", plan.to_dict())
+                trial.set_user_attr("brief", plan.brief())
+                pending = _Pending(trial=trial, plan=plan, out_dir=root / str(trial.number))
+                open_trials[trial.number] = pending
+                kwargs: dict[str, Any] = {
+                    "model": config.model,
+                    "data": config.data,
+                    "plan": plan,
+                    "out_dir": pending.out_dir,
+                    "settings": config.settings,
+                }
+                if config.multi_fidelity:
+                    kwargs.update(stage="rung0", val_images=config.rung0_val)
+                if isinstance(executor, InProcess):
+                    kwargs["on_step"] = _bind(on_step, trial.number)
+                pending.kwargs = kwargs
+                executor.submit(pending, kwargs)
+
         try:
             while _complete(study) < config.budget and failures < limit:
                 for stale in fail_stale_trials(study, storage):
                     _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"))
-                # keep every worker busy, without asking for more trials than the budget needs
-                while executor.in_flight < executor.workers and _complete(study) + executor.in_flight < config.budget:
-                    trial = study.ask()
-                    heartbeat.add(trial._trial_id)
-                    reference = str(trial.user_attrs.get("reference", ""))
-                    try:
-                        use_reference = reference in references and space != default
-                        plan = references[reference] if use_reference else space(trial)
-                        if not isinstance(plan, CompressionPlan):
-                            raise YolotuneError(
-                                f"the search space returned {type(plan).__name__}, not a CompressionPlan"
-                            )
-                    except Exception as exc:
-                        failures += 1
-                        heartbeat.remove(trial._trial_id)
-                        fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
-                        continue
-                    trial.set_user_attr("plan", plan.to_dict())
-                    trial.set_user_attr("brief", plan.brief())
-                    pending = _Pending(trial=trial, plan=plan, out_dir=root / str(trial.number))
-                    open_trials[trial.number] = pending
-                    kwargs: dict[str, Any] = {
-                        "model": config.model,
-                        "data": config.data,
-                        "plan": plan,
-                        "out_dir": pending.out_dir,
-                        "settings": config.settings,
-                    }
-                    if config.multi_fidelity:
-                        kwargs.update(stage="rung0", val_images=config.rung0_val)
-                    if isinstance(executor, InProcess):
-                        kwargs["on_step"] = _bind(on_step, trial.number)
-                    pending.kwargs = kwargs
-                    executor.submit(pending, kwargs)
+                refill(0)
                 if executor.in_flight == 0:
                     break
-                for pending, built in executor.wait():
+                done = executor.wait()
+                if not isinstance(executor, InProcess):
+                    refill(len(done))  # workers build the next candidates while this host times these
+                for pending, built in done:
                     trial = pending.trial
                     promoted = False
                     try:
