@@ -136,3 +136,14 @@ def test_a_token_is_required_off_loopback_and_token_files_are_created_once(tmp_p
     assert f.stat().st_mode & 0o077 == 0  # private to its owner
     with pytest.raises(YolotuneError, match="not found"):
         read_token(tmp_path / "missing")
+
+
+def test_an_agent_without_its_runtime_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from yolotune.evaluators._tensorrt import find_trtexec
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("TRTEXEC", "/nonexistent/trtexec")
+    if find_trtexec() is not None:  # pragma: no cover - JetPack's fixed path exists
+        pytest.skip("trtexec is installed at JetPack's path")
+    with pytest.raises(YolotuneError, match="needs TensorRT's trtexec"):
+        AgentServer(config=AgentConfig(port=0, runtime="tensorrt", cache_dir=tmp_path))

@@ -162,6 +162,10 @@ class AgentServer:
         from yolotune._env import workspace_dir
 
         self.config = config
+        if config.runtime == "tensorrt":  # refuse to start rather than fail every request
+            from yolotune.evaluators._tensorrt import TensorRTTarget
+
+            TensorRTTarget().check()
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else workspace_dir() / "agent"
         (self.cache_dir / "models").mkdir(parents=True, exist_ok=True)
         self._queue = _Fifo()
