@@ -344,6 +344,13 @@ def _show(st: Any) -> None:
         caption += f", {rung0} stopped at rung 0 (the front holds full-fidelity trials only)"
     if limits:
         caption += f", {infeasible} infeasible under " + ", ".join(f"{k} {v}" for k, v in limits.items())
+    measured = {
+        f"{p.get('target')} on {p.get('device')} ({p.get('host')})"
+        for p in (t.user_attrs.get("provenance") or {} for t in complete)
+        if p
+    }
+    if measured:
+        caption += " · latency: " + "; ".join(sorted(measured))
     caption += " · export with `tune export --trial N`"
     table = Table(title=f"Pareto front of {st.study_name}", caption=caption, header_style="bold")
     for col in ("trial", "mAP50-95", "ΔmAP", "latency ms", "speed", "size MB", "smaller", "plan"):

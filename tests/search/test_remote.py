@@ -51,6 +51,7 @@ def test_tune_run_times_every_candidate_on_the_agent(
     args = ["run", "--data", "coco8", "--budget", "2", "--study", "remote", *common, *device]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "latency: board on" in result.stdout  # the front says which device measured it
     study = load_study(study="remote", root=tmp_path / "studies")
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 2
