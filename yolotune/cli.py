@@ -112,10 +112,7 @@ def _settings(
     from yolotune.search import CandidateSettings, make_target
 
     if targets_file is not None:
-        add_target_file(targets_file)
-        os.environ["YOLOTUNE_TARGETS"] = os.pathsep.join(
-            filter(None, [os.environ.get("YOLOTUNE_TARGETS"), str(targets_file.resolve())])
-        )  # so Ray workers started from here know the same targets
+        add_target_file(targets_file)  # workers get the resolved spec from the driver, not the file
     settings = CandidateSettings(
         imgsz=imgsz or target_spec(target).imgsz,
         target=target,

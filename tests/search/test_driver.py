@@ -238,6 +238,16 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     from yolotune.studies import pareto_front
 
     monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: _SizeTarget())
+    from yolotune.compression import ultralytics_adapter
+
+    exports: list[Path] = []
+    real_export = ultralytics_adapter.export_onnx
+
+    def counting_export(checkpoint: Path, **kwargs):  # the real export, counted
+        exports.append(Path(checkpoint))
+        return real_export(checkpoint, **kwargs)
+
+    monkeypatch.setattr(ultralytics_adapter, "export_onnx", counting_export)
     source = tmp_path / "plans.py"
     source.write_text(
         "from yolotune.spaces import CompressionPlan, PruningConfig, QuantizationConfig, RecoveryConfig\n"
@@ -277,6 +287,8 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     assert "rung0" in first.user_attrs
     metrics = json.loads((Path(first.user_attrs["artifact"]).parent / "metrics.json").read_text())
     assert metrics["accuracy"]["images"] == 4  # every coco8 validation image
+    first_dir = Path(first.user_attrs["artifact"]).parent
+    assert sum(p.parent == first_dir for p in exports) == 1  # promotion continued: no second export
     # bigger, slower and far less accurate at rung 0 than a full-fidelity trial: stopped there
     stopped = trials["pruned-fp32-ft"]
     assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.user_attrs["fidelity"] == "rung0"
@@ -287,6 +299,7 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     assert promoted.state == optuna.trial.TrialState.COMPLETE and promoted.user_attrs["fidelity"] == "full"
     out = Path(promoted.user_attrs["artifact"]).parent
     assert (out / "finetune").is_dir()
+    assert sum(p.parent == out for p in exports) == 2  # rung 0's export, then the fine-tuned one's
     assert json.loads((out / "metrics.json").read_text())["accuracy"]["images"] == 4
     # the reported front holds full-fidelity results only
     assert {r.number for r in pareto_front(study)} <= {first.number, promoted.number}

@@ -218,8 +218,8 @@ def quantize(
     floats = FloatPrecision(fp16_nodes=tuple(fp16), fp32_nodes=tuple(n for n in exclude if n not in halves))
     reader: _Reader | None = None
     t0 = time.perf_counter()
+    est: CalibrationEstimate | None = None
     if len(exclude) == len(model.graph.node):  # float only (fp16/fp32): nothing to calibrate
-        est = estimate_calibration_memory(fp32_path, config)
         quantized = model
     else:
         est = check_calibration_budget(fp32_path, config, budget_gb=budget_gb)
@@ -239,5 +239,5 @@ def quantize(
         excluded_groups=tuple(sorted(excluded_groups)),
         calibration_images=reader.count if n_q and reader is not None else 0,
         calibration_seconds=seconds,
-        estimate_gb=est.peak_gb,
+        estimate_gb=est.peak_gb if est is not None else 0.0,
     )

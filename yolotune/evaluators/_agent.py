@@ -63,7 +63,8 @@ def read_token(path: str | Path, *, create: bool = False) -> str:
             f.write(secrets.token_urlsafe(32) + "\n")
     if not p.is_file():
         raise YolotuneError(f"token file {p} not found")
-    token = p.read_text().strip().splitlines()[0].strip() if p.read_text().strip() else ""
+    words = p.read_text().split()
+    token = words[0] if words else ""
     if not token:
         raise YolotuneError(f"token file {p} is empty")
     return token

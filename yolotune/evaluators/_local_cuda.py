@@ -73,9 +73,9 @@ class LocalCUDATarget(LocalCPUTarget):
 
     def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
         """Time on the GPU; fail (rather than time the CPU) when the GPU provider did not start."""
-        wanted = self._providers(model_path)[0]
-        wanted_name = wanted[0] if isinstance(wanted, tuple) else wanted
-        session = ort.InferenceSession(str(model_path), self._options(), providers=self._providers(model_path))
+        providers = self._providers(model_path)
+        wanted_name = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        session = ort.InferenceSession(str(model_path), self._options(), providers=providers)
         if wanted_name not in session.get_providers():
             raise StepError(
                 "latency", f"{wanted_name} did not start (ONNX Runtime fell back to {session.get_providers()})"

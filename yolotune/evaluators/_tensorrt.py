@@ -9,6 +9,7 @@ and the TensorRT version, so a plan timed again is not rebuilt.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -146,7 +147,7 @@ class TensorRTTarget(Target):
             records = json.loads(times.read_text())
         samples = [float(r["latencyMs"]) for r in records if "latencyMs" in r]
         stats = LatencyStats.from_samples(samples, warmup=0, started_at=started, ended_at=ended)
-        return _with_size(stats, engine.stat().st_size)
+        return dataclasses.replace(stats, built_bytes=engine.stat().st_size)
 
     def provenance(self, *, imgsz: int) -> Provenance:
         """TensorRT version, device, host, trtexec settings."""
@@ -168,12 +169,6 @@ class TensorRTTarget(Target):
                 **{k: v for k, v in info.items() if k in ("power_mode", "clocks_pinned")},
             },
         )
-
-
-def _with_size(stats: LatencyStats, size: int) -> LatencyStats:
-    import dataclasses
-
-    return dataclasses.replace(stats, built_bytes=size)
 
 
 def _from_spec(spec: TargetSpec) -> Target:

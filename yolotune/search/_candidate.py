@@ -250,7 +250,7 @@ def build_candidate(
     plan: CompressionPlan,
     out_dir: str | Path,
     settings: CandidateSettings | None = None,
-    target: Target | None = None,
+    target: Target | TargetSpec | None = None,
     on_step: Callable[[str], None] | None = None,
     stage: str = "full",
     val_images: int | None = None,
@@ -301,7 +301,8 @@ def build_candidate(
         )
         plan.save(Path(out_dir) / "plan.yaml")
         return dataclasses.replace(built, plan=plan, fidelity="rung0", proxy="bn")
-    # only the target's name and precisions matter here: its device is not needed to build
+    # only the target's name and precisions matter here: its device is not needed to build (the
+    # driver passes its TargetSpec, so workers need no registry or targets file of their own)
     runs_on: Target | TargetSpec = target or target_spec(settings.target)
     steps = _Steps(on_step)
     out = Path(out_dir)

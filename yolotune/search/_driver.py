@@ -391,6 +391,7 @@ def run_search(
     optuna.logging.set_verbosity(logging.WARNING)
     space, default, target = preflight(config)
     study, created, storage = _open_study(config)
+    spec = target_spec(config.settings.target)
     references = default.reference_plans()
     if created:
         # the default space expresses the references in its own params, so the sampler learns from them
@@ -445,6 +446,7 @@ def run_search(
                     "plan": plan,
                     "out_dir": pending.out_dir,
                     "settings": config.settings,
+                    "target": spec,  # a value without secrets: workers need no targets file
                 }
                 if config.multi_fidelity:
                     kwargs.update(stage="rung0", val_images=config.rung0_val)
@@ -484,7 +486,7 @@ def run_search(
                                 )
                                 promoted = _promote(study, result, config.promote_margin)
                                 if promoted:  # continue from what rung 0 built
-                                    executor.submit(pending, {**pending.kwargs, "stage": "promote"})
+                                    executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
                                     continue
                                 trial.set_user_attr("fidelity", "rung0")
                                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
