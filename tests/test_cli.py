@@ -100,6 +100,10 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
         ["run", "--data", "coco8", "--max-map-drop", "5", "--root", str(tmp_path)]
     )
     assert "no study 'nope'" in _error(["report", "--root", str(tmp_path), "--study", "nope"])
+    assert "add --multi-fidelity" in _error(["run", "--data", "coco8", "--rung0-val", "4", "--root", str(tmp_path)])
+    assert "--rung0-val must be ≥1" in _error(
+        ["run", "--data", "coco8", "--multi-fidelity", "--rung0-val", "0", "--root", str(tmp_path)]
+    )
     line = _error(["run", "--data", "coco8", "--workers", "2", "--ray-address", "127.0.0.1:1", "--root", str(tmp_path)])
     assert "cannot reach a Ray cluster at 127.0.0.1:1" in line
     assert "--space must be a .yaml file or module:callable" in _error(

@@ -109,6 +109,8 @@ class SearchConfig:
     promote_margin: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.rung0_val is not None and not self.multi_fidelity:
+            raise YolotuneError("--rung0-val only applies to a --multi-fidelity search; add --multi-fidelity")
         if self.rung0_val is not None and self.rung0_val < 1:
             raise YolotuneError(f"--rung0-val must be ≥1 validation image; got {self.rung0_val}")
         if not 0 <= self.promote_margin <= 1:
