@@ -24,6 +24,28 @@ def test_split_free_c2f_equals_original_on_the_real_model(yolov8n) -> None:
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)
 
 
+def test_fast_dfl_equals_original_on_the_real_model(yolov8n, tiny_coco) -> None:
+    x = torch.from_numpy(next(ultralytics_adapter.calibration_images(tiny_coco, imgsz=320, count=1)))
+    with torch.no_grad():
+        before = yolov8n(x)[0]
+    assert ultralytics_adapter.fast_dfl(yolov8n)
+    assert not ultralytics_adapter.fast_dfl(yolov8n)  # already replaced
+    with torch.no_grad():
+        after = yolov8n(x)[0]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)
+    assert before[:, 4:].max() > 0.5  # a real image: confident detections, not an all-zero check
+
+
+def test_export_runs_the_dfl_softmax_without_a_transpose(fp32_onnx_320: Path) -> None:
+    import onnx
+
+    dfl = [n for n in onnx.load(str(fp32_onnx_320)).graph.node if "/dfl/" in n.name]
+    ops = [n.op_type for n in dfl]
+    assert "Transpose" not in ops and "Conv" not in ops
+    (softmax,) = (n for n in dfl if n.op_type == "Softmax")
+    assert [a.i for a in softmax.attribute if a.name == "axis"] == [2]
+
+
 def test_split_free_c3k2_equals_original_on_yolo11() -> None:
     from ultralytics.nn.tasks import DetectionModel
 
