@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 UltraModule = Any
 
 __all__ = [
+    "EXPORT_FORMAT",
     "C2fSplitFree",
     "FastDFL",
     "ModelLayout",
@@ -62,6 +63,9 @@ __all__ = [
 ]
 
 _ULTRALYTICS_SET_UP = False
+#: What ``export_onnx`` writes. A study records it, so a resumed study never mixes trials measured
+#: on two different exports of the same plan.
+EXPORT_FORMAT = "onnx-opset17-fastdfl"
 
 
 def _setup() -> None:

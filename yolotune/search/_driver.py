@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import StepError, YolotuneError
 from yolotune.evaluators import target_spec
 from yolotune.search._candidate import CandidateResult, CandidateSettings, make_target, time_candidate
@@ -224,6 +225,7 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         "imgsz": config.settings.imgsz,
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
+        "export": adapter.EXPORT_FORMAT,
     }
     wanted = {"max_map_drop": config.max_map_drop, "max_latency_ms": config.max_latency_ms}
     recorded = study.user_attrs.get("job")
@@ -237,6 +239,12 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(METRIC_NAMES)
         return study, created, storage
+    if recorded.get("export") != job["export"]:
+        was = recorded.get("export", "Ultralytics' plain ONNX export")
+        raise YolotuneError(
+            f"study '{config.name}' was measured on {was}, this yolotune exports {job['export']}: "
+            "latencies would not compare; use another --study name"
+        )
     if recorded != job:
         raise YolotuneError(f"study '{config.name}' was created for {recorded}; use another --study name for {job}")
     have = constraints_of(study)
