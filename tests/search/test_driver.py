@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -251,7 +252,6 @@ class _SizeTarget:
 def test_multi_fidelity_promotes_only_candidates_near_the_front(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import json
 
     from yolotune.search import SearchConfig
     from yolotune.studies import pareto_front
@@ -327,6 +327,27 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
 
     page = write_report(study, tmp_path / "r.html").read_text()
     assert f'data-trial="{stopped.number}"' in page.split('id="rung0"')[1].split("</section>")[0]
+
+
+def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path: Path) -> None:
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=2,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        multi_fidelity=True,
+        rung0_val=2,
+    )
+    study = run_search(config)
+    ran = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    refs = [t for t in ran if "reference" in t.user_attrs]
+    assert [t.user_attrs["reference"] for t in refs] == ["fp32", "int8"]
+    for t in refs:
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["fidelity"] == "full"
+        assert "rung0" not in t.user_attrs  # never evaluated at rung 0 first
+        metrics = json.loads((Path(t.user_attrs["artifact"]).parent / "metrics.json").read_text())
+        assert metrics["accuracy"]["images"] == 4  # every coco8 validation image
 
 
 def test_promotion_rule() -> None:

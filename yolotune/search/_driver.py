@@ -458,7 +458,8 @@ def run_search(
                     "settings": config.settings,
                     "target": spec,  # a value without secrets: workers need no targets file
                 }
-                if config.multi_fidelity:
+                if config.multi_fidelity and not reference:
+                    # references are the front's anchors and the --max-map-drop baseline: always full
                     kwargs.update(stage="rung0", val_images=config.rung0_val)
                 if isinstance(executor, InProcess):
                     kwargs["on_step"] = _bind(on_step, trial.number)
