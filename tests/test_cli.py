@@ -109,6 +109,18 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
     assert "--space must be a .yaml file or module:callable" in _error(
         ["run", "--data", "coco8", "--space", "x", "--root", str(tmp_path)]
     )
+    assert "--sensitivity-drop is an mAP50-95 difference" in _error(
+        ["run", "--data", "coco8", "--sensitivity-drop", "2", "--root", str(tmp_path)]
+    )
+    assert "--sensitivity-ratio must be in (0, " in _error(
+        ["run", "--data", "coco8", "--sensitivity-drop", "0.02", "--sensitivity-ratio", "0", "--root", str(tmp_path)]
+    )
+    space = tmp_path / "myspace.py"
+    space.write_text("from yolotune.spaces import CompressionPlan\ndef space(trial):\n    return CompressionPlan()\n")
+    line = _error(
+        ["run", "--data", "coco8", "--space", f"{space}:space", "--sensitivity-drop", "0.02", "--root", str(tmp_path)]
+    )
+    assert "a Python space chooses its own groups" in line
 
 
 def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str], tmp_path: Path) -> None:

@@ -252,6 +252,16 @@ def run(
     promote_margin: Annotated[
         float, typer.Option("--promote-margin", help="mAP50-95 margin within which a rung-0 candidate is promoted.")
     ] = 0.02,
+    sensitivity_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--sensitivity-drop",
+            help="Scan first: prune each group alone; search prunes only groups losing ≤ this mAP50-95.",
+        ),
+    ] = None,
+    sensitivity_ratio: Annotated[
+        float, typer.Option("--sensitivity-ratio", help="Share of channels the scan prunes from each group.")
+    ] = 0.25,
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -283,6 +293,8 @@ def run(
         multi_fidelity=multi_fidelity,
         rung0_val=rung0_val,
         promote_margin=promote_margin,
+        sensitivity_drop=sensitivity_drop,
+        sensitivity_ratio=sensitivity_ratio,
     )
     preflight(config)  # bad input fails here in one line, before any display
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
@@ -317,11 +329,47 @@ def run(
                 status=f"front {len(front)} · best mAP {best_map:.3f} · fastest {best_ms:.2f} ms",
             )
 
+        def on_scan(done: int, total: int, row: Any, group: str) -> None:
+            progress.update(task, description=f"sensitivity scan {done}/{total}: {group}")
+
         result = run_search(
-            config, on_trial=on_trial, on_step=lambda n, step: progress.update(task, description=f"trial {n}: {step}")
+            config,
+            on_trial=on_trial,
+            on_step=lambda n, step: progress.update(task, description=f"trial {n}: {step}"),
+            on_scan=on_scan,
         )
     _show(result)
     _consoles.out.print(f"study '{config.name}' in {config.storage_url}")
+
+
+def _sensitivity_table(st: Any) -> Table | None:
+    """The study's sensitivity scan, when it ran one: each group pruned alone, and which are searched."""
+    from yolotune.search import Sensitivity
+
+    recorded = st.user_attrs.get("sensitivity")
+    wanted = (st.user_attrs.get("job") or {}).get("sensitivity") or {}
+    if not recorded or "max_drop" not in wanted:
+        return None
+    scan = Sensitivity.from_dict(recorded)
+    tolerant = set(scan.tolerant_groups(float(wanted["max_drop"])))
+    table = Table(
+        title=f"Sensitivity: each group pruned alone by {scan.ratio:.0%} (BatchNorm re-estimated, FP32)",
+        caption=f"unpruned: mAP50-95 {scan.baseline_map:.3f}, {scan.baseline_latency_ms:.2f} ms · "
+        f"the search prunes the {len(tolerant)} group(s) losing ≤{wanted['max_drop']} · MACs are estimates",
+        header_style="bold",
+    )
+    for col in ("group", "mAP50-95", "ΔmAP", "latency ms", "MACs (est.)", "searched"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for g in scan.groups:
+        table.add_row(
+            g.group,
+            f"{g.map50_95:.3f}",
+            f"{-g.map_drop:+.3f}",
+            f"{g.latency_ms:.2f}",
+            f"{g.macs_ratio:.1%}",
+            "prune" if g.group in tolerant else "–",
+        )
+    return table
 
 
 def _show(st: Any) -> None:
@@ -329,6 +377,10 @@ def _show(st: Any) -> None:
 
     from yolotune.search import constraints_of
     from yolotune.studies import pareto_front
+
+    sensitivity = _sensitivity_table(st)
+    if sensitivity is not None:
+        _consoles.out.print(sensitivity)
 
     trials = st.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]

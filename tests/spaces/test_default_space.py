@@ -71,3 +71,33 @@ def test_pruned_plans_sample_every_recovery_method() -> None:
         assert plan.pruning.active and plan.recovery.method == method
         methods.add(plan.recovery.method)
     assert space.recovery_methods == ("none", "bn", "bias", "ls") and len(methods) == 4
+
+
+def test_prune_groups_limit_pruning_to_those_groups_each_with_its_own_ratio() -> None:
+    import pytest
+
+    from yolotune import PlanError
+
+    space = DefaultSpace(groups=GROUPS, prune_groups=("head.cv3.0", "backbone.1"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    pruned_groups: set[str] = set()
+    for _ in range(60):
+        trial = study.ask()
+        plan = space(trial)
+        assert {g for g, _ in plan.pruning.ratios} <= {"head.cv3.0", "backbone.1"}
+        pruned_groups |= {g for g, _ in plan.pruning.ratios}
+        assert not any(k.startswith("prune/") and k[6:] in ("backbone.early", "neck") for k in trial.params)
+        assert {g for g, _ in plan.quantization.precision} == set(GROUPS)  # precision still covers every group
+        assert space(optuna.trial.FixedTrial(trial.params)) == plan
+        study.tell(trial, 0.0)
+    assert pruned_groups == {"head.cv3.0", "backbone.1"}
+    # no group tolerates pruning: the space does not even ask whether to prune
+    none = DefaultSpace(groups=GROUPS, prune_groups=())
+    trial = study.ask()
+    assert not none(trial).pruning.active and "prune/enabled" not in trial.params
+    with pytest.raises(PlanError, match=r"prune_groups names groups the model lacks: model\.99"):
+        DefaultSpace(groups=GROUPS, prune_groups=("model.99",))
+    with pytest.raises(PlanError, match="prune_groups must be a list"):
+        DefaultSpace.from_options(
+            {"prune_groups": "neck.12"}, groups=GROUPS, precisions=("int8",), max_calibration_images=8
+        )

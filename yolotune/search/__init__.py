@@ -24,6 +24,7 @@ from yolotune.search._driver import (
     search_spaces,
 )
 from yolotune.search._executors import check_ray_address
+from yolotune.search._sensitivity import GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
 
 __all__ = [
@@ -31,7 +32,9 @@ __all__ = [
     "BuiltCandidate",
     "CandidateResult",
     "CandidateSettings",
+    "GroupSensitivity",
     "SearchConfig",
+    "Sensitivity",
     "TrialOutcome",
     "build_candidate",
     "check_plan",
@@ -44,6 +47,7 @@ __all__ = [
     "preflight",
     "run_candidate",
     "run_search",
+    "scan_sensitivity",
     "search_spaces",
     "time_candidate",
 ]

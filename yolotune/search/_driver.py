@@ -12,6 +12,7 @@ Constraints (``max_map_drop`` against the FP32 reference trial, ``max_latency_ms
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable
@@ -27,11 +28,12 @@ from yolotune.evaluators import target_spec
 from yolotune.search._candidate import CandidateResult, CandidateSettings, make_target, time_candidate
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
+from yolotune.search._sensitivity import GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
 
 if TYPE_CHECKING:
     from yolotune.evaluators import Target
-from yolotune.spaces import CompressionPlan, DefaultSpace, Space
+from yolotune.spaces import MAX_PRUNING_RATIO, CompressionPlan, DefaultSpace, Space
 from yolotune.studies._storage import artifact_dir, default_storage_url, open_storage, study_dir
 
 __all__ = [
@@ -85,6 +87,10 @@ class SearchConfig:
         promote_margin: A rung-0 candidate is promoted unless a full-fidelity trial is at least as
             small and fast and this much mAP50-95 better, or (with ``max_map_drop``) its mAP is
             more than this below the feasible mAP.
+        sensitivity_drop: Before the search, prune each layer group alone by
+            ``sensitivity_ratio`` and measure it (``scan_sensitivity``); the default space then
+            prunes only groups whose mAP50-95 drop stays within this. ``None``: no scan.
+        sensitivity_ratio: Share of channels each group's probe prunes.
     """
 
     model: str
@@ -108,8 +114,16 @@ class SearchConfig:
     multi_fidelity: bool = False
     rung0_val: int | None = None
     promote_margin: float = 0.02
+    sensitivity_drop: float | None = None
+    sensitivity_ratio: float = 0.25
 
     def __post_init__(self) -> None:
+        if self.sensitivity_drop is not None and not 0 <= self.sensitivity_drop <= 1:
+            raise YolotuneError(f"--sensitivity-drop is an mAP50-95 difference in [0, 1]; got {self.sensitivity_drop}")
+        if not 0 < self.sensitivity_ratio <= MAX_PRUNING_RATIO:
+            raise YolotuneError(
+                f"--sensitivity-ratio must be in (0, {MAX_PRUNING_RATIO}]; got {self.sensitivity_ratio}"
+            )
         if self.rung0_val is not None and not self.multi_fidelity:
             raise YolotuneError("--rung0-val only applies to a --multi-fidelity search; add --multi-fidelity")
         if self.rung0_val is not None and self.rung0_val < 1:
@@ -226,6 +240,9 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
         "export": adapter.EXPORT_FORMAT,
+        "sensitivity": None
+        if config.sensitivity_drop is None
+        else {"max_drop": config.sensitivity_drop, "ratio": config.sensitivity_ratio},
     }
     wanted = {"max_map_drop": config.max_map_drop, "max_latency_ms": config.max_latency_ms}
     recorded = study.user_attrs.get("job")
@@ -366,9 +383,44 @@ def preflight(config: SearchConfig) -> tuple[Space, DefaultSpace, Target]:
             raise YolotuneError(
                 f"--train-device {config.settings.train_device}: no CUDA device on this machine; use --train-device cpu"
             )
+    if config.sensitivity_drop is not None and not isinstance(space, DefaultSpace):
+        raise YolotuneError(
+            "--sensitivity-drop narrows the default space (or a YAML file narrowing it); "
+            "a Python space chooses its own groups: drop one of the two"
+        )
     target = make_target(config.settings)
     target.check()
     return space, default, target
+
+
+def _sensitive_space(
+    config: SearchConfig,
+    study: optuna.Study,
+    space: DefaultSpace,
+    on_scan: Callable[[int, int, GroupSensitivity | None, str], None] | None,
+) -> DefaultSpace:
+    """``space`` pruning only the groups the study's sensitivity scan found tolerant.
+
+    The scan runs once per study (its result is a study user attribute, ``sensitivity``), on the
+    groups the space may prune; a resumed run reuses it.
+    """
+    assert config.sensitivity_drop is not None
+    recorded = study.user_attrs.get("sensitivity")
+    if recorded is None:
+        scan = scan_sensitivity(
+            model=config.model,
+            data=config.data,
+            groups=space.prune_groups if space.prune_groups is not None else space.groups,
+            out_dir=study_dir(config.root, config.name) / "sensitivity",
+            settings=config.settings,
+            ratio=config.sensitivity_ratio,
+            images=min(32, space.max_calibration_images),
+            on_group=on_scan,
+        )
+        study.set_user_attr("sensitivity", scan.to_dict())
+    else:
+        scan = Sensitivity.from_dict(recorded)
+    return dataclasses.replace(space, prune_groups=scan.tolerant_groups(config.sensitivity_drop))
 
 
 def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str) -> bool:
@@ -387,11 +439,14 @@ def run_search(
     *,
     on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
     on_step: Callable[[int, str], None] | None = None,
+    on_scan: Callable[[int, int, GroupSensitivity | None, str], None] | None = None,
     max_failures: int | None = None,
 ) -> optuna.Study:
     """Run trials until the study holds ``config.budget`` COMPLETE trials.
 
     Reference trials (FP32, INT8 only, the seeds' recipe) are enqueued when the study is new.
+    With ``sensitivity_drop`` set, the study's sensitivity scan runs first (once per study;
+    ``on_scan`` reports its progress) and the space prunes only the groups it found tolerant.
     With ``workers > 1`` (or a Ray address) candidates are built as Ray tasks, up to ``workers``
     at once; every timing still happens here, on the target host. A candidate whose worker died
     is failed and its plan retried once; so is a trial left RUNNING by a driver that died (no
@@ -405,9 +460,12 @@ def run_search(
     references = default.reference_plans()
     if created:
         # the default space expresses the references in its own params, so the sampler learns from them
-        params = default.reference_params() if space == default else {}
+        params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
         for name in references:
             study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
+    if config.sensitivity_drop is not None:
+        assert isinstance(space, DefaultSpace)  # preflight
+        space = _sensitive_space(config, study, space, on_scan)
     failures = 0
     limit = max_failures if max_failures is not None else max(3, config.budget)
     root = study_dir(config.root, config.name) / "trials"

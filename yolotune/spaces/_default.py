@@ -67,6 +67,7 @@ def coarse_units(groups: Sequence[str]) -> dict[str, tuple[str, ...]]:
 SPACE_OPTIONS = (
     "fine",
     "units",
+    "prune_groups",
     "max_ratio",
     "ratio_step",
     "precisions",
@@ -93,6 +94,8 @@ class DefaultSpace:
         max_calibration_images: Bound on the calibration set (training split, memory budget).
         fine: One unit per layer group instead of the coarse buckets.
         units: Explicit search units as ``(unit, (group, ...))`` pairs (overrides ``fine``).
+        prune_groups: When set, only these layer groups are pruned, each with its own sampled
+            ratio (``prune/<group>``); units then carry precision only. ``()``: no pruning.
         max_ratio: Largest pruning ratio sampled (0 is always a choice).
         ratio_step: Step of the sampled pruning ratios.
         importance: Importance criteria sampled.
@@ -111,6 +114,7 @@ class DefaultSpace:
     max_calibration_images: int = 64
     fine: bool = False
     units_: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    prune_groups: tuple[str, ...] | None = None
     max_ratio: float = 0.6
     ratio_step: float = 0.1
     importance: tuple[str, ...] = IMPORTANCE_CRITERIA
@@ -151,6 +155,13 @@ class DefaultSpace:
             unknown = sorted({g for _, gs in self.units_ for g in gs} - set(self.groups))
             if unknown:
                 raise PlanError(f"space units name groups the model lacks: {', '.join(unknown[:5])}")
+        if self.prune_groups is not None:
+            unknown = sorted(set(self.prune_groups) - set(self.groups))
+            if unknown:
+                raise PlanError(
+                    f"space option prune_groups names groups the model lacks: {', '.join(unknown[:5])}; "
+                    f"groups: {', '.join(self.groups)}"
+                )
 
     @classmethod
     def from_options(
@@ -178,6 +189,10 @@ class DefaultSpace:
                 if not isinstance(value, Mapping):
                     raise PlanError("space option units must map unit names to lists of layer groups")
                 kwargs["units_"] = tuple((str(u), tuple(str(g) for g in gs)) for u, gs in value.items())
+            elif key == "prune_groups":
+                if not isinstance(value, list | tuple) or not all(isinstance(g, str) for g in value):
+                    raise PlanError("space option prune_groups must be a list of layer group names")
+                kwargs[key] = tuple(value)
             elif key in {"fine", "max_ratio", "ratio_step"}:
                 kwargs[key] = value
             else:
@@ -209,16 +224,24 @@ class DefaultSpace:
         precision: dict[str, str] = {}
         # "no pruning" is a first-class value: on a small, efficient model most plans that prune
         # a whole unit lose it (field notes), so half the budget explores precision and calibration
-        prune_on = bool(self.max_ratio) and trial.suggest_categorical("prune/enabled", [False, True])
+        can_prune = bool(self.max_ratio) and self.prune_groups != ()
+        prune_on = can_prune and trial.suggest_categorical("prune/enabled", [False, True])
+        per_group = self.prune_groups is not None
         for unit, members in units.items():
             r = 0.0
-            if prune_on:
+            if prune_on and not per_group:
                 r = trial.suggest_float(f"prune/{unit}", 0.0, self.max_ratio, step=self.ratio_step)
             p = trial.suggest_categorical(f"quant/{unit}", list(self.precisions))
             for g in members:
                 if r > 0:
                     ratios[g] = round(r, 2)
                 precision[g] = p
+        if prune_on and per_group:
+            for g in self.groups:  # model order, whatever order the option listed them in
+                if g in (self.prune_groups or ()):
+                    r = trial.suggest_float(f"prune/{g}", 0.0, self.max_ratio, step=self.ratio_step)
+                    if r > 0:
+                        ratios[g] = round(r, 2)
         pruning = PruningConfig(
             ratios=tuple(ratios.items()),
             importance=trial.suggest_categorical("prune/importance", list(self.importance)),

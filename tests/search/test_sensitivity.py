@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from yolotune import YolotuneError
+from yolotune.search import CandidateSettings, SearchConfig, _driver, plan_of, run_search, scan_sensitivity
+
+
+def test_scan_measures_each_group_pruned_alone(tmp_path: Path) -> None:
+    # field notes (320 px): the SPPF block keeps most of its mAP at 25%, the first C2f loses it
+    scan = scan_sensitivity(
+        model="yolov8n-coco.pt",
+        data="tiny_coco",
+        groups=["backbone.2", "backbone.9"],
+        out_dir=tmp_path,
+        settings=CandidateSettings(imgsz=160),
+    )
+    rows = {g.group: g for g in scan.groups}
+    assert list(rows) == ["backbone.2", "backbone.9"] and scan.ratio == 0.25
+    assert scan.baseline_map > 0.15  # the real unpruned model at 160 px
+    for g in rows.values():
+        assert g.map_drop == pytest.approx(scan.baseline_map - g.map50_95)
+        assert 0.9 < g.macs_ratio < 1.0 and g.latency_ms > 0
+        assert (tmp_path / g.group / "metrics.json").is_file()  # a real candidate, on disk
+    assert rows["backbone.2"].map_drop > rows["backbone.9"].map_drop + 0.05
+    assert scan.tolerant_groups(rows["backbone.9"].map_drop) == ("backbone.9",)
+    assert scan.tolerant_groups(-1.0) == ()
+
+
+def test_search_prunes_only_tolerant_groups_and_scans_once(tmp_path: Path, monkeypatch) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("prune_groups: [backbone.2, neck.21]\nepochs: [0]\ncalibration_sizes: [4]\n")
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=8,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        space=str(space),
+        sampler="random",
+        sensitivity_drop=0.1,
+    )
+    study = run_search(config)
+    recorded = study.user_attrs["sensitivity"]
+    drops = {g["group"]: g["map_drop"] for g in recorded["groups"]}
+    assert set(drops) == {"backbone.2", "neck.21"}  # only the groups the space may prune were scanned
+    assert drops["backbone.2"] > 0.1 >= drops["neck.21"]  # coco8 at 160: the first C2f does not tolerate it
+    searched = [
+        t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if "reference" not in t.user_attrs
+    ]
+    pruned = [dict(plan_of(t).pruning.ratios) for t in searched if plan_of(t).pruning.active]
+    assert pruned, "the random sampler drew no pruned plan; choose another seed"
+    assert all(set(p) == {"neck.21"} for p in pruned)
+
+    # a resumed run reuses the recorded scan
+    def no_scan(**_: object) -> None:
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(_driver, "scan_sensitivity", no_scan)
+    again = run_search(SearchConfig(**{**config.__dict__, "budget": 9}))
+    assert len(again.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 9
+    with pytest.raises(YolotuneError, match="was created for"):
+        run_search(SearchConfig(**{**config.__dict__, "sensitivity_drop": 0.2}))
+
+    from yolotune.cli import app
+
+    shown = CliRunner().invoke(app, ["show", "--root", str(tmp_path), "--study", config.name])
+    assert shown.exit_code == 0, shown.output
+    assert "Sensitivity: each group pruned alone by 25%" in shown.output
+    assert "the search prunes the 1 group(s) losing ≤0.1" in shown.output
