@@ -72,3 +72,9 @@ def test_search_prunes_only_tolerant_groups_and_scans_once(tmp_path: Path, monke
     assert shown.exit_code == 0, shown.output
     assert "Sensitivity: each group pruned alone by 25%" in shown.output
     assert "the search prunes the 1 group(s) losing ≤0.1" in shown.output
+    from yolotune.studies import write_report
+
+    page = write_report(again, tmp_path / "report.html").read_text()
+    section = page.split('id="sensitivity"')[1].split("</section>")[0]
+    assert 'data-group="neck.21" data-searched="1"' in section
+    assert 'data-group="backbone.2" data-searched="0"' in section
