@@ -62,6 +62,7 @@ def test_split_free_c3k2_equals_original_on_yolo11() -> None:
         before = model(x)[0]
     n = ultralytics_adapter.make_prunable(model)
     assert n == 8  # yolo11n: eight C3k2 blocks
+    assert ultralytics_adapter.fast_dfl(model)  # YOLO11's head has the same DFL
     with torch.no_grad():
         after = model(x)[0]
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-4)
