@@ -115,6 +115,9 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
     assert "--sensitivity-ratio must be in (0, " in _error(
         ["run", "--data", "coco8", "--sensitivity-drop", "0.02", "--sensitivity-ratio", "0", "--root", str(tmp_path)]
     )
+    assert "--sensitivity-recovery must be one of bn, bias, ls; got 'none'" in _error(
+        ["run", "--data", "coco8", "--sensitivity-drop", "0.02", "--sensitivity-recovery", "none"]
+    )
     space = tmp_path / "myspace.py"
     space.write_text("from yolotune.spaces import CompressionPlan\ndef space(trial):\n    return CompressionPlan()\n")
     line = _error(

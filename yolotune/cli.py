@@ -262,6 +262,9 @@ def run(
     sensitivity_ratio: Annotated[
         float, typer.Option("--sensitivity-ratio", help="Share of channels the scan prunes from each group.")
     ] = 0.25,
+    sensitivity_recovery: Annotated[
+        str, typer.Option("--sensitivity-recovery", help="Recovery of each scan probe: bn, bias or ls.")
+    ] = "bias",
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -295,6 +298,7 @@ def run(
         promote_margin=promote_margin,
         sensitivity_drop=sensitivity_drop,
         sensitivity_ratio=sensitivity_ratio,
+        sensitivity_recovery=sensitivity_recovery,
     )
     preflight(config)  # bad input fails here in one line, before any display
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
@@ -353,7 +357,7 @@ def _sensitivity_table(st: Any) -> Table | None:
     scan = Sensitivity.from_dict(recorded)
     tolerant = set(scan.tolerant_groups(float(wanted["max_drop"])))
     table = Table(
-        title=f"Sensitivity: each group pruned alone by {scan.ratio:.0%} (BatchNorm re-estimated, FP32)",
+        title=f"Sensitivity: each group pruned alone by {scan.ratio:.0%} ({scan.recovery} recovery, FP32)",
         caption=f"unpruned: mAP50-95 {scan.baseline_map:.3f}, {scan.baseline_latency_ms:.2f} ms · "
         f"the search prunes the {len(tolerant)} group(s) losing ≤{wanted['max_drop']} · MACs are estimates",
         header_style="bold",

@@ -20,7 +20,7 @@ def test_scan_measures_each_group_pruned_alone(tmp_path: Path) -> None:
         settings=CandidateSettings(imgsz=160),
     )
     rows = {g.group: g for g in scan.groups}
-    assert list(rows) == ["backbone.2", "backbone.9"] and scan.ratio == 0.25
+    assert list(rows) == ["backbone.2", "backbone.9"] and scan.ratio == 0.25 and scan.recovery == "bias"
     assert scan.baseline_map > 0.15  # the real unpruned model at 160 px
     for g in rows.values():
         assert g.map_drop == pytest.approx(scan.baseline_map - g.map50_95)
@@ -43,6 +43,7 @@ def test_search_prunes_only_tolerant_groups_and_scans_once(tmp_path: Path, monke
         space=str(space),
         sampler="random",
         sensitivity_drop=0.1,
+        sensitivity_recovery="bn",
     )
     study = run_search(config)
     recorded = study.user_attrs["sensitivity"]
@@ -55,6 +56,8 @@ def test_search_prunes_only_tolerant_groups_and_scans_once(tmp_path: Path, monke
     pruned = [dict(plan_of(t).pruning.ratios) for t in searched if plan_of(t).pruning.active]
     assert pruned, "the random sampler drew no pruned plan; choose another seed"
     assert all(set(p) == {"neck.21"} for p in pruned)
+    # tolerance was measured with bn: pruned plans recover with it or with ls, never less
+    assert {plan_of(t).recovery.method for t in searched if plan_of(t).pruning.active} <= {"bn", "ls"}
 
     # a resumed run reuses the recorded scan
     def no_scan(**_: object) -> None:
@@ -70,7 +73,7 @@ def test_search_prunes_only_tolerant_groups_and_scans_once(tmp_path: Path, monke
 
     shown = CliRunner().invoke(app, ["show", "--root", str(tmp_path), "--study", config.name])
     assert shown.exit_code == 0, shown.output
-    assert "Sensitivity: each group pruned alone by 25%" in shown.output
+    assert "Sensitivity: each group pruned alone by 25% (bn recovery, FP32)" in shown.output
     assert "the search prunes the 1 group(s) losing ≤0.1" in shown.output
     from yolotune.studies import write_report
 

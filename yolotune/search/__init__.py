@@ -24,11 +24,12 @@ from yolotune.search._driver import (
     search_spaces,
 )
 from yolotune.search._executors import check_ray_address
-from yolotune.search._sensitivity import GroupSensitivity, Sensitivity, scan_sensitivity
+from yolotune.search._sensitivity import SENSITIVITY_RECOVERY, GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
 
 __all__ = [
     "METRIC_NAMES",
+    "SENSITIVITY_RECOVERY",
     "BuiltCandidate",
     "CandidateResult",
     "CandidateSettings",

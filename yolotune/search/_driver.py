@@ -28,7 +28,7 @@ from yolotune.evaluators import target_spec
 from yolotune.search._candidate import CandidateResult, CandidateSettings, make_target, time_candidate
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
-from yolotune.search._sensitivity import GroupSensitivity, Sensitivity, scan_sensitivity
+from yolotune.search._sensitivity import SENSITIVITY_RECOVERY, GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ class SearchConfig:
             ``sensitivity_ratio`` and measure it (``scan_sensitivity``); the default space then
             prunes only groups whose mAP50-95 drop stays within this. ``None``: no scan.
         sensitivity_ratio: Share of channels each group's probe prunes.
+        sensitivity_recovery: Post-training recovery of each probe (``bn``, ``bias``, ``ls``). The
+            search's pruned plans then recover with this method or ``ls``.
     """
 
     model: str
@@ -116,8 +118,14 @@ class SearchConfig:
     promote_margin: float = 0.02
     sensitivity_drop: float | None = None
     sensitivity_ratio: float = 0.25
+    sensitivity_recovery: str = "bias"
 
     def __post_init__(self) -> None:
+        if self.sensitivity_recovery not in SENSITIVITY_RECOVERY:
+            raise YolotuneError(
+                f"--sensitivity-recovery must be one of {', '.join(SENSITIVITY_RECOVERY)}; "
+                f"got {self.sensitivity_recovery!r}"
+            )
         if self.sensitivity_drop is not None and not 0 <= self.sensitivity_drop <= 1:
             raise YolotuneError(f"--sensitivity-drop is an mAP50-95 difference in [0, 1]; got {self.sensitivity_drop}")
         if not 0 < self.sensitivity_ratio <= MAX_PRUNING_RATIO:
@@ -242,7 +250,11 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         "export": adapter.EXPORT_FORMAT,
         "sensitivity": None
         if config.sensitivity_drop is None
-        else {"max_drop": config.sensitivity_drop, "ratio": config.sensitivity_ratio},
+        else {
+            "max_drop": config.sensitivity_drop,
+            "ratio": config.sensitivity_ratio,
+            "recovery": config.sensitivity_recovery,
+        },
     }
     wanted = {"max_map_drop": config.max_map_drop, "max_latency_ms": config.max_latency_ms}
     recorded = study.user_attrs.get("job")
@@ -402,7 +414,9 @@ def _sensitive_space(
     """``space`` pruning only the groups the study's sensitivity scan found tolerant.
 
     The scan runs once per study (its result is a study user attribute, ``sensitivity``), on the
-    groups the space may prune; a resumed run reuses it.
+    groups the space may prune; a resumed run reuses it. Pruned plans recover with the scan's
+    method or ``ls`` (the tolerance was measured with that recovery; ``ls`` is the strongest for
+    several groups at once), where the space allows them.
     """
     assert config.sensitivity_drop is not None
     recorded = study.user_attrs.get("sensitivity")
@@ -414,13 +428,17 @@ def _sensitive_space(
             out_dir=study_dir(config.root, config.name) / "sensitivity",
             settings=config.settings,
             ratio=config.sensitivity_ratio,
+            recovery=config.sensitivity_recovery,
             images=min(32, space.max_calibration_images),
             on_group=on_scan,
         )
         study.set_user_attr("sensitivity", scan.to_dict())
     else:
         scan = Sensitivity.from_dict(recorded)
-    return dataclasses.replace(space, prune_groups=scan.tolerant_groups(config.sensitivity_drop))
+    methods = tuple(m for m in space.recovery_methods if m in (scan.recovery, "ls")) or space.recovery_methods
+    return dataclasses.replace(
+        space, prune_groups=scan.tolerant_groups(config.sensitivity_drop), recovery_methods=methods
+    )
 
 
 def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str) -> bool:

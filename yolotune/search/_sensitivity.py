@@ -1,12 +1,13 @@
 """Pruning sensitivity: which layer groups tolerate pruning at all, measured before a search.
 
-Each group is pruned alone by ``ratio`` (weight-L2 ranking, BatchNorm re-estimation on the
-training images, FP32) and its deployable ONNX is validated and timed like any candidate
-(``run_candidate``). On a small, efficient detector most groups do not tolerate it (field notes:
-yolov8n-coco's early C2f blocks fall to mAP 0.09 at 25%, its SPPF keeps 0.335 of 0.353), and a
-search that prunes them wastes its budget. ``tolerant_groups`` keeps the groups whose drop from
-the unpruned model stays within a bound; the default space then prunes only those
-(``DefaultSpace.prune_groups``).
+Each group is pruned alone by ``ratio`` (weight-L2 ranking, post-training ``recovery`` on the
+training images, ``bias`` by default, FP32) and its deployable ONNX is validated and timed like
+any candidate (``run_candidate``). On a small, efficient detector most groups do not tolerate it,
+and a search that prunes them wastes its budget. Measured on yolov8n-coco / tiny_coco at 320 px
+(BENCHMARKS.md): at 25%, bias compensation keeps 8 of 22 groups within 0.03 mAP50-95, BatchNorm
+re-estimation only 2, for about 2.5 s more per probe. ``Sensitivity.tolerant_groups`` keeps the
+groups whose drop from the unpruned model stays within a bound; the default space then prunes
+only those (``DefaultSpace.prune_groups``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from yolotune.assets import prepare_dataset
-from yolotune.errors import YolotuneError
+from yolotune.errors import PlanError, YolotuneError
 from yolotune.search._candidate import CandidateResult, CandidateSettings, run_candidate
 from yolotune.spaces import CompressionPlan, PruningConfig, RecoveryConfig
 
-__all__ = ["GroupSensitivity", "Sensitivity", "scan_sensitivity"]
+__all__ = ["SENSITIVITY_RECOVERY", "GroupSensitivity", "Sensitivity", "scan_sensitivity"]
+
+#: Post-training recovery methods a probe may use (``none`` would measure raw pruning only).
+SENSITIVITY_RECOVERY = ("bn", "bias", "ls")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +34,7 @@ class GroupSensitivity:
 
     Attributes:
         group: Layer group.
-        map50_95: mAP50-95 of the pruned model after BatchNorm re-estimation.
+        map50_95: mAP50-95 of the pruned model after the scan's recovery.
         map_drop: Unpruned mAP50-95 minus ``map50_95``.
         latency_ms: Median latency on the target.
         macs_ratio: MACs after / before (an estimate: torch-pruning's counter).
@@ -51,12 +55,14 @@ class Sensitivity:
 
     Attributes:
         ratio: Share of channels pruned from each group alone.
+        recovery: Post-training recovery of each probe (``bn``, ``bias`` or ``ls``).
         baseline_map: mAP50-95 of the unpruned FP32 model.
         baseline_latency_ms: Its median latency on the target.
         groups: One row per scanned group, in model order.
     """
 
     ratio: float
+    recovery: str
     baseline_map: float
     baseline_latency_ms: float
     groups: tuple[GroupSensitivity, ...]
@@ -75,16 +81,17 @@ class Sensitivity:
         rows = tuple(GroupSensitivity(**g) for g in data["groups"])
         return cls(
             ratio=float(data["ratio"]),
+            recovery=str(data.get("recovery", "bn")),
             baseline_map=float(data["baseline_map"]),
             baseline_latency_ms=float(data["baseline_latency_ms"]),
             groups=rows,
         )
 
 
-def _probe(group: str, ratio: float, images: int) -> CompressionPlan:
+def _probe(group: str, ratio: float, recovery: str, images: int) -> CompressionPlan:
     return CompressionPlan(
         pruning=PruningConfig(ratios=((group, ratio),), importance="l2", round_to=1),
-        recovery=RecoveryConfig(method="bn", images=images),
+        recovery=RecoveryConfig(method=recovery, images=images),
     )
 
 
@@ -96,6 +103,7 @@ def scan_sensitivity(
     out_dir: Path,
     settings: CandidateSettings | None = None,
     ratio: float = 0.25,
+    recovery: str = "bias",
     images: int = 32,
     on_group: Callable[[int, int, GroupSensitivity | None, str], None] | None = None,
 ) -> Sensitivity:
@@ -108,13 +116,16 @@ def scan_sensitivity(
         out_dir: Where each probe's artifacts go (``<out_dir>/<group>/``).
         settings: Image size and target, as in the search.
         ratio: Share of channels each probe prunes.
-        images: Training images for the BatchNorm re-estimation (capped at the training split).
+        recovery: Post-training recovery of each probe: ``bn``, ``bias`` (default) or ``ls``.
+        images: Training images the recovery sees (capped at the training split).
         on_group: Progress: ``(done, total, row, group)``; ``row`` is None for the baseline.
 
     Raises:
         YolotuneError: The unpruned model could not be measured. A group whose probe fails (a
             group too small to prune, say) is left out of the result, so it is never pruned.
     """
+    if recovery not in SENSITIVITY_RECOVERY:
+        raise PlanError(f"sensitivity recovery must be one of {', '.join(SENSITIVITY_RECOVERY)}; got {recovery!r}")
     groups = list(groups)
     total = len(groups) + 1
     images = max(1, min(images, len(prepare_dataset(data).train_images)))
@@ -125,8 +136,9 @@ def scan_sensitivity(
     rows: list[GroupSensitivity] = []
     for k, group in enumerate(groups, start=2):
         try:
+            probe = _probe(group, ratio, recovery, images)
             r: CandidateResult = run_candidate(
-                model=model, data=data, plan=_probe(group, ratio, images), out_dir=out_dir / group, settings=settings
+                model=model, data=data, plan=probe, out_dir=out_dir / group, settings=settings
             )
         except YolotuneError as exc:
             if on_group:
@@ -145,6 +157,7 @@ def scan_sensitivity(
             on_group(k, total, row, group)
     return Sensitivity(
         ratio=ratio,
+        recovery=recovery,
         baseline_map=base.accuracy.map50_95,
         baseline_latency_ms=base.latency.median_ms,
         groups=tuple(rows),

@@ -363,7 +363,8 @@ def _sensitivity_table(study: optuna.Study) -> str:
         ]
         rows.append((f' data-group="{html.escape(str(g["group"]))}" data-searched="{int(searched)}"', cells))
     note = _note(
-        f"Each group pruned alone by {float(scan['ratio']):.0%} (weight L2, BatchNorm re-estimated, FP32) and "
+        f"Each group pruned alone by {float(scan['ratio']):.0%} (weight L2, "
+        f"{html.escape(str(scan.get('recovery', 'bn')))} recovery, FP32) and "
         f"measured like a candidate; unpruned mAP50-95 {float(scan['baseline_map']):.4f}. The search pruned only "
         f"the groups losing at most {max_drop:g}. MACs after/before are torch-pruning's estimate."
     )
