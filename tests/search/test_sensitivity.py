@@ -82,3 +82,24 @@ def test_search_prunes_only_tolerant_groups_and_scans_once(tmp_path: Path, monke
     section = page.split('id="sensitivity"')[1].split("</section>")[0]
     assert 'data-group="neck.21" data-searched="1"' in section
     assert 'data-group="backbone.2" data-searched="0"' in section
+
+
+def test_no_scan_when_the_space_never_prunes(tmp_path: Path, monkeypatch) -> None:
+    def no_scan(**_: object) -> None:
+        raise AssertionError("scanned a space that never prunes")
+
+    monkeypatch.setattr(_driver, "scan_sensitivity", no_scan)
+    space = tmp_path / "space.yaml"
+    space.write_text("max_ratio: 0.0\n")
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=1,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        space=str(space),
+        sensitivity_drop=0.03,
+    )
+    study = run_search(config)
+    assert "sensitivity" not in study.user_attrs
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 1

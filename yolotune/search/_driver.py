@@ -420,6 +420,8 @@ def _sensitive_space(
     several groups at once), where the space allows them.
     """
     assert config.sensitivity_drop is not None
+    if not space.max_ratio or space.prune_groups == ():
+        return space  # the space never prunes: nothing to scan
     recorded = study.user_attrs.get("sensitivity")
     if recorded is None:
         scan = scan_sensitivity(
