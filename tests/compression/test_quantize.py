@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from yolotune import PlanError
 from yolotune.compression import check_calibration_budget, quantize, ultralytics_adapter
@@ -99,3 +102,25 @@ def test_float_precision_is_recorded_for_runtimes_that_choose_it_per_layer(
     assert not only16.int8 and len(only16.fp16_nodes) > 100
     # a plain export has no record: every float layer fp32
     assert not read_float_precision(fp32_onnx_320).fp16
+
+
+def _scales(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name.endswith("_scale")}
+
+
+def test_entropy_calibration_searches_thresholds_instead_of_repeating_minmax(
+    fp32_onnx_320, tiny_coco, _loaded, tmp_path
+) -> None:
+    # quantize_static's own entropy settings (128 bins, 128 quantized bins) leave one candidate, the
+    # full range, so every scale equalled MinMax's; yolotune gives the KL search bins to choose from
+    minmax = QuantizationConfig(default="int8", calibration_method="minmax", calibration_images=8)
+    entropy = dataclasses.replace(minmax, calibration_method="entropy")
+    a = _scales(_quantize(fp32_onnx_320, tmp_path / "minmax.onnx", minmax, tiny_coco, _loaded))
+    b_path = _quantize(fp32_onnx_320, tmp_path / "entropy.onnx", entropy, tiny_coco, _loaded)
+    b = _scales(b_path)
+    assert a.keys() == b.keys()
+    clipped = [k for k in a if float(np.max(b[k])) < 0.99 * float(np.max(a[k]))]
+    assert len(clipped) > len(a) // 4  # KL clips many activation ranges below their maxima
+    assert not any(float(np.max(b[k])) > 1.001 * float(np.max(a[k])) for k in a)  # never wider than MinMax
+    fp32 = measure_map(fp32_onnx_320, tiny_coco, imgsz=320).map50_95
+    assert abs(measure_map(b_path, tiny_coco, imgsz=320).map50_95 - fp32) <= 0.02

@@ -117,6 +117,25 @@ def test_a_study_measured_on_another_export_is_not_resumed(tmp_path: Path) -> No
     assert not old.get_trials()  # nothing was added to it
 
 
+def test_a_study_calibrated_before_real_entropy_is_not_resumed(tmp_path: Path) -> None:
+    from yolotune.compression import ultralytics_adapter
+    from yolotune.search._driver import DIRECTIONS
+    from yolotune.studies import default_storage_url
+
+    config = SearchConfig(
+        model="yolov8n-coco.pt", data="coco8", budget=1, settings=CandidateSettings(imgsz=160), root=tmp_path
+    )
+    old = optuna.create_study(
+        study_name=config.name, storage=default_storage_url(tmp_path, config.name), directions=DIRECTIONS
+    )
+    # what the previous yolotune recorded: its "entropy" plans were calibrated as MinMax
+    job = {"model": "yolov8n-coco.pt", "data": "coco8", "imgsz": 160, "target": "local-cpu", "space": "default"}
+    old.set_user_attr("job", {**job, "export": ultralytics_adapter.EXPORT_FORMAT, "sensitivity": None})
+    with pytest.raises(YolotuneError, match=r"same ranges as minmax.*calibrates entropy-kl512.*another --study name"):
+        run_search(config)
+    assert not old.get_trials()
+
+
 def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("max_ratio: 0.0\nprecisions: [int8]\ncalibration_methods: [minmax]\ncalibration_sizes: [4]\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from yolotune.compression._prune import KeptChannels, PruneReport, count_macs_params, prune
 from yolotune.compression._quantize import (
+    CALIBRATION_FORMAT,
     DEFAULT_CALIBRATION_MEMORY_GB,
     CalibrationEstimate,
     QuantizeReport,
@@ -20,6 +21,7 @@ from yolotune.compression._quantize import (
 from yolotune.compression._recover import RecoverReport, recover, reestimate_batchnorm, unpruned_copy
 
 __all__ = [
+    "CALIBRATION_FORMAT",
     "DEFAULT_CALIBRATION_MEMORY_GB",
     "CalibrationEstimate",
     "KeptChannels",

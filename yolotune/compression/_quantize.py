@@ -29,6 +29,8 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from yolotune._artifact import FloatPrecision, with_float_precision
@@ -36,6 +38,7 @@ from yolotune.errors import PlanError, StepError
 from yolotune.spaces import QuantizationConfig
 
 __all__ = [
+    "CALIBRATION_FORMAT",
     "DEFAULT_CALIBRATION_MEMORY_GB",
     "CalibrationEstimate",
     "QuantizeReport",
@@ -57,6 +60,16 @@ _METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 _ACTIVATIONS = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+#: Entropy (KL) calibration histogram. ``quantize_static`` gives ONNX Runtime's entropy calibrator
+#: 128 bins and 128 quantized bins, which leaves one candidate threshold, the full range: there it
+#: is MinMax (measured on yolov8n: all 323 scales equal). 512 bins give it 193 thresholds, from a
+#: quarter of the range to all of it; the KL search then takes ~15 s on yolov8n at 320 px.
+ENTROPY_BINS = 512
+ENTROPY_QUANTIZED_BINS = 128
+#: How calibration methods are implemented; studies record it (results of another do not compare).
+CALIBRATION_FORMAT = f"entropy-kl{ENTROPY_BINS}"
+#: The op types ``quantize_static`` quantizes by default (what its calibrator must cover).
+_QUANTIZED_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,26 +169,47 @@ def _quantize_static(
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="yolotune-q-") as tmp:
         pre = Path(tmp) / "pre.onnx"
+        ranges: Path | None = None
         try:
             # shape inference only: graph optimisation would rename nodes and break exclusions
             quant_pre_process(str(fp32_path), str(pre), skip_optimization=True)
             # ORT's histogram calibrators print their bin counts: keep the console for progress
             with contextlib.redirect_stdout(io.StringIO()):
+                if config.calibration_method == "entropy":
+                    ranges = Path(tmp) / "ranges.json"
+                    _entropy_ranges(pre, reader, ranges)
                 quantize_static(
                     str(pre),
                     str(out_path),
-                    reader,
+                    reader if ranges is None else None,
                     quant_format=QuantFormat.QDQ,
                     per_channel=config.per_channel,
                     activation_type=_ACTIVATIONS[config.activation_type],
                     weight_type=QuantType.QInt8,
                     calibrate_method=_METHODS[config.calibration_method],
                     nodes_to_exclude=exclude,
+                    calibration_cache_path=ranges,
                 )
         except PlanError:
             raise
         except Exception as exc:
             raise StepError("quantize", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _entropy_ranges(model_path: Path, reader: _Reader, ranges: Path) -> None:
+    """Entropy calibration by ONNX Runtime's own calibrator, with enough bins to search (``ENTROPY_BINS``).
+
+    Writes the ranges as ONNX Runtime's calibration cache, which ``quantize_static`` then reads.
+    """
+    calibrator = create_calibrator(
+        model_path,
+        _QUANTIZED_OPS,
+        augmented_model_path=str(ranges.with_name("augmented.onnx")),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+    )
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), ranges)
 
 
 def quantize(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from yolotune.compression import CALIBRATION_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import StepError, YolotuneError
 from yolotune.evaluators import target_spec
@@ -249,6 +250,7 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
         "export": adapter.EXPORT_FORMAT,
+        "calibration": CALIBRATION_FORMAT,
         "sensitivity": None
         if config.sensitivity_drop is None
         else {
@@ -274,6 +276,12 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         raise YolotuneError(
             f"study '{config.name}' was measured on {was}, this yolotune exports {job['export']}: "
             "latencies would not compare; use another --study name"
+        )
+    if recorded.get("calibration") != job["calibration"]:
+        was = recorded.get("calibration", "onnxruntime's default entropy bins (the same ranges as minmax)")
+        raise YolotuneError(
+            f"study '{config.name}' was calibrated with {was}, this yolotune calibrates {job['calibration']}: "
+            "entropy results would not compare; use another --study name"
         )
     if recorded != job:
         raise YolotuneError(f"study '{config.name}' was created for {recorded}; use another --study name for {job}")
