@@ -105,7 +105,9 @@ def test_float_precision_is_recorded_for_runtimes_that_choose_it_per_layer(
 
 
 def _scales(path: Path) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name.endswith("_scale")}
+    return {
+        t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name.endswith("_scale")
+    }
 
 
 def test_entropy_calibration_searches_thresholds_instead_of_repeating_minmax(

@@ -98,3 +98,31 @@ def test_rung0_stands_in_bn_for_least_squares_and_promotion_runs_the_plans_recov
     assert full.fidelity == "full" and not full.proxy
     assert full.recover is not None and full.recover.method == "ls"
     assert full.accuracy.images == 4  # every coco8 validation image
+
+
+def test_rung0_calibrates_with_minmax_in_place_of_percentile_and_promotion_calibrates_as_planned(
+    tmp_path: Path,
+) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from yolotune.search import build_candidate
+
+    plan = CompressionPlan.from_dict(
+        {"quantization": {"default": "int8", "calibration_method": "percentile", "calibration_images": 4}}
+    )
+    settings = CandidateSettings(imgsz=160)
+
+    def scales(path: Path) -> dict[str, list[float]]:
+        inits = onnx.load(str(path)).graph.initializer
+        return {t.name: numpy_helper.to_array(t).tolist() for t in inits if t.name.endswith("_scale")}
+
+    common = {"model": "yolov8n-coco.pt", "data": "coco8", "plan": plan, "settings": settings}
+    rung0 = build_candidate(**common, out_dir=tmp_path / "t", stage="rung0", val_images=2)
+    assert rung0.fidelity == "rung0" and rung0.calibration_proxy == "minmax" and not rung0.proxy
+    assert rung0.plan == plan  # the trial's own plan is what is recorded
+    at_rung0 = scales(rung0.deployable)
+    full = build_candidate(**common, out_dir=tmp_path / "t", stage="promote", previous=rung0)
+    assert full.fidelity == "full" and not full.calibration_proxy and full.accuracy.images == 4
+    direct = build_candidate(**common, out_dir=tmp_path / "direct")
+    assert scales(full.deployable) == scales(direct.deployable) != at_rung0  # calibrated as planned, at last

@@ -253,12 +253,16 @@ class _SizeTarget:
     name = "local-cpu"
     precisions = ("int8", "fp32")
 
+    def __init__(self) -> None:
+        self.timed: list[Path] = []
+
     def check(self) -> None:
         return None
 
     def benchmark(self, model_path: Path, *, imgsz: int):
         from yolotune.evaluators import LatencyStats
 
+        self.timed.append(Path(model_path))
         ms = model_path.stat().st_size / 1e6
         return LatencyStats.from_samples([ms, ms * 1.01], warmup=0, started_at=0.0, ended_at=0.0)
 
@@ -275,7 +279,8 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     from yolotune.search import SearchConfig
     from yolotune.studies import pareto_front
 
-    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: _SizeTarget())
+    target = _SizeTarget()
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
     from yolotune.compression import ultralytics_adapter
 
     exports: list[Path] = []
@@ -327,6 +332,7 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     assert metrics["accuracy"]["images"] == 4  # every coco8 validation image
     first_dir = Path(first.user_attrs["artifact"]).parent
     assert sum(p.parent == first_dir for p in exports) == 1  # promotion continued: no second export
+    assert sum(p.parent == first_dir for p in target.timed) == 1  # the same bytes: rung 0's timing is kept
     # bigger, slower and far less accurate at rung 0 than a full-fidelity trial: stopped there
     stopped = trials["pruned-fp32-ft"]
     assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.user_attrs["fidelity"] == "rung0"
@@ -338,6 +344,7 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     out = Path(promoted.user_attrs["artifact"]).parent
     assert (out / "finetune").is_dir()
     assert sum(p.parent == out for p in exports) == 2  # rung 0's export, then the fine-tuned one's
+    assert sum(p.parent == out for p in target.timed) == 2  # new weights: timed again
     assert json.loads((out / "metrics.json").read_text())["accuracy"]["images"] == 4
     # the reported front holds full-fidelity results only
     assert {r.number for r in pareto_front(study)} <= {first.number, promoted.number}

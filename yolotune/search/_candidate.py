@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -59,6 +60,9 @@ __all__ = [
 
 #: Post-training recovery methods too slow for rung 0 (BatchNorm re-estimation stands in for them).
 _SLOW_RECOVERY = ("bias", "ls")
+#: Histogram calibrations too slow for rung 0 (4-25 s on yolov8n; MinMax on the same images, ~1.5 s,
+#: stands in for them: same graph, so the same size and latency, and mAP near enough to promote by).
+_SLOW_CALIBRATION = ("entropy", "percentile")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,6 +226,7 @@ class BuiltCandidate:
         host: Host name of the machine that built it.
         fidelity: ``full``, or ``rung0`` (no fine-tuning yet, maybe a validation subset).
         proxy: At rung 0, the recovery method that stood in for the plan's slow one (``bn``).
+        calibration_proxy: At rung 0, the calibration that stood in for the plan's slow one (``minmax``).
     """
 
     plan: CompressionPlan
@@ -241,6 +246,20 @@ class BuiltCandidate:
     host: str
     fidelity: str = "full"
     proxy: str = ""
+    calibration_proxy: str = ""
+
+
+def _rung0_stand_in(plan: CompressionPlan) -> tuple[CompressionPlan, str, str]:
+    """The plan rung 0 builds: cheap stand-ins for slow recovery and calibration, and what they are."""
+    recovery, calibration = "", ""
+    if plan.pruning.active and plan.recovery.method in _SLOW_RECOVERY:
+        recovery = "bn"  # bias / least-squares recovery takes 10-70 s; BN re-estimation 1-2 s
+        plan = dataclasses.replace(plan, recovery=dataclasses.replace(plan.recovery, method=recovery))
+    quant = plan.quantization
+    if "int8" in quant.precisions and quant.calibration_method in _SLOW_CALIBRATION:
+        calibration = "minmax"
+        plan = dataclasses.replace(plan, quantization=dataclasses.replace(quant, calibration_method=calibration))
+    return plan, recovery, calibration
 
 
 def build_candidate(
@@ -263,11 +282,12 @@ def build_candidate(
     ``model.int8.onnx`` when quantized (``model.fp16.onnx`` when only annotated for fp16).
 
     Multi-fidelity search builds in two stages. ``stage="rung0"`` stops before fine-tuning,
-    validates on ``val_images`` evenly spaced validation images, and re-estimates BatchNorm in
-    place of a slow ``bias``/``ls`` recovery (the result says ``fidelity="rung0"``, unless that is
-    already everything the plan asks for). ``stage="promote"`` continues from what rung 0 left in
-    ``out_dir`` (``previous``): fine-tunes the recovered checkpoint, exports and quantizes again
-    when weights changed, and validates on every validation image. A rung 0 that stood in BN
+    validates on ``val_images`` evenly spaced validation images, re-estimates BatchNorm in place of
+    a slow ``bias``/``ls`` recovery and calibrates with MinMax in place of a slow histogram method
+    (the result says ``fidelity="rung0"`` and names its stand-ins, unless that is already everything
+    the plan asks for). ``stage="promote"`` continues from what rung 0 left in ``out_dir``
+    (``previous``): fine-tunes the recovered checkpoint, exports and quantizes again when weights or
+    calibration changed, and validates on every validation image. A rung 0 that stood in BN
     re-estimation is rebuilt with the plan's own recovery (pruning again is deterministic and
     takes about a second; the recovery it replaces is what rung 0 saved).
 
@@ -285,22 +305,24 @@ def build_candidate(
             )
         assert previous is not None
         return _promote(previous, out=Path(out_dir), settings=settings, on_step=on_step)
-    if stage == "rung0" and plan.pruning.active and plan.recovery.method in _SLOW_RECOVERY:
-        # bias / least-squares recovery takes 10-70 s; rung 0 stands in BatchNorm re-estimation (1-2 s)
-        proxy = dataclasses.replace(plan, recovery=dataclasses.replace(plan.recovery, method="bn"))
-        built = build_candidate(
-            model=model,
-            data=data,
-            plan=proxy,
-            out_dir=out_dir,
-            settings=settings,
-            target=target,
-            on_step=on_step,
-            stage="rung0",
-            val_images=val_images,
-        )
-        plan.save(Path(out_dir) / "plan.yaml")
-        return dataclasses.replace(built, plan=plan, fidelity="rung0", proxy="bn")
+    if stage == "rung0":
+        stand_in, recovery, calibration = _rung0_stand_in(plan)
+        if stand_in != plan:
+            built = build_candidate(
+                model=model,
+                data=data,
+                plan=stand_in,
+                out_dir=out_dir,
+                settings=settings,
+                target=target,
+                on_step=on_step,
+                stage="rung0",
+                val_images=val_images,
+            )
+            plan.save(Path(out_dir) / "plan.yaml")
+            return dataclasses.replace(
+                built, plan=plan, fidelity="rung0", proxy=recovery, calibration_proxy=calibration
+            )
     # only the target's name and precisions matter here: its device is not needed to build (the
     # driver passes its TargetSpec, so workers need no registry or targets file of their own)
     runs_on: Target | TargetSpec = target or target_spec(settings.target)
@@ -464,7 +486,8 @@ def _promote(
         dataset = prepare_dataset(previous.data)
         layout = adapter.model_layout(adapter.load_model(Path(previous.model)))
     steps.seconds = {k: v + steps.seconds.get(k, 0.0) for k, v in previous.step_seconds.items()}
-    fine = plan.recovery.epochs > 0
+    # new weights, or rung 0 calibrated with a stand-in: export and quantize again
+    again = plan.recovery.epochs > 0 or bool(previous.calibration_proxy)
     return _finish(
         plan,
         out / "model.pt",
@@ -479,10 +502,16 @@ def _promote(
         finetune=True,
         reports=(previous.prune, previous.recover),
         fidelity="full",
-        deployable=None if fine else previous.deployable,
+        deployable=None if again else previous.deployable,
         quant_report=previous.quantize,
         counts=(previous.macs, previous.params),
     )
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def time_candidate(
@@ -490,15 +519,26 @@ def time_candidate(
     *,
     target: Target,
     on_step: Callable[[str], None] | None = None,
+    timed: tuple[str, LatencyStats] | None = None,
 ) -> CandidateResult:
     """Time a built candidate on ``target`` (on this host) and write its ``metrics.json``.
+
+    Args:
+        built: The built candidate.
+        target: Where to time it.
+        on_step: Called with ``latency`` before timing.
+        timed: ``(file_digest(f), stats)`` of an earlier timing of a file ``f`` on this target (rung 0
+            of the same trial): reused when ``built.deployable`` has the same bytes.
 
     Raises:
         YolotuneError: The timing failed, as one line.
     """
     steps = _Steps(on_step, lease=False)  # the target takes the timing lease itself
-    with steps("latency"):
-        latency = target.benchmark(built.deployable, imgsz=built.imgsz)
+    if timed is not None and timed[0] == file_digest(built.deployable):
+        latency = timed[1]  # a measurement of these very bytes: timing them again adds nothing
+    else:
+        with steps("latency"):
+            latency = target.benchmark(built.deployable, imgsz=built.imgsz)
     result = CandidateResult(
         plan=built.plan,
         model=built.model,

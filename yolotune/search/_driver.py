@@ -26,8 +26,14 @@ import optuna
 from yolotune.compression import CALIBRATION_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import StepError, YolotuneError
-from yolotune.evaluators import target_spec
-from yolotune.search._candidate import CandidateResult, CandidateSettings, make_target, time_candidate
+from yolotune.evaluators import LatencyStats, target_spec
+from yolotune.search._candidate import (
+    CandidateResult,
+    CandidateSettings,
+    file_digest,
+    make_target,
+    time_candidate,
+)
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
 from yolotune.search._sensitivity import SENSITIVITY_RECOVERY, GroupSensitivity, Sensitivity, scan_sensitivity
@@ -372,6 +378,7 @@ class _Pending:
     plan: CompressionPlan
     out_dir: Path
     kwargs: dict[str, Any] = field(default_factory=dict)
+    timed: tuple[str, LatencyStats] | None = None  # rung 0's timing of its deployable file
 
 
 def _executor(config: SearchConfig) -> InProcess | RayExecutor:
@@ -585,13 +592,22 @@ def run_search(
                             fail(trial, built.reason)
                             continue
                         try:
-                            result = time_candidate(built, target=target, on_step=_bind(on_step, trial.number))
+                            result = time_candidate(
+                                built, target=target, on_step=_bind(on_step, trial.number), timed=pending.timed
+                            )
                             if built.fidelity == "rung0":
                                 trial.set_user_attr(
-                                    "rung0", {**_metrics(result), "recovery_proxy": built.proxy or None}
+                                    "rung0",
+                                    {
+                                        **_metrics(result),
+                                        "recovery_proxy": built.proxy or None,
+                                        "calibration_proxy": built.calibration_proxy or None,
+                                    },
                                 )
                                 promoted = _promote(study, result, config.promote_margin)
                                 if promoted:  # continue from what rung 0 built
+                                    # a promotion that only re-validates keeps these bytes: reuse their timing
+                                    pending.timed = (file_digest(built.deployable), result.latency)
                                     executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
                                     continue
                                 trial.set_user_attr("fidelity", "rung0")
