@@ -352,7 +352,9 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     from yolotune.studies import write_report
 
     page = write_report(study, tmp_path / "r.html").read_text()
-    assert f'data-trial="{stopped.number}"' in page.split('id="rung0"')[1].split("</section>")[0]
+    rung0_section = page.split('id="rung0"')[1].split("</section>")[0]
+    assert f'data-trial="{stopped.number}"' in rung0_section
+    assert "Stand-ins" in rung0_section and '<td class="text">none</td>' in rung0_section  # its plan needed none
 
 
 def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path: Path) -> None:

@@ -385,14 +385,27 @@ def _rung0_table(trials: Sequence[FrozenTrial]) -> str:
             _fmt(m.get("map50_95"), ".4f"),
             _fmt(m.get("latency_ms"), ".2f"),
             _fmt(m.get("size_bytes", 0) / 1e6, ".2f"),
+            html.escape(_stand_ins(m)),
             html.escape(_brief(t)),
         ]
         rows.append((f' data-trial="{t.number}"', cells))
     note = _note(
-        "Rung 0: post-training recovery only, no fine-tuning, maybe a validation subset. These trials are "
-        "not on the front, which holds full-fidelity results only."
+        "Rung 0: post-training recovery only, no fine-tuning, maybe a validation subset; BN re-estimation "
+        "stands in for bias/ls recovery and MinMax for histogram calibration. These trials are not on the "
+        "front, which holds full-fidelity results only."
     )
-    return note + _table(["Trial", "mAP50-95 (rung 0)", "Latency ms", "Size MB", "Plan"], rows, {4}, "rung0")
+    headers = ["Trial", "mAP50-95 (rung 0)", "Latency ms", "Size MB", "Stand-ins", "Plan"]
+    return note + _table(headers, rows, {4, 5}, "rung0")
+
+
+def _stand_ins(rung0: dict[str, object]) -> str:
+    """What rung 0 ran in place of the plan's slow steps."""
+    parts = []
+    if rung0.get("recovery_proxy"):
+        parts.append(f"{rung0['recovery_proxy']} recovery")
+    if rung0.get("calibration_proxy"):
+        parts.append(f"{rung0['calibration_proxy']} calibration")
+    return ", ".join(parts) or "none"
 
 
 def _failed_table(trials: Sequence[FrozenTrial]) -> str:
