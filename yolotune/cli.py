@@ -323,10 +323,8 @@ def run(
             if outcome.state == "FAIL":
                 progress.console.print(f"trial {outcome.number} failed: {outcome.reason}", highlight=False)
             elif outcome.state == "PRUNED":
-                progress.console.print(
-                    f"trial {outcome.number} stopped at rung 0 (mAP50-95 {outcome.result.accuracy.map50_95:.3f})",
-                    highlight=False,
-                )
+                why = outcome.reason or f"mAP50-95 {outcome.result.accuracy.map50_95:.3f}"
+                progress.console.print(f"trial {outcome.number} stopped at rung 0 ({why})", highlight=False)
             progress.update(
                 task,
                 completed=done,

@@ -378,6 +378,42 @@ def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path
         assert metrics["accuracy"]["images"] == 4  # every coco8 validation image
 
 
+def test_multi_fidelity_does_not_time_a_candidate_no_fine_tune_could_bring_within_the_map_drop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _SizeTarget()
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
+    space = tmp_path / "space.yaml"
+    groups = ["backbone.2", "backbone.4", "backbone.6", "neck.12"]
+    space.write_text(
+        f"prune_groups: {groups}\nmax_ratio: 0.6\nratio_step: 0.6\nprecisions: [fp32]\n"
+        "recovery_methods: [none]\nepochs: [0]\nimportance: [l1]\nround_to: [1]\n"
+    )
+    common = {
+        "model": "yolov8n-coco.pt",
+        "data": "coco8",
+        "settings": CandidateSettings(imgsz=160),
+        "root": tmp_path,
+        "space": str(space),
+        "multi_fidelity": True,
+        "rung0_val": 2,
+        "max_map_drop": 0.05,
+    }
+    study = run_search(SearchConfig(**common, budget=2))  # the reference trials
+    references = len(study.get_trials())
+    # 60% of four backbone/neck groups, no recovery: the model is destroyed
+    study.enqueue_trial({"prune/enabled": True, **{f"prune/{g}": 0.6 for g in groups}})
+    study = run_search(SearchConfig(**common, budget=references + 1))
+    stopped = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert len(stopped) == 1
+    rung0 = stopped[0].user_attrs["rung0"]
+    assert rung0["map50_95"] < 0.05 and rung0["latency_ms"] is None
+    assert "below --max-map-drop 0.05" in rung0["not_timed"]
+    assert (tmp_path / study.study_name / "trials" / str(stopped[0].number) / "model.onnx").is_file()  # built
+    assert all(p.parent.name != str(stopped[0].number) for p in target.timed)  # ... and never timed
+    assert len(target.timed) == references
+
+
 def test_promotion_rule() -> None:
     from types import SimpleNamespace
 

@@ -350,6 +350,18 @@ def _complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
+def _out_of_reach(study: optuna.Study, map50_95: float, margin: float) -> str:
+    """Why a rung-0 mAP can never be promoted (more than ``margin`` under ``--max-map-drop``), or ``""``.
+
+    Fine-tuning is credited with at most ``margin``, so such a candidate stays at rung 0 whatever
+    its size and latency: the driver does not time it.
+    """
+    drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
+    if drop is not None and base is not None and map50_95 + margin < base - drop:
+        return f"mAP50-95 {map50_95:.3f} is over {margin:g} below --max-map-drop {drop:g} of {base:.3f}: not timed"
+    return ""
+
+
 def _promote(study: optuna.Study, rung0: CandidateResult, margin: float) -> bool:
     """Whether a rung-0 result is non-dominated by, or within ``margin`` mAP of, the full-fidelity front.
 
@@ -357,8 +369,7 @@ def _promote(study: optuna.Study, rung0: CandidateResult, margin: float) -> bool
     Under ``max_map_drop`` a candidate more than ``margin`` below the feasible mAP stays at rung 0
     too (a plan that destroyed the model would otherwise be promoted for being the smallest).
     """
-    drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
-    if drop is not None and base is not None and rung0.accuracy.map50_95 + margin < base - drop:
+    if _out_of_reach(study, rung0.accuracy.map50_95, margin):
         return False
     size, latency = rung0.size_mb, rung0.latency.median_ms
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -592,30 +603,44 @@ def run_search(
                             fail(trial, built.reason)
                             continue
                         try:
-                            result = time_candidate(
-                                built, target=target, on_step=_bind(on_step, trial.number), timed=pending.timed
-                            )
                             if built.fidelity == "rung0":
+                                # too far under --max-map-drop to be promoted at any speed: not timed
+                                unreachable = _out_of_reach(study, built.accuracy.map50_95, config.promote_margin)
+                                timed = (
+                                    None
+                                    if unreachable
+                                    else time_candidate(built, target=target, on_step=_bind(on_step, trial.number))
+                                )
                                 trial.set_user_attr(
                                     "rung0",
                                     {
-                                        **_metrics(result),
+                                        "map50_95": built.accuracy.map50_95,
+                                        "map50": built.accuracy.map50,
+                                        "size_bytes": built.size_bytes,
+                                        "latency_ms": timed.latency.median_ms if timed else None,
+                                        "not_timed": unreachable or None,
                                         "recovery_proxy": built.proxy or None,
                                         "calibration_proxy": built.calibration_proxy or None,
                                     },
                                 )
-                                promoted = _promote(study, result, config.promote_margin)
-                                if promoted:  # continue from what rung 0 built
+                                promoted = timed is not None and _promote(study, timed, config.promote_margin)
+                                if promoted and timed is not None:  # continue from what rung 0 built
                                     # a promotion that only re-validates keeps these bytes: reuse their timing
-                                    pending.timed = (file_digest(built.deployable), result.latency)
+                                    pending.timed = (file_digest(built.deployable), timed.latency)
                                     executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
                                     continue
                                 trial.set_user_attr("fidelity", "rung0")
                                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                                 open_trials.pop(trial.number, None)
                                 if on_trial:
-                                    on_trial(TrialOutcome(number=trial.number, state="PRUNED", result=result), study)
+                                    outcome = TrialOutcome(
+                                        number=trial.number, state="PRUNED", result=timed, reason=unreachable
+                                    )
+                                    on_trial(outcome, study)
                                 continue
+                            result = time_candidate(
+                                built, target=target, on_step=_bind(on_step, trial.number), timed=pending.timed
+                            )
                             _record(config, study, trial, result)
                         except Exception as exc:
                             failures += 1
