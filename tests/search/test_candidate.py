@@ -124,5 +124,7 @@ def test_rung0_calibrates_with_minmax_in_place_of_percentile_and_promotion_calib
     at_rung0 = scales(rung0.deployable)
     full = build_candidate(**common, out_dir=tmp_path / "t", stage="promote", previous=rung0)
     assert full.fidelity == "full" and not full.calibration_proxy and full.accuracy.images == 4
+    assert full.step_seconds["export"] == rung0.step_seconds["export"]  # quantized rung 0's export again
+    assert full.step_seconds["quantize"] > rung0.step_seconds["quantize"]
     direct = build_candidate(**common, out_dir=tmp_path / "direct")
     assert scales(full.deployable) == scales(direct.deployable) != at_rung0  # calibrated as planned, at last

@@ -402,10 +402,12 @@ def _finish(
     deployable: Path | None = None,
     quant_report: QuantizeReport | None = None,
     counts: tuple[int, int] | None = None,
+    fp32: Path | None = None,
 ) -> BuiltCandidate:
     """(Fine-tune) → count → export → (quantize) → validate, from a saved checkpoint.
 
-    With ``deployable`` given (promotion of a plan that does not fine-tune), only validation runs.
+    With ``deployable`` given (promotion of a plan that does not fine-tune), only validation runs;
+    with ``fp32`` given (the checkpoint's export, when it was not fine-tuned), no export runs.
     """
     import socket
 
@@ -424,15 +426,17 @@ def _finish(
                 teacher=model_path if plan.recovery.distill else None,
             )
             checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
-        deployable = None  # the weights changed: export and quantize again
+        deployable = fp32 = None  # the weights changed: export and quantize again
     if deployable is None:
-        if net is None:
-            net = adapter.load_model(checkpoint)
-        with steps("count"):
-            counts = count_macs_params(net, imgsz)
+        if counts is None:  # fine-tuning changes weights, never shapes: a promotion keeps rung 0's
+            if net is None:
+                net = adapter.load_model(checkpoint)
+            with steps("count"):
+                counts = count_macs_params(net, imgsz)
         del net
-        with steps("export"):
-            fp32 = adapter.export_onnx(checkpoint, imgsz=imgsz)
+        if fp32 is None:
+            with steps("export"):
+                fp32 = adapter.export_onnx(checkpoint, imgsz=imgsz)
         deployable = fp32
         quant_report = None
         if plan.quantization.active:
@@ -486,8 +490,11 @@ def _promote(
         dataset = prepare_dataset(previous.data)
         layout = adapter.model_layout(adapter.load_model(Path(previous.model)))
     steps.seconds = {k: v + steps.seconds.get(k, 0.0) for k, v in previous.step_seconds.items()}
-    # new weights, or rung 0 calibrated with a stand-in: export and quantize again
-    again = plan.recovery.epochs > 0 or bool(previous.calibration_proxy)
+    # new weights (export and quantize again), or rung 0 calibrated with a stand-in (quantize
+    # rung 0's export again)
+    fine = plan.recovery.epochs > 0
+    again = fine or bool(previous.calibration_proxy)
+    export = out / "model.onnx"
     return _finish(
         plan,
         out / "model.pt",
@@ -505,6 +512,7 @@ def _promote(
         deployable=None if again else previous.deployable,
         quant_report=previous.quantize,
         counts=(previous.macs, previous.params),
+        fp32=export if not fine and export.is_file() else None,
     )
 
 
