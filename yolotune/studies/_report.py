@@ -391,8 +391,9 @@ def _rung0_table(trials: Sequence[FrozenTrial]) -> str:
         rows.append((f' data-trial="{t.number}"', cells))
     note = _note(
         "Rung 0: post-training recovery only, no fine-tuning, maybe a validation subset; BN re-estimation "
-        "stands in for bias/ls recovery and MinMax for histogram calibration. These trials are not on the "
-        "front, which holds full-fidelity results only."
+        "stands in for bias/ls recovery and MinMax for histogram calibration. A latency of — means not "
+        "timed: too far under --max-map-drop to be promoted. These trials are not on the front, which "
+        "holds full-fidelity results only."
     )
     headers = ["Trial", "mAP50-95 (rung 0)", "Latency ms", "Size MB", "Stand-ins", "Plan"]
     return note + _table(headers, rows, {4, 5}, "rung0")
