@@ -4,14 +4,17 @@ yolov8n-coco / tiny_coco at 320 on local-cpu, NSGA-II over the default space, th
 The single-fidelity search evaluates every candidate fully (post-training recovery, fine-tuning,
 every validation image); the multi-fidelity one evaluates each at rung 0 (no fine-tuning,
 ``--rung0-val`` validation images) and promotes those near the full-fidelity front. Both run
-``--budget`` candidates, interleaved one candidate at a time so the machine's drift hits both
-alike; the CPU-seconds of this process (every step runs in it) are counted per search. After each
+``--budget`` candidates, each in one ``run_search`` call as ``tune run`` does (``--interleave``:
+alternated one candidate at a time, a call per candidate, so the machine's drift hits both alike
+but each call's set-up is counted every time); the CPU-seconds of this process (every step runs
+in it) are counted per search. After each
 step the hypervolume of the feasible full-fidelity COMPLETE trials (both searches run under the
 same ``--max-map-drop``) is recorded, all with one reference
 point (mAP 0, 1.1 × the largest size, 1.1 × the largest latency), through Optuna's public
 ``plot_hypervolume_history``. Prints a table; writes bench/results/fidelity.json.
 
-    PYTHONPATH=. .venv/bin/python bench/fidelity.py [--budget 24] [--imgsz 320] [--rung0-val 16] [--max-map-drop 0.05]
+    PYTHONPATH=. .venv/bin/python bench/fidelity.py [--budget 24] [--imgsz 320] [--rung0-val 16]
+        [--max-map-drop 0.05] [--interleave]
 """
 
 from __future__ import annotations
@@ -53,6 +56,27 @@ def first_reaching(curve: list[tuple[float, float]], level: float) -> float | No
     return next((c for c, hv in curve if hv >= level), None)
 
 
+def run_once(
+    name: str, config: SearchConfig, history: list[tuple[float, list[Point]]], t_start: float
+) -> tuple[optuna.Study, float, float]:
+    """One ``run_search`` call, as ``tune run`` makes; appends (CPU-s so far, points) after each trial.
+
+    Returns the study, its CPU-seconds and wall seconds; the recording itself is not counted.
+    """
+    outside = 0.0
+    c0, t0 = time.process_time(), time.perf_counter()
+
+    def record(outcome: Any, study: optuna.Study) -> None:
+        nonlocal outside
+        r0 = time.process_time()
+        history.append((r0 - c0 - outside, complete_points(study)))
+        outside += time.process_time() - r0
+        print(f"[{time.perf_counter() - t_start:7.0f}s] {name}: trial {outcome.number} {outcome.state}", flush=True)
+
+    study = run_search(config, on_trial=record)
+    return study, time.process_time() - c0 - outside, time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=30, help="candidates per search")
@@ -63,6 +87,12 @@ def main() -> None:
     parser.add_argument("--max-map-drop", type=float, default=0.05, help="both searches' constraint")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved re-timing rounds of every point")
     parser.add_argument("--root", type=Path, default=None, help="studies directory (default: a temp dir)")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="alternate the searches one candidate at a time (a run_search call per candidate, whose "
+        "set-up is counted each time) instead of one run_search per search",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fidelity.json")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,15 +122,19 @@ def main() -> None:
     history: dict[str, list[tuple[float, list[Point]]]] = {name: [] for name in configs}
     studies: dict[str, optuna.Study] = {}
     t_start = time.perf_counter()
-    for k in range(1, args.budget + 1):
+    if args.interleave:
+        for k in range(1, args.budget + 1):
+            for name, config in configs.items():
+                c0, t0 = time.process_time(), time.perf_counter()
+                studies[name] = run_search(SearchConfig(**{**config.__dict__, "budget": k}))
+                cpu[name] += time.process_time() - c0
+                wall[name] += time.perf_counter() - t0
+                history[name].append((cpu[name], complete_points(studies[name])))
+            status = {n: f"{len(complete_values(s))} full / {len(s.get_trials())} trials" for n, s in studies.items()}
+            print(f"[{time.perf_counter() - t_start:7.0f}s] step {k}: {status}", flush=True)
+    else:
         for name, config in configs.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            studies[name] = run_search(SearchConfig(**{**config.__dict__, "budget": k}))
-            cpu[name] += time.process_time() - c0
-            wall[name] += time.perf_counter() - t0
-            history[name].append((cpu[name], complete_points(studies[name])))
-        status = {n: f"{len(complete_values(s))} full / {len(s.get_trials())} trials" for n, s in studies.items()}
-        print(f"[{time.perf_counter() - t_start:7.0f}s] step {k}: {status}", flush=True)
+            studies[name], cpu[name], wall[name] = run_once(name, config, history[name], t_start)
 
     # latencies recorded during the searches move with the machine (the same INT8 plan was timed at
     # 7.7 and 11.2 ms in one earlier run): re-time every feasible file side by side, use those
