@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import collections
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
+from variants import _time
 
 from yolotune.assets import prepare_dataset
 from yolotune.evaluators import measure_map
@@ -91,31 +90,12 @@ def silu_as_quickgelu(src: Path, dst: Path) -> int:
     return len(swap)
 
 
-def time_interleaved(paths: dict[str, Path], rounds: int = 5, runs: int = 60) -> dict[str, float]:
-    sessions = {k: ort.InferenceSession(str(p), _options(), providers=["CPUExecutionProvider"]) for k, p in paths.items()}
-    x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
-    med: dict[str, list[float]] = {k: [] for k in paths}
-    for s in sessions.values():
-        for _ in range(20):
-            s.run(None, {s.get_inputs()[0].name: x})
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            feed = {s.get_inputs()[0].name: x}
-            ts = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, feed)
-                ts.append(time.perf_counter() - t)
-            med[k].append(statistics.median(ts) * 1000)
-    return {k: round(statistics.median(v), 2) for k, v in med.items()}
-
-
 def main() -> None:
     quickgelu = HERE / "out/fast/silu_quickgelu.onnx"
     replaced = silu_as_quickgelu(INT8, quickgelu)
     paths = {"fp32 (FastDFL)": FP32, "int8 (yolotune)": INT8, "int8, SiLU as float QuickGelu": quickgelu}
     profiles = {k: profile_ops(p) for k, p in paths.items()}
-    ms = time_interleaved(paths)
+    ms = {k: round(v, 2) for k, v in _time(paths).items()}  # variants.py's interleaved timing
     dataset = prepare_dataset("tiny_coco")
     rows = []
     for k, p in paths.items():
