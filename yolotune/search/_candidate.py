@@ -517,9 +517,12 @@ def _promote(
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
+    """SHA-256 of a file's bytes (``hashlib.file_digest`` needs Python 3.11; 3.10 is supported)."""
+    digest = hashlib.sha256()
     with Path(path).open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def time_candidate(
