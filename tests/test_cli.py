@@ -154,3 +154,11 @@ def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str]
     assert (out / "recipe.yaml").is_file() and any(out.glob("*.onnx"))
     failed = optuna.trial.TrialState.FAIL
     assert not load_study(study=name, root=root).get_trials(states=(failed,))
+
+
+def test_targets_lists_precisions_and_int8_activation_types() -> None:
+    result = runner.invoke(app, ["targets"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert "uint8" in rows["local-cpu"] and "int8, fp32" in rows["local-cpu"]
+    assert "uint8" not in rows["jetson-orin"] and "int8, fp16, fp32" in rows["jetson-orin"]

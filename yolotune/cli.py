@@ -530,13 +530,13 @@ def export(
 @app.command()
 @_one_line_errors
 def targets(targets_file: TargetsFileOpt = None) -> None:
-    """List the known targets: runtime, where they are timed, precisions, default image size."""
+    """List the known targets: runtime, where they are timed, precisions, INT8 activations, image size."""
     from yolotune.evaluators import add_target_file, target_specs
 
     if targets_file is not None:
         add_target_file(targets_file)
     table = Table(header_style="bold", caption="add your own with --targets-file F (same YAML shape)")
-    for col in ("target", "runtime", "timed on", "precisions", "imgsz", "description"):
+    for col in ("target", "runtime", "timed on", "precisions", "int8 activations", "imgsz", "description"):
         table.add_column(col, no_wrap=col != "description")
     for spec in target_specs():
         table.add_row(
@@ -544,6 +544,7 @@ def targets(targets_file: TargetsFileOpt = None) -> None:
             spec.runtime,
             "device agent" if spec.agent else "this machine",
             ", ".join(spec.precisions),
+            ", ".join(spec.activations),
             str(spec.imgsz),
             spec.description,
         )

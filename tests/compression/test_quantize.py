@@ -56,6 +56,31 @@ def test_fp32_groups_stay_float(fp32_onnx_320, tiny_coco, _loaded, tmp_path) -> 
     assert {"names", "stride", "imgsz"} <= meta  # Ultralytics' metadata survives
 
 
+def test_int8_activations_are_symmetric_as_tensorrt_requires_and_uint8_ones_are_not(
+    fp32_onnx_320, tiny_coco, _loaded, tmp_path
+) -> None:
+    def activation_zero_points(path: Path) -> dict[str, np.ndarray]:
+        graph = onnx.load(str(path)).graph
+        weights = {n.output[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in _inits(graph)}
+        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        return {
+            n.input[2]: inits[n.input[2]]
+            for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.output[0] not in weights and len(n.input) > 2
+        }
+
+    signed = QuantizationConfig(default="int8", activation_type="int8", calibration_images=2)
+    zps = activation_zero_points(_quantize(fp32_onnx_320, tmp_path / "s8.onnx", signed, tiny_coco, _loaded))
+    assert len(zps) > 50 and all(z.dtype == np.int8 and not z.any() for z in zps.values())
+    unsigned = dataclasses.replace(signed, activation_type="uint8")
+    zps = activation_zero_points(_quantize(fp32_onnx_320, tmp_path / "u8.onnx", unsigned, tiny_coco, _loaded))
+    assert all(z.dtype == np.uint8 for z in zps.values()) and any(z.any() for z in zps.values())
+
+
+def _inits(graph: onnx.GraphProto) -> set[str]:
+    return {t.name for t in graph.initializer}
+
+
 def test_calibration_memory_budget_refuses_with_a_message(fp32_onnx_320) -> None:
     big = QuantizationConfig(default="int8", calibration_method="entropy", calibration_images=200)
     with pytest.raises(PlanError) as info:

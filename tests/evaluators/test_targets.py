@@ -27,6 +27,13 @@ def test_built_in_targets_and_their_precisions() -> None:
     orin = target_spec("jetson-orin")
     assert orin.agent and orin.runtime == "tensorrt" and {"int8", "fp16"} <= set(orin.precisions)
     assert target_spec("raspberry-pi-5").threads == 4
+    # INT8 activation types: uint8 only on local-cpu (int8 is slower than FP32 on x86), TensorRT's
+    # symmetric int8 on the Jetsons, and a runtime's own list where a target names none
+    assert local.activations == target_spec("local-cpu").activations == ("uint8",)
+    assert orin.activations == ("int8",) and target_spec("local-cuda").activations == ("int8",)
+    assert target_spec("raspberry-pi-5").activations == ("uint8", "int8")
+    pi = target_spec("raspberry-pi-5")
+    assert TargetSpec.from_dict(pi.name, pi.to_dict()) == pi
     with pytest.raises(YolotuneError, match="unknown target 'jetson-nano'; known targets: jetson-orin"):
         get_target("jetson-nano")
 
@@ -62,6 +69,8 @@ def test_user_targets_from_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("x:\n  runtime: onnxruntime\n  precisions: [int4]\n", "precisions must be a non-empty list"),
         ("x:\n  runtime: tflite\n  precisions: [int8]\n", "runtime 'tflite' is not one of"),
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  imgsz: 300\n", "imgsz must be a multiple of 32"),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  activations: [int4]\n", "activations must be a list of"),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  activations: uint8\n", "activations must be a non-empty"),
         ("x:\n  runtime: onnxruntime\n  precision: [int8]\n", "unknown keys precision"),
         ("x: [\n", "is not valid YAML"),
     ):

@@ -75,6 +75,11 @@ def test_plans_the_target_cannot_run_are_refused_before_work(tmp_path: Path) -> 
     fp16 = CompressionPlan.from_dict({"quantization": {"default": "fp16", "calibration_images": 4}})
     with pytest.raises(PlanError, match="target local-cpu cannot run fp16; it supports int8, fp32"):
         run_candidate(model="yolov8n-coco.pt", data="coco8", plan=fp16, out_dir=tmp_path)
+    signed = CompressionPlan.from_dict(
+        {"quantization": {"default": "int8", "activation_type": "int8", "calibration_images": 4}}
+    )
+    with pytest.raises(PlanError, match="local-cpu runs INT8 layers with uint8 activations, not int8; set quant"):
+        run_candidate(model="yolov8n-coco.pt", data="coco8", plan=signed, out_dir=tmp_path)
     assert not (tmp_path / "model.pt").exists()
 
 
@@ -121,6 +126,7 @@ def test_rung0_calibrates_with_minmax_in_place_of_percentile_and_promotion_calib
     rung0 = build_candidate(**common, out_dir=tmp_path / "t", stage="rung0", val_images=2)
     assert rung0.fidelity == "rung0" and rung0.calibration_proxy == "minmax" and not rung0.proxy
     assert rung0.plan == plan  # the trial's own plan is what is recorded
+    assert rung0.stand_ins == {"calibration": "minmax"}
     at_rung0 = scales(rung0.deployable)
     full = build_candidate(**common, out_dir=tmp_path / "t", stage="promote", previous=rung0)
     assert full.fidelity == "full" and not full.calibration_proxy and full.accuracy.images == 4

@@ -136,6 +136,26 @@ def test_a_study_calibrated_before_real_entropy_is_not_resumed(tmp_path: Path) -
     assert not old.get_trials()
 
 
+def test_a_study_that_searched_other_activation_types_is_not_resumed(tmp_path: Path) -> None:
+    from yolotune.compression import CALIBRATION_FORMAT, ultralytics_adapter
+    from yolotune.search._driver import DIRECTIONS
+    from yolotune.studies import default_storage_url
+
+    config = SearchConfig(
+        model="yolov8n-coco.pt", data="coco8", budget=1, settings=CandidateSettings(imgsz=160), root=tmp_path
+    )
+    old = optuna.create_study(
+        study_name=config.name, storage=default_storage_url(tmp_path, config.name), directions=DIRECTIONS
+    )
+    # what the previous yolotune recorded: local-cpu searched both activation types (int8 asymmetric)
+    job = {"model": "yolov8n-coco.pt", "data": "coco8", "imgsz": 160, "target": "local-cpu", "space": "default"}
+    job.update(export=ultralytics_adapter.EXPORT_FORMAT, calibration=CALIBRATION_FORMAT, sensitivity=None)
+    old.set_user_attr("job", job)
+    with pytest.raises(YolotuneError, match=r"searched uint8/int8 INT8 activations; target local-cpu now runs uint8"):
+        run_search(config)
+    assert not old.get_trials()
+
+
 def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("max_ratio: 0.0\nprecisions: [int8]\ncalibration_methods: [minmax]\ncalibration_sizes: [4]\n")
@@ -337,6 +357,10 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     stopped = trials["pruned-fp32-ft"]
     assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.user_attrs["fidelity"] == "rung0"
     assert stopped.user_attrs["rung0"]["map50_95"] < first.values[0] - 0.02
+    stopped_metrics = json.loads((Path(first_dir).parent / str(stopped.number) / "metrics.json").read_text())
+    assert stopped_metrics["fidelity"] == "rung0" and stopped_metrics["accuracy"]["images"] == 2
+    assert stopped_metrics["stand_ins"] == {} and stopped_metrics["latency_ms"] > 0  # its plan needed none
+    assert metrics["fidelity"] == "full" and metrics["stand_ins"] == {}
     assert not (Path(first.user_attrs["artifact"]).parent.parent / str(stopped.number) / "finetune").exists()
     # as good as the front at rung 0: promoted, and fine-tuned from what rung 0 built
     promoted = trials["int8-ft"]
@@ -409,7 +433,11 @@ def test_multi_fidelity_does_not_time_a_candidate_no_fine_tune_could_bring_withi
     rung0 = stopped[0].user_attrs["rung0"]
     assert rung0["map50_95"] < 0.05 and rung0["latency_ms"] is None
     assert "below --max-map-drop 0.05" in rung0["not_timed"]
-    assert (tmp_path / study.study_name / "trials" / str(stopped[0].number) / "model.onnx").is_file()  # built
+    folder = tmp_path / study.study_name / "trials" / str(stopped[0].number)
+    assert (folder / "model.onnx").is_file()  # built
+    metrics = json.loads((folder / "metrics.json").read_text())  # what was measured is on disk too
+    assert metrics["fidelity"] == "rung0" and metrics["latency_ms"] is None and metrics["latency"] is None
+    assert metrics["not_timed"] == rung0["not_timed"] and metrics["map50_95"] == rung0["map50_95"]
     assert all(p.parent.name != str(stopped[0].number) for p in target.timed)  # ... and never timed
     assert len(target.timed) == references
 

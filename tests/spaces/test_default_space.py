@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
+from yolotune import PlanError
 from yolotune.spaces import CompressionPlan, DefaultSpace, coarse_units
 
 GROUPS = ("backbone.0", "backbone.1", "backbone.2", "backbone.3", "neck.12", "head.cv2.0", "head.cv3.0")
@@ -74,9 +76,6 @@ def test_pruned_plans_sample_every_recovery_method() -> None:
 
 
 def test_prune_groups_limit_pruning_to_those_groups_each_with_its_own_ratio() -> None:
-    import pytest
-
-    from yolotune import PlanError
 
     space = DefaultSpace(groups=GROUPS, prune_groups=("head.cv3.0", "backbone.1"))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -101,3 +100,19 @@ def test_prune_groups_limit_pruning_to_those_groups_each_with_its_own_ratio() ->
         DefaultSpace.from_options(
             {"prune_groups": "neck.12"}, groups=GROUPS, precisions=("int8",), max_calibration_images=8
         )
+
+
+def test_space_asks_only_for_the_target_activation_types_and_references_use_its_fast_one() -> None:
+    space = DefaultSpace(groups=GROUPS, activations=("uint8",))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        assert space(study.ask()).quantization.activation_type == "uint8"
+    assert space.reference_plans()["int8"].quantization.activation_type == "uint8"
+    tensorrt = DefaultSpace(groups=GROUPS, precisions=("int8", "fp16", "fp32"), activations=("int8",))
+    assert tensorrt.reference_plans()["int8"].quantization.activation_type == "int8"
+    # a space file asks for activations the target does not run: one line naming both
+    common = {"groups": GROUPS, "precisions": ("int8", "fp32"), "max_calibration_images": 8}
+    narrowed = DefaultSpace.from_options({}, **common, activations=("uint8",))
+    assert narrowed.activations == ("uint8",)
+    with pytest.raises(PlanError, match="space asks for int8 activations; the target runs INT8 layers with uint8"):
+        DefaultSpace.from_options({"activations": ["uint8", "int8"]}, **common, activations=("uint8",))

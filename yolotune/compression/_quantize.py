@@ -189,6 +189,8 @@ def _quantize_static(
                     calibrate_method=_METHODS[config.calibration_method],
                     nodes_to_exclude=exclude,
                     calibration_cache_path=ranges,
+                    # signed activations get zero point 0: TensorRT takes no other INT8
+                    extra_options={"ActivationSymmetric": config.activation_type == "int8"},
                 )
         except PlanError:
             raise

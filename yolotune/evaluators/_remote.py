@@ -36,6 +36,7 @@ class RemoteTarget(Target):
         self.spec = spec
         self.name = spec.name
         self.precisions = spec.precisions
+        self.activations = spec.activations
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             raise YolotuneError(f"--device-url must look like http://HOST:PORT; got '{url}'")

@@ -16,14 +16,17 @@ from typing import Any
 import yaml
 
 from yolotune.errors import YolotuneError
-from yolotune.spaces import PRECISIONS
+from yolotune.spaces import ACTIVATION_TYPES, PRECISIONS
 
-__all__ = ["RUNTIMES", "TargetSpec", "add_target_file", "target_spec", "target_specs"]
+__all__ = ["RUNTIMES", "RUNTIME_ACTIVATIONS", "TargetSpec", "add_target_file", "target_spec", "target_specs"]
 
 #: Runtimes a target can name.
 RUNTIMES = ("onnxruntime", "onnxruntime-gpu", "tensorrt")
 _ENV = "YOLOTUNE_TARGETS"
-_FIELDS = ("runtime", "agent", "precisions", "imgsz", "threads", "description")
+_FIELDS = ("runtime", "agent", "precisions", "activations", "imgsz", "threads", "description")
+#: INT8 activation types each runtime runs, when a target does not list its own. TensorRT takes only
+#: signed INT8 with zero point 0 (yolotune quantizes ``int8`` activations symmetrically).
+RUNTIME_ACTIVATIONS = {"onnxruntime": ("uint8", "int8"), "onnxruntime-gpu": ("int8",), "tensorrt": ("int8",)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +37,9 @@ class TargetSpec:
         name: Registry name (``jetson-orin``).
         runtime: ``onnxruntime`` (CPU), ``onnxruntime-gpu`` or ``tensorrt``.
         precisions: Precisions the target runs; the search space asks only for these.
+        activations: Activation types of INT8 layers the target runs, the fast one first; the search
+            space asks only for these and plans with another are refused (default: its runtime's,
+            ``RUNTIME_ACTIVATIONS``).
         imgsz: Default square input size.
         threads: Intra-op threads of CPU runtimes (``None``: every core).
         agent: Timed on a device through ``tune agent`` rather than on this machine.
@@ -43,6 +49,7 @@ class TargetSpec:
     name: str
     runtime: str
     precisions: tuple[str, ...]
+    activations: tuple[str, ...] = ()
     imgsz: int = 640
     threads: int | None = None
     agent: bool = False
@@ -56,6 +63,9 @@ class TargetSpec:
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise YolotuneError(f"{where}: precisions must be a non-empty list of {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "activations", tuple(self.activations) or RUNTIME_ACTIVATIONS[self.runtime])
+        if any(a not in ACTIVATION_TYPES for a in self.activations):
+            raise YolotuneError(f"{where}: activations must be a list of {', '.join(ACTIVATION_TYPES)}")
         if not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
             raise YolotuneError(f"{where}: imgsz must be a multiple of 32; got {self.imgsz!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -65,6 +75,7 @@ class TargetSpec:
         """JSON-serialisable dict (``from_dict`` reads it back)."""
         d = asdict(self)
         d["precisions"] = list(self.precisions)
+        d["activations"] = list(self.activations)
         return d
 
     @classmethod
@@ -83,6 +94,10 @@ class TargetSpec:
             raise YolotuneError(f"target '{name}' needs at least runtime and precisions")
         kwargs = {k: d[k] for k in _FIELDS if k in d}
         kwargs["precisions"] = tuple(kwargs["precisions"] or ())
+        if "activations" in kwargs:
+            if not isinstance(kwargs["activations"], list) or not kwargs["activations"]:
+                raise YolotuneError(f"target '{name}': activations must be a non-empty list of uint8, int8")
+            kwargs["activations"] = tuple(kwargs["activations"])
         return cls(name=name, **kwargs)
 
 

@@ -24,6 +24,8 @@ class Target(abc.ABC):
     name: str = ""
     #: Precisions this target runs; the search space and plan checks ask only for these.
     precisions: tuple[str, ...] = ("fp32",)
+    #: Activation types of INT8 layers this target runs (the fast one first).
+    activations: tuple[str, ...] = ("uint8", "int8")
 
     def check(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
         """Fail fast, before any search, when the target cannot time anything (no device, no runtime).
@@ -82,6 +84,7 @@ def get_target(name: str | TargetSpec, *, device_url: str | None = None, device_
     target = _RUNTIMES[spec.runtime](spec)
     target.name = spec.name
     target.precisions = spec.precisions
+    target.activations = spec.activations
     return target
 
 

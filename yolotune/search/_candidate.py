@@ -130,6 +130,8 @@ class CandidateResult:
     step_seconds: dict[str, float] = field(default_factory=dict)
     recover: RecoverReport | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    fidelity: str = "full"
+    stand_ins: dict[str, str] = field(default_factory=dict)
 
     @property
     def size_mb(self) -> float:
@@ -138,27 +140,57 @@ class CandidateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable record (what ``metrics.json`` holds)."""
-        return {
-            "plan": self.plan.to_dict(),
-            "model": self.model,
-            "data": self.data,
-            "imgsz": self.imgsz,
-            "deployable": str(self.deployable),
-            "map50_95": self.accuracy.map50_95,
-            "map50": self.accuracy.map50,
-            "size_bytes": self.size_bytes,
-            "latency_ms": self.latency.median_ms,
-            "accuracy": self.accuracy.to_dict(),
-            "latency": self.latency.to_dict(),
-            "provenance": self.provenance.to_dict(),
-            "prune": asdict(self.prune) if self.prune else None,
-            "recover": asdict(self.recover) if self.recover else None,
-            "quantize": asdict(self.quantize) if self.quantize else None,
-            "macs_estimate": self.macs,
-            "params": self.params,
-            "step_seconds": self.step_seconds,
-            "versions": self.versions,
-        }
+        return _record(
+            self,
+            latency=self.latency,
+            provenance=self.provenance,
+            fidelity=self.fidelity,
+            stand_ins=self.stand_ins,
+        )
+
+
+def _record(
+    c: CandidateResult | BuiltCandidate,
+    *,
+    latency: LatencyStats | None,
+    provenance: Provenance | None,
+    fidelity: str,
+    stand_ins: dict[str, str],
+    not_timed: str = "",
+) -> dict[str, Any]:
+    """What ``metrics.json`` holds, for a timed candidate or a rung-0 one that was not timed."""
+    record: dict[str, Any] = {
+        "plan": c.plan.to_dict(),
+        "model": c.model,
+        "data": c.data,
+        "imgsz": c.imgsz,
+        "deployable": str(c.deployable),
+        "fidelity": fidelity,
+        "stand_ins": stand_ins,
+        "map50_95": c.accuracy.map50_95,
+        "map50": c.accuracy.map50,
+        "size_bytes": c.size_bytes,
+        "latency_ms": latency.median_ms if latency else None,
+        "accuracy": c.accuracy.to_dict(),
+        "latency": latency.to_dict() if latency else None,
+        "provenance": provenance.to_dict() if provenance else None,
+        "prune": asdict(c.prune) if c.prune else None,
+        "recover": asdict(c.recover) if c.recover else None,
+        "quantize": asdict(c.quantize) if c.quantize else None,
+        "macs_estimate": c.macs,
+        "params": c.params,
+        "step_seconds": c.step_seconds,
+        "versions": c.versions,
+    }
+    if not_timed:
+        record["not_timed"] = not_timed
+    return record
+
+
+def _write_metrics(out: Path, record: dict[str, Any]) -> None:
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(out / "metrics.json")
 
 
 class _Steps:
@@ -194,13 +226,20 @@ def check_plan(
     """Refuse a plan the model, the data or the target cannot honour (before any work).
 
     Raises:
-        PlanError: Unknown groups, too many calibration images, or precisions the target lacks.
+        PlanError: Unknown groups, too many calibration images, or precisions or INT8 activation types
+            the target lacks.
     """
     plan.check(groups=groups, n_train_images=len(dataset.train_images))
-    missing = sorted(p for p in plan.quantization.precisions if p not in target.precisions)
+    quant = plan.quantization
+    missing = sorted(p for p in quant.precisions if p not in target.precisions)
     if missing:
         raise PlanError(
             f"target {target.name} cannot run {', '.join(missing)}; it supports {', '.join(target.precisions)}"
+        )
+    if "int8" in quant.precisions and quant.activation_type not in target.activations:
+        raise PlanError(
+            f"target {target.name} runs INT8 layers with {', '.join(target.activations)} activations, not "
+            f"{quant.activation_type}; set quantization.activation_type: {target.activations[0]}"
         )
 
 
@@ -247,6 +286,12 @@ class BuiltCandidate:
     fidelity: str = "full"
     proxy: str = ""
     calibration_proxy: str = ""
+
+    @property
+    def stand_ins(self) -> dict[str, str]:
+        """What rung 0 ran in place of the plan's slow steps (``{"recovery": "bn", ...}``)."""
+        named = {"recovery": self.proxy, "calibration": self.calibration_proxy}
+        return {step: ran for step, ran in named.items() if ran}
 
 
 def _rung0_stand_in(plan: CompressionPlan) -> tuple[CompressionPlan, str, str]:
@@ -567,12 +612,22 @@ def time_candidate(
         params=built.params,
         step_seconds={**built.step_seconds, **steps.seconds},
         versions=built.versions,
+        fidelity=built.fidelity,
+        stand_ins=built.stand_ins,
     )
-    out = built.deployable.parent
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result.to_dict(), indent=2))
-    tmp.replace(out / "metrics.json")
+    _write_metrics(built.deployable.parent, result.to_dict())
     return result
+
+
+def record_untimed(built: BuiltCandidate, *, reason: str) -> None:
+    """Write ``metrics.json`` for a rung-0 candidate the search stopped without timing it.
+
+    Everything measured is recorded; ``latency`` is null and ``not_timed`` says why.
+    """
+    record = _record(
+        built, latency=None, provenance=None, fidelity=built.fidelity, stand_ins=built.stand_ins, not_timed=reason
+    )
+    _write_metrics(built.deployable.parent, record)
 
 
 def run_candidate(

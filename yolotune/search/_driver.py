@@ -32,6 +32,7 @@ from yolotune.search._candidate import (
     CandidateSettings,
     file_digest,
     make_target,
+    record_untimed,
     time_candidate,
 )
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
@@ -215,6 +216,7 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
     default = DefaultSpace(
         groups=layout.groups,
         precisions=target.precisions,
+        activations=target.activations,
         max_calibration_images=min(n_train, 256),
         fine=config.fine,
     )
@@ -249,7 +251,8 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         study.sampler = _sampler(config, resumed_at=len(study.get_trials(deepcopy=False)))
     if study.directions != DIRECTIONS:
         raise YolotuneError(f"study '{config.name}' in {config.storage_url} is not a yolotune study")
-    job = {
+    spec = target_spec(config.settings.target)
+    job: dict[str, Any] = {
         "model": config.model,
         "data": config.data,
         "imgsz": config.settings.imgsz,
@@ -257,6 +260,7 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         "space": config.space or ("default-fine" if config.fine else "default"),
         "export": adapter.EXPORT_FORMAT,
         "calibration": CALIBRATION_FORMAT,
+        "activations": list(spec.activations),
         "sensitivity": None
         if config.sensitivity_drop is None
         else {
@@ -270,8 +274,7 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
     if recorded is None:
         study.set_user_attr("job", job)
         # how to rebuild the target for `tune export` (a user YAML target may not be loaded there)
-        spec = target_spec(config.settings.target).to_dict()
-        study.set_user_attr("target", {**spec, "device_url": config.settings.device_url})
+        study.set_user_attr("target", {**spec.to_dict(), "device_url": config.settings.device_url})
         study.set_user_attr("constraints", wanted)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -288,6 +291,12 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         raise YolotuneError(
             f"study '{config.name}' was calibrated with {was}, this yolotune calibrates {job['calibration']}: "
             "entropy results would not compare; use another --study name"
+        )
+    if recorded.get("activations") != job["activations"]:
+        was = "/".join(recorded.get("activations") or ["uint8", "int8"])
+        raise YolotuneError(
+            f"study '{config.name}' searched {was} INT8 activations; target {job['target']} now runs "
+            f"{'/'.join(spec.activations)} (and int8 ones are quantized symmetrically): use another --study name"
         )
     if recorded != job:
         raise YolotuneError(f"study '{config.name}' was created for {recorded}; use another --study name for {job}")
@@ -623,6 +632,8 @@ def run_search(
                                         "calibration_proxy": built.calibration_proxy or None,
                                     },
                                 )
+                                if unreachable:
+                                    record_untimed(built, reason=unreachable)
                                 promoted = timed is not None and _promote(study, timed, config.promote_margin)
                                 if promoted and timed is not None:  # continue from what rung 0 built
                                     # a promotion that only re-validates keeps these bytes: reuse their timing

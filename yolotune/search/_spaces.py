@@ -70,6 +70,7 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
             groups=default.groups,
             precisions=default.precisions,
             max_calibration_images=default.max_calibration_images,
+            activations=default.activations,
         )
     if ":" not in spec:
         raise YolotuneError(f"--space must be a .yaml file or module:callable (file.py:callable); got '{spec}'")

@@ -100,7 +100,8 @@ class DefaultSpace:
         ratio_step: Step of the sampled pruning ratios.
         importance: Importance criteria sampled.
         round_to: Channel rounding choices.
-        activations: Activation types of INT8 layers.
+        activations: Activation types of INT8 layers: the target's (the fast one first, which the
+            reference INT8 plan uses), narrowed by options.
         calibration_methods: Calibration methods sampled. ``entropy`` is left out by default: a
             real KL search costs ~15 s more per candidate for the same mAP as ``percentile`` on
             yolov8n (BENCHMARKS.md); name it to search it.
@@ -173,11 +174,12 @@ class DefaultSpace:
         groups: tuple[str, ...],
         precisions: tuple[str, ...],
         max_calibration_images: int,
+        activations: tuple[str, ...] = ACTIVATION_TYPES,
     ) -> DefaultSpace:
         """A space narrowed by user options (a YAML space file's mapping; keys in ``SPACE_OPTIONS``).
 
-        Precisions are intersected with the target's; calibration sizes are still bounded by
-        ``max_calibration_images``.
+        Precisions and activation types must be among the target's (``precisions``,
+        ``activations``); calibration sizes are still bounded by ``max_calibration_images``.
 
         Raises:
             PlanError: Unknown option or invalid value, as one line.
@@ -204,6 +206,13 @@ class DefaultSpace:
         if missing:
             raise PlanError(
                 f"space asks for {', '.join(missing)}, which the target cannot run ({', '.join(precisions)})"
+            )
+        kwargs.setdefault("activations", activations)
+        odd = [a for a in kwargs["activations"] if a not in activations]
+        if odd:
+            raise PlanError(
+                f"space asks for {', '.join(odd)} activations; the target runs INT8 layers with "
+                f"{', '.join(activations)} activations (set activations in its targets file to search others)"
             )
         return cls(groups=groups, precisions=tuple(wanted), max_calibration_images=max_calibration_images, **kwargs)
 
@@ -276,7 +285,12 @@ class DefaultSpace:
         """
         units = self.units()
         n = 32 if 32 in self.calibration_choices() else self.calibration_choices()[-1]
-        common = {"prune/importance": "l2", "prune/round_to": 1, "quant/activation": "uint8", "calib/method": "minmax"}
+        common = {
+            "prune/importance": "l2",
+            "prune/round_to": 1,
+            "quant/activation": self.activations[0],
+            "calib/method": "minmax",
+        }
         common["calib/n"] = n
         int8 = "int8" if "int8" in self.precisions else self.precisions[0]
         fp32 = {**common, "prune/enabled": False, **{f"quant/{u}": "fp32" for u in units}}
@@ -300,10 +314,11 @@ class DefaultSpace:
         return {name: full(_Fixed(params)) for name, params in full.reference_params().items()}
 
     def full(self) -> DefaultSpace:
-        """This space with every choice list back at its default (same groups, units, precisions)."""
+        """This space with every choice list back at its default (same groups, units, precisions, activations)."""
         return DefaultSpace(
             groups=self.groups,
             precisions=self.precisions,
+            activations=self.activations,
             max_calibration_images=self.max_calibration_images,
             fine=self.fine,
             units_=self.units_,

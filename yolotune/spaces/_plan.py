@@ -101,7 +101,8 @@ class QuantizationConfig:
     Attributes:
         default: Precision of every group the plan does not name (``head.decode`` excepted).
         precision: Precision per named layer group.
-        activation_type: ``uint8`` (fast on x86 CPUs) or ``int8`` activations.
+        activation_type: ``uint8`` (asymmetric; ONNX Runtime's fast path on x86 CPUs) or ``int8``
+            (symmetric, zero point 0: the only INT8 TensorRT takes).
         calibration_method: ``minmax``, ``entropy`` or ``percentile``.
         calibration_images: Number of training images used for calibration.
         per_channel: Per-output-channel weight scales.

@@ -90,12 +90,10 @@ def silu_as_quickgelu(src: Path, dst: Path) -> int:
     return len(swap)
 
 
-def main() -> None:
-    quickgelu = HERE / "out/fast/silu_quickgelu.onnx"
-    replaced = silu_as_quickgelu(INT8, quickgelu)
-    paths = {"fp32 (FastDFL)": FP32, "int8 (yolotune)": INT8, "int8, SiLU as float QuickGelu": quickgelu}
+def compare(paths: dict[str, Path], *, base: str) -> list[dict]:
+    """Profile, time (interleaved, variants.py's timer) and validate each model; print and return rows."""
     profiles = {k: profile_ops(p) for k, p in paths.items()}
-    ms = {k: round(v, 2) for k, v in _time(paths).items()}  # variants.py's interleaved timing
+    ms = {k: round(v, 2) for k, v in _time(paths).items()}
     dataset = prepare_dataset("tiny_coco")
     rows = []
     for k, p in paths.items():
@@ -104,14 +102,22 @@ def main() -> None:
             {
                 "variant": k,
                 "ms": ms[k],
-                "speedup_vs_fp32": round(ms["fp32 (FastDFL)"] / ms[k], 2),
+                "speedup_vs_fp32": round(ms[base] / ms[k], 2),
                 "map50_95": round(measure_map(p, dataset, imgsz=IMGSZ).map50_95, 4),
                 "profiled_ms": round(sum(prof.values()), 2),
                 "top_ops_ms": dict(list(prof.items())[:8]),
             }
         )
-        print(f"{k:32s} {ms[k]:6.2f} ms  {rows[-1]['speedup_vs_fp32']:.2f}x  mAP {rows[-1]['map50_95']:.4f}")
+        print(f"{k:36s} {ms[k]:6.2f} ms  {rows[-1]['speedup_vs_fp32']:.2f}x  mAP {rows[-1]['map50_95']:.4f}")
         print("   ", ", ".join(f"{op} {t:.2f}" for op, t in list(prof.items())[:8]))
+    return rows
+
+
+def main() -> None:
+    quickgelu = HERE / "out/fast/silu_quickgelu.onnx"
+    replaced = silu_as_quickgelu(INT8, quickgelu)
+    paths = {"fp32 (FastDFL)": FP32, "int8 (yolotune)": INT8, "int8, SiLU as float QuickGelu": quickgelu}
+    rows = compare(paths, base="fp32 (FastDFL)")
     (HERE / "opprofile.json").write_text(json.dumps({"silu_replaced": replaced, "rows": rows}, indent=1) + "\n")
 
 
