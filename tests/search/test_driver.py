@@ -98,45 +98,22 @@ def test_changing_constraints_of_an_existing_study_is_refused(small_study: tuple
         run_search(config)
 
 
-def test_a_study_measured_on_another_export_is_not_resumed(tmp_path: Path) -> None:
-    from yolotune.search._driver import DIRECTIONS
-    from yolotune.studies import default_storage_url
-
-    config = SearchConfig(
-        model="yolov8n-coco.pt", data="coco8", budget=1, settings=CandidateSettings(imgsz=160), root=tmp_path
-    )
-    old = optuna.create_study(
-        study_name=config.name, storage=default_storage_url(tmp_path, config.name), directions=DIRECTIONS
-    )
-    # what a yolotune from before FastDFL recorded: no "export" key
-    old.set_user_attr(
-        "job", {"model": "yolov8n-coco.pt", "data": "coco8", "imgsz": 160, "target": "local-cpu", "space": "default"}
-    )
-    with pytest.raises(YolotuneError, match=r"was measured on Ultralytics. plain ONNX export.*another --study name"):
-        run_search(config)
-    assert not old.get_trials()  # nothing was added to it
+# what older yolotunes recorded in a study's job, and how resuming one is refused
+_OLD_JOBS = {
+    # before FastDFL: no "export" key
+    "plain export": ({}, r"was measured on Ultralytics. plain ONNX export.*another --study name"),
+    # before real entropy: its "entropy" plans were calibrated as MinMax
+    "minmax entropy": ({"export": True}, r"same ranges as minmax.*calibrates entropy-kl512.*another --study name"),
+    # before targets listed activation types: local-cpu searched both (int8 asymmetric)
+    "both activations": (
+        {"export": True, "calibration": True},
+        r"searched uint8/int8 INT8 activations; target local-cpu now runs uint8.*another --study name",
+    ),
+}
 
 
-def test_a_study_calibrated_before_real_entropy_is_not_resumed(tmp_path: Path) -> None:
-    from yolotune.compression import ultralytics_adapter
-    from yolotune.search._driver import DIRECTIONS
-    from yolotune.studies import default_storage_url
-
-    config = SearchConfig(
-        model="yolov8n-coco.pt", data="coco8", budget=1, settings=CandidateSettings(imgsz=160), root=tmp_path
-    )
-    old = optuna.create_study(
-        study_name=config.name, storage=default_storage_url(tmp_path, config.name), directions=DIRECTIONS
-    )
-    # what the previous yolotune recorded: its "entropy" plans were calibrated as MinMax
-    job = {"model": "yolov8n-coco.pt", "data": "coco8", "imgsz": 160, "target": "local-cpu", "space": "default"}
-    old.set_user_attr("job", {**job, "export": ultralytics_adapter.EXPORT_FORMAT, "sensitivity": None})
-    with pytest.raises(YolotuneError, match=r"same ranges as minmax.*calibrates entropy-kl512.*another --study name"):
-        run_search(config)
-    assert not old.get_trials()
-
-
-def test_a_study_that_searched_other_activation_types_is_not_resumed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("era", list(_OLD_JOBS))
+def test_a_study_recorded_by_an_older_yolotune_is_not_resumed(tmp_path: Path, era: str) -> None:
     from yolotune.compression import CALIBRATION_FORMAT, ultralytics_adapter
     from yolotune.search._driver import DIRECTIONS
     from yolotune.studies import default_storage_url
@@ -147,13 +124,18 @@ def test_a_study_that_searched_other_activation_types_is_not_resumed(tmp_path: P
     old = optuna.create_study(
         study_name=config.name, storage=default_storage_url(tmp_path, config.name), directions=DIRECTIONS
     )
-    # what the previous yolotune recorded: local-cpu searched both activation types (int8 asymmetric)
+    keys, message = _OLD_JOBS[era]
     job = {"model": "yolov8n-coco.pt", "data": "coco8", "imgsz": 160, "target": "local-cpu", "space": "default"}
-    job.update(export=ultralytics_adapter.EXPORT_FORMAT, calibration=CALIBRATION_FORMAT, sensitivity=None)
+    if keys:
+        job["sensitivity"] = None
+    if keys.get("export"):
+        job["export"] = ultralytics_adapter.EXPORT_FORMAT
+    if keys.get("calibration"):
+        job["calibration"] = CALIBRATION_FORMAT
     old.set_user_attr("job", job)
-    with pytest.raises(YolotuneError, match=r"searched uint8/int8 INT8 activations; target local-cpu now runs uint8"):
+    with pytest.raises(YolotuneError, match=message):
         run_search(config)
-    assert not old.get_trials()
+    assert not old.get_trials()  # nothing was added to it
 
 
 def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) -> None:
