@@ -342,6 +342,7 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     stopped_metrics = json.loads((Path(first_dir).parent / str(stopped.number) / "metrics.json").read_text())
     assert stopped_metrics["fidelity"] == "rung0" and stopped_metrics["accuracy"]["images"] == 2
     assert stopped_metrics["stand_ins"] == {} and stopped_metrics["latency_ms"] > 0  # its plan needed none
+    assert stopped.user_attrs["rung0"]["stand_ins"] == stopped_metrics["stand_ins"]  # one record, two places
     assert metrics["fidelity"] == "full" and metrics["stand_ins"] == {}
     assert not (Path(first.user_attrs["artifact"]).parent.parent / str(stopped.number) / "finetune").exists()
     # as good as the front at rung 0: promoted, and fine-tuned from what rung 0 built

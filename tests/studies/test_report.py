@@ -114,3 +114,20 @@ def test_report_of_a_study_with_too_few_trials(tmp_path: Path) -> None:
     text = write_report(st, tmp_path / "one.html").read_text(encoding="utf-8")
     assert 'data-trial="0"' in _front_table(text)
     assert "Needs at least 2 COMPLETE trials." in text
+
+
+def test_rung0_table_names_the_stand_ins_and_what_was_not_timed(tmp_path: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", directions=DIRECTIONS)
+    stand_ins = {"recovery": "bn", "calibration": "minmax"}
+    rung0 = {"map50_95": 0.2, "latency_ms": 6.1, "size_bytes": 2_000_000, "stand_ins": stand_ins}
+    _add(st, None, TrialState.PRUNED, fidelity="rung0", rung0=rung0, brief="ls + percentile")
+    untimed = {"map50_95": 0.0, "latency_ms": None, "size_bytes": 2_000_000, "stand_ins": {}, "not_timed": "far"}
+    _add(st, None, TrialState.PRUNED, fidelity="rung0", rung0=untimed, brief="destroyed")
+    older = {"map50_95": 0.1, "latency_ms": 7.0, "size_bytes": 2_000_000, "recovery_proxy": "bn"}  # before stand_ins
+    _add(st, None, TrialState.PRUNED, fidelity="rung0", rung0=older, brief="older study")
+    section = write_report(st, tmp_path / "r.html").read_text(encoding="utf-8").split('id="rung0"')[1]
+    rows = dict(re.findall(r'data-trial="(\d+)">(.*?)</tr>', section.split("</section>")[0], re.S))
+    assert "bn recovery, minmax calibration" in rows["0"]
+    assert ">none<" in rows["1"] and ">—<" in rows["1"]  # not timed: no latency
+    assert "bn recovery" in rows["2"]

@@ -140,13 +140,7 @@ class CandidateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable record (what ``metrics.json`` holds)."""
-        return _record(
-            self,
-            latency=self.latency,
-            provenance=self.provenance,
-            fidelity=self.fidelity,
-            stand_ins=self.stand_ins,
-        )
+        return _record(self, latency=self.latency, provenance=self.provenance)
 
 
 def _record(
@@ -154,8 +148,6 @@ def _record(
     *,
     latency: LatencyStats | None,
     provenance: Provenance | None,
-    fidelity: str,
-    stand_ins: dict[str, str],
     not_timed: str = "",
 ) -> dict[str, Any]:
     """What ``metrics.json`` holds, for a timed candidate or a rung-0 one that was not timed."""
@@ -165,8 +157,8 @@ def _record(
         "data": c.data,
         "imgsz": c.imgsz,
         "deployable": str(c.deployable),
-        "fidelity": fidelity,
-        "stand_ins": stand_ins,
+        "fidelity": c.fidelity,
+        "stand_ins": c.stand_ins,
         "map50_95": c.accuracy.map50_95,
         "map50": c.accuracy.map50,
         "size_bytes": c.size_bytes,
@@ -624,10 +616,7 @@ def record_untimed(built: BuiltCandidate, *, reason: str) -> None:
 
     Everything measured is recorded; ``latency`` is null and ``not_timed`` says why.
     """
-    record = _record(
-        built, latency=None, provenance=None, fidelity=built.fidelity, stand_ins=built.stand_ins, not_timed=reason
-    )
-    _write_metrics(built.deployable.parent, record)
+    _write_metrics(built.deployable.parent, _record(built, latency=None, provenance=None, not_timed=reason))
 
 
 def run_candidate(

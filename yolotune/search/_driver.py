@@ -628,8 +628,7 @@ def run_search(
                                         "size_bytes": built.size_bytes,
                                         "latency_ms": timed.latency.median_ms if timed else None,
                                         "not_timed": unreachable or None,
-                                        "recovery_proxy": built.proxy or None,
-                                        "calibration_proxy": built.calibration_proxy or None,
+                                        "stand_ins": built.stand_ins,  # as in its metrics.json
                                     },
                                 )
                                 if unreachable:

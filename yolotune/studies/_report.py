@@ -399,14 +399,10 @@ def _rung0_table(trials: Sequence[FrozenTrial]) -> str:
     return note + _table(headers, rows, {4, 5}, "rung0")
 
 
-def _stand_ins(rung0: dict[str, object]) -> str:
-    """What rung 0 ran in place of the plan's slow steps."""
-    parts = []
-    if rung0.get("recovery_proxy"):
-        parts.append(f"{rung0['recovery_proxy']} recovery")
-    if rung0.get("calibration_proxy"):
-        parts.append(f"{rung0['calibration_proxy']} calibration")
-    return ", ".join(parts) or "none"
+def _stand_ins(rung0: dict[str, Any]) -> str:
+    """What rung 0 ran in place of the plan's slow steps (``recovery_proxy``: studies from before ``stand_ins``)."""
+    stand_ins = rung0.get("stand_ins") or {"recovery": rung0.get("recovery_proxy")}
+    return ", ".join(f"{ran} {step}" for step, ran in stand_ins.items() if ran) or "none"
 
 
 def _failed_table(trials: Sequence[FrozenTrial]) -> str:
