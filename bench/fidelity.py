@@ -30,7 +30,6 @@ import optuna
 from search import hypervolume, retime
 
 from yolotune.search import CandidateSettings, SearchConfig, run_search
-from yolotune.studies import stopped_at_rung0
 
 MODEL, DATA = "yolov8n-coco.pt", "tiny_coco"
 #: (objective values, deployable file, is a reference trial)
@@ -171,12 +170,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     result: dict[str, Any] = {"reference_point": ref, "args": {k: str(v) for k, v in vars(args).items()}}
     for name, study in studies.items():
-        trials = study.get_trials()
-        states = [t.state for t in trials]
-        n_rung0 = sum(stopped_at_rung0(t) for t in trials)
-        n_full = states.count(optuna.trial.TrialState.COMPLETE) - sum(
-            stopped_at_rung0(t) and t.state == optuna.trial.TrialState.COMPLETE for t in trials
-        )
+        states = [t.state for t in study.get_trials()]
+        n_full = states.count(optuna.trial.TrialState.COMPLETE)
+        n_rung0 = states.count(optuna.trial.TrialState.PRUNED)
         result[name] = {
             "candidates": n_full + n_rung0,
             "full": n_full,

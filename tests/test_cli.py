@@ -167,7 +167,7 @@ def test_targets_lists_precisions_and_int8_activation_types() -> None:
 def test_show_and_export_keep_rung0_stops_apart_from_the_front(tmp_path: Path) -> None:
     import optuna
     from optuna.distributions import FloatDistribution
-    from optuna.trial import create_trial
+    from optuna.trial import TrialState, create_trial
 
     from yolotune.studies import default_storage_url
 
@@ -176,11 +176,9 @@ def test_show_and_export_keep_rung0_stops_apart_from_the_front(tmp_path: Path) -
         study_name="mf", storage=default_storage_url(tmp_path, "mf"), directions=["maximize", "minimize", "minimize"]
     )
     common = {"params": {"x": 0.5}, "distributions": {"x": FloatDistribution(0.0, 1.0)}}
-    full = {"fidelity": "full", "brief": "int8 everywhere"}
-    st.add_trial(create_trial(values=[0.35, 3.5, 5.0], user_attrs=full, **common))
+    st.add_trial(create_trial(values=[0.35, 3.5, 5.0], user_attrs={"fidelity": "full", "brief": "int8"}, **common))
     stop = {"fidelity": "rung0", "brief": "pruned", "rung0": {"map50_95": 0.1, "latency_ms": 4.0, "size_bytes": 3e6}}
-    gap = {"constraints:rung0": 0.25}  # timed: COMPLETE, infeasible, and on no front
-    st.add_trial(create_trial(values=[0.1, 3.0, 4.0], user_attrs=stop, system_attrs=gap, **common))
+    st.add_trial(create_trial(state=TrialState.PRUNED, user_attrs=stop, **common))
 
     shown = runner.invoke(app, ["show", "--root", str(tmp_path)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
@@ -188,4 +186,4 @@ def test_show_and_export_keep_rung0_stops_apart_from_the_front(tmp_path: Path) -
     assert [r.split("│")[1].strip() for r in rows] == ["0"]
     assert "1 complete, 0 failed, 1 stopped at rung 0" in shown.stdout
     line = _error(["export", "--root", str(tmp_path), "--trial", "1", "--out", str(tmp_path / "x")])
-    assert "trial 1 stopped at rung 0" in line and "export a trial on the front" in line
+    assert "trial 1 is PRUNED" in line and "export a COMPLETE trial" in line

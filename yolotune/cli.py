@@ -215,8 +215,7 @@ def run(
     device_token_file: DeviceTokenOpt = None,
     targets_file: TargetsFileOpt = None,
     budget: Annotated[
-        int,
-        typer.Option("--budget", "-b", help="Candidates the study should hold (COMPLETE trials; rung-0 stops count)."),
+        int, typer.Option("--budget", "-b", help="Candidates the study should hold (rung-0 stops count).")
     ] = 12,
     study: Annotated[str | None, typer.Option("--study", "-s", help="Study name.")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
@@ -319,16 +318,15 @@ def run(
         def on_trial(outcome: Any, st: Any) -> None:
             import optuna
 
-            # the budget counts candidates evaluated, rung-0 stops included (untimed ones are PRUNED)
-            done = len(
-                st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-            )
+            # the budget counts candidates evaluated: COMPLETE trials and rung-0 stops (PRUNED)
+            evaluated = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            done = len(st.get_trials(deepcopy=False, states=evaluated))
             front = pareto_front(st) if done else []
             best_map = max((r.map50_95 for r in front), default=float("nan"))
             best_ms = min((r.latency_ms for r in front), default=float("nan"))
             if outcome.state == "FAIL":
                 progress.console.print(f"trial {outcome.number} failed: {outcome.reason}", highlight=False)
-            elif outcome.state == "RUNG0":
+            elif outcome.state == "PRUNED":
                 why = outcome.reason or f"mAP50-95 {outcome.result.accuracy.map50_95:.3f}"
                 progress.console.print(f"trial {outcome.number} stopped at rung 0 ({why})", highlight=False)
             progress.update(
@@ -384,16 +382,16 @@ def _show(st: Any) -> None:
     import optuna
 
     from yolotune.search import constraints_of
-    from yolotune.studies import pareto_front, stopped_at_rung0
+    from yolotune.studies import pareto_front
 
     sensitivity = _sensitivity_table(st)
     if sensitivity is not None:
         _consoles.out.print(sensitivity)
 
     trials = st.get_trials(deepcopy=False)
-    rung0 = sum(stopped_at_rung0(t) for t in trials)
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and not stopped_at_rung0(t)]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    rung0 = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
     infeasible = sum(any(v > 0 for v in t.constraints.values()) for t in complete)
     limits = {k: v for k, v in constraints_of(st).items() if v is not None}
     caption = f"{len(complete)} complete, {failed} failed"

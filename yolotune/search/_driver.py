@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ class SearchConfig:
         model: Checkpoint path or asset name.
         data: Data yaml path or asset name.
         budget: Number of candidates the study should hold: COMPLETE trials, and with
-            ``multi_fidelity`` the candidates stopped at rung 0 too.
+            ``multi_fidelity`` the candidates stopped at rung 0 (PRUNED) too.
         settings: Image size, target, calibration budget, seed.
         study_name: Study name (default: derived from model, data, target, image size).
         storage: Optuna storage URL (default: ``sqlite:///<root>/<study>.db``).
@@ -93,9 +92,7 @@ class SearchConfig:
             silent for three intervals belongs to a dead driver and is failed and retried.
         multi_fidelity: Evaluate every candidate cheaply first (rung 0: post-training recovery
             only, no fine-tuning, ``rung0_val`` validation images) and promote only those near the
-            full-fidelity front. The others stop there: COMPLETE with their rung-0 values (NSGA-II
-            learns from them) but infeasible (constraint ``rung0``: the mAP50-95 gap that stopped
-            them), so never on the front; PRUNED when not even timed.
+            full-fidelity front; the others end PRUNED with their rung-0 numbers recorded.
         rung0_val: Validation images at rung 0 (``None``: all of them).
         promote_margin: A rung-0 candidate is promoted unless a full-fidelity trial is at least as
             small and fast and this much mAP50-95 better, or (with ``max_map_drop``) its mAP is
@@ -183,11 +180,7 @@ class SearchConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrialOutcome:
-    """One finished trial, as the progress display sees it.
-
-    ``state`` is ``COMPLETE``, ``FAIL`` or ``RUNG0`` (a multi-fidelity candidate stopped at rung 0;
-    ``result`` holds its rung-0 numbers, ``None`` when it was not timed, and ``reason`` says why).
-    """
+    """One finished trial, as the progress display sees it."""
 
     number: int
     state: str
@@ -331,17 +324,16 @@ def _baseline_map(study: optuna.Study) -> float | None:
     return None
 
 
-def _set_constraints(study: optuna.Study, trial: optuna.Trial, *, map50_95: float, latency_ms: float | None) -> None:
-    """The study's constraints for a trial's numbers (``latency_ms`` ``None``: not timed, no latency constraint)."""
+def _set_constraints(study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
     limits = constraints_of(study)
     if limits["max_map_drop"] is not None:
         is_baseline = trial.user_attrs.get("reference") == "fp32"
-        base = map50_95 if is_baseline else _baseline_map(study)
+        base = result.accuracy.map50_95 if is_baseline else _baseline_map(study)
         if base is None:
             raise YolotuneError("--max-map-drop needs the FP32 reference trial, which has not completed")
-        trial.set_constraint("map_drop", (base - map50_95) - limits["max_map_drop"])
-    if limits["max_latency_ms"] is not None and latency_ms is not None:
-        trial.set_constraint("latency", latency_ms - limits["max_latency_ms"])
+        trial.set_constraint("map_drop", (base - result.accuracy.map50_95) - limits["max_map_drop"])
+    if limits["max_latency_ms"] is not None:
+        trial.set_constraint("latency", result.latency.median_ms - limits["max_latency_ms"])
 
 
 def _register_artifacts(config: SearchConfig, trial: optuna.Trial, result: CandidateResult) -> dict[str, str]:
@@ -363,15 +355,9 @@ def _bind(on_step: Callable[[int, str], None] | None, number: int) -> Callable[[
 
 
 def _complete(study: optuna.Study) -> int:
-    """Candidates evaluated: COMPLETE trials (rung-0 stops among them), and untimed rung-0 stops (PRUNED)."""
+    """Candidates evaluated: COMPLETE trials, and those that stopped at rung 0 (PRUNED)."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
-
-
-def _shortfall(study: optuna.Study, map50_95: float) -> float | None:
-    """How far ``map50_95`` is below the feasible mAP of ``--max-map-drop`` (``None``: no such limit yet)."""
-    drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
-    return None if drop is None or base is None else base - drop - map50_95
 
 
 def _out_of_reach(study: optuna.Study, map50_95: float, margin: float) -> str:
@@ -380,34 +366,29 @@ def _out_of_reach(study: optuna.Study, map50_95: float, margin: float) -> str:
     Fine-tuning is credited with at most ``margin``, so such a candidate stays at rung 0 whatever
     its size and latency: the driver does not time it.
     """
-    short = _shortfall(study, map50_95)
-    if short is not None and short > margin:
-        drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
+    drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
+    if drop is not None and base is not None and map50_95 + margin < base - drop:
         return f"mAP50-95 {map50_95:.3f} is over {margin:g} below --max-map-drop {drop:g} of {base:.3f}: not timed"
     return ""
 
 
-def _rung0_gap(study: optuna.Study, rung0: CandidateResult, margin: float) -> float | None:
-    """Why a rung-0 result stays at rung 0, as an mAP50-95 gap; ``None``: promote it.
+def _promote(study: optuna.Study, rung0: CandidateResult, margin: float) -> bool:
+    """Whether a rung-0 result is non-dominated by, or within ``margin`` mAP of, the full-fidelity front.
 
-    A candidate is promoted when it is non-dominated by, or within ``margin`` mAP of, the feasible
-    full-fidelity front: size and latency do not change with fine-tuning or more validation images;
-    only mAP can rise. Otherwise the gap is the most mAP50-95 a full-fidelity trial at least as small
-    and fast has over it (≥ ``margin``; at least 1e-6, so a positive constraint). The caller has
-    already stopped, untimed, any candidate too far under ``max_map_drop`` (``_out_of_reach``).
+    Size and latency do not change with fine-tuning or more validation images; only mAP can rise.
+    Under ``max_map_drop`` a candidate more than ``margin`` below the feasible mAP stays at rung 0
+    too (a plan that destroyed the model would otherwise be promoted for being the smallest).
     """
-    m = rung0.accuracy.map50_95
+    if _out_of_reach(study, rung0.accuracy.map50_95, margin):
+        return False
     size, latency = rung0.size_mb, rung0.latency.median_ms
-    gaps = [
-        t.values[0] - m
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        # feasible: full fidelity (rung-0 trials are infeasible) and within the constraints
-        if not any(v > 0 for v in t.constraints.values())
-        and t.values[1] <= size
-        and t.values[2] <= latency
-        and t.values[0] >= m + margin
-    ]
-    return max(max(gaps), 1e-6) if gaps else None
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if any(v > 0 for v in t.constraints.values()):
+            continue
+        m, s, lat = t.values
+        if s <= size and lat <= latency and m >= rung0.accuracy.map50_95 + margin:
+            return False
+    return True
 
 
 @dataclass(eq=False)  # hashed by identity: executors key their tasks by it
@@ -653,26 +634,18 @@ def run_search(
                                 )
                                 if unreachable:
                                     record_untimed(built, reason=unreachable)
-                                gap = None if timed is None else _rung0_gap(study, timed, config.promote_margin)
-                                if timed is not None and gap is None:  # promoted: continue from what rung 0 built
+                                promoted = timed is not None and _promote(study, timed, config.promote_margin)
+                                if promoted and timed is not None:  # continue from what rung 0 built
                                     # a promotion that only re-validates keeps these bytes: reuse their timing
                                     pending.timed = (file_digest(built.deployable), timed.latency)
                                     executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
-                                    promoted = True
                                     continue
-                                # told with its rung-0 values, so NSGA-II's generations count it and rank it
-                                # (below every feasible trial, by its gap); infeasible, so never on the front.
-                                # Not timed: latency +inf, which Optuna's sorting and hypervolume handle
                                 trial.set_user_attr("fidelity", "rung0")
-                                m = built.accuracy.map50_95
-                                latency = timed.latency.median_ms if timed else None
-                                _set_constraints(study, trial, map50_95=m, latency_ms=latency)
-                                trial.set_constraint("rung0", gap if gap is not None else _shortfall(study, m) or 1e-6)
-                                study.tell(trial, [m, built.size_bytes / 1e6, math.inf if latency is None else latency])
+                                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                                 open_trials.pop(trial.number, None)
                                 if on_trial:
                                     outcome = TrialOutcome(
-                                        number=trial.number, state="RUNG0", result=timed, reason=unreachable
+                                        number=trial.number, state="PRUNED", result=timed, reason=unreachable
                                     )
                                     on_trial(outcome, study)
                                 continue
@@ -717,7 +690,7 @@ def _record(config: SearchConfig, study: optuna.Study, trial: optuna.Trial, resu
     trial.set_user_attr("provenance", record["provenance"])
     trial.set_user_attr("artifact", str(result.deployable))
     trial.set_user_attr("artifacts", _register_artifacts(config, trial, result))
-    _set_constraints(study, trial, map50_95=result.accuracy.map50_95, latency_ms=result.latency.median_ms)
+    _set_constraints(study, trial, result)
 
 
 def _unexpected(exc: Exception) -> str:

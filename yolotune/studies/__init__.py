@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from yolotune.studies._dashboard import serve_dashboard
 from yolotune.studies._export import ExportResult, export_trial
-from yolotune.studies._front import FrontRow, pareto_front, stopped_at_rung0
+from yolotune.studies._front import FrontRow, pareto_front
 from yolotune.studies._report import write_report
 from yolotune.studies._storage import artifact_dir, default_storage_url, load_study, open_storage, study_dir
 
@@ -18,7 +18,6 @@ __all__ = [
     "open_storage",
     "pareto_front",
     "serve_dashboard",
-    "stopped_at_rung0",
     "study_dir",
     "write_report",
 ]

@@ -19,7 +19,6 @@ import yaml
 
 from yolotune._env import package_versions
 from yolotune.errors import YolotuneError
-from yolotune.studies._front import stopped_at_rung0
 
 if TYPE_CHECKING:
     from yolotune.evaluators import Target
@@ -57,11 +56,6 @@ def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
         reason = found.user_attrs.get("fail_reason")
         detail = f" ({reason})" if reason else ""
         raise YolotuneError(f"trial {number} is {found.state.name}{detail}; export a COMPLETE trial (see `tune show`)")
-    if stopped_at_rung0(found):
-        raise YolotuneError(
-            f"trial {number} stopped at rung 0 of a multi-fidelity search: its numbers are rung-0 ones, "
-            "not its plan's; export a trial on the front (see `tune show`)"
-        )
     return found
 
 

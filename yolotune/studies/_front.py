@@ -1,4 +1,4 @@
-"""Pareto fronts of a study: feasible full-fidelity COMPLETE trials no other trial dominates."""
+"""Pareto fronts of a study: feasible COMPLETE trials no other trial dominates."""
 
 from __future__ import annotations
 
@@ -6,18 +6,7 @@ from dataclasses import dataclass
 
 import optuna
 
-__all__ = ["FrontRow", "pareto_front", "stopped_at_rung0"]
-
-
-def stopped_at_rung0(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a multi-fidelity trial stopped at rung 0: its numbers are rung-0 ones, not the plan's.
-
-    Timed ones are COMPLETE with their rung-0 values (so NSGA-II learns from them) and infeasible
-    (constraint ``rung0``), which keeps them off the front; untimed ones are PRUNED (no latency).
-    """
-    return trial.user_attrs.get("fidelity") == "rung0" or (
-        trial.state == optuna.trial.TrialState.PRUNED and "rung0" in trial.user_attrs
-    )
+__all__ = ["FrontRow", "pareto_front"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +25,7 @@ class FrontRow:
 
 
 def pareto_front(study: optuna.Study) -> list[FrontRow]:
-    """The study's Pareto front (Optuna's ``best_trials``: feasible, so full fidelity) sorted by latency."""
+    """The study's Pareto front (Optuna's ``best_trials``) sorted by latency."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     base = next((t for t in complete if t.user_attrs.get("reference") == "fp32"), None)
     rows = []

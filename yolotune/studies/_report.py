@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from yolotune.errors import PlanError
 from yolotune.spaces import CompressionPlan
-from yolotune.studies._front import FrontRow, pareto_front, stopped_at_rung0
+from yolotune.studies._front import FrontRow, pareto_front
 
 __all__ = ["write_report"]
 
@@ -60,11 +60,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     """
     path = Path(path)
     trials = study.get_trials(deepcopy=False)
-    complete = [  # full fidelity: rung-0 stops have their own table
-        t
-        for t in trials
-        if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) == 3 and not stopped_at_rung0(t)
-    ]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) == 3]
     front = pareto_front(study) if complete else []
     by_number = {t.number: t for t in complete}
     front_trials = [by_number[r.number] for r in front if r.number in by_number]
@@ -158,9 +154,6 @@ def _table(head: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]], text_
 def _header(study: optuna.Study, trials: Sequence[FrozenTrial]) -> str:
     counts = Counter(t.state for t in trials)
     states = ", ".join(f"{s.name} {counts[s]}" for s in TrialState if counts[s]) or "none"
-    rung0 = sum(stopped_at_rung0(t) for t in trials)
-    if rung0:
-        states += f"; {rung0} of them stopped at rung 0"
     items: list[tuple[str, str]] = [("Trials", f"{len(trials)} ({states})")]
     job = study.user_attrs.get("job")
     if isinstance(job, Mapping):
@@ -381,7 +374,7 @@ def _sensitivity_table(study: optuna.Study) -> str:
 
 def _rung0_table(trials: Sequence[FrozenTrial]) -> str:
     """Multi-fidelity: candidates evaluated cheaply and not promoted (their numbers are rung-0 ones)."""
-    stopped = [t for t in trials if stopped_at_rung0(t) and "rung0" in t.user_attrs]
+    stopped = [t for t in trials if t.state == TrialState.PRUNED and "rung0" in t.user_attrs]
     if not stopped:
         return _note("Every candidate ran at full fidelity (no multi-fidelity search, or all promoted).")
     rows = []
@@ -399,9 +392,8 @@ def _rung0_table(trials: Sequence[FrozenTrial]) -> str:
     note = _note(
         "Rung 0: post-training recovery only, no fine-tuning, maybe a validation subset; BN re-estimation "
         "stands in for bias/ls recovery and MinMax for histogram calibration. A latency of — means not "
-        "timed: too far under --max-map-drop to be promoted. Timed ones are COMPLETE with these values, so the "
-        "sampler learns from them, and infeasible (constraint rung0: the mAP50-95 gap to the full-fidelity trial "
-        "that stopped them), so they are never on the front, which holds full-fidelity results only."
+        "timed: too far under --max-map-drop to be promoted. These trials are not on the front, which "
+        "holds full-fidelity results only."
     )
     headers = ["Trial", "mAP50-95 (rung 0)", "Latency ms", "Size MB", "Stand-ins", "Plan"]
     return note + _table(headers, rows, {4, 5}, "rung0")
