@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -57,10 +59,15 @@ def first_reaching(curve: list[tuple[float, float]], level: float) -> float | No
 
 
 def run_once(
-    name: str, config: SearchConfig, history: list[tuple[float, list[Point]]], t_start: float
+    name: str,
+    config: SearchConfig,
+    history: list[tuple[float, list[Point]]],
+    t_start: float,
+    outcomes: list[tuple[float, str]] | None = None,
 ) -> tuple[optuna.Study, float, float]:
     """One ``run_search`` call, as ``tune run`` makes; appends (CPU-s so far, points) after each trial.
 
+    ``outcomes`` gets (CPU-s so far, outcome) per trial: ``reference``, ``full``, ``stopped`` or ``failed``.
     Returns the study, its CPU-seconds and wall seconds; the recording itself is not counted.
     """
     outside = 0.0
@@ -70,6 +77,10 @@ def run_once(
         nonlocal outside
         r0 = time.process_time()
         history.append((r0 - c0 - outside, complete_points(study)))
+        if outcomes is not None:
+            reference = "reference" in study.trials[outcome.number].user_attrs
+            kind = {"COMPLETE": "full", "PRUNED": "stopped", "FAIL": "failed"}[outcome.state]
+            outcomes.append((r0 - c0 - outside, "reference" if reference else kind))
         outside += time.process_time() - r0
         print(f"[{time.perf_counter() - t_start:7.0f}s] {name}: trial {outcome.number} {outcome.state}", flush=True)
 
@@ -86,7 +97,9 @@ def main() -> None:
     parser.add_argument("--promote-margin", type=float, default=0.02)
     parser.add_argument("--max-map-drop", type=float, default=0.05, help="both searches' constraint")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved re-timing rounds of every point")
-    parser.add_argument("--root", type=Path, default=None, help="studies directory (default: a temp dir)")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="studies directory, kept (default: a temp dir, deleted at the end)"
+    )
     parser.add_argument(
         "--interleave",
         action="store_true",
@@ -120,6 +133,7 @@ def main() -> None:
     cpu = dict.fromkeys(configs, 0.0)
     wall = dict.fromkeys(configs, 0.0)
     history: dict[str, list[tuple[float, list[Point]]]] = {name: [] for name in configs}
+    outcomes: dict[str, list[tuple[float, str]]] = {name: [] for name in configs}
     studies: dict[str, optuna.Study] = {}
     t_start = time.perf_counter()
     if args.interleave:
@@ -134,7 +148,7 @@ def main() -> None:
             print(f"[{time.perf_counter() - t_start:7.0f}s] step {k}: {status}", flush=True)
     else:
         for name, config in configs.items():
-            studies[name], cpu[name], wall[name] = run_once(name, config, history[name], t_start)
+            studies[name], cpu[name], wall[name] = run_once(name, config, history[name], t_start, outcomes[name])
 
     # latencies recorded during the searches move with the machine (the same INT8 plan was timed at
     # 7.7 and 11.2 ms in one earlier run): re-time every feasible file side by side, use those
@@ -207,9 +221,26 @@ def main() -> None:
         "multi_cpu_to_reach_single_searched": multi_reach_searched,
     }
     result["retimed_ms"] = timed
+    # what one candidate costs, by how it ended (a stop's CPU is its rung 0; a promoted one's, rung 0 and promotion)
+    costs: dict[str, dict[str, list[float]]] = {}
+    for name, steps in outcomes.items():
+        previous = 0.0
+        for at, kind in steps:
+            costs.setdefault(name, {}).setdefault(kind, []).append(at - previous)
+            previous = at
+    if costs:
+        print("\n| search | outcome | candidates | median CPU-s each | CPU-s in all |\n|---|---|---|---|---|")
+        for name, kinds in costs.items():
+            for kind, each in sorted(kinds.items()):
+                print(f"| {name} | {kind} | {len(each)} | {statistics.median(each):.1f} | {sum(each):.0f} |")
+        result["cpu_per_candidate"] = costs
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}; studies in {root}")
+    if args.root is None:  # ~1.8 GB of trial folders per run: keep them only where asked to
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"wrote {args.out}")
+    else:
+        print(f"wrote {args.out}; studies in {root}")
 
 
 if __name__ == "__main__":
