@@ -250,13 +250,15 @@ def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path)
 
 
 class _SizeTarget:
-    """A deterministic stand-in for the latency target: 1 ms per MB (latency is not under test)."""
+    """A deterministic stand-in for the latency target: 1 ms per MB, or 10 ms divided by the MB with ``inverse``
+    (latency is not under test)."""
 
     name = "local-cpu"
     precisions = ("int8", "fp32")
 
-    def __init__(self) -> None:
+    def __init__(self, *, inverse: bool = False) -> None:
         self.timed: list[Path] = []
+        self.inverse = inverse
 
     def check(self) -> None:
         return None
@@ -266,6 +268,7 @@ class _SizeTarget:
 
         self.timed.append(Path(model_path))
         ms = model_path.stat().st_size / 1e6
+        ms = 10 / ms if self.inverse else ms
         return LatencyStats.from_samples([ms, ms * 1.01], warmup=0, started_at=0.0, ended_at=0.0)
 
     def provenance(self, *, imgsz: int):
@@ -329,12 +332,13 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     # first: nothing to compare with, promoted; no fine-tuning, so only validated again on all images
     first = trials["int8"]
     assert first.state == optuna.trial.TrialState.COMPLETE and first.user_attrs["fidelity"] == "full"
-    assert "rung0" in first.user_attrs
+    assert first.user_attrs["rung0"]["latency_ms"] is None  # promoted on size and mAP: not timed at rung 0 ...
+    assert first.user_attrs["rung0"]["not_timed"].startswith("promoted on size and mAP alone")
     metrics = json.loads((Path(first.user_attrs["artifact"]).parent / "metrics.json").read_text())
     assert metrics["accuracy"]["images"] == 4  # every coco8 validation image
     first_dir = Path(first.user_attrs["artifact"]).parent
     assert sum(p.parent == first_dir for p in exports) == 1  # promotion continued: no second export
-    assert sum(p.parent == first_dir for p in target.timed) == 1  # the same bytes: rung 0's timing is kept
+    assert sum(p.parent == first_dir for p in target.timed) == 1  # ... but once, at full fidelity
     # bigger, slower and far less accurate at rung 0 than a full-fidelity trial: stopped there
     stopped = trials["pruned-fp32-ft"]
     assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.user_attrs["fidelity"] == "rung0"
@@ -351,7 +355,7 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     out = Path(promoted.user_attrs["artifact"]).parent
     assert (out / "finetune").is_dir()
     assert sum(p.parent == out for p in exports) == 2  # rung 0's export, then the fine-tuned one's
-    assert sum(p.parent == out for p in target.timed) == 2  # new weights: timed again
+    assert sum(p.parent == out for p in target.timed) == 1  # promoted on size and mAP: timed after fine-tuning only
     assert json.loads((out / "metrics.json").read_text())["accuracy"]["images"] == 4
     # the reported front holds full-fidelity results only
     assert {r.number for r in pareto_front(study)} <= {first.number, promoted.number}
@@ -362,6 +366,46 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     rung0_section = page.split('id="rung0"')[1].split("</section>")[0]
     assert f'data-trial="{stopped.number}"' in rung0_section
     assert "Stand-ins" in rung0_section and '<td class="text">none</td>' in rung0_section  # its plan needed none
+
+
+def test_a_candidate_timed_at_rung0_and_promoted_unchanged_keeps_that_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _SizeTarget(inverse=True)  # smaller is slower: a smaller, better full trial does not dominate
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
+    source = tmp_path / "plans.py"
+    source.write_text(
+        "from yolotune.spaces import CompressionPlan, PruningConfig, QuantizationConfig\n"
+        "PLANS = {\n"
+        "    'int8': CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=4)),\n"
+        "    'pruned-fp32': CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3})),\n"
+        "}\n"
+        "def space(trial):\n"
+        "    return PLANS[trial.suggest_categorical('k', list(PLANS))]\n"
+    )
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=2,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        space=f"{source}:space",
+        multi_fidelity=True,
+        rung0_val=2,
+    )
+    study = optuna.create_study(
+        study_name=config.name, storage=config.storage_url, directions=["maximize", "minimize", "minimize"]
+    )
+    for k in ("int8", "pruned-fp32"):
+        study.enqueue_trial({"k": k})
+    trials = {t.params["k"]: t for t in run_search(config).get_trials()}
+    small, big = trials["int8"], trials["pruned-fp32"]
+    # the smaller INT8 trial is far better: rung 0 had to time the pruned one, which is faster, so promoted
+    assert big.user_attrs["rung0"]["map50_95"] < small.values[0] - 0.02
+    assert big.state == optuna.trial.TrialState.COMPLETE and big.user_attrs["fidelity"] == "full"
+    assert big.user_attrs["rung0"]["latency_ms"] == pytest.approx(big.values[2])
+    out = Path(big.user_attrs["artifact"]).parent
+    assert sum(p.parent == out for p in target.timed) == 1  # nothing stood in: the same bytes, timed once
 
 
 def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path: Path) -> None:

@@ -372,6 +372,9 @@ def _out_of_reach(study: optuna.Study, map50_95: float, margin: float) -> str:
     return ""
 
 
+_PROMOTED_ON_SIZE = "promoted on size and mAP alone (no smaller full-fidelity trial is that much better): timed at full"
+
+
 def _promote(study: optuna.Study, rung0: CandidateResult, margin: float) -> bool:
     """Whether a rung-0 result is non-dominated by, or within ``margin`` mAP of, the full-fidelity front.
 
@@ -381,14 +384,23 @@ def _promote(study: optuna.Study, rung0: CandidateResult, margin: float) -> bool
     """
     if _out_of_reach(study, rung0.accuracy.map50_95, margin):
         return False
-    size, latency = rung0.size_mb, rung0.latency.median_ms
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if any(v > 0 for v in t.constraints.values()):
-            continue
-        m, s, lat = t.values
-        if s <= size and lat <= latency and m >= rung0.accuracy.map50_95 + margin:
-            return False
-    return True
+    latency = rung0.latency.median_ms
+    return not any(t.values[2] <= latency for t in _dominators(study, rung0.accuracy.map50_95, rung0.size_mb, margin))
+
+
+def _dominators(study: optuna.Study, map50_95: float, size_mb: float, margin: float) -> list[optuna.trial.FrozenTrial]:
+    """Feasible full-fidelity trials at most ``size_mb`` and at least ``margin`` better in mAP50-95.
+
+    Only these can keep a rung-0 candidate from promotion (if also as fast): with none, it is
+    promoted whatever its latency.
+    """
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not any(v > 0 for v in t.constraints.values())
+        and t.values[1] <= size_mb
+        and t.values[0] >= map50_95 + margin
+    ]
 
 
 @dataclass(eq=False)  # hashed by identity: executors key their tasks by it
@@ -615,29 +627,35 @@ def run_search(
                         try:
                             if built.fidelity == "rung0":
                                 # too far under --max-map-drop to be promoted at any speed: not timed
-                                unreachable = _out_of_reach(study, built.accuracy.map50_95, config.promote_margin)
+                                m, margin = built.accuracy.map50_95, config.promote_margin
+                                unreachable = _out_of_reach(study, m, margin)
+                                # no full-fidelity trial this small is `margin` better: promoted at any
+                                # latency, so timed once, at full fidelity (measured: a rung-0 timing is
+                                # ~2 of a stop's 4.3 CPU-s, and promotion re-times new bytes anyway)
+                                on_size = not unreachable and not _dominators(study, m, built.size_bytes / 1e6, margin)
                                 timed = (
                                     None
-                                    if unreachable
+                                    if unreachable or on_size
                                     else time_candidate(built, target=target, on_step=_bind(on_step, trial.number))
                                 )
                                 trial.set_user_attr(
                                     "rung0",
                                     {
-                                        "map50_95": built.accuracy.map50_95,
+                                        "map50_95": m,
                                         "map50": built.accuracy.map50,
                                         "size_bytes": built.size_bytes,
                                         "latency_ms": timed.latency.median_ms if timed else None,
-                                        "not_timed": unreachable or None,
+                                        "not_timed": unreachable or (_PROMOTED_ON_SIZE if on_size else None),
                                         "stand_ins": built.stand_ins,  # as in its metrics.json
                                     },
                                 )
                                 if unreachable:
                                     record_untimed(built, reason=unreachable)
-                                promoted = timed is not None and _promote(study, timed, config.promote_margin)
-                                if promoted and timed is not None:  # continue from what rung 0 built
+                                promoted = on_size or (timed is not None and _promote(study, timed, margin))
+                                if promoted:  # continue from what rung 0 built
                                     # a promotion that only re-validates keeps these bytes: reuse their timing
-                                    pending.timed = (file_digest(built.deployable), timed.latency)
+                                    if timed is not None:
+                                        pending.timed = (file_digest(built.deployable), timed.latency)
                                     executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
                                     continue
                                 trial.set_user_attr("fidelity", "rung0")
