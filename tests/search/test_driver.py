@@ -277,11 +277,42 @@ class _SizeTarget:
         return LocalCPUTarget().provenance(imgsz=imgsz)
 
 
+def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str]) -> optuna.Study:
+    """A multi-fidelity search over a Python space of ``plans`` (name: expression), run in that order.
+
+    The expressions may use ``CompressionPlan``, ``PruningConfig``, ``RecoveryConfig`` and ``INT8``
+    (INT8 everywhere, MinMax on 4 images: no calibration stand-in at rung 0).
+    """
+    source = tmp_path / "plans.py"
+    source.write_text(
+        "from yolotune.spaces import CompressionPlan, PruningConfig, QuantizationConfig, RecoveryConfig\n"
+        "INT8 = QuantizationConfig(default='int8', calibration_images=4)\n"
+        "PLANS = {\n" + "".join(f"    {name!r}: {expr},\n" for name, expr in plans.items()) + "}\n"
+        "def space(trial):\n"
+        "    return PLANS[trial.suggest_categorical('k', list(PLANS))]\n"
+    )
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=len(plans),
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        space=f"{source}:space",
+        multi_fidelity=True,
+        rung0_val=2,
+    )
+    study = optuna.create_study(
+        study_name=config.name, storage=config.storage_url, directions=["maximize", "minimize", "minimize"]
+    )
+    for name in plans:
+        study.enqueue_trial({"k": name})
+    return run_search(config)
+
+
 def test_multi_fidelity_promotes_only_candidates_near_the_front(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
 
-    from yolotune.search import SearchConfig
     from yolotune.studies import pareto_front
 
     target = _SizeTarget()
@@ -296,36 +327,13 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
         return real_export(checkpoint, **kwargs)
 
     monkeypatch.setattr(ultralytics_adapter, "export_onnx", counting_export)
-    source = tmp_path / "plans.py"
-    source.write_text(
-        "from yolotune.spaces import CompressionPlan, PruningConfig, QuantizationConfig, RecoveryConfig\n"
-        "INT8 = QuantizationConfig(default='int8', calibration_images=4)\n"
-        "PLANS = {\n"
-        "    'int8': CompressionPlan(quantization=INT8),\n"
-        "    'pruned-fp32-ft': CompressionPlan(\n"
-        "        pruning=PruningConfig(ratios={'backbone.2': 0.1, 'backbone.4': 0.1, 'neck.12': 0.1}),\n"
-        "        recovery=RecoveryConfig(epochs=1)),\n"
-        "    'int8-ft': CompressionPlan(quantization=INT8, recovery=RecoveryConfig(epochs=1, lr=1e-5)),\n"
-        "}\n"
-        "def space(trial):\n"
-        "    return PLANS[trial.suggest_categorical('k', list(PLANS))]\n"
-    )
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=3,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        space=f"{source}:space",
-        multi_fidelity=True,
-        rung0_val=2,
-    )
-    study = optuna.create_study(
-        study_name=config.name, storage=config.storage_url, directions=["maximize", "minimize", "minimize"]
-    )
-    for k in ("int8", "pruned-fp32-ft", "int8-ft"):
-        study.enqueue_trial({"k": k})
-    study = run_search(config)
+    plans = {
+        "int8": "CompressionPlan(quantization=INT8)",
+        "pruned-fp32-ft": "CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.1, 'backbone.4': 0.1, "
+        "'neck.12': 0.1}), recovery=RecoveryConfig(epochs=1))",
+        "int8-ft": "CompressionPlan(quantization=INT8, recovery=RecoveryConfig(epochs=1, lr=1e-5))",
+    }
+    study = _multi_fidelity_run(tmp_path, plans)
     trials = {t.params["k"]: t for t in study.get_trials()}
     assert len(trials) == 3
 
@@ -373,32 +381,11 @@ def test_a_candidate_timed_at_rung0_and_promoted_unchanged_keeps_that_timing(
 ) -> None:
     target = _SizeTarget(inverse=True)  # smaller is slower: a smaller, better full trial does not dominate
     monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
-    source = tmp_path / "plans.py"
-    source.write_text(
-        "from yolotune.spaces import CompressionPlan, PruningConfig, QuantizationConfig\n"
-        "PLANS = {\n"
-        "    'int8': CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=4)),\n"
-        "    'pruned-fp32': CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3})),\n"
-        "}\n"
-        "def space(trial):\n"
-        "    return PLANS[trial.suggest_categorical('k', list(PLANS))]\n"
-    )
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=2,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        space=f"{source}:space",
-        multi_fidelity=True,
-        rung0_val=2,
-    )
-    study = optuna.create_study(
-        study_name=config.name, storage=config.storage_url, directions=["maximize", "minimize", "minimize"]
-    )
-    for k in ("int8", "pruned-fp32"):
-        study.enqueue_trial({"k": k})
-    trials = {t.params["k"]: t for t in run_search(config).get_trials()}
+    plans = {
+        "int8": "CompressionPlan(quantization=INT8)",
+        "pruned-fp32": "CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3}))",
+    }
+    trials = {t.params["k"]: t for t in _multi_fidelity_run(tmp_path, plans).get_trials()}
     small, big = trials["int8"], trials["pruned-fp32"]
     # the smaller INT8 trial is far better: rung 0 had to time the pruned one, which is faster, so promoted
     assert big.user_attrs["rung0"]["map50_95"] < small.values[0] - 0.02

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +114,23 @@ def compare(paths: dict[str, Path], *, base: str) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    quickgelu = HERE / "out/fast/silu_quickgelu.onnx"
-    replaced = silu_as_quickgelu(INT8, quickgelu)
-    paths = {"fp32 (FastDFL)": FP32, "int8 (yolotune)": INT8, "int8, SiLU as float QuickGelu": quickgelu}
+def compare_rewrite(rewrite: Callable[[Path, Path], int], *, label: str, onnx_name: str, result: Path) -> None:
+    """Rewrite the INT8 model's SiLUs with ``rewrite`` into ``out/fast/<onnx_name>``, compare it with FP32 and
+    INT8 (``compare``), and write ``result`` (JSON)."""
+    rewritten = HERE / "out/fast" / onnx_name
+    replaced = rewrite(INT8, rewritten)
+    paths = {"fp32 (FastDFL)": FP32, "int8 (yolotune)": INT8, label: rewritten}
     rows = compare(paths, base="fp32 (FastDFL)")
-    (HERE / "opprofile.json").write_text(json.dumps({"silu_replaced": replaced, "rows": rows}, indent=1) + "\n")
+    result.write_text(json.dumps({"silu_replaced": replaced, "rows": rows}, indent=1) + "\n")
+
+
+def main() -> None:
+    compare_rewrite(
+        silu_as_quickgelu,
+        label="int8, SiLU as float QuickGelu",
+        onnx_name="silu_quickgelu.onnx",
+        result=HERE / "opprofile.json",
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from opprofile import FP32, INT8, compare
+from opprofile import INT8, compare_rewrite
 
 HERE = Path(__file__).parent
 
@@ -76,11 +76,12 @@ def silu_as_lookup(src: Path, dst: Path) -> int:
 
 
 def main() -> None:
-    lut = HERE / "out/fast/silu_lut.onnx"
-    replaced = silu_as_lookup(INT8, lut)
-    paths = {"fp32 (FastDFL)": FP32, "int8 (yolotune)": INT8, "int8, SiLU as Cast + Gather table": lut}
-    rows = compare(paths, base="fp32 (FastDFL)")
-    (HERE / "silu_lut.json").write_text(json.dumps({"silu_replaced": replaced, "rows": rows}, indent=1) + "\n")
+    compare_rewrite(
+        silu_as_lookup,
+        label="int8, SiLU as Cast + Gather table",
+        onnx_name="silu_lut.onnx",
+        result=HERE / "silu_lut.json",
+    )
 
 
 if __name__ == "__main__":
