@@ -96,7 +96,9 @@ class TargetSpec:
         kwargs["precisions"] = tuple(kwargs["precisions"] or ())
         if "activations" in kwargs:
             if not isinstance(kwargs["activations"], list) or not kwargs["activations"]:
-                raise YolotuneError(f"target '{name}': activations must be a non-empty list of uint8, int8")
+                raise YolotuneError(
+                    f"target '{name}': activations must be a non-empty list of {', '.join(ACTIVATION_TYPES)}"
+                )
             kwargs["activations"] = tuple(kwargs["activations"])
         return cls(name=name, **kwargs)
 
