@@ -29,3 +29,20 @@ def test_dataset_working_copy_never_writes_next_to_the_source(tiny_coco) -> None
     assert tiny_coco.yaml_path.parent != source_root
     assert len(tiny_coco.train_images) == 50 and len(tiny_coco.val_images) == 50
     assert prepare_dataset("tiny_coco") == tiny_coco  # built once, reused
+
+
+def test_adding_or_removing_images_makes_a_new_working_copy(tmp_path: Path) -> None:
+    coco8 = resolve_data("coco8").parent
+    for split in ("train", "val"):
+        for kind in ("images", "labels"):
+            (tmp_path / kind / split).mkdir(parents=True)
+            for f in sorted((coco8 / kind / split).iterdir())[:2]:
+                (tmp_path / kind / split / f.name).symlink_to(f)
+    (tmp_path / "data.yaml").write_text("train: images/train\nval: images/val\nnames: {0: person}\n")
+    first = prepare_dataset(tmp_path)
+    removed = first.val_images[0]
+    removed.unlink()  # the data yaml is left as it was
+    second = prepare_dataset(tmp_path)
+    assert second.yaml_path != first.yaml_path
+    linked = sorted(p.resolve() for p in (second.yaml_path.parent / "images" / "val").iterdir())
+    assert linked == sorted(p.resolve() for p in second.val_images) and removed not in second.val_images

@@ -39,7 +39,9 @@ def test_missing_weights(tmp_path: Path) -> None:
 def test_corrupt_weights(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00garbage")
-    assert f"cannot load model {bad}" in _error(["baseline", "--model", str(bad), "--data", "coco8"])
+    assert f"cannot load {bad} as an Ultralytics YOLO detector" in _error(
+        ["baseline", "--model", str(bad), "--data", "coco8"]
+    )
 
 
 def test_data_yaml_without_val(tmp_path: Path) -> None:
@@ -50,6 +52,19 @@ def test_data_yaml_without_val(tmp_path: Path) -> None:
     data.write_text(yaml.safe_dump({"train": str(train), "names": {0: "a"}}))
     line = _error(["baseline", "--data", str(data)])
     assert "has no 'val' split" in line
+
+
+def test_data_yaml_with_other_classes_than_the_model(tmp_path: Path) -> None:
+    from yolotune.assets import assets_dir
+
+    coco8 = assets_dir() / "datasets" / "coco8" / "images"
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"train": str(coco8 / "train"), "val": str(coco8 / "val"), "names": ["person"]}))
+    line = _error(["baseline", "--data", str(data)])
+    assert line == f"error: data yaml {data} names 1 class(es); the model detects 80: " + (
+        "pass the dataset the model was trained on (its data yaml's names)"
+    )
+    assert "the model detects 80" in _error(["run", "--data", str(data), "--budget", "1", "--root", str(tmp_path)])
 
 
 def test_unknown_group(plan_file) -> None:
@@ -76,6 +91,32 @@ def test_unknown_target_and_missing_plan(tmp_path: Path) -> None:
     assert "unknown target 'jetson-nano'" in _error(["baseline", "--data", "coco8", "--target", "jetson-nano"])
     assert "--device-url http://DEVICE:8765" in _error(["baseline", "--data", "coco8", "--target", "jetson-orin"])
     assert "plan file not found" in _error(["eval", "--data", "coco8", "--plan", str(tmp_path / "none.yaml")])
+
+
+def test_eval_refuses_a_plan_before_building_the_baseline(plan_file, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    too_many = plan_file({"quantization": {"default": "int8", "calibration_images": 32}})
+    line = _error(["eval", "--data", "coco8", "--plan", too_many, "--out", str(out)])
+    assert "the training split holds 4 images" in line
+    assert not (out / "baseline").exists()  # refused before any work
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert "plan file " + str(empty) + " is empty" in _error(["eval", "--data", "coco8", "--plan", str(empty)])
+    assert "is a directory" in _error(["eval", "--data", "coco8", "--plan", str(tmp_path)])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("pruning: {ratios: [\n")
+    assert "plan is not valid YAML: " in _error(["eval", "--data", "coco8", "--plan", str(broken)])
+
+
+def test_paths_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    line = _error(["baseline", "--data", "coco8", "--imgsz", "160", "--out", str(afile)])
+    assert line == f"error: cannot use {afile}: File exists; pass another path"
+    missing = tmp_path / "missing.db"
+    assert "storage file" in _error(["show", "--storage", f"sqlite:///{missing}"])
+    assert not missing.exists()  # a read-only command creates no empty study file
+    assert "imgsz must be a multiple of 32" in _error(["baseline", "--data", "coco8", "--imgsz", "0"])
 
 
 def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path) -> None:
@@ -162,6 +203,18 @@ def test_targets_lists_precisions_and_int8_activation_types() -> None:
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
     assert "uint8" in rows["local-cpu"] and "int8, fp32" in rows["local-cpu"]
     assert "uint8" not in rows["jetson-orin"] and "int8, fp16, fp32" in rows["jetson-orin"]
+    assert rows["raspberry-pi-5"].split("│")[7].strip() == "4" and rows["local-cpu"].split("│")[7].strip() == "all"
+
+
+def test_targets_says_which_built_ins_a_file_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("yolotune.evaluators._spec._SPECS", {})
+    monkeypatch.setattr("yolotune.evaluators._spec._LOADED", [])
+    monkeypatch.delenv("YOLOTUNE_TARGETS", raising=False)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("local-cpu:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  threads: 1\n")
+    result = runner.invoke(app, ["targets", "--targets-file", str(mine)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "replaces the built-in local-cpu" in " ".join(result.output.split())
 
 
 def test_show_and_export_keep_rung0_stops_apart_from_the_front(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from yolotune.errors import PlanError, StepError, YolotuneError
+from yolotune.errors import PlanError, SearchStopped, StepError, YolotuneError
 from yolotune.spaces import CompressionPlan, PruningConfig, QuantizationConfig, RecoveryConfig
 
 __version__ = "0.1.0"
@@ -13,6 +13,7 @@ __all__ = [
     "PruningConfig",
     "QuantizationConfig",
     "RecoveryConfig",
+    "SearchStopped",
     "StepError",
     "YolotuneError",
     "__version__",

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from yolotune._env import workspace_dir
-from yolotune.errors import YolotuneError
+from yolotune.errors import YolotuneError, yaml_problem
 
 __all__ = ["Dataset", "assets_dir", "prepare_dataset", "resolve_data", "resolve_model", "val_subset"]
 
@@ -60,6 +60,8 @@ def resolve_model(name: str | os.PathLike[str]) -> Path:
     tried = [path.resolve()]
     if path.is_file():
         return path.resolve()
+    if path.is_dir():
+        raise YolotuneError(f"model '{name}' is a directory; pass an Ultralytics .pt checkpoint or a model .yaml")
     root = assets_dir()
     if root is not None and len(path.parts) == 1:
         candidate = root / "weights" / path.name
@@ -113,7 +115,9 @@ class Dataset:
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        raise YolotuneError(f"data yaml {path} is not valid YAML: {yaml_problem(exc)}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
         raise YolotuneError(f"cannot read data yaml {path}: {exc}".splitlines()[0]) from exc
     if not isinstance(data, dict):
         raise YolotuneError(f"data yaml {path} is not a mapping with 'train', 'val' and 'names'")
@@ -174,7 +178,13 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
         if not images:
             raise YolotuneError(f"'{split}' split of {source} holds no images")
 
-    key = hashlib.sha1(f"{source}:{source.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    # the copy links each image and label: a new copy when the yaml, the image list or which images
+    # have labels changes (edits inside linked files are seen through the links)
+    listing = hashlib.sha1(f"{source}:{source.stat().st_mtime_ns}".encode())
+    for split, images in splits.items():
+        for image in images:
+            listing.update(f"\n{split}:{image}:{_label_for(image).exists()}".encode())
+    key = listing.hexdigest()[:16]
     copy = workspace_dir() / "datasets" / key
     if not (copy / "data.yaml").exists():
         tmp = copy.with_name(f"{key}.tmp{os.getpid()}")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -14,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from yolotune.errors import YolotuneError
+from yolotune.errors import SearchStopped, YolotuneError
 
 app = typer.Typer(
     name="tune",
@@ -46,7 +48,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint path or asset name.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Data yaml path or asset name.")]
-ImgszOpt = Annotated[int | None, typer.Option("--imgsz", help="Square input size [default: the target's].")]
+ImgszOpt = Annotated[int | None, typer.Option("--imgsz", help="Square input size (default: the target's).")]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target that times the model (see `tune targets`).")]
 DeviceUrlOpt = Annotated[
     str | None, typer.Option("--device-url", help="Device agent of a device target: http://HOST:8765.")
@@ -57,6 +59,51 @@ DeviceTokenOpt = Annotated[
 TargetsFileOpt = Annotated[
     Path | None, typer.Option("--targets-file", help="YAML file adding targets (see `tune targets`).")
 ]
+
+
+#: What Ctrl-C leaves behind, per command (others: nothing to resume).
+_STOPPED = {
+    "run": "interrupted: work in progress was recorded as failed; run the same command to resume",
+    "agent": "agent stopped",
+    "dashboard": "dashboard stopped",
+}
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, a batch scheduler, a closed terminal), remembered.
+
+    Each raises KeyboardInterrupt, so the search records its running trials as failed and queues
+    their plans instead of leaving them RUNNING until their heartbeats go stale. A library can
+    swallow that KeyboardInterrupt (seen: about one SIGTERM in ten during a candidate's build went
+    nowhere and the search carried on), so the request is also remembered and :meth:`check`,
+    called at every step, raises it again.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt again if a stop was asked for."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Interrupts]:
+        """Handle both signals while the block runs (outside the main thread: leave signals alone)."""
+        try:
+            previous = {s: signal.signal(s, self._interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def _one_line_errors(fn: F) -> F:
@@ -70,11 +117,20 @@ def _one_line_errors(fn: F) -> F:
             _consoles.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            _consoles.err.print("interrupted: work in progress was recorded as failed; run the same command to resume")
+            _consoles.err.print(_STOPPED.get(fn.__name__, "interrupted"))
             raise typer.Exit(130) from None
         except Exception as exc:
             if os.environ.get("YOLOTUNE_DEBUG"):
                 raise
+            if isinstance(exc, OSError) and exc.filename:
+                # a path the user chose cannot be used (unwritable, a file where a folder goes, ...)
+                why = exc.strerror or type(exc).__name__
+                _consoles.err.print(
+                    f"[red]error:[/red] cannot use {exc.filename}: {why}; pass another path",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(2) from None
             msg = str(exc).splitlines()[0] if str(exc) else ""
             _consoles.err.print(
                 f"[red]error:[/red] unexpected {type(exc).__name__}: {msg} (set YOLOTUNE_DEBUG=1 for the traceback)",
@@ -114,7 +170,7 @@ def _settings(
     if targets_file is not None:
         add_target_file(targets_file)  # workers get the resolved spec from the driver, not the file
     settings = CandidateSettings(
-        imgsz=imgsz or target_spec(target).imgsz,
+        imgsz=target_spec(target).imgsz if imgsz is None else imgsz,
         target=target,
         device_url=device_url,
         device_token_file=str(device_token_file) if device_token_file else None,
@@ -191,10 +247,13 @@ def eval_(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/eval"),
 ) -> None:
     """Build and measure one candidate, side by side with the FP32 baseline."""
+    from yolotune.search import check_candidate
     from yolotune.spaces import CompressionPlan
 
     the_plan = CompressionPlan.load(plan)
     settings = _settings(imgsz, target, device_url, device_token_file, targets_file)
+    # refuse a plan the model, data or target cannot honour before the baseline's minute of work
+    check_candidate(model=model, data=data, plan=the_plan, settings=settings)
     _consoles.out.print(f"plan: {the_plan.brief()}")
     base = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out / "baseline", settings=settings)
     cand = _run("candidate", model=model, data=data, plan=the_plan, out_dir=out / "candidate", settings=settings)
@@ -249,7 +308,7 @@ def run(
         ),
     ] = False,
     rung0_val: Annotated[
-        int | None, typer.Option("--rung0-val", help="Validation images at rung 0 [default: all].")
+        int | None, typer.Option("--rung0-val", help="Validation images at rung 0 (default: all).")
     ] = None,
     promote_margin: Annotated[
         float, typer.Option("--promote-margin", help="mAP50-95 margin within which a rung-0 candidate is promoted.")
@@ -312,7 +371,7 @@ def run(
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     )
-    with Progress(*columns, console=_consoles.err) as progress:
+    with _Interrupts().installed() as interrupts, Progress(*columns, console=_consoles.err) as progress:
         task = progress.add_task(config.name, total=budget, status="starting")
 
         def on_trial(outcome: Any, st: Any) -> None:
@@ -335,17 +394,30 @@ def run(
                 status=f"front {len(front)} · best mAP {best_map:.3f} · fastest {best_ms:.2f} ms",
             )
 
+        def on_step(number: int, step: str) -> None:
+            interrupts.check()
+            progress.update(task, description=f"trial {number}: {step}")
+
         def on_scan(done: int, total: int, row: Any, group: str) -> None:
+            interrupts.check()
             progress.update(task, description=f"sensitivity scan {done}/{total}: {group}")
 
-        result = run_search(
-            config,
-            on_trial=on_trial,
-            on_step=lambda n, step: progress.update(task, description=f"trial {n}: {step}"),
-            on_scan=on_scan,
-        )
+        try:
+            result = run_search(
+                config,
+                on_trial=on_trial,
+                on_step=on_step,
+                on_scan=on_scan,
+            )
+        except SearchStopped as exc:
+            stopped: SearchStopped | None = exc
+            result = exc.study
+        else:
+            stopped = None
     _show(result)
     _consoles.out.print(f"study '{config.name}' in {config.storage_url}")
+    if stopped is not None:
+        raise stopped  # one line, exit code 2, after the front of what was measured
 
 
 def _sensitivity_table(st: Any) -> Table | None:
@@ -397,6 +469,12 @@ def _show(st: Any) -> None:
     caption = f"{len(complete)} complete, {failed} failed"
     if rung0:
         caption += f", {rung0} stopped at rung 0 (the front holds full-fidelity trials only)"
+    running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+    if running:
+        caption += f", {running} running (a killed run's are queued again once their heartbeats stop)"
+    if waiting:
+        caption += f", {waiting} queued for the next run"
     if limits:
         caption += f", {infeasible} infeasible under " + ", ".join(f"{k} {v}" for k, v in limits.items())
     measured = {
@@ -445,7 +523,7 @@ def report(
     storage: StorageOpt = None,
     root: RootOpt = Path("studies"),
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="HTML file [default: <root>/<study>/report.html]")
+        Path | None, typer.Option("--out", "-o", help="HTML file (default: <root>/<study>/report.html).")
     ] = None,
 ) -> None:
     """Write a self-contained HTML report of a study (plotly)."""
@@ -466,13 +544,13 @@ def dashboard(
     port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 8080,
 ) -> None:
     """Serve a study on optuna-dashboard (Ctrl-C stops it)."""
-    from yolotune.studies import artifact_dir, default_storage_url, load_study, serve_dashboard
+    from yolotune.studies import default_storage_url, find_artifact_dir, load_study, serve_dashboard
 
     st = load_study(study=study, storage=storage, root=root)
     url = storage or default_storage_url(root, st.study_name)
     serve_dashboard(
         storage_url=url,
-        artifacts=artifact_dir(root, st.study_name),
+        artifacts=find_artifact_dir(st, root),
         host=host,
         port=port,
         on_ready=lambda address: _consoles.out.print(f"dashboard of '{st.study_name}': {address}"),
@@ -487,7 +565,7 @@ def export(
     storage: StorageOpt = None,
     root: RootOpt = Path("studies"),
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output directory [default: export/<study>-<N>]")
+        Path | None, typer.Option("--out", "-o", help="Output directory (default: export/<study>-<N>).")
     ] = None,
     remeasure: Annotated[bool, typer.Option(help="Re-validate mAP and re-time latency on the target.")] = True,
     device_url: DeviceUrlOpt = None,
@@ -495,7 +573,7 @@ def export(
 ) -> None:
     """Hand out a trial's deployable model and recipe, then re-measure it."""
     from yolotune.evaluators import read_token
-    from yolotune.studies import artifact_dir, export_trial, load_study
+    from yolotune.studies import export_trial, find_artifact_dir, load_study
 
     st = load_study(study=study, storage=storage, root=root)
     dest = out or Path("export") / f"{st.study_name}-{trial}"
@@ -505,7 +583,7 @@ def export(
             st,
             trial,
             dest,
-            artifacts=artifact_dir(root, st.study_name),
+            artifacts=find_artifact_dir(st, root),
             remeasure=remeasure,
             device_url=device_url,
             device_token=read_token(device_token_file) if device_token_file else None,
@@ -535,12 +613,17 @@ def export(
 @_one_line_errors
 def targets(targets_file: TargetsFileOpt = None) -> None:
     """List the known targets: runtime, where they are timed, precisions, INT8 activations, image size."""
-    from yolotune.evaluators import add_target_file, target_specs
+    from yolotune.evaluators import add_target_file, builtin_target_names, target_specs
 
+    caption = "add your own with --targets-file F (same YAML shape)"
     if targets_file is not None:
-        add_target_file(targets_file)
-    table = Table(header_style="bold", caption="add your own with --targets-file F (same YAML shape)")
-    for col in ("target", "runtime", "timed on", "precisions", "int8 activations", "imgsz", "description"):
+        replaced = sorted(set(add_target_file(targets_file)) & set(builtin_target_names()))
+        if replaced:
+            caption = (
+                f"{targets_file} replaces the built-in {', '.join(replaced)} (whole entries: unset keys take defaults)"
+            )
+    table = Table(header_style="bold", caption=caption)
+    for col in ("target", "runtime", "timed on", "precisions", "int8 activations", "imgsz", "threads", "description"):
         table.add_column(col, no_wrap=col != "description")
     for spec in target_specs():
         table.add_row(
@@ -550,6 +633,7 @@ def targets(targets_file: TargetsFileOpt = None) -> None:
             ", ".join(spec.precisions),
             ", ".join(spec.activations),
             str(spec.imgsz),
+            "all" if spec.threads is None else str(spec.threads),
             spec.description,
         )
     _consoles.out.print(table)
@@ -567,7 +651,7 @@ def agent(
         ),
     ] = None,
     runtime: Annotated[
-        str | None, typer.Option("--runtime", help="onnxruntime or tensorrt [default: tensorrt when trtexec is found].")
+        str | None, typer.Option("--runtime", help="onnxruntime or tensorrt (default: tensorrt when trtexec is found).")
     ] = None,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="Largest ONNX file accepted.")] = 256,
     timeout: Annotated[

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["PlanError", "StepError", "YolotuneError"]
+from typing import Any
+
+__all__ = ["PlanError", "SearchStopped", "StepError", "YolotuneError", "yaml_problem"]
 
 
 class YolotuneError(Exception):
@@ -25,3 +27,25 @@ class StepError(YolotuneError):
         self.step = step
         self.reason = reason
         super().__init__(f"{step} failed: {reason}")
+
+
+class SearchStopped(YolotuneError):
+    """A search stopped before its budget; what it recorded is kept and the same command resumes it.
+
+    Args:
+        message: One line: why it stopped and what to do.
+        study: The study as it stands (an ``optuna.Study``), for showing its front.
+    """
+
+    def __init__(self, message: str, *, study: Any) -> None:
+        super().__init__(message)
+        self.study = study
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A PyYAML error on one line: its problem and where it is (``line L, column C``)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -125,7 +125,7 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
     corrupt.write_bytes(b"not a checkpoint at all")
     with pytest.raises(YolotuneError) as info:
         ultralytics_adapter.load_model(corrupt)
-    assert str(info.value).startswith(f"cannot load model {corrupt}")
+    assert str(info.value).startswith(f"cannot load {corrupt} as an Ultralytics YOLO detector")
     assert "\n" not in str(info.value)
 
 

@@ -136,6 +136,60 @@ def test_a_token_is_required_off_loopback_and_token_files_are_created_once(tmp_p
     assert f.stat().st_mode & 0o077 == 0  # private to its owner
     with pytest.raises(YolotuneError, match="not found"):
         read_token(tmp_path / "missing")
+    with pytest.raises(YolotuneError, match="is a directory"):
+        read_token(tmp_path, create=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port": 70000}, "--port must be 0-65535"),
+        ({"threads": 0}, "--threads must be positive"),
+        ({"timeout_s": 0}, "--timeout must be positive"),
+        ({"max_upload_bytes": 0}, "--max-upload-mb must be positive"),
+        ({"host": "no-such-host.invalid", "token": "t"}, "cannot listen on no-such-host.invalid"),
+        ({"host": "no-such-host.invalid"}, "cannot listen on no-such-host.invalid"),  # not "pass --token-file"
+    ],
+)
+def test_agent_settings_that_would_fail_every_request_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(YolotuneError, match=message):
+        AgentConfig(**kwargs)
+
+
+def test_a_server_that_is_not_the_agent_is_named_as_such(tmp_path: Path) -> None:
+    import http.server
+
+    answers = {"/v1/info": (200, b"<html>hello</html>")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            status, body = answers.get(self.path, (404, b"File not found"))
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for body, why in (
+            (b"<html>hello</html>", "its answer is not JSON"),
+            (b"[1, 2]", "its answer is not a JSON object"),
+            (b'{"runtime": "onnxruntime", "precisions": ["int8", "fp32"]}', "its /v1/info names no agent version"),
+        ):
+            answers["/v1/info"] = (200, body)
+            with pytest.raises(YolotuneError, match=rf"server at {url} is not a `tune agent`.*\({why}"):
+                get_target(BOARD, device_url=url).check()
+        answers.clear()  # a plain web server: 404 without the agent's JSON error
+        with pytest.raises(
+            YolotuneError, match=r"not a `tune agent`; check --device-url's host and port \(it answered 404"
+        ):
+            get_target(BOARD, device_url=url).check()
+    finally:
+        server.shutdown()
 
 
 def test_an_agent_without_its_runtime_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,3 +201,43 @@ def test_an_agent_without_its_runtime_refuses_to_start(tmp_path: Path, monkeypat
         pytest.skip("trtexec is installed at JetPack's path")
     with pytest.raises(YolotuneError, match="needs TensorRT's trtexec"):
         AgentServer(config=AgentConfig(port=0, runtime="tensorrt", cache_dir=tmp_path))
+
+
+def test_an_agent_that_freezes_during_a_benchmark_is_noticed_long_before_the_timeout(fp32_onnx_160) -> None:
+    import http.server
+    import time
+
+    frozen = threading.Event()
+    info = {"agent": "0", "runtime": "onnxruntime", "precisions": ["int8", "fp32"], "max_upload_bytes": 2**30}
+
+    class Handler(http.server.BaseHTTPRequestHandler):  # an agent that hangs once a benchmark arrives
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if frozen.is_set():
+                time.sleep(30)
+                return
+            body = json.dumps(info).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            frozen.set()
+            time.sleep(30)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        target = RemoteTarget(spec=BOARD, url=url, timeout_s=600, ping_s=1)
+        target.check()
+        started = time.monotonic()
+        with pytest.raises(StepError, match=r"stopped answering during the benchmark: unreachable"):
+            target.benchmark(fp32_onnx_160, imgsz=160)
+        assert time.monotonic() - started < 10  # not the 600 s the answer could take
+    finally:
+        server.shutdown()

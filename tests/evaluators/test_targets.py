@@ -41,8 +41,13 @@ def test_built_in_targets_and_their_precisions() -> None:
 def test_a_device_target_needs_its_agent() -> None:
     with pytest.raises(YolotuneError, match=r"tune agent .* --device-url http://DEVICE:8765"):
         get_target("jetson-orin")
-    with pytest.raises(YolotuneError, match="--device-url is only for device targets"):
+    with pytest.raises(YolotuneError, match="--device-url and --device-token-file are only for device targets"):
         get_target("local-cpu", device_url="http://127.0.0.1:8765")
+    with pytest.raises(YolotuneError, match="--device-token-file are only for device targets"):
+        get_target("local-cpu", device_token="t")
+    for url in ("127.0.0.1:8765", "http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://[::1", "http://a b:1"):
+        with pytest.raises(YolotuneError, match=r"--device-url must look like http://HOST:PORT \(port 1-65535\)"):
+            get_target("jetson-orin", device_url=url)
     unreachable = get_target("jetson-orin", device_url="http://127.0.0.1:9")
     with pytest.raises(YolotuneError, match=r"unreachable.*start `tune agent"):
         unreachable.check()
@@ -66,19 +71,37 @@ def test_user_targets_from_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     bad = tmp_path / "bad.yaml"
     for text, message in (
-        ("x:\n  runtime: onnxruntime\n  precisions: [int4]\n", "precisions must be a non-empty list"),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int4]\n", "precisions of runtime onnxruntime must list"),
+        (
+            "x:\n  runtime: onnxruntime\n  precisions: [fp16]\n",
+            "precisions of runtime onnxruntime must list int8, fp32",
+        ),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int8, int8]\n", "must list int8, fp32, each once"),
+        ("x:\n  runtime: onnxruntime\n  precisions: {int8: 1}\n", "precisions must be a non-empty list"),
+        ("x:\n  runtime: tensorrt\n  precisions: [int8]\n  activations: [uint8]\n", "activations of runtime tensorrt"),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  agent: 'no'\n", "agent must be true or false"),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  threads: true\n", "threads must be a positive"),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  description: [a]\n", "description must be one line"),
         ("x:\n  runtime: tflite\n  precisions: [int8]\n", "runtime 'tflite' is not one of"),
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  imgsz: 300\n", "imgsz must be a multiple of 32"),
-        ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  activations: [int4]\n", "activations must be a list of"),
+        (
+            "x:\n  runtime: onnxruntime\n  precisions: [int8]\n  activations: [int4]\n",
+            "activations of runtime onnxruntime must",
+        ),
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  activations: uint8\n", "activations must be a non-empty"),
         ("x:\n  runtime: onnxruntime\n  precision: [int8]\n", "unknown keys precision"),
-        ("x: [\n", "is not valid YAML"),
+        ("x: [a: 1\ny: 2\n", r"is not valid YAML: expected ',' or '\]', but got .* at line 2, column 2"),
     ):
         bad.write_text(text)
         with pytest.raises(YolotuneError, match=message):
             add_target_file(bad)
     with pytest.raises(YolotuneError, match="not found"):
         add_target_file(tmp_path / "missing.yaml")
+    with pytest.raises(YolotuneError, match="is a directory, not a YAML file"):
+        add_target_file(tmp_path)
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(YolotuneError, match="cannot be read as UTF-8 text"):
+        add_target_file(bad)
 
 
 def test_user_targets_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,3 +119,45 @@ def test_an_agent_stopped_mid_run_fails_that_trial_and_the_search_goes_on(
     # the failed trial's plan was queued again and completed once the agent was back
     retried = [t for t in complete if t.user_attrs.get("retry_of") == failed[0].number]
     assert len(retried) == 1 and retried[0].params == failed[0].params
+
+
+def test_an_agent_that_stays_away_stops_the_search_and_the_same_command_resumes(
+    tmp_path: Path, targets_file: Path, token_file: Path, agent: AgentServer
+) -> None:
+    import threading
+    import time
+
+    common = ["--targets-file", str(targets_file), "--target", "board", "--root", str(tmp_path / "studies")]
+    device = ["--device-url", agent.url, "--device-token-file", str(token_file)]
+    args = ["run", "--data", "coco8", "--budget", "3", "--study", "gone", *common, *device]
+
+    def stop_when_trial_1_starts() -> None:  # the device goes away after the first candidate, and stays away
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "studies" / "gone" / "trials" / "1").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent.stop()
+
+    watcher = threading.Thread(target=stop_when_trial_1_starts)
+    watcher.start()
+    result = CliRunner().invoke(app, args)
+    watcher.join()
+    assert result.exit_code == 2, result.output
+    assert "lost the target" in result.stderr and "run the same command to resume" in result.stderr
+    assert "Traceback" not in result.output
+    assert "Pareto front" in result.stdout  # what was measured is still shown
+    # one failed trial, not every plan failed in turn against a device that is gone
+    study = load_study(study="gone", root=tmp_path / "studies")
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert [t.user_attrs.get("reference") for t in failed] == ["int8"]
+    assert study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # its plan waits for the next run
+
+    port = int(agent.url.rsplit(":", 1)[1])
+    back = AgentServer(config=AgentConfig(port=port, token=TOKEN, cache_dir=tmp_path / "agent")).start()
+    try:
+        again = CliRunner().invoke(app, args)
+    finally:
+        back.stop()
+    assert again.exit_code == 0, again.output
+    study = load_study(study="gone", root=tmp_path / "studies")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.user_attrs.get("reference") for t in complete) == ["fp32", "int8", "seeds"]

@@ -96,6 +96,7 @@ class QuantizeReport:
     calibration_images: int
     calibration_seconds: float
     estimate_gb: float
+    weight_bits: int = 8
 
 
 def _activation_bytes(model: onnx.ModelProto) -> int:
@@ -165,7 +166,13 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
 
 
 def _quantize_static(
-    fp32_path: Path, out_path: Path, config: QuantizationConfig, *, exclude: list[str], reader: _Reader
+    fp32_path: Path,
+    out_path: Path,
+    config: QuantizationConfig,
+    *,
+    exclude: list[str],
+    reader: _Reader,
+    reduce_range: bool,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="yolotune-q-") as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -186,6 +193,7 @@ def _quantize_static(
                     per_channel=config.per_channel,
                     activation_type=_ACTIVATIONS[config.activation_type],
                     weight_type=QuantType.QInt8,
+                    reduce_range=reduce_range,
                     calibrate_method=_METHODS[config.calibration_method],
                     nodes_to_exclude=exclude,
                     calibration_cache_path=ranges,
@@ -222,6 +230,7 @@ def quantize(
     group_of_node: Callable[[str], str],
     calibration: Callable[[], Iterable[np.ndarray]],
     budget_gb: float = DEFAULT_CALIBRATION_MEMORY_GB,
+    reduce_range: bool = False,
 ) -> QuantizeReport:
     """Quantize ``fp32_path`` to a QDQ model at ``out_path`` following ``config``.
 
@@ -232,6 +241,8 @@ def quantize(
         group_of_node: Maps an ONNX node name to its layer group.
         calibration: Returns a fresh iterable of preprocessed training images (1x3xHxW float32).
         budget_gb: Memory budget of the calibration.
+        reduce_range: Quantize weights to 7 bits, for devices whose INT8 kernels saturate with 8
+            (``yolotune.evaluators.int8_saturates``).
 
     Raises:
         PlanError: The calibration would exceed the memory budget.
@@ -260,7 +271,7 @@ def quantize(
     else:
         est = check_calibration_budget(fp32_path, config, budget_gb=budget_gb)
         reader = _Reader(calibration, input_name)
-        _quantize_static(fp32_path, out_path, config, exclude=exclude, reader=reader)
+        _quantize_static(fp32_path, out_path, config, exclude=exclude, reader=reader, reduce_range=reduce_range)
         quantized = onnx.load(str(out_path))
         # keep Ultralytics' metadata (class names, stride, image size) on the deployable file
         del quantized.metadata_props[:]
@@ -276,4 +287,5 @@ def quantize(
         calibration_images=reader.count if n_q and reader is not None else 0,
         calibration_seconds=seconds,
         estimate_gb=est.peak_gb if est is not None else 0.0,
+        weight_bits=7 if reduce_range and n_q else 8,
     )

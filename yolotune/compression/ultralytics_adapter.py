@@ -47,6 +47,7 @@ __all__ = [
     "ModelLayout",
     "activation_statistics",
     "calibration_images",
+    "check_classes",
     "conv_norms",
     "export_onnx",
     "fast_dfl",
@@ -140,7 +141,10 @@ def load_model(path: str | Path) -> UltraModule:
 
                 model = DetectionModel(str(path), verbose=False)
     except Exception as exc:
-        raise YolotuneError(f"cannot load model {path}: {_first_line(exc)}") from exc
+        raise YolotuneError(
+            f"cannot load {path} as an Ultralytics YOLO detector ({type(exc).__name__}: {_first_line(exc)[:150]}); "
+            "pass a checkpoint saved by Ultralytics or a model .yaml"
+        ) from exc
     from ultralytics.nn.tasks import DetectionModel
 
     if not isinstance(model, DetectionModel) or type(model).__name__ != "DetectionModel":
@@ -406,6 +410,20 @@ def conv_norms(model: UltraModule) -> dict[nn.Module, nn.BatchNorm2d]:
         for m in model.modules()
         if isinstance(m, Conv) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)
     }
+
+
+def check_classes(model: UltraModule, names: dict[int, str], source: Path) -> None:
+    """Refuse a dataset whose classes are not the detector's (Ultralytics would drop every label).
+
+    Raises:
+        YolotuneError: The class counts differ.
+    """
+    detects = int(model.model[-1].nc)
+    if len(names) != detects:
+        raise YolotuneError(
+            f"data yaml {source} names {len(names)} class(es); the model detects {detects}: "
+            "pass the dataset the model was trained on (its data yaml's names)"
+        )
 
 
 def model_layout(model: UltraModule) -> ModelLayout:

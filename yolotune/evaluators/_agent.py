@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from yolotune.errors import YolotuneError
+from yolotune.evaluators._spec import RUNTIME_PRECISIONS
 
 __all__ = ["API", "AgentConfig", "AgentServer", "read_token", "runtime_precisions"]
 
 #: Path prefix of the agent's API (its version).
 API = "/v1"
-_RUNTIME_PRECISIONS = {"onnxruntime": ("int8", "fp32"), "tensorrt": ("int8", "fp16", "fp32")}
+_RUNTIME_PRECISIONS = {k: RUNTIME_PRECISIONS[k] for k in ("onnxruntime", "tensorrt")}  # what an agent runs
 
 
 def runtime_precisions(runtime: str) -> tuple[str, ...]:
@@ -56,6 +57,8 @@ def read_token(path: str | Path, *, create: bool = False) -> str:
         YolotuneError: Missing or empty file.
     """
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise YolotuneError(f"token file {p} is a directory, not a file")
     if not p.is_file() and create:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private from the start; never overwrite
@@ -104,6 +107,16 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.runtime not in _RUNTIME_PRECISIONS:
             raise YolotuneError(f"agent runtime must be one of {', '.join(_RUNTIME_PRECISIONS)}; got '{self.runtime}'")
+        if not 0 <= self.port <= 65535:
+            raise YolotuneError(f"--port must be 0-65535 (0: any free port); got {self.port}")
+        limits = {"threads": self.threads, "timeout": self.timeout_s, "max-upload-mb": self.max_upload_bytes / 2**20}
+        for name, value in limits.items():
+            if value is not None and value <= 0:
+                raise YolotuneError(f"--{name} must be positive; got {value:g}")
+        try:
+            socket.getaddrinfo(self.host, None)
+        except (OSError, UnicodeError) as exc:
+            raise YolotuneError(f"cannot listen on {self.host}: {getattr(exc, 'strerror', None) or exc}") from None
         if not self.token and not _is_loopback(self.host):
             raise YolotuneError(
                 f"the agent runs what it is sent: pass --token-file F to listen on {self.host}, "

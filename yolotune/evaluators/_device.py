@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_name", "device_info"]
+__all__ = ["cpu_name", "device_info", "int8_saturates"]
 
 
 def cpu_name() -> str:
@@ -20,6 +20,32 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+#: CPU flags of x86 dot-product instructions that add u8×s8 products without an int16 stage.
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_saturates() -> bool:
+    """Whether ONNX Runtime's INT8 convolutions can saturate on this CPU, so weights need 7 bits.
+
+    On x86 without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with
+    ``VPMADDUBSW``, whose pairwise int16 sums saturate; ONNX Runtime's documentation advises
+    ``reduce_range`` (7-bit weights) there. Measured on an AVX2-only EPYC (BENCHMARKS.md, "INT8 on
+    CPUs without VNNI"): yolov8n at 320 lost 3.9 points of mAP50-95 with 8-bit weights, 0.9 with 7.
+    Other architectures do not saturate. An x86 CPU whose flags cannot be read is taken to saturate
+    (7-bit weights cost little accuracy; saturation costs a lot).
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return not (_VNNI_FLAGS & set(line.split(":", 1)[1].split()))
+    return True
 
 
 def _board() -> str | None:
@@ -62,4 +88,5 @@ def device_info() -> dict[str, Any]:
         "host": socket.gethostname(),
         "power_mode": _power_mode(),
         "clocks_pinned": _clocks_pinned(),
+        "int8_saturates": int8_saturates(),
     }

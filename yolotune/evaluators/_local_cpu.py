@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from yolotune.errors import StepError
 from yolotune.evaluators._base import LatencyStats, Provenance
-from yolotune.evaluators._device import cpu_name
+from yolotune.evaluators._device import cpu_name, int8_saturates
 from yolotune.evaluators._lease import timing_lease
 from yolotune.evaluators._spec import TargetSpec
 from yolotune.evaluators._target import Target, register_runtime
@@ -66,6 +66,7 @@ class LocalCPUTarget(Target):
         self.runs = runs
         self.max_spread = max_spread
         self.attempts = max(1, attempts)
+        self.reduce_range = int8_saturates()
 
     def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()

@@ -47,6 +47,7 @@ class LocalCUDATarget(LocalCPUTarget):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.reduce_range = False  # INT8 runs on the GPU, not on the CPU's saturating kernels
         self.available = [p for p in _GPU_PROVIDERS if p in ort.get_available_providers()]
 
     def check(self) -> None:

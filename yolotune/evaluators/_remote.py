@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,15 @@ class _AgentError(Exception):
     pass
 
 
+def _valid_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and " " not in url
+
+
 class RemoteTarget(Target):
     """A target whose latency is measured by a device agent (``tune agent``) at ``url``.
 
@@ -30,18 +42,30 @@ class RemoteTarget(Target):
         url: Agent base URL, ``http://host:port``.
         token: The agent's token (``None`` for an agent on loopback without one).
         timeout_s: Longest wait for one benchmark answer (queueing and engine build included).
+        ping_s: While waiting, ask the agent every ``ping_s`` seconds whether it still answers; an
+            agent that stopped answering (frozen, powered off) fails the benchmark then, not after
+            ``timeout_s``.
     """
 
-    def __init__(self, *, spec: TargetSpec, url: str, token: str | None = None, timeout_s: float = 1800.0) -> None:
+    def __init__(
+        self,
+        *,
+        spec: TargetSpec,
+        url: str,
+        token: str | None = None,
+        timeout_s: float = 1800.0,
+        ping_s: float = 60.0,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.precisions = spec.precisions
         self.activations = spec.activations
         self.url = url.rstrip("/")
-        if not self.url.startswith(("http://", "https://")):
-            raise YolotuneError(f"--device-url must look like http://HOST:PORT; got '{url}'")
+        if not _valid_url(self.url):
+            raise YolotuneError(f"--device-url must look like http://HOST:PORT (port 1-65535); got '{url}'")
         self.token = token
         self.timeout_s = timeout_s
+        self.ping_s = ping_s
         self._info: dict[str, Any] | None = None
         self._last: dict[str, Any] | None = None
 
@@ -53,16 +77,25 @@ class RemoteTarget(Target):
             req.add_header("Content-Type", "application/octet-stream")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return dict(json.loads(resp.read()))
+                answer = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
-                reason = json.loads(exc.read()).get("error", exc.reason)
-            except (ValueError, OSError):
-                reason = exc.reason
+                reason = json.loads(exc.read())["error"]
+            except (ValueError, OSError, TypeError, KeyError):  # not the agent's JSON error
+                raise _AgentError(f"{self._not_an_agent} (it answered {exc.code}: {exc.reason})") from None
             raise _AgentError(f"device agent at {self.url} answered {exc.code}: {reason}") from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             why = getattr(exc, "reason", None) or exc
             raise _AgentError(f"device agent at {self.url} unreachable ({why})") from None
+        except ValueError:  # JSON or the URL itself
+            raise _AgentError(f"{self._not_an_agent} (its answer is not JSON)") from None
+        if not isinstance(answer, dict):
+            raise _AgentError(f"{self._not_an_agent} (its answer is not a JSON object)")
+        return answer
+
+    @property
+    def _not_an_agent(self) -> str:
+        return f"the server at {self.url} is not a `tune agent`; check --device-url's host and port"
 
     def info(self) -> dict[str, Any]:
         """The agent's description of its device and runtime (fetched once)."""
@@ -76,6 +109,7 @@ class RemoteTarget(Target):
         Raises:
             YolotuneError: Unreachable agent, wrong token, or a runtime that does not match.
         """
+        self._info = None  # ask again: a check during a search asks whether the agent is still there
         try:
             info = self.info()
         except _AgentError as exc:
@@ -85,6 +119,8 @@ class RemoteTarget(Target):
                 f"{exc}; start `tune agent --host 0.0.0.0 --token-file F` on the device and pass "
                 "--device-url http://DEVICE:8765 --device-token-file F"
             ) from None
+        if "agent" not in info:
+            raise YolotuneError(f"{self._not_an_agent} (its {API}/info names no agent version)")
         if info.get("runtime") != self.spec.runtime:
             raise YolotuneError(
                 f"the agent at {self.url} runs {info.get('runtime')}; target {self.name} needs {self.spec.runtime} "
@@ -93,6 +129,8 @@ class RemoteTarget(Target):
         missing = [p for p in self.precisions if p not in info.get("precisions", ())]
         if missing:
             raise YolotuneError(f"the agent at {self.url} cannot run {', '.join(missing)} for target {self.name}")
+        # the device's CPU decides whether INT8 weights need 7 bits (an older agent does not say: 8 bits)
+        self.reduce_range = self.spec.runtime == "onnxruntime" and info.get("int8_saturates") is True
 
     def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
         """Upload ``model_path`` and return the latency the agent measured on its device.
@@ -108,12 +146,41 @@ class RemoteTarget(Target):
                 raise _AgentError(
                     f"model is {len(body) / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit"
                 )
-            answer = self._request(f"{API}/benchmark{query}", data=body, timeout=self.timeout_s)
+            answer = self._watched(f"{API}/benchmark{query}", body)
         except _AgentError as exc:
             raise StepError("latency", str(exc)) from None
         self._last = answer
         fields = {f.name for f in dataclasses.fields(LatencyStats)}
         return LatencyStats(**{k: v for k, v in answer["latency"].items() if k in fields})
+
+    def _watched(self, path: str, body: bytes) -> dict[str, Any]:
+        """POST ``body`` and wait for the answer, pinging the agent meanwhile (see ``ping_s``)."""
+        outcome: dict[str, Any] = {}
+
+        def post() -> None:
+            try:
+                outcome["answer"] = self._request(path, data=body, timeout=self.timeout_s)
+            except _AgentError as exc:
+                outcome["error"] = exc
+
+        # a daemon thread: one stuck on a dead agent never holds up the process's exit
+        poster = threading.Thread(target=post, daemon=True, name="yolotune-benchmark")
+        poster.start()
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            poster.join(timeout=self.ping_s)
+            if not poster.is_alive():
+                break
+            if time.monotonic() > deadline:
+                raise _AgentError(f"device agent at {self.url} gave no answer in {self.timeout_s:g} s")
+            try:
+                self._request(f"{API}/info", timeout=min(15.0, self.ping_s))
+            except _AgentError as exc:
+                why = str(exc).removeprefix(f"device agent at {self.url} ")
+                raise _AgentError(f"device agent at {self.url} stopped answering during the benchmark: {why}") from None
+        if "error" in outcome:
+            raise outcome["error"]
+        return dict(outcome["answer"])
 
     def provenance(self, *, imgsz: int) -> Provenance:
         """The device that measured: the agent's own provenance, under this target's name and URL."""

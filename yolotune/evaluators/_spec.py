@@ -15,10 +15,19 @@ from typing import Any
 
 import yaml
 
-from yolotune.errors import YolotuneError
+from yolotune.errors import YolotuneError, yaml_problem
 from yolotune.spaces import ACTIVATION_TYPES, PRECISIONS
 
-__all__ = ["RUNTIMES", "RUNTIME_ACTIVATIONS", "TargetSpec", "add_target_file", "target_spec", "target_specs"]
+__all__ = [
+    "RUNTIMES",
+    "RUNTIME_ACTIVATIONS",
+    "RUNTIME_PRECISIONS",
+    "TargetSpec",
+    "add_target_file",
+    "builtin_target_names",
+    "target_spec",
+    "target_specs",
+]
 
 #: Runtimes a target can name.
 RUNTIMES = ("onnxruntime", "onnxruntime-gpu", "tensorrt")
@@ -27,6 +36,12 @@ _FIELDS = ("runtime", "agent", "precisions", "activations", "imgsz", "threads", 
 #: INT8 activation types each runtime runs, when a target does not list its own. TensorRT takes only
 #: signed INT8 with zero point 0 (yolotune quantizes ``int8`` activations symmetrically).
 RUNTIME_ACTIVATIONS = {"onnxruntime": ("uint8", "int8"), "onnxruntime-gpu": ("int8",), "tensorrt": ("int8",)}
+#: Precisions each runtime runs (ONNX Runtime's CPU kernels have no fp16 convolutions).
+RUNTIME_PRECISIONS = {
+    "onnxruntime": ("int8", "fp32"),
+    "onnxruntime-gpu": ("int8", "fp16", "fp32"),
+    "tensorrt": ("int8", "fp16", "fp32"),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,16 +75,24 @@ class TargetSpec:
         if self.runtime not in RUNTIMES:
             raise YolotuneError(f"{where}: runtime '{self.runtime}' is not one of {', '.join(RUNTIMES)}")
         object.__setattr__(self, "precisions", tuple(self.precisions))
-        bad = [p for p in self.precisions if p not in PRECISIONS]
-        if bad or not self.precisions:
-            raise YolotuneError(f"{where}: precisions must be a non-empty list of {', '.join(PRECISIONS)}")
-        object.__setattr__(self, "activations", tuple(self.activations) or RUNTIME_ACTIVATIONS[self.runtime])
-        if any(a not in ACTIVATION_TYPES for a in self.activations):
-            raise YolotuneError(f"{where}: activations must be a list of {', '.join(ACTIVATION_TYPES)}")
-        if not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
+        can = RUNTIME_PRECISIONS[self.runtime]
+        bad = [p for p in self.precisions if p not in can]
+        if bad or not self.precisions or len(set(self.precisions)) < len(self.precisions):
+            raise YolotuneError(f"{where}: precisions of runtime {self.runtime} must list {', '.join(can)}, each once")
+        runs = RUNTIME_ACTIVATIONS[self.runtime]
+        object.__setattr__(self, "activations", tuple(self.activations) or runs)
+        if any(a not in runs for a in self.activations) or len(set(self.activations)) < len(self.activations):
+            raise YolotuneError(
+                f"{where}: activations of runtime {self.runtime} must list {', '.join(runs)}, each once"
+            )
+        if not _is_int(self.imgsz) or self.imgsz < 32 or self.imgsz % 32:
             raise YolotuneError(f"{where}: imgsz must be a multiple of 32; got {self.imgsz!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise YolotuneError(f"{where}: threads must be a positive integer or null; got {self.threads!r}")
+        if not isinstance(self.agent, bool):
+            raise YolotuneError(f"{where}: agent must be true or false (unquoted); got {self.agent!r}")
+        if not isinstance(self.description, str):
+            raise YolotuneError(f"{where}: description must be one line of text; got {self.description!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (``from_dict`` reads it back)."""
@@ -93,14 +116,16 @@ class TargetSpec:
         if "runtime" not in d or "precisions" not in d:
             raise YolotuneError(f"target '{name}' needs at least runtime and precisions")
         kwargs = {k: d[k] for k in _FIELDS if k in d}
-        kwargs["precisions"] = tuple(kwargs["precisions"] or ())
-        if "activations" in kwargs:
-            if not isinstance(kwargs["activations"], list) or not kwargs["activations"]:
-                raise YolotuneError(
-                    f"target '{name}': activations must be a non-empty list of {', '.join(ACTIVATION_TYPES)}"
-                )
-            kwargs["activations"] = tuple(kwargs["activations"])
+        for key, allowed in (("precisions", PRECISIONS), ("activations", ACTIVATION_TYPES)):
+            if key in kwargs:
+                if not isinstance(kwargs[key], list) or not kwargs[key]:
+                    raise YolotuneError(f"target '{name}': {key} must be a non-empty list of {', '.join(allowed)}")
+                kwargs[key] = tuple(kwargs[key])
         return cls(name=name, **kwargs)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _SPECS: dict[str, TargetSpec] = {}
@@ -111,16 +136,20 @@ def _read(text: str, source: str) -> dict[str, TargetSpec]:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise YolotuneError(f"{source} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise YolotuneError(f"{source} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise YolotuneError(f"{source} must map target names to their settings")
     return {str(name): TargetSpec.from_dict(str(name), d) for name, d in raw.items()}
 
 
+def _builtin() -> dict[str, TargetSpec]:
+    """The targets in the packaged ``targets.yaml``."""
+    return _read(resources.files("yolotune.evaluators").joinpath("targets.yaml").read_text(), "built-in targets.yaml")
+
+
 def _ensure_loaded() -> None:
     if not _LOADED:
-        builtin = resources.files("yolotune.evaluators").joinpath("targets.yaml").read_text()
-        _SPECS.update(_read(builtin, "built-in targets.yaml"))
+        _SPECS.update(_builtin())
         _LOADED.append("builtin")
     for path in filter(None, os.environ.get(_ENV, "").split(os.pathsep)):
         if path not in _LOADED:
@@ -129,8 +158,12 @@ def _ensure_loaded() -> None:
 
 def _add(path: Path, what: str) -> list[str]:
     if not path.is_file():
-        raise YolotuneError(f"{what} is not found")
-    specs = _read(path.read_text(), str(path))
+        raise YolotuneError(f"{what} is {'a directory, not a YAML file' if path.is_dir() else 'not found'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise YolotuneError(f"{what} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    specs = _read(text, str(path))
     _SPECS.update(specs)
     _LOADED.append(str(path))
     return list(specs)
@@ -144,6 +177,11 @@ def add_target_file(path: Path) -> list[str]:
     """
     _ensure_loaded()
     return _add(Path(path), f"targets file {path}")
+
+
+def builtin_target_names() -> list[str]:
+    """Names of the built-in targets (a user entry with one of these names replaces it)."""
+    return sorted(_builtin())
 
 
 def target_specs() -> list[TargetSpec]:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from yolotune.errors import YolotuneError
 from yolotune.evaluators._base import LatencyStats, Provenance
+from yolotune.evaluators._device import int8_saturates
 from yolotune.evaluators._spec import TargetSpec, target_spec, target_specs
 
-__all__ = ["Target", "get_target", "register_runtime", "target_names"]
+__all__ = ["Target", "get_target", "needs_reduce_range", "register_runtime", "target_names"]
 
 
 class Target(abc.ABC):
@@ -26,6 +27,9 @@ class Target(abc.ABC):
     precisions: tuple[str, ...] = ("fp32",)
     #: Activation types of INT8 layers this target runs (the fast one first).
     activations: tuple[str, ...] = ("uint8", "int8")
+    #: Quantize INT8 weights to 7 bits (ONNX Runtime's ``reduce_range``): the device's INT8 kernels
+    #: would saturate with 8 (x86 CPUs without VNNI, see ``int8_saturates``).
+    reduce_range: bool = False
 
     def check(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
         """Fail fast, before any search, when the target cannot time anything (no device, no runtime).
@@ -41,6 +45,17 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def provenance(self, *, imgsz: int) -> Provenance:
         """Describe the target, runtime and settings that ``benchmark`` measures with."""
+
+
+def needs_reduce_range(target: Target | TargetSpec) -> bool:
+    """Whether INT8 models for ``target`` need 7-bit weights (see ``Target.reduce_range``).
+
+    A spec without its target instance can only say so for this machine's CPU (an ONNX Runtime CPU
+    target timed here); a device target's agent tells its :class:`RemoteTarget` when it is checked.
+    """
+    if isinstance(target, Target):
+        return target.reduce_range
+    return target.runtime == "onnxruntime" and not target.agent and int8_saturates()
 
 
 _RUNTIMES: dict[str, Callable[[TargetSpec], Target]] = {}
@@ -76,8 +91,10 @@ def get_target(name: str | TargetSpec, *, device_url: str | None = None, device_
         from yolotune.evaluators._remote import RemoteTarget
 
         return RemoteTarget(spec=spec, url=device_url, token=device_token)
-    if device_url:
-        raise YolotuneError(f"target {spec.name} runs on this machine; --device-url is only for device targets")
+    if device_url or device_token:
+        raise YolotuneError(
+            f"target {spec.name} runs on this machine; --device-url and --device-token-file are only for device targets"
+        )
     _load_runtimes()
     if spec.runtime not in _RUNTIMES:
         raise YolotuneError(f"target {spec.name}: no runtime '{spec.runtime}' in this installation")

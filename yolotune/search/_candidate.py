@@ -42,6 +42,7 @@ from yolotune.evaluators import (
     get_target,
     measure_map,
     measure_size,
+    needs_reduce_range,
     read_token,
     target_spec,
 )
@@ -78,6 +79,8 @@ class CandidateSettings:
         device_token_file: File holding the agent's token.
         train_device: Where fine-tuning runs: ``cpu``, or a CUDA device (``0``, ``cuda:0``); with
             Ray workers a CUDA device makes each candidate task declare one GPU.
+        int8_reduce_range: Quantize INT8 weights to 7 bits; ``None``: as the target needs
+            (``yolotune.evaluators.needs_reduce_range``: x86 CPUs without VNNI saturate with 8).
     """
 
     imgsz: int = 320
@@ -87,6 +90,7 @@ class CandidateSettings:
     device_url: str | None = None
     device_token_file: str | None = None
     train_device: str = "cpu"
+    int8_reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         if self.imgsz < 32 or self.imgsz % 32:
@@ -235,6 +239,19 @@ def check_plan(
         )
 
 
+def check_candidate(*, model: str | Path, data: str | Path, plan: CompressionPlan, settings: CandidateSettings) -> None:
+    """Refuse, before any work, a candidate the model, the data or the settings' target cannot build.
+
+    Raises:
+        YolotuneError: Missing or unloadable model or data, a dataset with other classes than the
+            model, or a plan ``check_plan`` refuses.
+    """
+    net = adapter.load_model(resolve_model(model))
+    dataset = prepare_dataset(data)
+    adapter.check_classes(net, dataset.names, dataset.source)
+    check_plan(plan, groups=adapter.model_layout(net).groups, dataset=dataset, target=target_spec(settings.target))
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuiltCandidate:
     """A candidate built and validated, not yet timed (what a worker hands back to the driver).
@@ -334,6 +351,11 @@ def build_candidate(
     if stage not in ("full", "rung0", "promote"):
         raise ValueError(f"unknown stage {stage!r}")
     settings = settings or CandidateSettings()
+    # only the target's name and precisions matter here: its device is not needed to build (the
+    # driver passes its TargetSpec, so workers need no registry or targets file of their own)
+    runs_on: Target | TargetSpec = target or target_spec(settings.target)
+    if settings.int8_reduce_range is None:
+        settings = dataclasses.replace(settings, int8_reduce_range=needs_reduce_range(runs_on))
     if stage == "promote":
         rebuild = previous is None or previous.proxy or not (Path(out_dir) / "model.pt").is_file()
         if rebuild:  # rung 0 stood in for the plan's recovery, or ran on another host
@@ -360,9 +382,6 @@ def build_candidate(
             return dataclasses.replace(
                 built, plan=plan, fidelity="rung0", proxy=recovery, calibration_proxy=calibration
             )
-    # only the target's name and precisions matter here: its device is not needed to build (the
-    # driver passes its TargetSpec, so workers need no registry or targets file of their own)
-    runs_on: Target | TargetSpec = target or target_spec(settings.target)
     steps = _Steps(on_step)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -372,6 +391,7 @@ def build_candidate(
         model_path = resolve_model(model)
         dataset = prepare_dataset(data)
         net = adapter.load_model(model_path)
+        adapter.check_classes(net, dataset.names, dataset.source)
         layout = adapter.model_layout(net)
         check_plan(plan, groups=layout.groups, dataset=dataset, target=runs_on)
         plan.save(out / "plan.yaml")
@@ -488,6 +508,7 @@ def _finish(
                         dataset, imgsz=imgsz, count=plan.quantization.calibration_images
                     ),
                     budget_gb=settings.calibration_memory_gb,
+                    reduce_range=bool(settings.int8_reduce_range),
                 )
     assert counts is not None
     with steps("validate"):

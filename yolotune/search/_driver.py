@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import optuna
 
 from yolotune.compression import CALIBRATION_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
-from yolotune.errors import StepError, YolotuneError
+from yolotune.errors import SearchStopped, StepError, YolotuneError
 from yolotune.evaluators import LatencyStats, target_spec
 from yolotune.search._candidate import (
     CandidateResult,
@@ -162,6 +163,10 @@ class SearchConfig:
             raise YolotuneError(f"unknown sampler '{self.sampler}'; use nsga2, tpe or random")
         if self.population < 2:
             raise YolotuneError(f"population must be ≥2; got {self.population}")
+        if self.cpus_per_worker <= 0:
+            raise YolotuneError(f"--cpus-per-worker must be positive; got {self.cpus_per_worker}")
+        if self.study_name is not None and (not self.study_name.strip() or any(c in self.study_name for c in "/\\")):
+            raise YolotuneError(f"--study names a file under --root: no '/' or '\\' in it; got {self.study_name!r}")
 
     @property
     def name(self) -> str:
@@ -169,7 +174,12 @@ class SearchConfig:
         if self.study_name:
             return self.study_name
         stem = Path(self.model).stem
-        data = Path(self.data).parent.name if self.data.endswith(".yaml") else Path(self.data).name
+        data_path = Path(self.data)
+        # a data yaml is named by its folder (tiny_coco/data.yaml), unless it is a bare asset name (coco8.yaml)
+        if self.data.endswith((".yaml", ".yml")):
+            data = data_path.parent.name if len(data_path.parts) > 1 else data_path.stem
+        else:
+            data = data_path.resolve().name if self.data in ("", ".", "./") else data_path.name
         return f"{stem}-{data}-{self.settings.target}-{self.settings.imgsz}"
 
     @property
@@ -212,8 +222,11 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
     from yolotune.compression import ultralytics_adapter
 
     target = target_spec(config.settings.target)
-    layout = ultralytics_adapter.model_layout(ultralytics_adapter.load_model(resolve_model(config.model)))
-    n_train = len(prepare_dataset(config.data).train_images)
+    net = ultralytics_adapter.load_model(resolve_model(config.model))
+    dataset = prepare_dataset(config.data)
+    ultralytics_adapter.check_classes(net, dataset.names, dataset.source)
+    layout = ultralytics_adapter.model_layout(net)
+    n_train = len(dataset.train_images)
     default = DefaultSpace(
         groups=layout.groups,
         precisions=target.precisions,
@@ -259,6 +272,7 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         "imgsz": config.settings.imgsz,
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
+        "space_digest": _space_digest(config.space),
         "export": adapter.EXPORT_FORMAT,
         "calibration": CALIBRATION_FORMAT,
         "activations": list(spec.activations),
@@ -277,6 +291,7 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
         # how to rebuild the target for `tune export` (a user YAML target may not be loaded there)
         study.set_user_attr("target", {**spec.to_dict(), "device_url": config.settings.device_url})
         study.set_user_attr("constraints", wanted)
+        study.set_user_attr("artifact_store", str(artifact_dir(config.root, config.name).resolve()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(METRIC_NAMES)
@@ -299,8 +314,23 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
             f"study '{config.name}' searched {was} INT8 activations; target {job['target']} now runs "
             f"{'/'.join(spec.activations)} (and int8 ones are quantized symmetrically): use another --study name"
         )
-    if recorded != job:
-        raise YolotuneError(f"study '{config.name}' was created for {recorded}; use another --study name for {job}")
+    changed = _job_changes(recorded, job)
+    if changed:
+        raise YolotuneError(
+            f"study '{config.name}' was created for another job ({'; '.join(changed)}): run it with the arguments "
+            "it was created with to resume it, or pass another --study name"
+        )
+    # what changes timings (not the agent's address, nor the one-line description)
+    was = {k: v for k, v in (study.user_attrs.get("target") or {}).items() if k not in _NOT_TIMING}
+    changed = [f"{k}: was {was[k]!r}, now {v!r}" for k, v in spec.to_dict().items() if k in was and was[k] != v]
+    if changed:
+        raise YolotuneError(
+            f"study '{config.name}' was timed on target {spec.name} as defined then ({'; '.join(changed)}): "
+            "latencies would not compare; restore that definition or pass another --study name"
+        )
+    # export re-times on the agent the last run used (an agent may come back at another address)
+    study.set_user_attr("target", {**spec.to_dict(), "device_url": config.settings.device_url})
+    study.set_user_attr("artifact_store", str(artifact_dir(config.root, config.name).resolve()))
     have = constraints_of(study)
     for key, value in wanted.items():
         if value is not None and value != have.get(key):
@@ -500,9 +530,15 @@ def _sensitive_space(
     )
 
 
-def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str) -> bool:
-    """Queue a trial's plan once more (once only: a retry is not retried). Return whether queued."""
-    if "retry_of" in trial.user_attrs:
+def _retry(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str, *, always: bool = False
+) -> bool:
+    """Queue a trial's plan once more and return whether queued.
+
+    Once only (a retry is not retried), unless ``always``: the plan was not at fault (Ctrl-C, a
+    target that went away), so even a retry is queued again.
+    """
+    if "retry_of" in trial.user_attrs and not always:
         return False
     attrs: dict[str, Any] = {"retry_of": trial.number, "retry_reason": reason}
     if trial.user_attrs.get("reference"):
@@ -532,6 +568,9 @@ def run_search(
     """
     optuna.logging.set_verbosity(logging.WARNING)
     space, default, target = preflight(config)
+    if config.settings.int8_reduce_range is None:  # the checked target knows its device's CPU
+        settings = dataclasses.replace(config.settings, int8_reduce_range=target.reduce_range)
+        config = dataclasses.replace(config, settings=settings)
     study, created, storage = _open_study(config)
     spec = target_spec(config.settings.target)
     references = default.reference_plans()
@@ -549,7 +588,11 @@ def run_search(
 
     open_trials: dict[int, _Pending] = {}  # asked, not yet told
 
+    last_failure = ""
+
     def fail(trial: optuna.Trial, reason: str) -> None:
+        nonlocal last_failure
+        last_failure = reason
         open_trials.pop(trial.number, None)
         trial.set_user_attr("fail_reason", reason)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -567,6 +610,7 @@ def run_search(
             while (
                 executor.in_flight < executor.workers
                 and _complete(study) + executor.in_flight + collected < config.budget
+                and failures < limit
             ):
                 trial = study.ask()
                 heartbeat.add(trial._trial_id)
@@ -601,10 +645,25 @@ def run_search(
                 pending.kwargs = kwargs
                 executor.submit(pending, kwargs)
 
+        def abandon(reason: str) -> None:
+            """Fail the trials still open, with ``reason``, and queue their plans for the next run."""
+            executor.cancel_all()
+            for pending in list(open_trials.values()):
+                with contextlib.suppress(Exception):  # already told, storage gone: nothing more to save
+                    pending.trial.set_user_attr("fail_reason", reason)
+                    study.tell(pending.trial, state=optuna.trial.TrialState.FAIL)
+                    _retry(study, pending.trial, reason, always=True)
+            open_trials.clear()
+
+        def reap() -> None:
+            """Fail and queue again the trials a killed driver left RUNNING (their heartbeats stopped)."""
+            for stale in fail_stale_trials(study, storage):
+                _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
+
+        reap()  # also when the budget is already met: nothing stays RUNNING for good
         try:
             while _complete(study) < config.budget and failures < limit:
-                for stale in fail_stale_trials(study, storage):
-                    _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"))
+                reap()
                 refill(0)
                 if executor.in_flight == 0:
                     break
@@ -675,7 +734,17 @@ def run_search(
                             failures += 1
                             fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
                             if isinstance(exc, StepError) and exc.step == "latency":
-                                _retry(study, trial, str(exc))  # the target failed (a device gone), not the plan
+                                # the target failed, not the plan: if it is gone, stop rather than fail
+                                # every plan on it; the same command resumes once it is back
+                                lost = _lost(target)
+                                _retry(study, trial, str(exc), always=lost is not None)
+                                if lost is not None:
+                                    abandon(f"target lost: {lost}")
+                                    raise SearchStopped(
+                                        f"lost the target during the search ({lost}); the unfinished plans are "
+                                        "queued: bring it back and run the same command to resume",
+                                        study=study,
+                                    ) from None
                             continue
                         study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
                         open_trials.pop(trial.number, None)
@@ -685,14 +754,25 @@ def run_search(
                         if not promoted:
                             heartbeat.remove(trial._trial_id)
         except KeyboardInterrupt:
-            executor.cancel_all()
-            for pending in open_trials.values():
-                with contextlib.suppress(Exception):  # already told, storage gone: nothing more to save
-                    pending.trial.set_user_attr("fail_reason", "interrupted")
-                    study.tell(pending.trial, state=optuna.trial.TrialState.FAIL)
-                    _retry(study, pending.trial, "interrupted")
+            abandon("interrupted")
             raise
+    evaluated = _complete(study)
+    if evaluated < config.budget:
+        raise SearchStopped(
+            f"stopped after {failures} failed candidate(s), {evaluated} of {config.budget} evaluated; the last failed "
+            f"with: {last_failure}. Fix that and run the same command to resume (`tune show` lists the failures)",
+            study=study,
+        )
     return study
+
+
+def _lost(target: Target) -> str | None:
+    """Why ``target`` cannot time anything any more, or ``None`` while it still can."""
+    try:
+        target.check()
+    except YolotuneError as exc:
+        return str(exc)
+    return None
 
 
 def _metrics(result: CandidateResult) -> dict[str, Any]:
@@ -706,9 +786,50 @@ def _record(config: SearchConfig, study: optuna.Study, trial: optuna.Trial, resu
     trial.set_user_attr("fidelity", "full")
     trial.set_user_attr("latency", record["latency"])
     trial.set_user_attr("provenance", record["provenance"])
-    trial.set_user_attr("artifact", str(result.deployable))
+    trial.set_user_attr("artifact", str(result.deployable.resolve()))  # found from any working directory
     trial.set_user_attr("artifacts", _register_artifacts(config, trial, result))
     _set_constraints(study, trial, result)
+
+
+def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
+    """What differs between a study's recorded job and this run's, as ``key: was X, now Y``.
+
+    A model or dataset named two ways (an asset name, a relative or an absolute path) is the same
+    when both resolve to the same file; keys an older yolotune did not record are not compared.
+    """
+    from yolotune.assets import resolve_data, resolve_model
+
+    resolvers: dict[str, Callable[[str], Path]] = {"model": resolve_model, "data": resolve_data}
+    changes = []
+    for key, now in job.items():
+        was = recorded.get(key, now) if key in _JOB_KEYS_ADDED else recorded.get(key)
+        if was == now:
+            continue
+        if key == "space" and job["space_digest"] and recorded.get("space_digest") == job["space_digest"]:
+            continue  # the same YAML space, named by another path
+        if key in resolvers:
+            with contextlib.suppress(YolotuneError):  # gone since: compare the names
+                if resolvers[key](str(was)) == resolvers[key](str(now)):
+                    continue
+        if key == "space_digest":
+            changes.append(f"space file {job['space']} has changed since")
+        else:
+            changes.append(f"{key}: was {was!r}, now {now!r}")
+    return changes
+
+
+#: Recorded target fields that do not change how a target times.
+_NOT_TIMING = frozenset({"device_url", "description", "name"})
+
+#: Job keys recorded since studies were first made; older studies lack them.
+_JOB_KEYS_ADDED = frozenset({"space_digest"})
+
+
+def _space_digest(space: str | None) -> str | None:
+    """SHA-256 of a YAML space file (a Python space is known by its import path only)."""
+    if not space or not space.endswith((".yaml", ".yml")) or not Path(space).is_file():
+        return None
+    return hashlib.sha256(Path(space).read_bytes()).hexdigest()
 
 
 def _unexpected(exc: Exception) -> str:

@@ -92,9 +92,13 @@ def _local_ray_dir(temp_dir: Path) -> Path:
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:
     """Fail fast on a ``host:port`` Ray address nothing listens on (``ray.init`` would wait for minutes)."""
+    if address in ("auto", "local") or address.startswith(("ray://", "http://", "https://")):
+        return  # left to Ray
     host, sep, port = address.rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return  # "auto", "ray://...": left to Ray
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise YolotuneError(
+            f"--ray-address must be HOST:PORT, ray://HOST:PORT or auto; got {address!r} (or leave it out: local Ray)"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from yolotune.errors import YolotuneError
+from yolotune.errors import YolotuneError, yaml_problem
 from yolotune.spaces import DefaultSpace, Space
 
 __all__ = ["load_space"]
@@ -62,7 +62,7 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
         try:
             options = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise YolotuneError(f"space file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+            raise YolotuneError(f"space file {path} is not valid YAML: {yaml_problem(exc)}") from exc
         if not isinstance(options, dict):
             raise YolotuneError(f"space file {path} must hold a mapping of options")
         return DefaultSpace.from_options(

@@ -144,6 +144,16 @@ class DefaultSpace:
                 raise PlanError(
                     f"space option {name} must be a non-empty subset of {list(allowed)}; got {list(values)}"
                 )
+        numbers = {"max_ratio": self.max_ratio, "ratio_step": self.ratio_step}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise PlanError(f"space option {name} must be a number (unquoted); got {value!r}")
+        integers = {"epochs": self.epochs, "calibration_sizes": self.calibration_sizes}
+        for name, values in integers.items():
+            if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+                raise PlanError(f"space option {name} must be a list of whole numbers; got {list(values)}")
+        if not isinstance(self.fine, bool):
+            raise PlanError(f"space option fine must be true or false (unquoted); got {self.fine!r}")
         bad_step = self.max_ratio > 0 and not 0 < self.ratio_step <= self.max_ratio
         if not 0 <= self.max_ratio <= MAX_PRUNING_RATIO or bad_step:
             raise PlanError(

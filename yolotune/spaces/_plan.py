@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from yolotune.errors import PlanError
+from yolotune.errors import PlanError, yaml_problem
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -313,7 +313,7 @@ class CompressionPlan:
         try:
             return cls.from_dict(yaml.safe_load(text) or {})
         except yaml.YAMLError as exc:
-            raise PlanError(f"plan is not valid YAML: {str(exc).splitlines()[0]}") from exc
+            raise PlanError(f"plan is not valid YAML: {yaml_problem(exc)}") from exc
 
     def save(self, path: str | Path) -> Path:
         """Write the plan to ``path`` (JSON for ``.json``, YAML otherwise)."""
@@ -330,8 +330,20 @@ class CompressionPlan:
         """
         path = Path(path)
         if not path.is_file():
-            raise PlanError(f"plan file not found: {path}")
-        return cls.from_yaml(path.read_text())
+            raise PlanError(f"plan file {path} is a directory" if path.is_dir() else f"plan file not found: {path}")
+        text = path.read_text()
+        if path.suffix == ".json":
+            return cls.from_json(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PlanError(f"plan is not valid YAML: {yaml_problem(exc)}") from exc
+        if data is None:
+            raise PlanError(
+                f"plan file {path} is empty; give at least one of pruning, quantization, recovery "
+                "(the uncompressed model's plan is `{}`)"
+            )
+        return cls.from_dict(data)
 
     # ---------------------------------------------------------------- summaries
     def brief(self) -> str:

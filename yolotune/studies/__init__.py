@@ -6,7 +6,14 @@ from yolotune.studies._dashboard import serve_dashboard
 from yolotune.studies._export import ExportResult, export_trial
 from yolotune.studies._front import FrontRow, pareto_front
 from yolotune.studies._report import write_report
-from yolotune.studies._storage import artifact_dir, default_storage_url, load_study, open_storage, study_dir
+from yolotune.studies._storage import (
+    artifact_dir,
+    default_storage_url,
+    find_artifact_dir,
+    load_study,
+    open_storage,
+    study_dir,
+)
 
 __all__ = [
     "ExportResult",
@@ -14,6 +21,7 @@ __all__ = [
     "artifact_dir",
     "default_storage_url",
     "export_trial",
+    "find_artifact_dir",
     "load_study",
     "open_storage",
     "pareto_front",

@@ -64,6 +64,8 @@ def serve_dashboard(
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
+    if not 0 <= port <= 65535:
+        raise YolotuneError(f"--port must be 0-65535 (0: any free port); got {port}")
     storage = open_storage(storage_url)
     store = FileSystemArtifactStore(str(artifacts)) if artifacts is not None else None
     app = optuna_dashboard.wsgi(storage, artifact_store=store)

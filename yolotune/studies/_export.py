@@ -51,7 +51,8 @@ def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     trials = study.get_trials(deepcopy=False)
     found = next((t for t in trials if t.number == number), None)
     if found is None:
-        raise YolotuneError(f"study '{study.study_name}' has no trial {number} (trials 0–{len(trials) - 1})")
+        held = f"trials 0–{len(trials) - 1}" if trials else "no trials yet: run `tune run` first"
+        raise YolotuneError(f"study '{study.study_name}' has no trial {number} ({held})")
     if found.state != optuna.trial.TrialState.COMPLETE:
         reason = found.user_attrs.get("fail_reason")
         detail = f" ({reason})" if reason else ""
@@ -156,9 +157,9 @@ def _target(study: optuna.Study, job: dict[str, Any], *, device_url: str | None,
     spec = TargetSpec.from_dict(job["target"], recorded) if recorded else job["target"]
     try:
         target = get_target(spec, device_url=url, device_token=device_token)
+        target.check()
     except YolotuneError as exc:
         raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from None
-    target.check()
     return target
 
 

@@ -10,7 +10,7 @@ import optuna
 
 from yolotune.errors import YolotuneError
 
-__all__ = ["artifact_dir", "default_storage_url", "load_study", "open_storage", "study_dir"]
+__all__ = ["artifact_dir", "default_storage_url", "find_artifact_dir", "load_study", "open_storage", "study_dir"]
 
 
 def study_dir(root: Path, study_name: str) -> Path:
@@ -23,6 +23,14 @@ def artifact_dir(root: Path, study_name: str) -> Path:
     path = study_dir(root, study_name) / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def find_artifact_dir(study: optuna.Study, root: Path) -> Path | None:
+    """A study's artifact store, wherever it is opened from: the one it recorded, else ``<root>/<study>``."""
+    for path in (study.user_attrs.get("artifact_store"), study_dir(root, study.study_name) / "artifacts"):
+        if path and Path(path).is_dir():
+            return Path(path)
+    return None
 
 
 def default_storage_url(root: Path, study_name: str) -> str:
@@ -51,6 +59,25 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}") from exc
+
+
+def _missing_file(url: str) -> Path | None:
+    """The file a SQLite or journal URL names, when it does not exist (other URLs: ``None``)."""
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+    elif url.startswith("sqlite:///"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            database = make_url(url).database
+        except Exception:  # a malformed URL: open_storage says what is wrong with it
+            return None
+        if not database or database == ":memory:":
+            return None
+        path = Path(database)
+    else:
+        return None
+    return None if path.exists() else path
 
 
 def _rdb(url: str, heartbeat_interval: int | None, attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -92,6 +119,8 @@ def load_study(*, study: str | None = None, storage: str | None = None, root: Pa
         if not (root / f"{study}.db").is_file():
             raise YolotuneError(f"no study '{study}' in {root}/ (run `tune run --study {study}` first, or pass --root)")
         storage = default_storage_url(root, study)
+    elif (missing := _missing_file(storage)) is not None:  # opening would create an empty one
+        raise YolotuneError(f"storage file {missing} does not exist; check --storage (or run `tune run` first)")
     opened = open_storage(storage)
     if study is None:
         names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
