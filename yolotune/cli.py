@@ -73,10 +73,10 @@ class _Interrupts:
     """Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, a batch scheduler, a closed terminal), remembered.
 
     Each raises KeyboardInterrupt, so the search records its running trials as failed and queues
-    their plans instead of leaving them RUNNING until their heartbeats go stale. A library can
-    swallow that KeyboardInterrupt (seen: about one SIGTERM in ten during a candidate's build went
-    nowhere and the search carried on), so the request is also remembered and :meth:`check`,
-    called at every step, raises it again.
+    their plans instead of leaving them RUNNING until their heartbeats go stale, and the dashboard
+    and the agent stop. A library can swallow that KeyboardInterrupt (seen: about one SIGTERM in ten
+    during a candidate's build went nowhere and the search carried on), so the request is also
+    remembered and :meth:`check`, called at every step or between requests, raises it again.
     """
 
     def __init__(self) -> None:
@@ -548,13 +548,15 @@ def dashboard(
 
     st = load_study(study=study, storage=storage, root=root)
     url = storage or default_storage_url(root, st.study_name)
-    serve_dashboard(
-        storage_url=url,
-        artifacts=find_artifact_dir(st, root),
-        host=host,
-        port=port,
-        on_ready=lambda address: _consoles.out.print(f"dashboard of '{st.study_name}': {address}"),
-    )
+    with _Interrupts().installed() as interrupts:
+        serve_dashboard(
+            storage_url=url,
+            artifacts=find_artifact_dir(st, root),
+            host=host,
+            port=port,
+            on_ready=lambda address: _consoles.out.print(f"dashboard of '{st.study_name}': {address}"),
+            on_poll=interrupts.check,
+        )
 
 
 @app.command()
@@ -685,7 +687,8 @@ def agent(
         + ("" if token else " (loopback, no token)"),
         highlight=False,
     )
-    server.serve_forever()
+    with _Interrupts().installed() as interrupts:
+        server.serve_forever(on_poll=interrupts.check)
 
 
 def main() -> None:

@@ -233,8 +233,12 @@ class AgentServer:
 
     # -- serving -------------------------------------------------------------------------------
 
-    def serve_forever(self, on_ready: Callable[[str], None] | None = None) -> None:
-        """Serve until interrupted."""
+    def serve_forever(
+        self, on_ready: Callable[[str], None] | None = None, on_poll: Callable[[], None] | None = None
+    ) -> None:
+        """Serve until interrupted; ``on_poll`` is called between requests (it may raise KeyboardInterrupt)."""
+        if on_poll is not None:
+            self._server.service_actions = on_poll  # type: ignore[method-assign]
         if on_ready:
             on_ready(self.url)
         try:

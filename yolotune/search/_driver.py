@@ -569,7 +569,7 @@ def run_search(
     optuna.logging.set_verbosity(logging.WARNING)
     space, default, target = preflight(config)
     if config.settings.int8_reduce_range is None:  # the checked target knows its device's CPU
-        settings = dataclasses.replace(config.settings, int8_reduce_range=target.reduce_range)
+        settings = dataclasses.replace(config.settings, int8_reduce_range=getattr(target, "reduce_range", False))
         config = dataclasses.replace(config, settings=settings)
     study, created, storage = _open_study(config)
     spec = target_spec(config.settings.target)

@@ -44,6 +44,7 @@ def serve_dashboard(
     host: str = "127.0.0.1",
     port: int = 8080,
     on_ready: Callable[[str], None] | None = None,
+    on_poll: Callable[[], None] | None = None,
 ) -> None:
     """Serve optuna-dashboard until interrupted; ``on_ready`` gets the URL once it listens.
 
@@ -56,6 +57,8 @@ def serve_dashboard(
         artifacts: Directory of the study's Optuna ``FileSystemArtifactStore``; ``None`` serves none.
         host: Address to bind.
         port: Port to bind (0 picks a free one).
+        on_poll: Called between requests, about twice a second; a KeyboardInterrupt it raises stops
+            the server like Ctrl-C.
         on_ready: Called once with the dashboard's URL when the server listens.
 
     Raises:
@@ -76,6 +79,8 @@ def serve_dashboard(
         if exc.errno == errno.EADDRINUSE:
             raise YolotuneError(f"port {port} is in use on {host}; pass --port") from None
         raise YolotuneError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    if on_poll is not None:
+        server.service_actions = on_poll  # type: ignore[method-assign]
     shown = f"[{host}]" if ":" in host else host
     with server, contextlib.suppress(KeyboardInterrupt):
         if on_ready is not None:
