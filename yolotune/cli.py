@@ -175,8 +175,10 @@ def _settings(
         device_url=device_url,
         device_token_file=str(device_token_file) if device_token_file else None,
     )
-    make_target(settings).check()  # before any work
-    return settings
+    checked = make_target(settings)
+    checked.check()  # before any work
+    # the checked target knows its device's CPU (7-bit INT8 weights where its kernels saturate)
+    return dataclasses.replace(settings, int8_reduce_range=checked.reduce_range)
 
 
 def _table(rows: list[tuple[str, Any]], baseline: Any | None) -> Table:

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from yolotune import StepError, YolotuneError
-from yolotune.evaluators import AgentConfig, AgentServer, RemoteTarget, TargetSpec, get_target, read_token
+from yolotune.evaluators import (
+    AgentConfig,
+    AgentServer,
+    RemoteTarget,
+    TargetSpec,
+    get_target,
+    int8_saturates,
+    needs_reduce_range,
+    read_token,
+)
 
 TOKEN = "s3cret-token"
 BOARD = TargetSpec(name="test-board", runtime="onnxruntime", precisions=("int8", "fp32"), threads=1, agent=True)
@@ -60,6 +69,17 @@ def test_agent_answers_with_its_device_and_refuses_a_wrong_or_missing_token(agen
     orin = get_target("jetson-orin", device_url=agent.url, device_token=TOKEN)
     with pytest.raises(YolotuneError, match="runs onnxruntime; target jetson-orin needs tensorrt"):
         orin.check()
+
+
+def test_a_checked_device_target_builds_int8_weights_for_the_agents_cpu(agent: AgentServer) -> None:
+    # the agent says whether its CPU's INT8 kernels saturate; here it runs on this machine's CPU
+    _, info = _raw(agent.url, "GET", "/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert info["int8_saturates"] is int8_saturates()
+    board = RemoteTarget(spec=BOARD, url=agent.url, token=TOKEN)
+    assert board.reduce_range is False  # not known before the agent is asked
+    board.check()
+    assert board.reduce_range is int8_saturates()
+    assert needs_reduce_range(board) is int8_saturates()
 
 
 def test_uploads_are_size_limited_and_checked_and_the_agent_keeps_serving(agent: AgentServer, fp32_onnx_160) -> None:
