@@ -53,8 +53,8 @@ def needs_reduce_range(target: Target | TargetSpec) -> bool:
     A spec without its target instance can only say so for this machine's CPU (an ONNX Runtime CPU
     target timed here); a device target's agent tells its :class:`RemoteTarget` when it is checked.
     """
-    if isinstance(target, Target):
-        return target.reduce_range
+    if not isinstance(target, TargetSpec):  # a Target, or an object shaped like one (a test's fake)
+        return bool(getattr(target, "reduce_range", False))
     return target.runtime == "onnxruntime" and not target.agent and int8_saturates()
 
 

@@ -27,7 +27,7 @@ import optuna
 from yolotune.compression import CALIBRATION_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import SearchStopped, StepError, YolotuneError
-from yolotune.evaluators import LatencyStats, target_spec
+from yolotune.evaluators import LatencyStats, needs_reduce_range, target_spec
 from yolotune.search._candidate import (
     CandidateResult,
     CandidateSettings,
@@ -569,7 +569,7 @@ def run_search(
     optuna.logging.set_verbosity(logging.WARNING)
     space, default, target = preflight(config)
     if config.settings.int8_reduce_range is None:  # the checked target knows its device's CPU
-        settings = dataclasses.replace(config.settings, int8_reduce_range=getattr(target, "reduce_range", False))
+        settings = dataclasses.replace(config.settings, int8_reduce_range=needs_reduce_range(target))
         config = dataclasses.replace(config, settings=settings)
     study, created, storage = _open_study(config)
     spec = target_spec(config.settings.target)
