@@ -13,13 +13,18 @@ from typing import Any
 __all__ = ["cpu_name", "device_info", "int8_saturates"]
 
 
-def cpu_name() -> str:
-    """CPU model name (``/proc/cpuinfo``), or the platform's processor string."""
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first ``key`` line of ``/proc/cpuinfo``, or ``None`` (no such line or file)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """CPU model name (``/proc/cpuinfo``), or the platform's processor string."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 #: CPU flags of x86 dot-product instructions that add u8×s8 products without an int16 stage.
@@ -38,14 +43,8 @@ def int8_saturates() -> bool:
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return not (_VNNI_FLAGS & set(line.split(":", 1)[1].split()))
-    return True
+    flags = _cpuinfo("flags")
+    return flags is None or not (_VNNI_FLAGS & set(flags.split()))
 
 
 def _board() -> str | None:
