@@ -30,6 +30,13 @@ def test_search_completes_trials_yields_a_front_and_resumes(tmp_path: Path) -> N
     for t in front:
         assert not any(_dominates(o.values, t.values) for o in complete)
         assert Path(t.user_attrs["artifact"]).is_file()
+    # the study records what timed it, and the INT8 weight width its trials were built with for that CPU
+    from yolotune.evaluators import int8_saturates
+    from yolotune.evaluators._device import cpu_name
+
+    assert study.user_attrs["timed_on"] == {"device": cpu_name(), "int8_weight_bits": 7 if int8_saturates() else 8}
+    int8 = json.loads((Path(complete[1].user_attrs["artifact"]).parent / "metrics.json").read_text())
+    assert int8["quantize"]["weight_bits"] == study.user_attrs["timed_on"]["int8_weight_bits"]
     # a recorded trial's params rebuild its plan
 
     space = search_spaces(config)[0]
@@ -140,6 +147,27 @@ def test_a_study_recorded_by_an_older_yolotune_is_not_resumed(tmp_path: Path, er
     with pytest.raises(YolotuneError, match=message):
         run_search(config)
     assert not old.get_trials()  # nothing was added to it
+
+
+def test_a_study_timed_on_one_device_is_not_resumed_on_another(tmp_path: Path) -> None:
+    from yolotune.search._driver import _open_study
+
+    config = SearchConfig(
+        model="yolov8n-coco.pt", data="coco8", budget=1, settings=CandidateSettings(imgsz=160), root=tmp_path
+    )
+    vnni = {"device": "AMD EPYC", "int8_weight_bits": 8}
+    study, created, _ = _open_study(config, timed_on=vnni)
+    assert created and study.user_attrs["timed_on"] == vnni
+    _open_study(config, timed_on=dict(vnni))  # the same device resumes
+    # the same CPU name without VNNI builds 7-bit weights: its INT8 trials would not compare
+    with pytest.raises(
+        YolotuneError,
+        match=r"timed on AMD EPYC with 8-bit INT8 weights, this run would time on "
+        r"AMD EPYC with 7-bit INT8 weights: latencies would not compare; resume it there",
+    ):
+        _open_study(config, timed_on={**vnni, "int8_weight_bits": 7})
+    with pytest.raises(YolotuneError, match=r"would time on Intel Xeon with 8-bit"):
+        _open_study(config, timed_on={**vnni, "device": "Intel Xeon"})
 
 
 def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_job(

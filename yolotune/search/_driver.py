@@ -247,10 +247,14 @@ def open_study(config: SearchConfig) -> optuna.Study:
     return _open_study(config)[0]
 
 
-def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storages.BaseStorage]:
+def _open_study(
+    config: SearchConfig, *, timed_on: dict[str, Any] | None = None
+) -> tuple[optuna.Study, bool, optuna.storages.BaseStorage]:
     """``open_study``, also saying whether this call created the study (only its creator seeds it).
 
-    Returns the storage too: Optuna wraps it in a cache inside the study, and heartbeats go to it.
+    ``timed_on`` (the device that times, and the INT8 weight width built for it) is recorded by the
+    run that creates the study; a run on another device is refused, since its latencies would not
+    compare. Returns the storage too: Optuna wraps it in a cache inside the study, and heartbeats go to it.
     """
     optuna.logging.set_verbosity(logging.WARNING)
     storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval)
@@ -288,6 +292,8 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
     recorded = study.user_attrs.get("job")
     if recorded is None:
         study.set_user_attr("job", job)
+        if timed_on is not None:
+            study.set_user_attr("timed_on", timed_on)
         # how to rebuild the target for `tune export` (a user YAML target may not be loaded there)
         study.set_user_attr("target", {**spec.to_dict(), "device_url": config.settings.device_url})
         study.set_user_attr("constraints", wanted)
@@ -328,6 +334,14 @@ def _open_study(config: SearchConfig) -> tuple[optuna.Study, bool, optuna.storag
             f"study '{config.name}' was timed on target {spec.name} as defined then ({'; '.join(changed)}): "
             "latencies would not compare; restore that definition or pass another --study name"
         )
+    was_on = study.user_attrs.get("timed_on")
+    if timed_on is not None and was_on is not None and was_on != timed_on:
+        raise YolotuneError(
+            f"study '{config.name}' was timed on {_device_words(was_on)}, this run would time on "
+            f"{_device_words(timed_on)}: latencies would not compare; resume it there or pass another --study name"
+        )
+    if timed_on is not None and was_on is None:  # a study from before devices were recorded
+        study.set_user_attr("timed_on", timed_on)
     # export re-times on the agent the last run used (an agent may come back at another address)
     study.set_user_attr("target", {**spec.to_dict(), "device_url": config.settings.device_url})
     study.set_user_attr("artifact_store", str(artifact_dir(config.root, config.name).resolve()))
@@ -571,7 +585,11 @@ def run_search(
     if config.settings.int8_reduce_range is None:  # the checked target knows its device's CPU
         settings = dataclasses.replace(config.settings, int8_reduce_range=needs_reduce_range(target))
         config = dataclasses.replace(config, settings=settings)
-    study, created, storage = _open_study(config)
+    timed_on = {
+        "device": target.provenance(imgsz=config.settings.imgsz).device,
+        "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8,
+    }
+    study, created, storage = _open_study(config, timed_on=timed_on)
     spec = target_spec(config.settings.target)
     references = default.reference_plans()
     if created:
@@ -830,6 +848,11 @@ def _space_digest(space: str | None) -> str | None:
     if not space or not space.endswith((".yaml", ".yml")) or not Path(space).is_file():
         return None
     return hashlib.sha256(Path(space).read_bytes()).hexdigest()
+
+
+def _device_words(timed_on: dict[str, Any]) -> str:
+    """``AMD EPYC with 8-bit INT8 weights``: a recorded ``timed_on`` in words."""
+    return f"{timed_on.get('device') or 'an unnamed device'} with {timed_on.get('int8_weight_bits')}-bit INT8 weights"
 
 
 def _unexpected(exc: Exception) -> str:
