@@ -52,6 +52,10 @@ def test_data_yaml_without_val(tmp_path: Path) -> None:
     data.write_text(yaml.safe_dump({"train": str(train), "names": {0: "a"}}))
     line = _error(["baseline", "--data", str(data)])
     assert "has no 'val' split" in line
+    # a second val would silently replace the first
+    data.write_text(f"train: {train}\nval: {train}\nval: {train}\nnames: {{0: a}}\n")
+    line = _error(["baseline", "--data", str(data)])
+    assert f"data yaml {data} is not valid YAML: found duplicate key 'val' at line 3, column 1" in line
 
 
 def test_data_yaml_with_other_classes_than_the_model(tmp_path: Path) -> None:
@@ -106,6 +110,10 @@ def test_eval_refuses_a_plan_before_building_the_baseline(plan_file, tmp_path: P
     broken = tmp_path / "broken.yaml"
     broken.write_text("pruning: {ratios: [\n")
     assert "plan is not valid YAML: " in _error(["eval", "--data", "coco8", "--plan", str(broken)])
+    twice = tmp_path / "twice.yaml"  # the second ratios would silently replace the first
+    twice.write_text("pruning:\n  ratios: {backbone.7: 0.25}\n  ratios: {neck.16: 0.25}\n")
+    line = _error(["eval", "--data", "coco8", "--plan", str(twice)])
+    assert line == "error: plan is not valid YAML: found duplicate key 'ratios' at line 3, column 3"
 
 
 def test_paths_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None:
@@ -244,3 +252,22 @@ def test_show_and_export_keep_rung0_stops_apart_from_the_front(tmp_path: Path) -
     assert "1 complete, 0 failed, 1 stopped at rung 0" in shown.stdout
     line = _error(["export", "--root", str(tmp_path), "--trial", "1", "--out", str(tmp_path / "x")])
     assert "trial 1 is PRUNED" in line and "export a COMPLETE trial" in line
+
+
+def test_a_study_timed_on_another_device_is_refused_in_one_line(tmp_path: Path) -> None:
+    from yolotune.search import CandidateSettings, SearchConfig
+    from yolotune.search._driver import _open_study
+
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=1,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        study_name="moved",
+    )
+    _open_study(config, timed_on={"device": "Some Other CPU", "int8_weight_bits": 8})
+    args = ["run", "--data", "coco8", "--imgsz", "160", "--budget", "1", "--root", str(tmp_path), "--study", "moved"]
+    line = _error(args)  # one line: no progress display before the refusal
+    assert "study 'moved' was timed on Some Other CPU with 8-bit INT8 weights, this run would time on" in line
+    assert "resume it there or pass another --study name" in line

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from yolotune import _yaml
 from yolotune._env import workspace_dir
 from yolotune.errors import YolotuneError, yaml_problem
 
@@ -114,7 +115,7 @@ class Dataset:
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _yaml.load(path.read_text())
     except yaml.YAMLError as exc:
         raise YolotuneError(f"data yaml {path} is not valid YAML: {yaml_problem(exc)}") from exc
     except (OSError, UnicodeDecodeError) as exc:

@@ -91,6 +91,11 @@ def test_user_targets_from_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  activations: uint8\n", "activations must be a non-empty"),
         ("x:\n  runtime: onnxruntime\n  precision: [int8]\n", "unknown keys precision"),
         ("x: [a: 1\ny: 2\n", r"is not valid YAML: expected ',' or '\]', but got .* at line 2, column 2"),
+        # PyYAML would keep the second threads without a word
+        (
+            "x:\n  runtime: onnxruntime\n  precisions: [int8]\n  threads: 1\n  threads: 4\n",
+            r"is not valid YAML: found duplicate key 'threads' at line 5, column 3",
+        ),
     ):
         bad.write_text(text)
         with pytest.raises(YolotuneError, match=message):

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from yolotune import _yaml
 from yolotune.errors import YolotuneError, yaml_problem
 from yolotune.spaces import ACTIVATION_TYPES, PRECISIONS
 
@@ -134,7 +135,7 @@ _LOADED: list[str] = []
 
 def _read(text: str, source: str) -> dict[str, TargetSpec]:
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = _yaml.load(text) or {}
     except yaml.YAMLError as exc:
         raise YolotuneError(f"{source} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from yolotune import _yaml
 from yolotune.errors import YolotuneError, yaml_problem
 from yolotune.spaces import DefaultSpace, Space
 
@@ -60,7 +61,7 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
         if not path.is_file():
             raise YolotuneError(f"space file {path} not found")
         try:
-            options = yaml.safe_load(path.read_text()) or {}
+            options = _yaml.load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise YolotuneError(f"space file {path} is not valid YAML: {yaml_problem(exc)}") from exc
         if not isinstance(options, dict):

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from yolotune import _yaml
 from yolotune.errors import PlanError, yaml_problem
 
 __all__ = [
@@ -311,7 +312,7 @@ class CompressionPlan:
     def from_yaml(cls, text: str) -> CompressionPlan:
         """Parse a plan from YAML (or JSON, which is YAML) text."""
         try:
-            return cls.from_dict(yaml.safe_load(text) or {})
+            return cls.from_dict(_yaml.load(text) or {})
         except yaml.YAMLError as exc:
             raise PlanError(f"plan is not valid YAML: {yaml_problem(exc)}") from exc
 
@@ -335,7 +336,7 @@ class CompressionPlan:
         if path.suffix == ".json":
             return cls.from_json(text)
         try:
-            data = yaml.safe_load(text)
+            data = _yaml.load(text)
         except yaml.YAMLError as exc:
             raise PlanError(f"plan is not valid YAML: {yaml_problem(exc)}") from exc
         if data is None:

@@ -1,0 +1,44 @@
+"""YAML for the files users write: PyYAML's safe loader, refusing a key given twice in one mapping.
+
+PyYAML keeps the last of two equal keys without a word, so a plan with ``ratios:`` twice would
+silently lose the first. The error is PyYAML's own (``ConstructorError``), with the line and
+column of the second key, so every caller's ``yaml.YAMLError`` handling names it in one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["load"]
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:  # `<<: *defaults` then overriding a key is not a duplicate
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load(text: str) -> Any:
+    """Parse one YAML document like ``yaml.safe_load``, refusing duplicate keys.
+
+    Raises:
+        yaml.YAMLError: Invalid YAML, or a key given twice in one mapping.
+    """
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
