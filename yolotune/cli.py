@@ -373,15 +373,10 @@ def run(
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     )
-    # shown from the first trial or scan step on: a run refused before any (another job under this
-    # study name, another device) prints its one line and nothing else
+    # shown once the study is opened: a run refused before (another job under this study name,
+    # another device) prints its one line and nothing else
     progress = Progress(*columns, console=_consoles.err)
     task = progress.add_task(config.name, total=budget, status="starting")
-
-    def shown() -> Progress:
-        if not progress.live.is_started:
-            progress.start()
-        return progress
 
     with _Interrupts().installed() as interrupts, contextlib.ExitStack() as cleanup:
         cleanup.callback(progress.stop)
@@ -396,11 +391,11 @@ def run(
             best_map = max((r.map50_95 for r in front), default=float("nan"))
             best_ms = min((r.latency_ms for r in front), default=float("nan"))
             if outcome.state == "FAIL":
-                shown().console.print(f"trial {outcome.number} failed: {outcome.reason}", highlight=False)
+                progress.console.print(f"trial {outcome.number} failed: {outcome.reason}", highlight=False)
             elif outcome.state == "PRUNED":
                 why = outcome.reason or f"mAP50-95 {outcome.result.accuracy.map50_95:.3f}"
-                shown().console.print(f"trial {outcome.number} stopped at rung 0 ({why})", highlight=False)
-            shown().update(
+                progress.console.print(f"trial {outcome.number} stopped at rung 0 ({why})", highlight=False)
+            progress.update(
                 task,
                 completed=done,
                 status=f"front {len(front)} · best mAP {best_map:.3f} · fastest {best_ms:.2f} ms",
@@ -408,11 +403,11 @@ def run(
 
         def on_step(number: int, step: str) -> None:
             interrupts.check()
-            shown().update(task, description=f"trial {number}: {step}")
+            progress.update(task, description=f"trial {number}: {step}")
 
         def on_scan(done: int, total: int, row: Any, group: str) -> None:
             interrupts.check()
-            shown().update(task, description=f"sensitivity scan {done}/{total}: {group}")
+            progress.update(task, description=f"sensitivity scan {done}/{total}: {group}")
 
         try:
             result = run_search(
@@ -420,6 +415,7 @@ def run(
                 on_trial=on_trial,
                 on_step=on_step,
                 on_scan=on_scan,
+                on_open=lambda st: progress.start(),
             )
         except SearchStopped as exc:
             stopped: SearchStopped | None = exc

@@ -20,7 +20,9 @@ def test_search_completes_trials_yields_a_front_and_resumes(tmp_path: Path) -> N
     config = SearchConfig(
         model="yolov8n-coco.pt", data="coco8", budget=4, settings=CandidateSettings(imgsz=160), root=tmp_path
     )
-    study = run_search(config)
+    opened: list[optuna.Study] = []
+    study = run_search(config, on_open=opened.append)
+    assert [s.study_name for s in opened] == [study.study_name]
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 4
     assert [t.user_attrs.get("reference") for t in complete[:3]] == ["fp32", "int8", "seeds"]

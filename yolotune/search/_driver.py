@@ -567,6 +567,7 @@ def run_search(
     on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
     on_step: Callable[[int, str], None] | None = None,
     on_scan: Callable[[int, int, GroupSensitivity | None, str], None] | None = None,
+    on_open: Callable[[optuna.Study], None] | None = None,
     max_failures: int | None = None,
 ) -> optuna.Study:
     """Run trials until the study holds ``config.budget`` COMPLETE trials.
@@ -579,6 +580,7 @@ def run_search(
     is failed and its plan retried once; so is a trial left RUNNING by a driver that died (no
     heartbeat). Ctrl-C tells the running trials FAIL (reason ``interrupted``), queues their plans
     again and re-raises: nothing half-done is reported as complete, and the next run picks up.
+    ``on_open`` is called once the study is opened and found to be this job's, before any work.
     """
     optuna.logging.set_verbosity(logging.WARNING)
     space, default, target = preflight(config)
@@ -590,6 +592,8 @@ def run_search(
         "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8,
     }
     study, created, storage = _open_study(config, timed_on=timed_on)
+    if on_open is not None:
+        on_open(study)
     spec = target_spec(config.settings.target)
     references = default.reference_plans()
     if created:
