@@ -392,6 +392,8 @@ def run(
             best_ms = min((r.latency_ms for r in front), default=float("nan"))
             if outcome.state == "FAIL":
                 progress.console.print(f"trial {outcome.number} failed: {outcome.reason}", highlight=False)
+            elif outcome.state == "COMPLETE" and outcome.reason:
+                progress.console.print(f"trial {outcome.number}: {outcome.reason}", highlight=False)
             elif outcome.state == "PRUNED":
                 why = outcome.reason or f"mAP50-95 {outcome.result.accuracy.map50_95:.3f}"
                 progress.console.print(f"trial {outcome.number} stopped at rung 0 ({why})", highlight=False)

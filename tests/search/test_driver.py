@@ -254,6 +254,42 @@ def test_space_from_a_python_callable(tmp_path: Path) -> None:
         load_space(str(tmp_path / "bad.yaml"), default=default)
 
 
+def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path) -> None:
+    from yolotune.studies import pareto_front, study_dir
+
+    source = tmp_path / "one_plan.py"  # a space of one plan: every draw after the first is a duplicate
+    source.write_text(
+        "from yolotune.spaces import CompressionPlan\n"
+        "def space(trial):\n"
+        "    ratio = trial.suggest_categorical('neck.16', [0.25])\n"
+        "    return CompressionPlan.from_dict({'pruning': {'ratios': {'neck.16': ratio}}})\n"
+    )
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=6,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        space=f"{source}:space",
+        max_map_drop=0.5,
+    )
+    told: list[tuple[int, str, str]] = []
+    study = run_search(config, on_trial=lambda o, st: told.append((o.number, o.state, o.reason)))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 6  # three references, the plan, and the plan twice again
+    first, *again = complete[3:]
+    assert "duplicate_of" not in first.user_attrs
+    trials = study_dir(tmp_path, study.study_name) / "trials"
+    assert (trials / str(first.number)).is_dir()
+    assert [t.user_attrs["duplicate_of"] for t in again] == [first.number, first.number]
+    for t in again:
+        assert t.values == first.values and t.constraints == first.constraints
+        assert t.user_attrs["artifact"] == first.user_attrs["artifact"]  # what `tune export --trial` hands out
+        assert not (trials / str(t.number)).exists()  # nothing was built for it
+        assert (t.number, "COMPLETE", f"the plan of trial {first.number} again: its measurements are reused") in told
+    assert not any(r.number in {t.number for t in again} for r in pareto_front(study))
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(tmp_path: Path, signum: str) -> None:
     import os

@@ -649,6 +649,14 @@ def run_search(
                     continue
                 trial.set_user_attr("plan", plan.to_dict())
                 trial.set_user_attr("brief", plan.brief())
+                twin = None if reference else _twin(study, plan)
+                if twin is not None:  # samplers propose a plan again, small spaces often: reuse it
+                    heartbeat.remove(trial._trial_id)
+                    _reuse(study, trial, twin)
+                    if on_trial:
+                        why = f"the plan of trial {twin.number} again: its measurements are reused"
+                        on_trial(TrialOutcome(number=trial.number, state=twin.state.name, reason=why), study)
+                    continue
                 pending = _Pending(trial=trial, plan=plan, out_dir=root / str(trial.number))
                 open_trials[trial.number] = pending
                 kwargs: dict[str, Any] = {
@@ -786,6 +794,37 @@ def run_search(
             study=study,
         )
     return study
+
+
+def _twin(study: optuna.Study, plan: CompressionPlan) -> optuna.trial.FrozenTrial | None:
+    """An earlier trial that measured ``plan``: COMPLETE, or stopped at rung 0 (PRUNED)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=states):
+        if "duplicate_of" not in t.user_attrs and "plan" in t.user_attrs and plan_of(t) == plan:
+            return t
+    return None
+
+
+#: A trial's own attributes, which a trial that reuses another's measurements does not take over.
+_OWN_ATTRS = frozenset({"plan", "brief", "reference", "retry_of", "retry_reason", "fail_reason"})
+
+
+def _reuse(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:
+    """Tell ``trial`` what ``twin``, which ran the same plan, measured (Optuna's advice for duplicates).
+
+    It takes over the twin's values, constraints and records (artifact, metrics, provenance,
+    fidelity) and says whose they are (``duplicate_of``); fronts list the twin only.
+    """
+    for key, value in twin.user_attrs.items():
+        if key not in _OWN_ATTRS:
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("duplicate_of", twin.number)
+    for name, value in twin.constraints.items():
+        trial.set_constraint(name, value)
+    if twin.state == optuna.trial.TrialState.COMPLETE:
+        study.tell(trial, list(twin.values))
+    else:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
 
 
 def _lost(target: Target) -> str | None:

@@ -25,11 +25,13 @@ class FrontRow:
 
 
 def pareto_front(study: optuna.Study) -> list[FrontRow]:
-    """The study's Pareto front (Optuna's ``best_trials``) sorted by latency."""
+    """The study's Pareto front (Optuna's ``best_trials``, a plan's first trial only) sorted by latency."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     base = next((t for t in complete if t.user_attrs.get("reference") == "fp32"), None)
     rows = []
     for t in study.best_trials:
+        if "duplicate_of" in t.user_attrs:  # the same plan as a trial listed already, its values reused
+            continue
         m, mb, ms = t.values
         rows.append(
             FrontRow(
