@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from yolotune.assets import Dataset, assets_dir, prepare_dataset, resolve_model
+from yolotune.search import CandidateSettings, SearchConfig
 
 if assets_dir() is None:  # pragma: no cover - the project's CI always has them
     pytest.exit("the real assets are missing: set YOLOTUNE_ASSETS (see README)", returncode=2)
@@ -78,3 +81,23 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, st
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("YOLOTUNE_DEBUG", "")
+
+
+@pytest.fixture
+def coco8_search(tmp_path: Path) -> Callable[..., SearchConfig]:
+    """Search configs for yolov8n-coco on coco8 at 160 px under ``tmp_path``, one trial by default.
+
+    Keywords override or add ``SearchConfig`` fields.
+    """
+
+    def make(**fields: Any) -> SearchConfig:
+        base: dict[str, Any] = {
+            "model": "yolov8n-coco.pt",
+            "data": "coco8",
+            "budget": 1,
+            "settings": CandidateSettings(imgsz=160),
+            "root": tmp_path,
+        }
+        return SearchConfig(**{**base, **fields})
+
+    return make

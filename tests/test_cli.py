@@ -254,19 +254,10 @@ def test_show_and_export_keep_rung0_stops_apart_from_the_front(tmp_path: Path) -
     assert "trial 1 is PRUNED" in line and "export a COMPLETE trial" in line
 
 
-def test_a_study_timed_on_another_device_is_refused_in_one_line(tmp_path: Path) -> None:
-    from yolotune.search import CandidateSettings, SearchConfig
+def test_a_study_timed_on_another_device_is_refused_in_one_line(tmp_path: Path, coco8_search) -> None:
     from yolotune.search._driver import _open_study
 
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=1,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        study_name="moved",
-    )
-    _open_study(config, timed_on={"device": "Some Other CPU", "int8_weight_bits": 8})
+    _open_study(coco8_search(study_name="moved"), timed_on={"device": "Some Other CPU", "int8_weight_bits": 8})
     args = ["run", "--data", "coco8", "--imgsz", "160", "--budget", "1", "--root", str(tmp_path), "--study", "moved"]
     line = _error(args)  # one line: no progress display before the refusal
     assert "study 'moved' was timed on Some Other CPU with 8-bit INT8 weights, this run would time on" in line

@@ -16,10 +16,8 @@ def _dominates(a: list[float], b: list[float]) -> bool:
     return better_or_equal and a != b
 
 
-def test_search_completes_trials_yields_a_front_and_resumes(tmp_path: Path) -> None:
-    config = SearchConfig(
-        model="yolov8n-coco.pt", data="coco8", budget=4, settings=CandidateSettings(imgsz=160), root=tmp_path
-    )
+def test_search_completes_trials_yields_a_front_and_resumes(coco8_search) -> None:
+    config = coco8_search(budget=4)
     opened: list[optuna.Study] = []
     study = run_search(config, on_open=opened.append)
     assert [s.study_name for s in opened] == [study.study_name]
@@ -126,14 +124,12 @@ _OLD_JOBS = {
 
 
 @pytest.mark.parametrize("era", list(_OLD_JOBS))
-def test_a_study_recorded_by_an_older_yolotune_is_not_resumed(tmp_path: Path, era: str) -> None:
+def test_a_study_recorded_by_an_older_yolotune_is_not_resumed(tmp_path: Path, coco8_search, era: str) -> None:
     from yolotune.compression import CALIBRATION_FORMAT, ultralytics_adapter
     from yolotune.search._driver import DIRECTIONS
     from yolotune.studies import default_storage_url
 
-    config = SearchConfig(
-        model="yolov8n-coco.pt", data="coco8", budget=1, settings=CandidateSettings(imgsz=160), root=tmp_path
-    )
+    config = coco8_search()
     old = optuna.create_study(
         study_name=config.name, storage=default_storage_url(tmp_path, config.name), directions=DIRECTIONS
     )
@@ -151,12 +147,10 @@ def test_a_study_recorded_by_an_older_yolotune_is_not_resumed(tmp_path: Path, er
     assert not old.get_trials()  # nothing was added to it
 
 
-def test_a_study_timed_on_one_device_is_not_resumed_on_another(tmp_path: Path) -> None:
+def test_a_study_timed_on_one_device_is_not_resumed_on_another(coco8_search) -> None:
     from yolotune.search._driver import _open_study
 
-    config = SearchConfig(
-        model="yolov8n-coco.pt", data="coco8", budget=1, settings=CandidateSettings(imgsz=160), root=tmp_path
-    )
+    config = coco8_search()
     vnni = {"device": "AMD EPYC", "int8_weight_bits": 8}
     study, created, _ = _open_study(config, timed_on=vnni)
     assert created and study.user_attrs["timed_on"] == vnni
@@ -254,7 +248,7 @@ def test_space_from_a_python_callable(tmp_path: Path) -> None:
         load_space(str(tmp_path / "bad.yaml"), default=default)
 
 
-def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path) -> None:
+def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path, coco8_search) -> None:
     from yolotune.studies import pareto_front, study_dir
 
     source = tmp_path / "one_plan.py"  # a space of one plan: every draw after the first is a duplicate
@@ -264,15 +258,7 @@ def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path) -> No
         "    ratio = trial.suggest_categorical('neck.16', [0.25])\n"
         "    return CompressionPlan.from_dict({'pruning': {'ratios': {'neck.16': ratio}}})\n"
     )
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=6,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        space=f"{source}:space",
-        max_map_drop=0.5,
-    )
+    config = coco8_search(budget=6, space=f"{source}:space", max_map_drop=0.5)
     told: list[tuple[int, str, str]] = []
     study = run_search(config, on_trial=lambda o, st: told.append((o.number, o.state, o.reason)))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
