@@ -36,6 +36,8 @@ SETTINGS: dict[str, tuple[str, dict[str, str]]] = {
     "extended": ("extended", {}),
     "qdq cleanup": ("all", {"session.enable_quant_qdq_cleanup": "1"}),
     "no prepacking": ("all", {"session.disable_prepacking": "1"}),
+    "dynamic block 4": ("all", {"session.dynamic_block_base": "4"}),
+    "no spinning": ("all", {"session.intra_op.allow_spinning": "0"}),
 }
 
 
@@ -84,6 +86,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/zen4models"))
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("ortopts.json"))
     args = ap.parse_args()
     files = build(args.dir)
     x = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
@@ -98,8 +101,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for (m, s), v in ms.items():
         print(f"| {m} | {s} | {statistics.median(v):.2f} | {min(v):.2f} | {base / statistics.median(v):.2f}x |")
-    out = Path(__file__).with_name("ortopts.json")
-    out.write_text(json.dumps({f"{m} / {s}": v for (m, s), v in ms.items()}, indent=1) + "\n")
+    args.out.write_text(json.dumps({f"{m} / {s}": v for (m, s), v in ms.items()}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
