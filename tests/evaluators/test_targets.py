@@ -28,10 +28,13 @@ def test_built_in_targets_and_their_precisions() -> None:
     assert orin.agent and orin.runtime == "tensorrt" and {"int8", "fp16"} <= set(orin.precisions)
     assert target_spec("raspberry-pi-5").threads == 4
     # INT8 activation types: uint8 only on local-cpu (int8 is slower than FP32 on x86), TensorRT's
-    # symmetric int8 on the Jetsons, and a runtime's own list where a target names none
+    # symmetric int8 on the Jetsons, both on the Pi (listed), and uint8 on any ONNX Runtime CPU
+    # target that names none (ONNX Runtime's own default)
     assert local.activations == target_spec("local-cpu").activations == ("uint8",)
     assert orin.activations == ("int8",) and target_spec("local-cuda").activations == ("int8",)
     assert target_spec("raspberry-pi-5").activations == ("uint8", "int8")
+    assert TargetSpec(name="laptop", runtime="onnxruntime", precisions=("int8", "fp32")).activations == ("uint8",)
+    assert TargetSpec(name="gpu", runtime="onnxruntime-gpu", precisions=("int8",)).activations == ("int8",)
     pi = target_spec("raspberry-pi-5")
     assert TargetSpec.from_dict(pi.name, pi.to_dict()) == pi
     with pytest.raises(YolotuneError, match="unknown target 'jetson-nano'; known targets: jetson-orin"):

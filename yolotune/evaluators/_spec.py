@@ -20,6 +20,7 @@ from yolotune.errors import YolotuneError, yaml_problem
 from yolotune.spaces import ACTIVATION_TYPES, PRECISIONS
 
 __all__ = [
+    "DEFAULT_ACTIVATIONS",
     "RUNTIMES",
     "RUNTIME_ACTIVATIONS",
     "RUNTIME_PRECISIONS",
@@ -34,9 +35,13 @@ __all__ = [
 RUNTIMES = ("onnxruntime", "onnxruntime-gpu", "tensorrt")
 _ENV = "YOLOTUNE_TARGETS"
 _FIELDS = ("runtime", "agent", "precisions", "activations", "imgsz", "threads", "description")
-#: INT8 activation types each runtime runs, when a target does not list its own. TensorRT takes only
-#: signed INT8 with zero point 0 (yolotune quantizes ``int8`` activations symmetrically).
+#: INT8 activation types each runtime can run. TensorRT takes only signed INT8 with zero point 0
+#: (yolotune quantizes ``int8`` activations symmetrically).
 RUNTIME_ACTIVATIONS = {"onnxruntime": ("uint8", "int8"), "onnxruntime-gpu": ("int8",), "tensorrt": ("int8",)}
+#: What a target that does not list its activation types runs: ONNX Runtime's CPU default is uint8,
+#: its fast path on x86 (int8 activations ran 2.1-2.3x slower than FP32 there); a target lists
+#: ``[uint8, int8]`` to search both (an ARM board, say).
+DEFAULT_ACTIVATIONS = {"onnxruntime": ("uint8",), "onnxruntime-gpu": ("int8",), "tensorrt": ("int8",)}
 #: Precisions each runtime runs (ONNX Runtime's CPU kernels have no fp16 convolutions).
 RUNTIME_PRECISIONS = {
     "onnxruntime": ("int8", "fp32"),
@@ -54,8 +59,8 @@ class TargetSpec:
         runtime: ``onnxruntime`` (CPU), ``onnxruntime-gpu`` or ``tensorrt``.
         precisions: Precisions the target runs; the search space asks only for these.
         activations: Activation types of INT8 layers the target runs, the fast one first; the search
-            space asks only for these and plans with another are refused (default: its runtime's,
-            ``RUNTIME_ACTIVATIONS``).
+            space asks only for these and plans with another are refused (default:
+            ``DEFAULT_ACTIVATIONS`` of its runtime: uint8 on ONNX Runtime's CPU, int8 elsewhere).
         imgsz: Default square input size.
         threads: Intra-op threads of CPU runtimes (``None``: every core).
         agent: Timed on a device through ``tune agent`` rather than on this machine.
@@ -81,7 +86,7 @@ class TargetSpec:
         if bad or not self.precisions or len(set(self.precisions)) < len(self.precisions):
             raise YolotuneError(f"{where}: precisions of runtime {self.runtime} must list {', '.join(can)}, each once")
         runs = RUNTIME_ACTIVATIONS[self.runtime]
-        object.__setattr__(self, "activations", tuple(self.activations) or runs)
+        object.__setattr__(self, "activations", tuple(self.activations) or DEFAULT_ACTIVATIONS[self.runtime])
         if any(a not in runs for a in self.activations) or len(set(self.activations)) < len(self.activations):
             raise YolotuneError(
                 f"{where}: activations of runtime {self.runtime} must list {', '.join(runs)}, each once"
