@@ -164,7 +164,7 @@ def _settings(
     targets_file: Path | None = None,
 ) -> Any:
     """Candidate settings for ``target``, checked: unknown targets and unreachable devices fail here."""
-    from yolotune.evaluators import add_target_file, target_spec
+    from yolotune.evaluators import add_target_file, needs_reduce_range, target_spec
     from yolotune.search import CandidateSettings, make_target
 
     if targets_file is not None:
@@ -178,7 +178,7 @@ def _settings(
     checked = make_target(settings)
     checked.check()  # before any work
     # the checked target knows its device's CPU (7-bit INT8 weights where its kernels saturate)
-    return dataclasses.replace(settings, int8_reduce_range=checked.reduce_range)
+    return dataclasses.replace(settings, int8_reduce_range=needs_reduce_range(checked))
 
 
 def _table(rows: list[tuple[str, Any]], baseline: Any | None) -> Table:

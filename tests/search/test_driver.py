@@ -200,6 +200,15 @@ def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_
     add_target_file(targets)
     with pytest.raises(YolotuneError, match=r"timed on target board as defined then \(threads: was 1, now 2\)"):
         _open_study(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
+    # listing both activation types (the default was both before it became uint8): the message says how to resume
+    targets.write_text("board:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  activations: [uint8, int8]\n")
+    add_target_file(targets)
+    with pytest.raises(
+        YolotuneError,
+        match=r"searched uint8 INT8 activations; target board now runs uint8/int8: "
+        r"give it `activations: \[uint8\]` \(--targets-file\) to resume the study",
+    ):
+        _open_study(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
 
 
 def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) -> None:

@@ -315,9 +315,15 @@ def _open_study(
             "entropy results would not compare; use another --study name"
         )
     if recorded.get("activations") != job["activations"]:
-        was = "/".join(recorded.get("activations") or ["uint8", "int8"])
-        raise YolotuneError(
-            f"study '{config.name}' searched {was} INT8 activations; target {job['target']} now runs "
+        if recorded.get("activations"):  # the target's definition (or its default) changed since
+            listed = ", ".join(recorded["activations"])
+            raise YolotuneError(
+                f"study '{config.name}' searched {'/'.join(recorded['activations'])} INT8 activations; target "
+                f"{job['target']} now runs {'/'.join(spec.activations)}: give it `activations: [{listed}]` "
+                "(--targets-file) to resume the study, or use another --study name"
+            )
+        raise YolotuneError(  # before activation types were recorded: int8 ones were asymmetric then
+            f"study '{config.name}' searched uint8/int8 INT8 activations; target {job['target']} now runs "
             f"{'/'.join(spec.activations)} (and int8 ones are quantized symmetrically): use another --study name"
         )
     changed = _job_changes(recorded, job)
