@@ -182,3 +182,31 @@ def test_entropy_calibration_searches_thresholds_instead_of_repeating_minmax(
     assert not any(float(np.max(b[k])) > 1.001 * float(np.max(a[k])) for k in a)  # never wider than MinMax
     fp32 = measure_map(fp32_onnx_320, tiny_coco, imgsz=320).map50_95
     assert abs(measure_map(b_path, tiny_coco, imgsz=320).map50_95 - fp32) <= 0.02
+
+
+def test_shared_ranges_let_every_concat_copy_and_keep_map(fp32_onnx_320, tiny_coco, _loaded, tmp_path) -> None:
+    separate = QuantizationConfig(default="int8", calibration_method="minmax", calibration_images=8)
+    shared = dataclasses.replace(separate, shared_ranges=True)
+    layout = ultralytics_adapter.model_layout(_loaded)
+    reports = {}
+    for name, config in (("separate", separate), ("shared", shared)):
+        reports[name] = quantize(
+            fp32_onnx_320,
+            tmp_path / f"{name}.onnx",
+            config,
+            group_of_node=layout.group_of_onnx_node,
+            calibration=lambda: ultralytics_adapter.calibration_images(tiny_coco, imgsz=320, count=8),
+            reduce_range=int8_saturates(),
+        )
+    # yolov8n: 8 C2f, SPPF and 4 neck Concats are quantized; the Detect decode's stay float
+    assert reports["shared"].concats == reports["separate"].concats == 13
+    assert reports["shared"].concats_copying == 13
+    assert reports["separate"].concats_copying <= 2  # calibrated ranges rarely coincide
+    # one range per group, carried through MaxPool/Resize/Split: their input and output scales agree
+    a, b = _scales(tmp_path / "separate.onnx"), _scales(tmp_path / "shared.onnx")
+    assert a.keys() == b.keys() and len({float(v) for v in b.values() if v.size == 1}) < len(
+        {float(v) for v in a.values() if v.size == 1}
+    )
+    fp32 = measure_map(fp32_onnx_320, tiny_coco, imgsz=320).map50_95
+    got = measure_map(tmp_path / "shared.onnx", tiny_coco, imgsz=320).map50_95
+    assert abs(got - fp32) <= 0.015

@@ -57,6 +57,7 @@ def test_reference_trials() -> None:
         and not refs["fp32"].pruning.active
     )
     assert refs["int8"].quantization.active and not refs["int8"].pruning.active
+    assert not any(r.quantization.shared_ranges for r in refs.values())  # references keep ORT's own ranges
     seeds = refs["seeds"]
     assert all(seeds.pruning.ratio(g) == 0.3 for g in GROUPS) and seeds.pruning.importance == "bn_scale"
     assert seeds.recovery.epochs > 0 and seeds.quantization.active
@@ -116,3 +117,19 @@ def test_space_asks_only_for_the_target_activation_types_and_references_use_its_
     assert narrowed.activations == ("uint8",)
     with pytest.raises(PlanError, match="space asks for int8 activations; the target runs INT8 layers with uint8"):
         DefaultSpace.from_options({"activations": ["uint8", "int8"]}, **common, activations=("uint8",))
+
+
+def test_space_samples_shared_concat_ranges_unless_narrowed() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = DefaultSpace(groups=GROUPS)
+    seen = {space(study.ask()).quantization.shared_ranges for _ in range(40)}
+    assert seen == {False, True}
+    narrowed = DefaultSpace.from_options(
+        {"shared_ranges": False}, groups=GROUPS, precisions=("int8", "fp32"), max_calibration_images=64
+    )
+    other = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert not any(narrowed(other.ask()).quantization.shared_ranges for _ in range(20))
+    with pytest.raises(PlanError, match="shared_ranges must be a non-empty list of true/false"):
+        DefaultSpace.from_options(
+            {"shared_ranges": "no"}, groups=GROUPS, precisions=("int8",), max_calibration_images=8
+        )

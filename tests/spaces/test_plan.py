@@ -19,6 +19,7 @@ def _plan() -> CompressionPlan:
             calibration_method="percentile",
             calibration_images=8,
             per_channel=False,
+            shared_ranges=True,
         ),
         recovery=RecoveryConfig(epochs=2, lr=5e-4),
     )
@@ -62,6 +63,7 @@ def test_accessors_and_defaults() -> None:
         ({"quantization": {"default": "int4"}}, "default precision must be one of"),
         ({"quantization": {"calibration_method": "mse"}}, "calibration_method must be one of"),
         ({"quantization": {"calibration_images": 0}}, "positive integer"),
+        ({"quantization": {"shared_ranges": "yes"}}, "shared_ranges must be true or false"),
         ({"recovery": {"epochs": -1}}, "epochs must be an integer"),
         ({"pruning": {"ratio": {}}}, "unknown key(s) ['ratio'] in 'pruning'"),
         ({"prune": {}}, "unknown plan section"),
@@ -93,7 +95,7 @@ def test_calibration_count_bounded_by_training_split() -> None:
 
 
 def test_brief_names_the_plan() -> None:
-    assert _plan().brief() == "prune 2 group(s) ≤50% bn_scale/8 · fp32/int8 s8 percentile×8 · ft 2ep"
+    assert _plan().brief() == "prune 2 group(s) ≤50% bn_scale/8 · fp32/int8 s8 percentile×8 shared · ft 2ep"
     assert CompressionPlan().brief() == "fp32"
 
 
@@ -119,3 +121,11 @@ def test_distillation_is_part_of_the_plan() -> None:
     assert CompressionPlan.from_dict({"recovery": {"epochs": 2}}).recovery.distill is False  # older plans
     with pytest.raises(PlanError, match="distill must be true or false"):
         CompressionPlan.from_dict({"recovery": {"distill": "yes"}})
+
+
+def test_plans_recorded_before_shared_ranges_load_with_separate_ranges() -> None:
+    old = CompressionPlan.from_json('{"quantization": {"default": "int8", "per_channel": true}}')
+    assert old.quantization.shared_ranges is False
+    assert "shared" not in old.brief()
+    # an FP32 plan has no ranges to share, and its summary says nothing about them
+    assert CompressionPlan.from_dict({"quantization": {"shared_ranges": True}}).brief() == "fp32"

@@ -7,6 +7,12 @@ a plan without int8 groups is not calibrated at all, only annotated. The Detect 
 decode, sigmoid and final concat (``head.decode``) stay fp32 unless the plan names that group:
 the final concat mixes box coordinates (0–imgsz px) and class scores (0–1) under one scale, and
 quantizing it destroys mAP.
+
+``shared_ranges`` gives every Concat's inputs and output one activation range (the union of
+their calibrated ranges), carried through the ops whose output ONNX Runtime quantizes with their
+input's parameters, so ONNX Runtime's QLinearConcat copies instead of requantizing each input.
+The ranges come from ONNX Runtime's own calibrator and reach ``quantize_static`` as its
+calibration cache.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -29,7 +36,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, save_tensors_data
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -70,6 +77,13 @@ ENTROPY_QUANTIZED_BINS = 128
 CALIBRATION_FORMAT = f"entropy-kl{ENTROPY_BINS}"
 #: The op types ``quantize_static`` quantizes by default (what its calibrator must cover).
 _QUANTIZED_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+#: Ops whose quantized output ONNX Runtime's QDQ quantizer gives their input's scale and zero
+#: point (its ``quantize_output_same_as_input``): a shared range must run through them, or the
+#: quantizer overrides it on their output.
+_SAME_AS_INPUT = frozenset(
+    {"MaxPool", "Resize", "Split", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice"}
+    | {"AveragePool", "Gather", "GatherElements", "TopK"}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +102,11 @@ class CalibrationEstimate:
 
 @dataclass(frozen=True, kw_only=True)
 class QuantizeReport:
-    """What quantization did."""
+    """What quantization did.
+
+    ``concats`` counts the quantized Concats, ``concats_copying`` those whose every input has the
+    output's scale and zero point (ONNX Runtime's QLinearConcat copies them; see ``shared_ranges``).
+    """
 
     quantized_nodes: int
     float_nodes: int
@@ -97,6 +115,8 @@ class QuantizeReport:
     calibration_seconds: float
     estimate_gb: float
     weight_bits: int = 8
+    concats: int = 0
+    concats_copying: int = 0
 
 
 def _activation_bytes(model: onnx.ModelProto) -> int:
@@ -182,9 +202,12 @@ def _quantize_static(
             quant_pre_process(str(fp32_path), str(pre), skip_optimization=True)
             # ORT's histogram calibrators print their bin counts: keep the console for progress
             with contextlib.redirect_stdout(io.StringIO()):
-                if config.calibration_method == "entropy":
+                if config.calibration_method == "entropy" or config.shared_ranges:
+                    data = _calibrate(pre, reader, config.calibration_method, work=Path(tmp))
+                    if config.shared_ranges:
+                        data = _share_concat_ranges(onnx.load(str(pre)), data, exclude=set(exclude))
                     ranges = Path(tmp) / "ranges.json"
-                    _entropy_ranges(pre, reader, ranges)
+                    save_tensors_data(data, ranges)
                 quantize_static(
                     str(pre),
                     str(out_path),
@@ -206,20 +229,74 @@ def _quantize_static(
             raise StepError("quantize", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
 
 
-def _entropy_ranges(model_path: Path, reader: _Reader, ranges: Path) -> None:
-    """Entropy calibration by ONNX Runtime's own calibrator, with enough bins to search (``ENTROPY_BINS``).
+def _calibrate(model_path: Path, reader: _Reader, method: str, *, work: Path) -> TensorsData:
+    """Activation ranges from ONNX Runtime's own calibrator, as ``quantize_static`` would compute them.
 
-    Writes the ranges as ONNX Runtime's calibration cache, which ``quantize_static`` then reads.
+    Entropy gets enough bins to search thresholds (``ENTROPY_BINS``); the other methods get
+    ``quantize_static``'s defaults. The result is written as ONNX Runtime's calibration cache,
+    which ``quantize_static`` then reads.
     """
+    extra = {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS} if method == "entropy" else {}
     calibrator = create_calibrator(
         model_path,
         _QUANTIZED_OPS,
-        augmented_model_path=str(ranges.with_name("augmented.onnx")),
-        calibrate_method=CalibrationMethod.Entropy,
-        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=_METHODS[method],
+        extra_options=extra,
     )
     calibrator.collect_data(reader)
-    save_tensors_data(calibrator.compute_data(), ranges)
+    return calibrator.compute_data()
+
+
+def _share_concat_ranges(model: onnx.ModelProto, data: TensorsData, *, exclude: Collection[str] = ()) -> TensorsData:
+    """Give each Concat's inputs and output one range: the union of their calibrated ranges.
+
+    Tensors joined by a Concat, or by an op in ``_SAME_AS_INPUT`` (input and outputs), form one
+    group; every tensor of a group with a calibrated range gets the group's lowest and highest.
+    Nodes named in ``exclude`` stay float and join nothing.
+
+    Args:
+        model: The FP32 model that was calibrated.
+        data: Its calibrated ranges (``compute_data()`` of an ONNX Runtime calibrator); changed in place.
+        exclude: Names of nodes left float.
+
+    Returns:
+        ``data``, with shared ranges.
+    """
+    parent: dict[str, str] = {}
+
+    def root(t: str) -> str:
+        parent.setdefault(t, t)
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    skip = set(exclude)
+    for node in model.graph.node:
+        if node.name in skip or not node.input:
+            continue
+        if node.op_type == "Concat":
+            joined = [*node.input, node.output[0]]
+        elif node.op_type in _SAME_AS_INPUT:
+            joined = [node.input[0], *node.output]
+        else:
+            continue
+        for t in joined[1:]:
+            parent[root(t)] = root(joined[0])
+    groups: dict[str, list[str]] = {}
+    for t in parent:
+        if t in data:
+            groups.setdefault(root(t), []).append(t)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        lows = [float(np.min(data[t].range_value[0])) for t in members]
+        highs = [float(np.max(data[t].range_value[1])) for t in members]
+        shared = TensorData(lowest=np.float32(min(lows)), highest=np.float32(max(highs)))
+        for t in members:
+            data[t] = shared
+    return data
 
 
 def quantize(
@@ -280,6 +357,7 @@ def quantize(
     with_float_precision(quantized, floats)
     onnx.save(quantized, str(out_path))
     n_q = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
+    concats, copying = _concats_copying(quantized.graph)
     return QuantizeReport(
         quantized_nodes=len(model.graph.node) - len(exclude),
         float_nodes=len(exclude),
@@ -288,4 +366,32 @@ def quantize(
         calibration_seconds=seconds,
         estimate_gb=est.peak_gb if est is not None else 0.0,
         weight_bits=7 if reduce_range and n_q else 8,
+        concats=concats,
+        concats_copying=copying,
     )
+
+
+def _concats_copying(graph: onnx.GraphProto) -> tuple[int, int]:
+    """(Quantized Concats, those whose every input is dequantized with the output's scale and zero point)."""
+    consts = {t.name: t for t in graph.initializer}
+
+    def params(node: onnx.NodeProto) -> tuple[float, ...] | None:
+        named = [consts.get(name) for name in node.input[1:3]]
+        if len(named) < 2 or any(t is None for t in named):
+            return None
+        return tuple(float(v) for t in named if t is not None for v in numpy_helper.to_array(t).ravel())
+
+    producer = {out: n for n in graph.node for out in n.output}
+    quantized_by = {n.input[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}
+    total = copying = 0
+    for node in graph.node:
+        q = quantized_by.get(node.output[0]) if node.op_type == "Concat" else None
+        if q is None:
+            continue
+        total += 1
+        inputs = [producer.get(name) for name in node.input]
+        copying += all(
+            d is not None and d.op_type == "DequantizeLinear" and params(d) == params(q) and params(q) is not None
+            for d in inputs
+        )
+    return total, copying

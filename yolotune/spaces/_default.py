@@ -76,6 +76,7 @@ SPACE_OPTIONS = (
     "activations",
     "calibration_methods",
     "calibration_sizes",
+    "shared_ranges",
     "recovery_methods",
     "epochs",
     "distill",
@@ -107,6 +108,8 @@ class DefaultSpace:
             yolov8n (BENCHMARKS.md); name it to search it.
         calibration_sizes: Calibration-set sizes sampled (bounded by ``max_calibration_images``);
             the post-training recovery samples its image count from the same choices.
+        shared_ranges: Whether INT8 plans share one range across each Concat (choices; see
+            ``QuantizationConfig.shared_ranges``).
         recovery_methods: Post-training recovery methods of pruned plans.
         epochs: Fine-tune epoch choices.
         distill: Whether fine-tunes distil from the unpruned model (choices).
@@ -125,6 +128,7 @@ class DefaultSpace:
     activations: tuple[str, ...] = ACTIVATION_TYPES
     calibration_methods: tuple[str, ...] = ("minmax", "percentile")
     calibration_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    shared_ranges: tuple[bool, ...] = (False, True)
     recovery_methods: tuple[str, ...] = RECOVERY_METHODS
     epochs: tuple[int, ...] = (0, 1, 2)
     distill: tuple[bool, ...] = (False, True)
@@ -162,8 +166,9 @@ class DefaultSpace:
             )
         if not self.epochs or any(e < 0 for e in self.epochs) or not self.calibration_sizes:
             raise PlanError("space options epochs and calibration_sizes must be non-empty and ≥0")
-        if not self.distill or any(not isinstance(d, bool) for d in self.distill):
-            raise PlanError(f"space option distill must be a non-empty list of true/false; got {list(self.distill)}")
+        for name, flags in (("distill", self.distill), ("shared_ranges", self.shared_ranges)):
+            if not flags or any(not isinstance(f, bool) for f in flags):
+                raise PlanError(f"space option {name} must be a non-empty list of true/false; got {list(flags)}")
         if self.units_ is not None:
             unknown = sorted({g for _, gs in self.units_ for g in gs} - set(self.groups))
             if unknown:
@@ -274,6 +279,7 @@ class DefaultSpace:
             activation_type=trial.suggest_categorical("quant/activation", list(self.activations)),
             calibration_method=trial.suggest_categorical("calib/method", list(self.calibration_methods)),
             calibration_images=trial.suggest_categorical("calib/n", list(self.calibration_choices())),
+            shared_ranges=bool(trial.suggest_categorical("calib/shared", list(self.shared_ranges))),
         )
         recovery = RecoveryConfig()
         if ratios:
@@ -300,6 +306,7 @@ class DefaultSpace:
             "prune/round_to": 1,
             "quant/activation": self.activations[0],
             "calib/method": "minmax",
+            "calib/shared": False,
         }
         common["calib/n"] = n
         int8 = "int8" if "int8" in self.precisions else self.precisions[0]
