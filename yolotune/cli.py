@@ -328,6 +328,13 @@ def run(
     sensitivity_recovery: Annotated[
         str, typer.Option("--sensitivity-recovery", help="Recovery of each scan probe: bn, bias or ls.")
     ] = "bias",
+    time_reference: Annotated[
+        bool,
+        typer.Option(
+            "--time-reference/--no-time-reference",
+            help="Time the FP32 reference again after each trial: speed-ups from timings seconds apart.",
+        ),
+    ] = True,
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -362,6 +369,7 @@ def run(
         sensitivity_drop=sensitivity_drop,
         sensitivity_ratio=sensitivity_ratio,
         sensitivity_recovery=sensitivity_recovery,
+        time_reference=time_reference,
     )
     preflight(config)  # bad input fails here in one line, before any display
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
@@ -494,11 +502,14 @@ def _show(st: Any) -> None:
     }
     if measured:
         caption += " · latency: " + "; ".join(sorted(measured))
+    front = pareto_front(st)
+    if any(r.paired for r in front):
+        caption += " · speed: against the FP32 reference timed right after each trial"
     caption += " · export with `tune export --trial N`"
     table = Table(title=f"Pareto front of {st.study_name}", caption=caption, header_style="bold")
     for col in ("trial", "mAP50-95", "ΔmAP", "latency ms", "speed", "size MB", "smaller", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right", no_wrap=col != "plan")
-    for r in pareto_front(st):
+    for r in front:
         table.add_row(
             f"{r.number}" + (f" ({r.reference})" if r.reference else ""),
             f"{r.map50_95:.3f}",

@@ -9,6 +9,7 @@ import pytest
 from yolotune import SearchStopped, YolotuneError
 from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search, search_spaces
 from yolotune.spaces import CompressionPlan
+from yolotune.studies import pareto_front
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
@@ -383,6 +384,42 @@ class _SizeTarget:
         return LocalCPUTarget().provenance(imgsz=imgsz)
 
 
+class _DriftingTarget(_SizeTarget):
+    """1 ms per MB on a machine that slows down twofold before each new file it is given: a file
+    timed again (the FP32 reference after a trial) runs at that trial's speed."""
+
+    def benchmark(self, model_path: Path, *, imgsz: int):
+        from yolotune.evaluators import LatencyStats
+
+        self.timed.append(Path(model_path))
+        ms = model_path.stat().st_size / 1e6 * 2 ** (len(set(self.timed)) - 1)
+        return LatencyStats.from_samples([ms, ms * 1.01], warmup=0, started_at=0.0, ended_at=0.0)
+
+
+@pytest.mark.parametrize("time_reference", [True, False])
+def test_speed_ups_compare_the_reference_timed_right_after_each_trial(
+    coco8_search, monkeypatch: pytest.MonkeyPatch, time_reference: bool
+) -> None:
+    target = _DriftingTarget()
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
+    study = run_search(coco8_search(budget=2, time_reference=time_reference))  # the fp32 and int8 references
+    fp32, int8 = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    reference_file = Path(fp32.user_attrs["artifact"])
+    row = {r.number: r for r in pareto_front(study)}[int8.number]
+    metrics = json.loads((Path(int8.user_attrs["artifact"]).parent / "metrics.json").read_text())
+    if time_reference:
+        # the reference file was timed again right after the INT8 trial, at that trial's (halved) speed
+        assert target.timed == [reference_file, Path(int8.user_attrs["artifact"]), reference_file]
+        assert int8.user_attrs["reference_ms"] == pytest.approx(2 * fp32.values[2])
+        assert metrics["reference_latency"]["median_ms"] == int8.user_attrs["reference_ms"]
+        # so the drift cancels: the speed-up is the size ratio, as the target's 1 ms per MB says
+        assert row.paired and row.speedup == pytest.approx(fp32.values[1] / int8.values[1], rel=1e-3)
+    else:
+        assert len(target.timed) == 2 and "reference_ms" not in int8.user_attrs
+        assert "reference_latency" not in metrics
+        assert not row.paired and row.speedup == pytest.approx(fp32.values[2] / int8.values[2])
+
+
 def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str]) -> optuna.Study:
     """A multi-fidelity search over a Python space of ``plans`` (name: expression), run in that order.
 
@@ -559,7 +596,7 @@ def test_multi_fidelity_does_not_time_a_candidate_no_fine_tune_could_bring_withi
     assert metrics["fidelity"] == "rung0" and metrics["latency_ms"] is None and metrics["latency"] is None
     assert metrics["not_timed"] == rung0["not_timed"] and metrics["map50_95"] == rung0["map50_95"]
     assert all(p.parent.name != str(stopped[0].number) for p in target.timed)  # ... and never timed
-    assert len(target.timed) == references
+    assert len({p.parent for p in target.timed}) == references
 
 
 def test_promotion_rule() -> None:

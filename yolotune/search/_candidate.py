@@ -136,6 +136,7 @@ class CandidateResult:
     versions: dict[str, str] = field(default_factory=dict)
     fidelity: str = "full"
     stand_ins: dict[str, str] = field(default_factory=dict)
+    reference_latency: LatencyStats | None = None
 
     @property
     def size_mb(self) -> float:
@@ -144,7 +145,10 @@ class CandidateResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable record (what ``metrics.json`` holds)."""
-        return _record(self, latency=self.latency, provenance=self.provenance)
+        record = _record(self, latency=self.latency, provenance=self.provenance)
+        if self.reference_latency is not None:
+            record["reference_latency"] = self.reference_latency.to_dict()
+        return record
 
 
 def _record(
@@ -589,15 +593,19 @@ def time_candidate(
     target: Target,
     on_step: Callable[[str], None] | None = None,
     timed: tuple[str, LatencyStats] | None = None,
+    reference: Path | None = None,
 ) -> CandidateResult:
     """Time a built candidate on ``target`` (on this host) and write its ``metrics.json``.
 
     Args:
         built: The built candidate.
         target: Where to time it.
-        on_step: Called with ``latency`` before timing.
+        on_step: Called with ``latency`` before timing, and ``reference`` before timing that.
         timed: ``(file_digest(f), stats)`` of an earlier timing of a file ``f`` on this target (rung 0
             of the same trial): reused when ``built.deployable`` has the same bytes.
+        reference: A file to time right after the candidate, the same way (the study's FP32
+            reference): the ratio of the two timings, taken seconds apart, is the candidate's
+            speed-up even on a machine whose speed drifts (``reference_latency``).
 
     Raises:
         YolotuneError: The timing failed, as one line.
@@ -608,6 +616,10 @@ def time_candidate(
     else:
         with steps("latency"):
             latency = target.benchmark(built.deployable, imgsz=built.imgsz)
+    reference_latency = None
+    if reference is not None:
+        with steps("reference"):
+            reference_latency = target.benchmark(reference, imgsz=built.imgsz)
     result = CandidateResult(
         plan=built.plan,
         model=built.model,
@@ -627,6 +639,7 @@ def time_candidate(
         versions=built.versions,
         fidelity=built.fidelity,
         stand_ins=built.stand_ins,
+        reference_latency=reference_latency,
     )
     _write_metrics(built.deployable.parent, result.to_dict())
     return result

@@ -104,6 +104,9 @@ class SearchConfig:
         sensitivity_ratio: Share of channels each group's probe prunes.
         sensitivity_recovery: Post-training recovery of each probe (``bn``, ``bias``, ``ls``). The
             search's pruned plans then recover with this method or ``ls``.
+        time_reference: Time the study's FP32 reference file again right after each trial, so its
+            speed-up compares two timings taken seconds apart (``reference_ms``; one more timing
+            per trial). Off: speed-ups divide by the reference trial's own timing.
     """
 
     model: str
@@ -130,6 +133,7 @@ class SearchConfig:
     sensitivity_drop: float | None = None
     sensitivity_ratio: float = 0.25
     sensitivity_recovery: str = "bias"
+    time_reference: bool = True
 
     def __post_init__(self) -> None:
         if self.sensitivity_recovery not in SENSITIVITY_RECOVERY:
@@ -763,7 +767,11 @@ def run_search(
                                     on_trial(outcome, study)
                                 continue
                             result = time_candidate(
-                                built, target=target, on_step=_bind(on_step, trial.number), timed=pending.timed
+                                built,
+                                target=target,
+                                on_step=_bind(on_step, trial.number),
+                                timed=pending.timed,
+                                reference=_reference_file(study) if config.time_reference else None,
                             )
                             _record(config, study, trial, result)
                         except Exception as exc:
@@ -847,8 +855,19 @@ def _metrics(result: CandidateResult) -> dict[str, Any]:
     return {k: record[k] for k in ("map50_95", "map50", "size_bytes", "latency_ms")}
 
 
+def _reference_file(study: optuna.Study) -> Path | None:
+    """The FP32 reference trial's deployable file, when it has been measured and is still on this host."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("reference") == "fp32" and "duplicate_of" not in t.user_attrs:
+            path = Path(str(t.user_attrs.get("artifact", "")))
+            return path if path.is_file() else None
+    return None
+
+
 def _record(config: SearchConfig, study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
     record: dict[str, Any] = result.to_dict()
+    if result.reference_latency is not None:
+        trial.set_user_attr("reference_ms", result.reference_latency.median_ms)
     trial.set_user_attr("metrics", _metrics(result))
     trial.set_user_attr("fidelity", "full")
     trial.set_user_attr("latency", record["latency"])

@@ -11,7 +11,12 @@ __all__ = ["FrontRow", "pareto_front"]
 
 @dataclass(frozen=True, kw_only=True)
 class FrontRow:
-    """One point of the front, with ratios against the FP32 reference trial."""
+    """One point of the front, with ratios against the FP32 reference trial.
+
+    ``speedup`` divides the FP32 reference's latency by this trial's: the reference timed right
+    after this trial (``paired``, the search's ``time_reference``) or else the reference trial's
+    own timing.
+    """
 
     number: int
     map50_95: float
@@ -22,6 +27,7 @@ class FrontRow:
     map_drop: float | None
     speedup: float | None
     size_ratio: float | None
+    paired: bool = False
 
 
 def pareto_front(study: optuna.Study) -> list[FrontRow]:
@@ -33,6 +39,8 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
         if "duplicate_of" in t.user_attrs:  # the same plan as a trial listed already, its values reused
             continue
         m, mb, ms = t.values
+        paired = t.user_attrs.get("reference_ms")
+        reference_ms = float(paired) if paired else (base.values[2] if base else None)
         rows.append(
             FrontRow(
                 number=t.number,
@@ -42,8 +50,9 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
                 brief=str(t.user_attrs.get("brief", "")),
                 reference=str(t.user_attrs.get("reference", "")),
                 map_drop=(base.values[0] - m) if base else None,
-                speedup=(base.values[2] / ms) if base else None,
+                speedup=(reference_ms / ms) if reference_ms else None,
                 size_ratio=(base.values[1] / mb) if base else None,
+                paired=bool(paired),
             )
         )
     return sorted(rows, key=lambda r: r.latency_ms)

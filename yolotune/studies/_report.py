@@ -187,7 +187,10 @@ def _front_table(front: Sequence[FrontRow]) -> str:
         )
         for r in sorted(front, key=lambda r: r.latency_ms)
     ]
-    return _table(head, rows, {1, 8}, "front")
+    table = _table(head, rows, {1, 8}, "front")
+    if any(r.paired for r in front):
+        table += _note("Speed-up: against the FP32 reference file timed right after each trial.")
+    return table
 
 
 def _points(trials: Sequence[FrozenTrial], axes: Sequence[int]) -> dict[str, Any]:
