@@ -133,3 +133,31 @@ def test_space_samples_shared_concat_ranges_unless_narrowed() -> None:
         DefaultSpace.from_options(
             {"shared_ranges": "no"}, groups=GROUPS, precisions=("int8",), max_calibration_images=8
         )
+
+
+def test_one_precision_for_the_whole_model_is_a_first_class_value() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = DefaultSpace(groups=GROUPS)
+    plans = []
+    for _ in range(200):
+        trial = study.ask()
+        plan = space(trial)
+        plans.append((trial.params, plan))
+        study.tell(trial, 0.0)
+    uniform = [(params, plan) for params, plan in plans if params["quant/uniform"]]
+    assert 0.35 <= len(uniform) / len(plans) <= 0.65
+    for params, plan in uniform:
+        assert {p for _, p in plan.quantization.precision} == {params["quant/all"]}
+        assert not any(
+            k.startswith("quant/") and k not in ("quant/uniform", "quant/all", "quant/activation") for k in params
+        )
+    # every unit INT8: a quarter of all plans, against 1 in 32 drawn unit by unit over five units
+    assert sum({p for _, p in plan.quantization.precision} == {"int8"} for _, plan in plans) >= 40
+    # narrowed to per-unit draws, the space never asks
+    per_unit = DefaultSpace.from_options(
+        {"uniform_precision": [False]}, groups=GROUPS, precisions=("int8", "fp32"), max_calibration_images=64
+    )
+    other = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = other.ask()
+    per_unit(trial)
+    assert "quant/all" not in trial.params and "quant/neck" in trial.params

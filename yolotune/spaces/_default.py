@@ -67,6 +67,7 @@ def coarse_units(groups: Sequence[str]) -> dict[str, tuple[str, ...]]:
 SPACE_OPTIONS = (
     "fine",
     "units",
+    "uniform_precision",
     "prune_groups",
     "max_ratio",
     "ratio_step",
@@ -95,6 +96,10 @@ class DefaultSpace:
         max_calibration_images: Bound on the calibration set (training split, memory budget).
         fine: One unit per layer group instead of the coarse buckets.
         units: Explicit search units as ``(unit, (group, ...))`` pairs (overrides ``fine``).
+        uniform_precision: Whether a plan may give every unit one precision (``quant/uniform``,
+            then ``quant/all``) instead of one per unit (choices). Mixed plans pay for the
+            Q/DQ pairs between float and INT8 layers, and on a CPU they run at about FP32 speed
+            (BENCHMARKS.md), so uniform plans are a first-class value, as no pruning is.
         prune_groups: When set, only these layer groups are pruned, each with its own sampled
             ratio (``prune/<group>``); units then carry precision only. ``()``: no pruning.
         max_ratio: Largest pruning ratio sampled (0 is always a choice).
@@ -120,6 +125,7 @@ class DefaultSpace:
     max_calibration_images: int = 64
     fine: bool = False
     units_: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    uniform_precision: tuple[bool, ...] = (True, False)
     prune_groups: tuple[str, ...] | None = None
     max_ratio: float = 0.6
     ratio_step: float = 0.1
@@ -166,7 +172,12 @@ class DefaultSpace:
             )
         if not self.epochs or any(e < 0 for e in self.epochs) or not self.calibration_sizes:
             raise PlanError("space options epochs and calibration_sizes must be non-empty and ≥0")
-        for name, flags in (("distill", self.distill), ("shared_ranges", self.shared_ranges)):
+        flag_options = {
+            "distill": self.distill,
+            "shared_ranges": self.shared_ranges,
+            "uniform_precision": self.uniform_precision,
+        }
+        for name, flags in flag_options.items():
             if not flags or any(not isinstance(f, bool) for f in flags):
                 raise PlanError(f"space option {name} must be a non-empty list of true/false; got {list(flags)}")
         if self.units_ is not None:
@@ -253,11 +264,17 @@ class DefaultSpace:
         can_prune = bool(self.max_ratio) and self.prune_groups != ()
         prune_on = can_prune and trial.suggest_categorical("prune/enabled", [False, True])
         per_group = self.prune_groups is not None
+        # one precision for the whole model is a first-class value: mixed plans run at about FP32
+        # speed on CPUs (Q/DQ pairs at every float/INT8 boundary), and with five or more units a
+        # per-unit draw almost never makes every unit INT8
+        can_mix = len(self.precisions) > 1 and len(units) > 1
+        uniform = can_mix and trial.suggest_categorical("quant/uniform", list(self.uniform_precision))
+        everywhere = trial.suggest_categorical("quant/all", list(self.precisions)) if uniform else None
         for unit, members in units.items():
             r = 0.0
             if prune_on and not per_group:
                 r = trial.suggest_float(f"prune/{unit}", 0.0, self.max_ratio, step=self.ratio_step)
-            p = trial.suggest_categorical(f"quant/{unit}", list(self.precisions))
+            p = everywhere or trial.suggest_categorical(f"quant/{unit}", list(self.precisions))
             for g in members:
                 if r > 0:
                     ratios[g] = round(r, 2)
@@ -307,6 +324,7 @@ class DefaultSpace:
             "quant/activation": self.activations[0],
             "calib/method": "minmax",
             "calib/shared": False,
+            "quant/uniform": False,  # the references name each unit's precision
         }
         common["calib/n"] = n
         int8 = "int8" if "int8" in self.precisions else self.precisions[0]
