@@ -286,6 +286,29 @@ def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path, coco8
     assert not any(r.number in {t.number for t in again} for r in pareto_front(study))
 
 
+def test_plans_that_differ_only_in_settings_that_build_nothing_are_duplicates(tmp_path: Path, coco8_search) -> None:
+    source = tmp_path / "criteria.py"  # the criterion of a plan that prunes nothing changes nothing
+    source.write_text(
+        "from yolotune.spaces import CompressionPlan\n"
+        "def space(trial):\n"
+        "    importance = trial.suggest_categorical('importance', ['l1', 'bn_scale'])\n"
+        "    return CompressionPlan.from_dict({'pruning': {'importance': importance},\n"
+        "        'quantization': {'default': 'int8', 'calibration_images': 4, 'shared_ranges': True}})\n"
+    )
+    config = coco8_search(budget=2, space=f"{source}:space")
+    study = optuna.create_study(  # created here, so the two queued plans run first
+        study_name=config.name, storage=config.storage_url, directions=["maximize", "minimize", "minimize"]
+    )
+    for importance in ("l1", "bn_scale"):
+        study.enqueue_trial({"importance": importance})
+    study = run_search(config)
+    searched = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) if "importance" in t.params]
+    first, second = sorted(searched, key=lambda t: t.number)
+    assert {plan_of(first).pruning.importance, plan_of(second).pruning.importance} == {"l1", "bn_scale"}
+    assert "duplicate_of" not in first.user_attrs
+    assert second.user_attrs["duplicate_of"] == first.number and second.values == first.values
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(tmp_path: Path, signum: str) -> None:
     import os

@@ -129,3 +129,26 @@ def test_plans_recorded_before_shared_ranges_load_with_separate_ranges() -> None
     assert "shared" not in old.brief()
     # an FP32 plan has no ranges to share, and its summary says nothing about them
     assert CompressionPlan.from_dict({"quantization": {"shared_ranges": True}}).brief() == "fp32"
+
+
+def test_effective_plans_drop_settings_that_change_nothing_built() -> None:
+    unpruned = CompressionPlan.from_dict(
+        {"pruning": {"importance": "bn_scale", "round_to": 16}, "recovery": {"method": "ls", "images": 8, "lr": 0.01}}
+    )
+    assert unpruned.effective() == CompressionPlan()
+    fp32 = CompressionPlan.from_dict({"quantization": {"calibration_method": "percentile", "shared_ranges": True}})
+    assert fp32.effective() == CompressionPlan()
+    # what does change the model is kept
+    for plan in (
+        _plan(),
+        CompressionPlan.from_dict({"quantization": {"default": "int8", "shared_ranges": True}}),
+        CompressionPlan.from_dict({"pruning": {"ratios": {"backbone.4": 0.2}, "importance": "activation"}}),
+        CompressionPlan.from_dict({"recovery": {"epochs": 1, "distill": True}}),
+    ):
+        assert plan.effective() == plan
+    pruned = CompressionPlan.from_dict({"pruning": {"ratios": {"backbone.4": 0.2}}, "recovery": {"images": 8}})
+    assert pruned.effective().recovery.images == 32  # no recovery and L2 ranking: the images are unused
+    ranked = CompressionPlan.from_dict(
+        {"pruning": {"ratios": {"backbone.4": 0.2}, "importance": "activation"}, "recovery": {"images": 8}}
+    )
+    assert ranked.effective().recovery.images == 8  # activation ranking looks at them

@@ -811,10 +811,15 @@ def run_search(
 
 
 def _twin(study: optuna.Study, plan: CompressionPlan) -> optuna.trial.FrozenTrial | None:
-    """An earlier trial that measured ``plan``: COMPLETE, or stopped at rung 0 (PRUNED)."""
+    """An earlier trial that measured what ``plan`` builds (``effective()``): COMPLETE, or stopped at rung 0 (PRUNED).
+
+    Settings that change nothing do not count: an unpruned plan is the same whatever its
+    pruning criterion (the default space samples one in every plan).
+    """
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    builds = plan.effective()
     for t in study.get_trials(deepcopy=False, states=states):
-        if "duplicate_of" not in t.user_attrs and "plan" in t.user_attrs and plan_of(t) == plan:
+        if "duplicate_of" not in t.user_attrs and "plan" in t.user_attrs and plan_of(t).effective() == builds:
             return t
     return None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,27 @@ class CompressionPlan:
                 "(the uncompressed model's plan is `{}`)"
             )
         return cls.from_dict(data)
+
+    def effective(self) -> CompressionPlan:
+        """This plan with every setting that does not change what is built set to its default.
+
+        Without pruning, importance, rounding and post-training recovery do nothing (nor do the
+        recovery's images without a recovery, unless activations rank the channels); without
+        fine-tuning, its learning rate and distillation; without INT8 layers, calibration. Two
+        plans with the same ``effective()`` build the same model.
+        """
+        pruning, quant, recovery = self.pruning, self.quantization, self.recovery
+        if not pruning.active:
+            pruning = PruningConfig()
+        if not pruning.active:
+            recovery = replace(recovery, method=RecoveryConfig.method, images=RecoveryConfig.images)
+        elif not recovery.post_training and pruning.importance != "activation":  # which ranks on those images
+            recovery = replace(recovery, images=RecoveryConfig.images)
+        if not recovery.epochs:
+            recovery = replace(recovery, lr=RecoveryConfig.lr, distill=RecoveryConfig.distill)
+        if "int8" not in quant.precisions:
+            quant = QuantizationConfig(default=quant.default, precision=quant.precision)
+        return CompressionPlan(pruning=pruning, quantization=quant, recovery=recovery)
 
     # ---------------------------------------------------------------- summaries
     def brief(self) -> str:
