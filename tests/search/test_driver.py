@@ -559,6 +559,7 @@ def test_a_candidate_timed_at_rung0_and_promoted_unchanged_keeps_that_timing(
     assert big.user_attrs["rung0"]["latency_ms"] == pytest.approx(big.values[2])
     out = Path(big.user_attrs["artifact"]).parent
     assert sum(p.parent == out for p in target.timed) == 1  # nothing stood in: the same bytes, timed once
+    assert "reference_ms" not in big.user_attrs  # a timing from rung 0 has no reference timed beside it
 
 
 def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path: Path) -> None:

@@ -605,21 +605,25 @@ def time_candidate(
             of the same trial): reused when ``built.deployable`` has the same bytes.
         reference: A file to time right after the candidate, the same way (the study's FP32
             reference): the ratio of the two timings, taken seconds apart, is the candidate's
-            speed-up even on a machine whose speed drifts (``reference_latency``).
+            speed-up even on a machine whose speed drifts (``reference_latency``). Not timed when
+            the candidate's timing is reused (``timed``); a failed reference timing leaves it out.
 
     Raises:
         YolotuneError: The timing failed, as one line.
     """
     steps = _Steps(on_step, lease=False)  # the target takes the timing lease itself
+    reference_latency = None
     if timed is not None and timed[0] == file_digest(built.deployable):
         latency = timed[1]  # a measurement of these very bytes: timing them again adds nothing
     else:
         with steps("latency"):
             latency = target.benchmark(built.deployable, imgsz=built.imgsz)
-    reference_latency = None
-    if reference is not None:
-        with steps("reference"):
-            reference_latency = target.benchmark(reference, imgsz=built.imgsz)
+        if reference is not None:  # only right after a timing of its own: a pair, seconds apart
+            try:
+                with steps("reference"):
+                    reference_latency = target.benchmark(reference, imgsz=built.imgsz)
+            except YolotuneError:
+                pass  # the candidate was measured; its speed-up then divides by the reference trial's timing
     result = CandidateResult(
         plan=built.plan,
         model=built.model,
