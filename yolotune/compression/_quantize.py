@@ -37,6 +37,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, save_tensors_data
+from onnxruntime.quantization.operators.direct_q8 import QDQDirect8BitOp
+from onnxruntime.quantization.operators.gather import QDQGather
+from onnxruntime.quantization.operators.split import QDQSplit
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -78,11 +81,10 @@ CALIBRATION_FORMAT = f"entropy-kl{ENTROPY_BINS}"
 #: The op types ``quantize_static`` quantizes by default (what its calibrator must cover).
 _QUANTIZED_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 #: Ops whose quantized output ONNX Runtime's QDQ quantizer gives their input's scale and zero
-#: point (its ``quantize_output_same_as_input``): a shared range must run through them, or the
-#: quantizer overrides it on their output.
+#: point (its ``quantize_output_same_as_input``: MaxPool, Resize, Split, Reshape, ...), read from
+#: its registry: a shared range must run through them, or the quantizer overrides it on their output.
 _SAME_AS_INPUT = frozenset(
-    {"MaxPool", "Resize", "Split", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice"}
-    | {"AveragePool", "Gather", "GatherElements", "TopK"}
+    op for op, quantizer in QDQRegistry.items() if issubclass(quantizer, QDQDirect8BitOp | QDQSplit | QDQGather)
 )
 
 

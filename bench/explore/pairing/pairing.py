@@ -4,8 +4,8 @@ Times the FP32 and INT8 files ``bench/explore/zen4/ortopts.py`` builds (/tmp/zen
 local-cpu's session settings (2 threads), ``--reps`` times each way, and prints how the speed-up
 estimates spread over the repetitions:
 
-- sequential: FP32 timed (60 runs after 10 warm-up runs, median), then INT8 the same way, as
-  ``time_candidate(reference=...)`` does;
+- sequential: INT8 timed by local-cpu's own code (60 runs after 10 warm-up runs, median), then
+  FP32 the same way, as ``time_candidate(reference=...)`` does;
 - unpaired: the same sequential timings, but each FP32 median divided by the INT8 median of the
   repetition half a run later (minutes apart, as a reference trial and a late trial);
 - interleaved: one FP32 run, one INT8 run, alternately, 60 pairs after 10 warm-up pairs; the
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from yolotune.evaluators import LocalCPUTarget
 
 FILES = {"fp32": "/tmp/zen4models/fp32/model.onnx", "int8": "/tmp/zen4models/int8/model.int8.onnx"}
 
@@ -56,13 +58,12 @@ def main() -> None:
     x = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
     fp32, int8 = (_runner(FILES[k], x) for k in ("fp32", "int8"))
     sequential, interleaved, pairs = [], [], []
+    target = LocalCPUTarget(warmup=10, runs=60)
     for _ in range(args.reps):
-        medians = []
-        for run in (fp32, int8):
-            for _ in range(10):
-                run()
-            medians.append(statistics.median(run() for _ in range(60)))
-        sequential.append(medians[0] / medians[1])
+        int8_ms = target.benchmark(Path(FILES["int8"]), imgsz=320).median_ms
+        fp32_ms = target.benchmark(Path(FILES["fp32"]), imgsz=320).median_ms
+        medians = [fp32_ms, int8_ms]
+        sequential.append(fp32_ms / int8_ms)
         pairs.append(medians)
         for _ in range(10):
             fp32(), int8()
