@@ -110,7 +110,7 @@ class QuantizationConfig:
         shared_ranges: One activation range for every Concat's inputs and output, carried through
             the ops whose output ONNX Runtime quantizes like their input (MaxPool, Resize, Split,
             ...), as TFLite requires. ONNX Runtime's QLinearConcat then copies instead of
-            requantizing: measured 2-8% faster on yolov8n at 320 px for 0.2-0.6 points of
+            requantizing: measured 2-19% faster on yolov8n at 320 px for 0.2-0.6 points of
             mAP50-95 (BENCHMARKS.md, "Shared Concat ranges").
     """
 
