@@ -182,29 +182,38 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
 def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
     import optuna
 
-    from yolotune.studies import load_study, pareto_front
+    from yolotune.studies import current_retiming, load_study, pareto_front
 
     root, name, output = small_study
     assert "Pareto front of small" in output and "export with `tune export --trial N`" in output
     front = [r.number for r in pareto_front(load_study(study=name, root=root))]
     # one study under --root: --study may be left out
-    shown = runner.invoke(app, ["show", "--root", str(root)])
+    shown = runner.invoke(app, ["show", "--root", str(root)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
     rows = [line for line in shown.stdout.splitlines() if line.startswith("│")]
     assert [int(r.split("│")[1].split()[0]) for r in rows] == front
     assert "infeasible under max_map_drop 0.05" in shown.stdout
+    # the search ended by timing the trials near its front again, in two rounds with the FP32 reference
+    retiming = current_retiming(load_study(study=name, root=root))
+    assert retiming is not None and retiming.rounds == 2 and set(front) <= {*retiming.trials, retiming.reference_trial}
+    assert (
+        "re-timed ms" in shown.stdout and f"{len(retiming.trials)} trial(s) near the front timed in 2" in shown.stdout
+    )
 
     html = tmp_path / "report.html"
     reported = runner.invoke(app, ["report", "--root", str(root), "-o", str(html)])
     assert reported.exit_code == 0, reported.output
     page = html.read_text()
     assert all(f'data-trial="{n}"' in page for n in front)
+    assert "Re-timed ms" in page
 
     out = tmp_path / "export"
     exported = runner.invoke(app, ["export", "--root", str(root), "--trial", str(front[-1]), "--out", str(out)])
     assert exported.exit_code == 0, exported.output
     assert "re-measured" in exported.stdout and "mAP50-95" in exported.stdout
     assert (out / "recipe.yaml").is_file() and any(out.glob("*.onnx"))
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["recorded"]["retimed"] == retiming.point(front[-1]).to_dict()
     failed = optuna.trial.TrialState.FAIL
     assert not load_study(study=name, root=root).get_trials(states=(failed,))
 
@@ -262,3 +271,27 @@ def test_a_study_timed_on_another_device_is_refused_in_one_line(tmp_path: Path, 
     line = _error(args)  # one line: no progress display before the refusal
     assert "study 'moved' was timed on Some Other CPU with 8-bit INT8 weights, this run would time on" in line
     assert "resume it there or pass another --study name" in line
+
+
+def test_retime_times_the_front_again_where_the_study_was_searched(tmp_path: Path, coco8_search) -> None:
+    from yolotune.search import run_search
+    from yolotune.studies import current_retiming
+
+    study = run_search(coco8_search(budget=2, study_name="rt"))  # the fp32 and int8 references, not re-timed
+    args = ["retime", "--root", str(tmp_path), "--study", "rt"]
+    done = runner.invoke(app, [*args, "--rounds", "2"], env={"COLUMNS": "250"})
+    assert done.exit_code == 0, done.output
+    retiming = current_retiming(study)
+    assert retiming is not None and retiming.rounds == 2
+    assert "re-timed ms" in done.stdout and "timed in 2 rounds with the FP32 reference" in done.stdout
+    # more rounds go on from those done; --fresh starts again
+    assert runner.invoke(app, [*args, "--rounds", "3"]).exit_code == 0
+    assert current_retiming(study).reference_ms[:2] == retiming.reference_ms
+    assert runner.invoke(app, [*args, "--rounds", "1", "--fresh"]).exit_code == 0
+    assert current_retiming(study).rounds == 1
+
+    assert _error([*args, "--rounds", "0"]) == "error: --rounds must be ≥1; got 0"
+    study.set_user_attr("timed_on", {"device": "Some Other CPU", "int8_weight_bits": 8})
+    line = _error(args)
+    assert "study 'rt' was timed on Some Other CPU with 8-bit INT8 weights, this target times on" in line
+    assert line.endswith("re-time it where it was searched")

@@ -335,6 +335,13 @@ def run(
             help="Time the FP32 reference again after each trial: speed-ups from timings seconds apart.",
         ),
     ] = True,
+    retime_rounds: Annotated[
+        int,
+        typer.Option(
+            "--retime-rounds",
+            help="At the end, time each front point again this many times beside the FP32 reference (0: don't).",
+        ),
+    ] = 5,
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -370,6 +377,7 @@ def run(
         sensitivity_ratio=sensitivity_ratio,
         sensitivity_recovery=sensitivity_recovery,
         time_reference=time_reference,
+        retime_rounds=retime_rounds,
     )
     preflight(config)  # bad input fails here in one line, before any display
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
@@ -415,6 +423,9 @@ def run(
             interrupts.check()
             progress.update(task, description=f"trial {number}: {step}")
 
+        def on_retime_failed(number: int, reason: str) -> None:
+            progress.console.print(f"trial {number} not re-timed: {reason}", highlight=False)
+
         def on_scan(done: int, total: int, row: Any, group: str) -> None:
             interrupts.check()
             progress.update(task, description=f"sensitivity scan {done}/{total}: {group}")
@@ -426,6 +437,7 @@ def run(
                 on_step=on_step,
                 on_scan=on_scan,
                 on_open=lambda st: progress.start(),
+                on_retime_failed=on_retime_failed,
             )
         except SearchStopped as exc:
             stopped: SearchStopped | None = exc
@@ -472,7 +484,7 @@ def _show(st: Any) -> None:
     import optuna
 
     from yolotune.search import constraints_of
-    from yolotune.studies import pareto_front
+    from yolotune.studies import current_retiming, pareto_front
 
     sensitivity = _sensitivity_table(st)
     if sensitivity is not None:
@@ -503,18 +515,33 @@ def _show(st: Any) -> None:
     if measured:
         caption += " · latency: " + "; ".join(sorted(measured))
     front = pareto_front(st)
-    if any(r.paired for r in front):
+    retiming = current_retiming(st)
+    retimed = retiming is not None
+    if retiming is not None:
+        caption += (
+            f" · re-timed: after the search, {len(retiming.trials)} trial(s) near the front timed in "
+            f"{retiming.rounds} rounds with the FP32 reference (median); front and speed: the median of "
+            "each round's ratio to the reference"
+        )
+        for number, reason in sorted(retiming.failed.items()):
+            caption += f" · trial {number} not re-timed ({reason}), left out"
+    elif any(r.paired for r in front):
         caption += " · speed: against the FP32 reference timed right after each trial"
+    if retiming is None and st.user_attrs.get("retimed"):
+        caption += " · the front's re-timing is out of date (trials completed since): `tune run` re-times it"
     caption += " · export with `tune export --trial N`"
     table = Table(title=f"Pareto front of {st.study_name}", caption=caption, header_style="bold")
-    for col in ("trial", "mAP50-95", "ΔmAP", "latency ms", "speed", "size MB", "smaller", "plan"):
+    columns = ("trial", "mAP50-95", "ΔmAP", "latency ms", *(("re-timed ms",) if retimed else ()), "speed")
+    for col in (*columns, "size MB", "smaller", "plan"):
         table.add_column(col, justify="left" if col == "plan" else "right", no_wrap=col != "plan")
     for r in front:
+        again = (("–" if r.retimed_ms is None else f"{r.retimed_ms:.2f}"),) if retimed else ()
         table.add_row(
             f"{r.number}" + (f" ({r.reference})" if r.reference else ""),
             f"{r.map50_95:.3f}",
             "–" if r.map_drop is None else f"{0.0 - r.map_drop:+.3f}",
             f"{r.latency_ms:.2f}",
+            *again,
             "–" if r.speedup is None else f"{r.speedup:.2f}×",
             f"{r.size_mb:.2f}",
             "–" if r.size_ratio is None else f"{r.size_ratio:.2f}×",
@@ -578,6 +605,50 @@ def dashboard(
             on_ready=lambda address: _consoles.out.print(f"dashboard of '{st.study_name}': {address}"),
             on_poll=interrupts.check,
         )
+
+
+@app.command()
+@_one_line_errors
+def retime(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    root: RootOpt = Path("studies"),
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds wanted (rounds already done count).")] = 5,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard the rounds done and start again.")] = False,
+    device_url: DeviceUrlOpt = None,
+    device_token_file: DeviceTokenOpt = None,
+) -> None:
+    """Time the trials near a study's front again, in rounds with its FP32 reference; print the front."""
+    from yolotune.evaluators import read_token
+    from yolotune.search import retime_study
+    from yolotune.studies import load_study
+
+    if rounds < 1:
+        raise YolotuneError(f"--rounds must be ≥1; got {rounds}")
+    st = load_study(study=study, storage=storage, root=root)
+    with (
+        _Interrupts().installed() as interrupts,
+        Progress(SpinnerColumn(), TextColumn("{task.description}"), console=_consoles.err, transient=True) as bar,
+    ):
+        task = bar.add_task(f"re-timing the front of {st.study_name}")
+
+        def on_step(number: int, step: str) -> None:
+            interrupts.check()
+            bar.update(task, description=f"trial {number}: {step}")
+
+        retiming = retime_study(
+            st,
+            rounds=rounds,
+            fresh=fresh,
+            device_url=device_url,
+            device_token=read_token(device_token_file) if device_token_file else None,
+            on_step=on_step,
+        )
+    if retiming is None:
+        raise YolotuneError(
+            "nothing to re-time against: the study has no FP32 reference trial whose file is on this host"
+        )
+    _show(st)
 
 
 @app.command()

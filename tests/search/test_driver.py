@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 
 from yolotune import SearchStopped, YolotuneError
 from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search, search_spaces
+from yolotune.search._candidate import file_digest
 from yolotune.spaces import CompressionPlan
 from yolotune.studies import pareto_front
 
@@ -441,6 +443,50 @@ def test_speed_ups_compare_the_reference_timed_right_after_each_trial(
         assert len(target.timed) == 2 and "reference_ms" not in int8.user_attrs
         assert "reference_latency" not in metrics
         assert not row.paired and row.speedup == pytest.approx(fp32.values[2] / int8.values[2])
+
+
+def test_the_search_ends_by_timing_the_trials_near_its_front_again(
+    coco8_search, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from yolotune.studies import current_retiming
+
+    target = _SizeTarget()
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
+    steps: list[tuple[int, str]] = []
+    config = coco8_search(budget=2, retime_rounds=3)  # the fp32 and int8 references
+    study = run_search(config, on_step=lambda n, step: steps.append((n, step)))
+    fp32, int8 = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    ref, cand = Path(fp32.user_attrs["artifact"]), Path(int8.user_attrs["artifact"])
+    # the search timed fp32, int8 and fp32 again; then three rounds, in reversed order every other round
+    assert target.timed[:3] == [ref, cand, ref] and target.timed[3:] == [ref, cand, cand, ref, ref, cand]
+    assert [(n, s) for n, s in steps if s.startswith("re-timing")] == [
+        (n, f"re-timing {k}/3") for k, n in [(1, 0), (1, 1), (2, 1), (2, 0), (3, 0), (3, 1)]
+    ]
+    retiming = current_retiming(study)
+    assert retiming is not None and retiming.trials == (int8.number,) and retiming.rounds == 3
+    assert retiming.digests == {int8.number: file_digest(cand), fp32.number: file_digest(ref)}
+    row = {r.number: r for r in pareto_front(study)}[int8.number]
+    assert row.retimed is not None and row.speedup == pytest.approx(fp32.values[1] / int8.values[1])
+    # the same command again times nothing; more rounds asked for go on from the rounds done
+    run_search(config)
+    assert len(target.timed) == 9
+    again = run_search(dataclasses.replace(config, retime_rounds=4))
+    assert target.timed[9:] == [cand, ref] and current_retiming(again).rounds == 4
+
+
+def test_a_trial_whose_file_is_gone_is_left_out_of_the_re_timing(coco8_search, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = _SizeTarget()
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
+    config = coco8_search(budget=2)
+    study = run_search(config)
+    int8 = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[1]
+    Path(int8.user_attrs["artifact"]).unlink()  # moved away after the search
+    failed: list[tuple[int, str]] = []
+    run_search(dataclasses.replace(config, retime_rounds=2), on_retime_failed=lambda n, why: failed.append((n, why)))
+    assert failed == [(int8.number, f"its file {int8.user_attrs['artifact']} is not on this host")]
+    assert [r.reference for r in pareto_front(study)] == ["fp32"]  # re-timed: the reference alone
+    with pytest.raises(YolotuneError, match=r"--retime-rounds must be ≥0 \(0: no re-timing\); got -1"):
+        dataclasses.replace(config, retime_rounds=-1)
 
 
 def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str]) -> optuna.Study:

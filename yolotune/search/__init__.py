@@ -25,6 +25,7 @@ from yolotune.search._driver import (
     search_spaces,
 )
 from yolotune.search._executors import check_ray_address
+from yolotune.search._retime import retime_front, retime_study
 from yolotune.search._sensitivity import SENSITIVITY_RECOVERY, GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
 
@@ -48,6 +49,8 @@ __all__ = [
     "open_study",
     "plan_of",
     "preflight",
+    "retime_front",
+    "retime_study",
     "run_candidate",
     "run_search",
     "scan_sensitivity",

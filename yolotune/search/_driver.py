@@ -38,6 +38,7 @@ from yolotune.search._candidate import (
 )
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
+from yolotune.search._retime import reference_file, retime_front
 from yolotune.search._sensitivity import SENSITIVITY_RECOVERY, GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
 
@@ -107,6 +108,9 @@ class SearchConfig:
         time_reference: Time the study's FP32 reference file again right after each trial, so its
             speed-up compares two timings taken seconds apart (``reference_ms``; one more timing
             per trial). Off: speed-ups divide by the reference trial's own timing.
+        retime_rounds: Once the budget is met, time the feasible trials near the front again, once
+            per round with the FP32 reference file, for this many rounds (``retime_front``); the
+            front is then found on the median per-round speed-ups. 0: not re-timed.
     """
 
     model: str
@@ -134,6 +138,7 @@ class SearchConfig:
     sensitivity_ratio: float = 0.25
     sensitivity_recovery: str = "bias"
     time_reference: bool = True
+    retime_rounds: int = 5
 
     def __post_init__(self) -> None:
         if self.sensitivity_recovery not in SENSITIVITY_RECOVERY:
@@ -153,6 +158,8 @@ class SearchConfig:
             raise YolotuneError(f"--rung0-val must be ≥1 validation image; got {self.rung0_val}")
         if not 0 <= self.promote_margin <= 1:
             raise YolotuneError(f"--promote-margin is an mAP50-95 difference in [0, 1]; got {self.promote_margin}")
+        if self.retime_rounds < 0:
+            raise YolotuneError(f"--retime-rounds must be ≥0 (0: no re-timing); got {self.retime_rounds}")
         if self.workers < 1:
             raise YolotuneError(f"--workers must be ≥1; got {self.workers}")
         if self.heartbeat_interval < 1:
@@ -578,6 +585,7 @@ def run_search(
     on_step: Callable[[int, str], None] | None = None,
     on_scan: Callable[[int, int, GroupSensitivity | None, str], None] | None = None,
     on_open: Callable[[optuna.Study], None] | None = None,
+    on_retime_failed: Callable[[int, str], None] | None = None,
     max_failures: int | None = None,
 ) -> optuna.Study:
     """Run trials until the study holds ``config.budget`` COMPLETE trials.
@@ -591,6 +599,9 @@ def run_search(
     heartbeat). Ctrl-C tells the running trials FAIL (reason ``interrupted``), queues their plans
     again and re-raises: nothing half-done is reported as complete, and the next run picks up.
     ``on_open`` is called once the study is opened and found to be this job's, before any work.
+    Once the budget is met, the trials near the front are timed again (``config.retime_rounds``;
+    ``on_step`` reports each timing, ``on_retime_failed`` each trial that could not be re-timed and
+    is left out of the re-timed front).
     """
     optuna.logging.set_verbosity(logging.WARNING)
     space, default, target = preflight(config)
@@ -771,7 +782,7 @@ def run_search(
                                 target=target,
                                 on_step=_bind(on_step, trial.number),
                                 timed=pending.timed,
-                                reference=_reference_file(study) if config.time_reference else None,
+                                reference=_reference_path(study) if config.time_reference else None,
                             )
                             _record(config, study, trial, result)
                         except Exception as exc:
@@ -807,6 +818,12 @@ def run_search(
             f"with: {last_failure}. Fix that and run the same command to resume (`tune show` lists the failures)",
             study=study,
         )
+    retiming = retime_front(
+        study, target=target, imgsz=config.settings.imgsz, rounds=config.retime_rounds, on_step=on_step
+    )
+    if retiming is not None and on_retime_failed is not None:
+        for number, reason in retiming.failed.items():
+            on_retime_failed(number, reason)
     return study
 
 
@@ -860,13 +877,10 @@ def _metrics(result: CandidateResult) -> dict[str, Any]:
     return {k: record[k] for k in ("map50_95", "map50", "size_bytes", "latency_ms")}
 
 
-def _reference_file(study: optuna.Study) -> Path | None:
+def _reference_path(study: optuna.Study) -> Path | None:
     """The FP32 reference trial's deployable file, when it has been measured and is still on this host."""
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("reference") == "fp32" and "duplicate_of" not in t.user_attrs:
-            path = Path(str(t.user_attrs.get("artifact", "")))
-            return path if path.is_file() else None
-    return None
+    found = reference_file(study)
+    return found[1] if found else None
 
 
 def _record(config: SearchConfig, study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:

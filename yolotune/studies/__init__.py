@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from yolotune.studies._dashboard import serve_dashboard
-from yolotune.studies._export import ExportResult, export_trial
+from yolotune.studies._export import ExportResult, export_trial, study_target
 from yolotune.studies._front import FrontRow, pareto_front
 from yolotune.studies._report import write_report
+from yolotune.studies._retimed import RetimedPoint, Retiming, current_retiming, near_front
 from yolotune.studies._storage import (
     artifact_dir,
     default_storage_url,
@@ -18,14 +19,19 @@ from yolotune.studies._storage import (
 __all__ = [
     "ExportResult",
     "FrontRow",
+    "RetimedPoint",
+    "Retiming",
     "artifact_dir",
+    "current_retiming",
     "default_storage_url",
     "export_trial",
     "find_artifact_dir",
     "load_study",
+    "near_front",
     "open_storage",
     "pareto_front",
     "serve_dashboard",
     "study_dir",
+    "study_target",
     "write_report",
 ]

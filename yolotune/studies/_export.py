@@ -19,11 +19,12 @@ import yaml
 
 from yolotune._env import package_versions
 from yolotune.errors import YolotuneError
+from yolotune.studies._retimed import current_retiming
 
 if TYPE_CHECKING:
     from yolotune.evaluators import Target
 
-__all__ = ["ExportResult", "export_trial"]
+__all__ = ["ExportResult", "export_trial", "study_target"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +119,8 @@ def export_trial(
     _fetch(trial, artifacts, model)
     plan_path = plan.save(out_dir / "plan.yaml")
     recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
+    retiming = current_retiming(study)
+    retimed = retiming.point(number) if retiming else None
     recipe = out_dir / "recipe.yaml"
     recipe.write_text(
         yaml.safe_dump(
@@ -131,6 +134,7 @@ def export_trial(
                     **recorded,
                     "latency": trial.user_attrs.get("latency"),
                     "provenance": trial.user_attrs.get("provenance"),
+                    "retimed": retimed.to_dict() if retimed else None,
                 },
                 "versions": package_versions(),
             },
@@ -146,20 +150,36 @@ def export_trial(
 
 
 def _target(study: optuna.Study, job: dict[str, Any], *, device_url: str | None, device_token: str | None) -> Target:
-    """The study's target, rebuilt from what the study recorded, checked before any work."""
+    """The study's target, checked before any work."""
+    try:
+        return study_target(study, device_url=device_url, device_token=device_token)
+    except YolotuneError as exc:
+        raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from None
+
+
+def study_target(study: optuna.Study, *, device_url: str | None = None, device_token: str | None = None) -> Target:
+    """The target a study was timed on, rebuilt from what the study recorded, and checked.
+
+    Args:
+        study: A yolotune study.
+        device_url: The device agent of a device target (default: the one the study recorded).
+        device_token: That agent's token.
+
+    Raises:
+        YolotuneError: The study does not record its job, or the target cannot time (a device
+            target whose agent is unreachable).
+    """
     from yolotune.evaluators import TargetSpec, get_target
 
+    job: dict[str, Any] = study.user_attrs.get("job") or {}
     if not {"data", "imgsz", "target"} <= set(job):
         raise YolotuneError("the study does not record its job (data, imgsz, target); cannot re-measure")
     recorded = dict(study.user_attrs.get("target") or {})
     url = device_url or recorded.pop("device_url", None)
     recorded.pop("device_url", None)
     spec = TargetSpec.from_dict(job["target"], recorded) if recorded else job["target"]
-    try:
-        target = get_target(spec, device_url=url, device_token=device_token)
-        target.check()
-    except YolotuneError as exc:
-        raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from None
+    target = get_target(spec, device_url=url, device_token=device_token)
+    target.check()
     return target
 
 

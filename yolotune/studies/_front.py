@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import optuna
 
+from yolotune.studies._retimed import RetimedPoint, Retiming, current_retiming
+
 __all__ = ["FrontRow", "pareto_front"]
 
 
@@ -13,9 +15,10 @@ __all__ = ["FrontRow", "pareto_front"]
 class FrontRow:
     """One point of the front, with ratios against the FP32 reference trial.
 
-    ``speedup`` divides the FP32 reference's latency by this trial's: the reference timed right
-    after this trial (``paired``, the search's ``time_reference``) or else the reference trial's
-    own timing.
+    ``latency_ms`` is the trial's own timing, its objective in the study. ``speedup`` divides the
+    FP32 reference's latency by this trial's: the median per-round ratio when the front was timed
+    again after the search (``retimed``); else the reference timed right after this trial
+    (``paired``, the search's ``time_reference``); else the reference trial's own timing.
     """
 
     number: int
@@ -28,31 +31,75 @@ class FrontRow:
     speedup: float | None
     size_ratio: float | None
     paired: bool = False
+    retimed: RetimedPoint | None = None
+
+    @property
+    def retimed_ms(self) -> float | None:
+        """Median latency over the re-timing rounds, when the point was re-timed."""
+        return self.retimed.latency_ms if self.retimed else None
 
 
 def pareto_front(study: optuna.Study) -> list[FrontRow]:
-    """The study's Pareto front (Optuna's ``best_trials``, a plan's first trial only) sorted by latency."""
+    """The study's Pareto front, a plan's first trial only, fastest first.
+
+    Once the search has re-timed the trials near the front (``retime_front``) and no trial has
+    completed since, the front is found among those, on their re-timed speed-ups (mAP50-95 and size
+    as measured). Otherwise it is Optuna's ``best_trials``, sorted by latency.
+    """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     base = next((t for t in complete if t.user_attrs.get("reference") == "fp32"), None)
+    retiming = current_retiming(study)
+    if retiming is not None:
+        return _retimed_front(complete, base, retiming)
     rows = []
     for t in study.best_trials:
         if "duplicate_of" in t.user_attrs:  # the same plan as a trial listed already, its values reused
             continue
-        m, mb, ms = t.values
         paired = t.user_attrs.get("reference_ms")
         reference_ms = float(paired) if paired else (base.values[2] if base else None)
-        rows.append(
-            FrontRow(
-                number=t.number,
-                map50_95=m,
-                size_mb=mb,
-                latency_ms=ms,
-                brief=str(t.user_attrs.get("brief", "")),
-                reference=str(t.user_attrs.get("reference", "")),
-                map_drop=(base.values[0] - m) if base else None,
-                speedup=(reference_ms / ms) if reference_ms else None,
-                size_ratio=(base.values[1] / mb) if base else None,
-                paired=bool(paired),
-            )
-        )
+        rows.append(_row(t, base, speedup=(reference_ms / t.values[2]) if reference_ms else None, paired=bool(paired)))
     return sorted(rows, key=lambda r: r.latency_ms)
+
+
+def _retimed_front(
+    complete: list[optuna.trial.FrozenTrial], base: optuna.trial.FrozenTrial | None, retiming: Retiming
+) -> list[FrontRow]:
+    points = {t.number: (t, p) for t in complete if (p := retiming.point(t.number)) is not None}
+
+    def dominates(
+        a: tuple[optuna.trial.FrozenTrial, RetimedPoint], b: tuple[optuna.trial.FrozenTrial, RetimedPoint]
+    ) -> bool:
+        (ta, pa), (tb, pb) = a, b
+        no_worse = ta.values[0] >= tb.values[0] and ta.values[1] <= tb.values[1] and pa.speedup >= pb.speedup
+        better = ta.values[0] > tb.values[0] or ta.values[1] < tb.values[1] or pa.speedup > pb.speedup
+        return no_worse and better
+
+    front = [a for a in points.values() if not any(dominates(b, a) for b in points.values())]
+    rows = [
+        _row(t, base, speedup=p.speedup, paired=bool(t.user_attrs.get("reference_ms")), retimed=p) for t, p in front
+    ]
+    return sorted(rows, key=lambda r: -(r.speedup or 0.0))
+
+
+def _row(
+    t: optuna.trial.FrozenTrial,
+    base: optuna.trial.FrozenTrial | None,
+    *,
+    speedup: float | None,
+    paired: bool,
+    retimed: RetimedPoint | None = None,
+) -> FrontRow:
+    m, mb, ms = t.values
+    return FrontRow(
+        number=t.number,
+        map50_95=m,
+        size_mb=mb,
+        latency_ms=ms,
+        brief=str(t.user_attrs.get("brief", "")),
+        reference=str(t.user_attrs.get("reference", "")),
+        map_drop=(base.values[0] - m) if base else None,
+        speedup=speedup,
+        size_ratio=(base.values[1] / mb) if base else None,
+        paired=paired,
+        retimed=retimed,
+    )

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+
+from yolotune.search import retime_front
+from yolotune.studies import current_retiming, near_front, pareto_front
+
+
+class _TableTarget:
+    """True latencies by file name, on a machine whose speed changes from round to round.
+
+    Each round times the reference and the two re-timed trials (three calls), so the speed factor
+    changes every three calls: ×1, ×1.6, ×0.9, ... A disturbed search-time timing is what the
+    study recorded; this target knows the true ones.
+    """
+
+    name = "local-cpu"
+
+    def __init__(self, true_ms: dict[str, float], *, per_round: int) -> None:
+        self.true_ms = true_ms
+        self.per_round = per_round
+        self.timed: list[str] = []
+
+    def benchmark(self, model_path: Path, *, imgsz: int):
+        from yolotune.evaluators import LatencyStats
+
+        speed = (1.0, 1.6, 0.9, 1.3, 1.1)[len(self.timed) // self.per_round % 5]
+        self.timed.append(model_path.name)
+        ms = self.true_ms[model_path.name] * speed
+        return LatencyStats.from_samples([ms, ms], warmup=0, started_at=0.0, ended_at=0.0)
+
+
+def _study(tmp_path: Path) -> tuple[optuna.Study, dict[str, int]]:
+    """The fp32 reference, two INT8 plans whose search timings ranked them wrongly, a slow one and an infeasible one."""
+    study = optuna.create_study(
+        study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", directions=["maximize", "minimize", "minimize"]
+    )
+    common = {"params": {"x": 0.5}, "distributions": {"x": FloatDistribution(0.0, 1.0)}}
+    rows = {  # name: (values as the search measured them, constraint, reference)
+        "fp32": ([0.353, 12.7, 15.0], -0.01, "fp32"),
+        "shared": ([0.347, 3.5, 9.1], -0.003, ""),  # truly the fastest: its one timing was disturbed
+        "separate": ([0.350, 3.5, 8.2], -0.007, ""),
+        "slow": ([0.340, 3.5, 20.0], -0.001, ""),  # more than 30% slower than "separate": not re-timed
+        "pruned": ([0.0, 1.4, 5.0], 0.34, ""),  # infeasible under --max-map-drop
+    }
+    numbers = {}
+    for name, (values, drop, reference) in rows.items():
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(name.encode())
+        attrs = {"artifact": str(path), "brief": name, **({"reference": reference} if reference else {})}
+        study.add_trial(
+            optuna.trial.create_trial(values=values, user_attrs=attrs, constraints={"map_drop": drop}, **common)
+        )
+        numbers[name] = len(numbers)
+    return study, numbers
+
+
+def test_the_trials_noise_could_put_on_the_front_are_re_timed_and_the_front_found_on_their_rounds(
+    tmp_path: Path,
+) -> None:
+    study, n = _study(tmp_path)
+    # the search's front: "separate" looked faster than "shared", as accurate and as small
+    assert [r.brief for r in pareto_front(study)] == ["separate", "fp32"]
+    assert [t.number for t in near_front(study)] == [n["fp32"], n["shared"], n["separate"]]
+
+    target = _TableTarget({"fp32.onnx": 13.0, "shared.onnx": 6.3, "separate.onnx": 6.8}, per_round=3)
+    steps: list[tuple[int, str]] = []
+    retiming = retime_front(study, target=target, imgsz=320, rounds=5, on_step=lambda *a: steps.append(a))
+    assert retiming == current_retiming(study) and retiming is not None
+    assert retiming.trials == (n["shared"], n["separate"]) and retiming.rounds == 5
+    forward = ["fp32.onnx", "shared.onnx", "separate.onnx"]
+    assert target.timed == (forward + forward[::-1]) * 2 + forward
+    assert steps[:3] == [(n["fp32"], "re-timing 1/5"), (n["shared"], "re-timing 1/5"), (n["separate"], "re-timing 1/5")]
+
+    front = pareto_front(study)
+    # both INT8 plans are on it now, the faster first; the speed-ups are exact: each round's drift cancels
+    assert [r.brief for r in front] == ["shared", "separate", "fp32"]
+    assert [r.speedup for r in front] == pytest.approx([13.0 / 6.3, 13.0 / 6.8, 1.0])
+    assert front[0].retimed is not None and front[0].retimed.low == pytest.approx(front[0].retimed.high)
+    assert front[0].latency_ms == 9.1  # the objective stays what the search measured
+    assert front[0].retimed_ms == pytest.approx(6.3 * 1.1)  # median over rounds sped ×1, 1.6, 0.9, 1.3, 1.1
+
+    # the same call again times nothing; a trial completed since makes the re-timing out of date
+    assert retime_front(study, target=target, imgsz=320, rounds=5) == retiming and len(target.timed) == 15
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[0.1, 2.0, 30.0],
+            params={"x": 0.1},
+            distributions={"x": FloatDistribution(0.0, 1.0)},
+            constraints={"map_drop": 0.2},
+        )
+    )
+    assert current_retiming(study) is None
+    assert [r.brief for r in pareto_front(study)] == ["separate", "fp32"]
+
+
+def test_a_reference_that_cannot_be_timed_keeps_the_rounds_done(tmp_path: Path) -> None:
+    from yolotune.errors import StepError
+
+    study, n = _study(tmp_path)
+
+    class _Failing(_TableTarget):
+        def benchmark(self, model_path: Path, *, imgsz: int):
+            if len(self.timed) >= 4 and model_path.name == "fp32.onnx":
+                raise StepError("latency", "the device went away")
+            return super().benchmark(model_path, imgsz=imgsz)
+
+    target = _Failing({"fp32.onnx": 13.0, "shared.onnx": 6.3, "separate.onnx": 6.8}, per_round=3)
+    retiming = retime_front(study, target=target, imgsz=320, rounds=3)
+    assert retiming is not None and retiming.rounds == 1
+    assert retiming.failed == {n["fp32"]: "latency failed: the device went away"}
+    assert current_retiming(study) == retiming  # one round done: the front is found on it
+    # the next call starts afresh: the reference failed in the round it left
+    fresh = _TableTarget(target.true_ms, per_round=3)
+    again = retime_front(study, target=fresh, imgsz=320, rounds=2)
+    assert again is not None and again.rounds == 2 and not again.failed and len(fresh.timed) == 6
