@@ -119,6 +119,7 @@ def main() -> None:
         "root": root,
         "seed": args.seed,
         "max_map_drop": args.max_map_drop,
+        "retime_rounds": 0,  # this script re-times every feasible file itself, after both searches
     }
     configs = {
         "single": SearchConfig(study_name="single", **common),

@@ -339,9 +339,9 @@ def run(
         int,
         typer.Option(
             "--retime-rounds",
-            help="At the end, time each front point again this many times beside the FP32 reference (0: don't).",
+            help="At the end, time the trials near the front in this many rounds with the FP32 reference (0: don't).",
         ),
-    ] = 5,
+    ] = 11,
 ) -> None:
     """Search compression plans; the same command resumes the study."""
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -613,7 +613,7 @@ def retime(
     study: StudyOpt = None,
     storage: StorageOpt = None,
     root: RootOpt = Path("studies"),
-    rounds: Annotated[int, typer.Option("--rounds", help="Rounds wanted (rounds already done count).")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds wanted (rounds already done count).")] = 11,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard the rounds done and start again.")] = False,
     device_url: DeviceUrlOpt = None,
     device_token_file: DeviceTokenOpt = None,

@@ -105,6 +105,7 @@ def test_changing_constraints_of_an_existing_study_is_refused(small_study: tuple
         budget=4,
         settings=CandidateSettings(imgsz=160),
         root=root,
+        retime_rounds=0,  # re-timing is tested apart
         study_name=name,
         max_map_drop=0.2,
     )
@@ -223,6 +224,7 @@ def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) 
         budget=4,
         settings=CandidateSettings(imgsz=160),
         root=tmp_path,
+        retime_rounds=0,  # re-timing is tested apart
         space=str(space),
         sampler="tpe",
     )
@@ -323,6 +325,7 @@ def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(tmp_path: Pa
 
     tune = Path(sys.executable).parent / "tune"
     args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
+    args += ["--retime-rounds", "0"]  # re-timing is tested apart
     args += ["--study", "s"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -509,6 +512,7 @@ def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str]) -> optuna.Study:
         budget=len(plans),
         settings=CandidateSettings(imgsz=160),
         root=tmp_path,
+        retime_rounds=0,  # re-timing is tested apart
         space=f"{source}:space",
         multi_fidelity=True,
         rung0_val=2,
@@ -615,6 +619,7 @@ def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path
         budget=2,
         settings=CandidateSettings(imgsz=160),
         root=tmp_path,
+        retime_rounds=0,  # re-timing is tested apart
         multi_fidelity=True,
         rung0_val=2,
     )
@@ -649,6 +654,7 @@ def test_multi_fidelity_does_not_time_a_candidate_no_fine_tune_could_bring_withi
         "multi_fidelity": True,
         "rung0_val": 2,
         "max_map_drop": 0.05,
+        "retime_rounds": 0,
     }
     study = run_search(SearchConfig(**common, budget=2))  # the reference trials
     references = len(study.get_trials())

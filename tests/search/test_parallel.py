@@ -29,6 +29,7 @@ def _config(root: Path, **kwargs: object) -> SearchConfig:
         "settings": CandidateSettings(imgsz=160),
         "root": root,
         "study_name": "s",
+        "retime_rounds": 0,  # re-timing is tested apart
     }
     return SearchConfig(**{**base, **kwargs})
 
@@ -77,6 +78,7 @@ def test_more_workers_than_the_cluster_has_cpus_is_a_clear_error(tmp_path: Path)
 def test_a_killed_driver_leaves_nothing_lost_and_the_same_command_resumes(tmp_path: Path) -> None:
     tune = Path(sys.executable).parent / "tune"
     args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
+    args += ["--retime-rounds", "0"]  # re-timing is tested apart
     args += ["--study", "s", "--heartbeat-interval", "1"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -141,6 +143,7 @@ def test_joining_an_existing_ray_cluster(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_killed_driver_with_ray_workers_is_resumed_too(tmp_path: Path) -> None:
     tune = Path(sys.executable).parent / "tune"
     args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
+    args += ["--retime-rounds", "0"]  # re-timing is tested apart
     args += ["--study", "s", "--heartbeat-interval", "1", "--workers", "2"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -48,7 +48,7 @@ def test_tune_run_times_every_candidate_on_the_agent(
 ) -> None:
     common = ["--targets-file", str(targets_file), "--target", "board", "--root", str(tmp_path / "studies")]
     device = ["--device-url", agent.url, "--device-token-file", str(token_file)]
-    args = ["run", "--data", "coco8", "--budget", "2", "--study", "remote", *common, *device]
+    args = ["run", "--data", "coco8", "--budget", "2", "--study", "remote", "--retime-rounds", "1", *common, *device]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "latency: board on" in result.stdout  # the front says which device measured it
@@ -61,6 +61,11 @@ def test_tune_run_times_every_candidate_on_the_agent(
         assert prov["imgsz"] == 160  # the target's default image size
         assert t.user_attrs["latency"]["runs"] >= 50
     assert study.user_attrs["target"]["agent"] is True
+    # the search ended by re-timing the trials near its front on the agent too, one round
+    from yolotune.studies import current_retiming
+
+    retiming = current_retiming(study)
+    assert retiming is not None and retiming.rounds == 1 and retiming.target == "board"
 
     # export re-times on the agent the study recorded, without the targets file
     monkeypatch.setattr("yolotune.evaluators._spec._SPECS", {})
@@ -93,7 +98,9 @@ def test_an_agent_stopped_mid_run_fails_that_trial_and_the_search_goes_on(
     add_target_file(targets_file)
     port = int(agent.url.rsplit(":", 1)[1])
     settings = CandidateSettings(imgsz=160, target="board", device_url=agent.url, device_token_file=str(token_file))
-    config = SearchConfig(model="yolov8n-coco.pt", data="coco8", budget=3, settings=settings, root=tmp_path / "s")
+    config = SearchConfig(
+        model="yolov8n-coco.pt", data="coco8", budget=3, settings=settings, root=tmp_path / "s", retime_rounds=0
+    )
     servers = [agent]
     events: list[str] = []
 
@@ -129,7 +136,7 @@ def test_an_agent_that_stays_away_stops_the_search_and_the_same_command_resumes(
 
     common = ["--targets-file", str(targets_file), "--target", "board", "--root", str(tmp_path / "studies")]
     device = ["--device-url", agent.url, "--device-token-file", str(token_file)]
-    args = ["run", "--data", "coco8", "--budget", "3", "--study", "gone", *common, *device]
+    args = ["run", "--data", "coco8", "--budget", "3", "--study", "gone", "--retime-rounds", "0", *common, *device]
 
     def stop_when_trial_1_starts() -> None:  # the device goes away after the first candidate, and stays away
         deadline = time.monotonic() + 300

@@ -40,6 +40,7 @@ def test_search_prunes_only_tolerant_groups_and_scans_once(tmp_path: Path, monke
         budget=8,
         settings=CandidateSettings(imgsz=160),
         root=tmp_path,
+        retime_rounds=0,  # re-timing is tested apart
         space=str(space),
         sampler="random",
         sensitivity_drop=0.1,
@@ -97,6 +98,7 @@ def test_no_scan_when_the_space_never_prunes(tmp_path: Path, monkeypatch) -> Non
         budget=1,
         settings=CandidateSettings(imgsz=160),
         root=tmp_path,
+        retime_rounds=0,  # re-timing is tested apart
         space=str(space),
         sensitivity_drop=0.03,
     )

@@ -138,7 +138,7 @@ class SearchConfig:
     sensitivity_ratio: float = 0.25
     sensitivity_recovery: str = "bias"
     time_reference: bool = True
-    retime_rounds: int = 5
+    retime_rounds: int = 11
 
     def __post_init__(self) -> None:
         if self.sensitivity_recovery not in SENSITIVITY_RECOVERY:
