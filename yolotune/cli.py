@@ -521,7 +521,7 @@ def _show(st: Any) -> None:
         caption += (
             f" · re-timed: after the search, {len(retiming.trials)} trial(s) near the front timed in "
             f"{retiming.rounds} rounds with the FP32 reference (median); front and speed: the median of "
-            "each round's ratio to the reference"
+            "each round's ratio to the reference (half the rounds between the bracketed quartiles)"
         )
         for number, reason in sorted(retiming.failed.items()):
             caption += f" · trial {number} not re-timed ({reason}), left out"
@@ -542,7 +542,9 @@ def _show(st: Any) -> None:
             "–" if r.map_drop is None else f"{0.0 - r.map_drop:+.3f}",
             f"{r.latency_ms:.2f}",
             *again,
-            "–" if r.speedup is None else f"{r.speedup:.2f}×",
+            "–"
+            if r.speedup is None
+            else f"{r.speedup:.2f}×" + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else ""),
             f"{r.size_mb:.2f}",
             "–" if r.size_ratio is None else f"{r.size_ratio:.2f}×",
             r.brief,

@@ -182,7 +182,7 @@ def _front_table(front: Sequence[FrontRow]) -> str:
                 _fmt(None if r.map_drop is None else 0.0 - r.map_drop, "+.4f"),
                 _fmt(r.latency_ms, ".2f"),
                 *([_fmt(r.retimed_ms, ".2f")] if retimed else []),
-                _fmt(r.speedup, ".2f"),
+                _fmt(r.speedup, ".2f") + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else ""),
                 _fmt(r.size_mb, ".2f"),
                 _fmt(r.size_ratio, ".2f"),
                 html.escape(r.brief),
@@ -196,7 +196,8 @@ def _front_table(front: Sequence[FrontRow]) -> str:
         table += _note(
             f"Re-timed: after the search, the feasible trials near the front were timed again in {rounds} rounds, "
             "once per round each, with the FP32 reference file (median). The front and the speed-ups are found "
-            "on the median of each round's ratio to the reference; latency: the trial's own timing in the search."
+            "on the median of each round's ratio to the reference (in brackets: the quartiles of those ratios); "
+            "latency: the trial's own timing in the search."
         )
     elif any(r.paired for r in front):
         table += _note("Speed-up: against the FP32 reference file timed right after each trial.")

@@ -35,8 +35,8 @@ class RetimedPoint:
         latency_ms: Median of its per-round timings.
         reference_ms: Median of the reference's timings in the same rounds.
         speedup: Median of the per-round ratios reference / trial.
-        low: Smallest per-round ratio.
-        high: Largest per-round ratio.
+        q1: First quartile of the per-round ratios.
+        q3: Third quartile: half the rounds gave a ratio between ``q1`` and ``q3``.
     """
 
     trial: int
@@ -44,8 +44,8 @@ class RetimedPoint:
     latency_ms: float
     reference_ms: float
     speedup: float
-    low: float
-    high: float
+    q1: float
+    q3: float
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
@@ -92,14 +92,15 @@ class Retiming:
         else:
             return None
         ratios = [ref / t for ref, t in zip(self.reference_ms, ms, strict=True)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
         return RetimedPoint(
             trial=trial,
             rounds=self.rounds,
             latency_ms=statistics.median(ms),
             reference_ms=statistics.median(self.reference_ms),
             speedup=statistics.median(ratios),
-            low=min(ratios),
-            high=max(ratios),
+            q1=q1,
+            q3=q3,
         )
 
     def to_dict(self) -> dict[str, Any]:
