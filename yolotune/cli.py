@@ -66,6 +66,7 @@ _STOPPED = {
     "run": "interrupted: work in progress was recorded as failed; run the same command to resume",
     "agent": "agent stopped",
     "dashboard": "dashboard stopped",
+    "retime": "interrupted: the rounds done are kept; run the same command to go on",
 }
 
 
@@ -524,7 +525,10 @@ def _show(st: Any) -> None:
             "each round's ratio to the reference (half the rounds between the bracketed quartiles)"
         )
         for number, reason in sorted(retiming.failed.items()):
-            caption += f" · trial {number} not re-timed ({reason}), left out"
+            if number == retiming.reference_trial:
+                caption += f" · the FP32 reference could not be timed after round {retiming.rounds} ({reason})"
+            else:
+                caption += f" · trial {number} not re-timed ({reason}), left out"
     elif any(r.paired for r in front):
         caption += " · speed: against the FP32 reference timed right after each trial"
     if retiming is None and st.user_attrs.get("retimed"):
