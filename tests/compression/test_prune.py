@@ -55,3 +55,25 @@ def test_zero_ratios_prune_nothing(yolov8n) -> None:
     report = prune(yolov8n, PruningConfig(ratios={"backbone.4": 0.0}), imgsz=160)
     assert _widths(yolov8n) == before
     assert report.params_after == report.params_before
+
+
+def test_a_yolo11_head_branch_is_pruned_without_the_neck_layer_that_feeds_it() -> None:
+    """YOLO11's ``cv3.k`` opens with a depthwise convolution whose channels are the neck's output."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", verbose=False).eval()
+    ultralytics_adapter.make_prunable(model)
+    head = model.model[-1]
+    opening = head.cv3[0][0][0].conv
+    assert opening.groups == opening.in_channels == opening.out_channels  # depthwise, fed by neck.16
+    neck = model.model[16].cv2.conv.out_channels
+    report = prune(model, PruningConfig(ratios={"head.cv3.0": 0.25}, round_to=8), imgsz=160)
+    assert {name for name, (b, a) in report.channels.items() if a < b} == {"head.cv3.0"}
+    assert model.model[16].cv2.conv.out_channels == opening.out_channels == neck
+    # ... while pruning neck.16 shrinks the depthwise convolution with it: its channels are the neck's
+    report = prune(model, PruningConfig(ratios={"neck.16": 0.25}, round_to=8), imgsz=160)
+    assert {name for name, (b, a) in report.channels.items() if a < b} == {"neck.16"}
+    assert opening.out_channels == model.model[16].cv2.conv.out_channels < neck
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 160, 160))[0].shape[1] == 4 + 80

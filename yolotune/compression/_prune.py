@@ -139,8 +139,42 @@ def count_macs_params(model: nn.Module, imgsz: int) -> tuple[int, int]:
     return int(macs), int(params)
 
 
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and 1 < module.groups == module.in_channels == module.out_channels
+
+
+def _borrowed(model: nn.Module) -> set[nn.Module]:
+    """Depthwise convolutions and their BatchNorms: layers whose output channels are their input's.
+
+    Their channels belong to the layer that produces their input. YOLO11's Detect branches open
+    with one (``cv3.k``): were it a pruning root, pruning ``head.cv3.0`` would prune ``neck.16``.
+    """
+    norms = adapter.conv_norms(model)
+    borrowed: set[nn.Module] = set()
+    for m in model.modules():
+        if _is_depthwise(m):
+            borrowed.add(m)
+            if m in norms:
+                borrowed.add(norms[m])
+    return borrowed
+
+
 def _out_channels(module: nn.Module) -> int:
-    return sum(m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d))
+    """Output channels a group owns: those of its convolutions, depthwise ones aside."""
+    return sum(m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d) and not _is_depthwise(m))
+
+
+def _ratio_dict(model: nn.Module, groups: dict[str, nn.Module], config: PruningConfig) -> dict[nn.Module, float]:
+    """torch-pruning's per-layer ratios: each layer of a named group but the depthwise ones it borrows."""
+    borrowed = _borrowed(model)
+    ratios: dict[nn.Module, float] = {}
+    for name, _ in config.ratios:
+        ratio = config.ratio(name)
+        if ratio > 0:
+            for m in groups[name].modules():
+                if not any(True for _ in m.children()) and m not in borrowed:
+                    ratios[m] = ratio
+    return ratios
 
 
 def prune(
@@ -156,7 +190,8 @@ def prune(
     With ``importance="activation"`` channels are ranked by their activations on ``images``
     (unlabelled training images, preprocessed as the model sees them).
     C2f/C3k2 blocks are first made split-free. Groups the config does not name keep all their
-    output channels (their inputs shrink where a pruned producer feeds them). The Detect
+    output channels (their inputs shrink where a pruned producer feeds them, and so do the
+    outputs of their depthwise convolutions, which are their inputs' channels). The Detect
     output convolutions and DFL are never pruned, so the output shapes stay the same.
     ``kept``, when given, is filled with each convolution's surviving channel indices (by module
     name), which bias compensation and reconstruction pair with an unpruned copy.
@@ -176,7 +211,7 @@ def prune(
         activations = adapter.activation_statistics(model, images())
     groups = adapter.group_modules(model)
     before = {name: _out_channels(m) for name, m in groups.items()}
-    ratios = {groups[name]: config.ratio(name) for name, _ in config.ratios if config.ratio(name) > 0}
+    ratios = _ratio_dict(model, groups, config)
     example = torch.zeros(1, 3, imgsz, imgsz)
     try:
         pruner = tp.pruner.MetaPruner(
