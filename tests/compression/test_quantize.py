@@ -210,3 +210,44 @@ def test_shared_ranges_let_every_concat_copy_and_keep_map(fp32_onnx_320, tiny_co
     fp32 = measure_map(fp32_onnx_320, tiny_coco, imgsz=320).map50_95
     got = measure_map(tmp_path / "shared.onnx", tiny_coco, imgsz=320).map50_95
     assert abs(got - fp32) <= 0.015
+
+
+def test_percentile_on_an_activation_that_barely_varies_fails_in_one_line_naming_minmax(tmp_path: Path) -> None:
+    """ONNX Runtime's percentile histogram cannot bin a tensor whose values all lie within float32's rounding.
+
+    Found on a freshly initialised YOLO11n, whose class branch sits at sigmoid(≈0) = 0.5 everywhere.
+    """
+    from onnx import helper
+
+    from yolotune import YolotuneError
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array((1e-7 * rng.standard_normal((4, 3, 3, 3))).astype(np.float32), "w0"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w1"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "w0"], ["a"], name="/model.0/conv/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["a"], ["s"], name="/model.0/act/Sigmoid"),
+        helper.make_node("Conv", ["s", "w1"], ["out"], name="/model.1/conv/Conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "flat",
+        [helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 4, 16, 16])],
+        initializer=weights,
+    )
+    fp32 = tmp_path / "flat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    images = [rng.random((1, 3, 16, 16), dtype=np.float32) for _ in range(4)]
+
+    def run(method: str) -> None:
+        config = QuantizationConfig(default="int8", calibration_method=method, calibration_images=4)
+        quantize(fp32, tmp_path / f"{method}.onnx", config, group_of_node=lambda _: "g", calibration=lambda: images)
+
+    run("minmax")  # the model itself quantizes
+    with pytest.raises(YolotuneError) as info:
+        run("percentile")
+    message = str(info.value)
+    assert "\n" not in message and "percentile" in message and "minmax" in message, message
