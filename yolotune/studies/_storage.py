@@ -110,9 +110,11 @@ def load_study(*, study: str | None = None, storage: str | None = None, root: Pa
     """
     if storage is None and study is None:
         found = sorted(p.stem for p in root.glob("*.db"))
-        if len(found) != 1:
-            where = f"{root}/" if root.is_dir() else f"{root} (missing)"
-            raise YolotuneError(f"{len(found)} studies in {where} ({', '.join(found) or 'none'}); pass --study NAME")
+        if not found:
+            where = f"{root}/" if root.is_dir() else f"{root} (no such folder)"
+            raise YolotuneError(f"no study in {where}: run `tune run` first, or pass --root or --storage")
+        if len(found) > 1:
+            raise YolotuneError(f"{len(found)} studies in {root}/ ({', '.join(found)}); pass --study NAME")
         study = found[0]
     if storage is None:
         assert study is not None
@@ -124,8 +126,10 @@ def load_study(*, study: str | None = None, storage: str | None = None, root: Pa
     opened = open_storage(storage)
     if study is None:
         names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
-        if len(names) != 1:
-            raise YolotuneError(f"{len(names)} studies in {storage} ({', '.join(names) or 'none'}); pass --study NAME")
+        if not names:
+            raise YolotuneError(f"no study in {storage}: run `tune run --storage {storage}` first")
+        if len(names) > 1:
+            raise YolotuneError(f"{len(names)} studies in {storage} ({', '.join(names)}); pass --study NAME")
         study = names[0]
     try:
         return optuna.load_study(study_name=study, storage=opened)
