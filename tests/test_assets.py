@@ -46,3 +46,52 @@ def test_adding_or_removing_images_makes_a_new_working_copy(tmp_path: Path) -> N
     assert second.yaml_path != first.yaml_path
     linked = sorted(p.resolve() for p in (second.yaml_path.parent / "images" / "val").iterdir())
     assert linked == sorted(p.resolve() for p in second.val_images) and removed not in second.val_images
+
+
+def _coco8_copy(root: Path, *, labels: dict[str, str]) -> Path:
+    """coco8's images under ``root``; each split's labels linked (``"linked"``), empty files, or none."""
+    coco8 = resolve_data("coco8").parent
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        for f in sorted((coco8 / "images" / split).iterdir()):
+            (root / "images" / split / f.name).symlink_to(f)
+        if labels[split] == "none":
+            continue
+        (root / "labels" / split).mkdir(parents=True)
+        for f in sorted((coco8 / "labels" / split).iterdir()):
+            if labels[split] == "linked":
+                (root / "labels" / split / f.name).symlink_to(f)
+            else:
+                (root / "labels" / split / f.name).write_text("")
+    (root / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames: {prepare_dataset('coco8').names}\n")
+    return root / "data.yaml"
+
+
+@pytest.mark.parametrize("val", ["none", "empty"])
+def test_a_validation_split_without_labels_is_refused_in_one_line(tmp_path: Path, val: str) -> None:
+    data = _coco8_copy(tmp_path, labels={"train": "linked", "val": val})
+    with pytest.raises(YolotuneError) as info:
+        prepare_dataset(data)
+    message = str(info.value)
+    assert "'val' split" in message and "has no labels" in message and str(tmp_path / "labels" / "val") in message
+
+
+def test_a_training_split_without_labels_calibrates_but_does_not_fine_tune(tmp_path: Path) -> None:
+    from yolotune import CompressionPlan, PlanError
+    from yolotune.evaluators import target_spec
+    from yolotune.search import SearchConfig, check_plan, search_spaces
+
+    data = _coco8_copy(tmp_path, labels={"train": "none", "val": "linked"})
+    dataset = prepare_dataset(data)
+    assert dataset.train_labels == 0 and prepare_dataset("coco8").train_labels == 4
+    groups = ("backbone.7",)
+    calibrated = CompressionPlan.from_dict({"quantization": {"default": "int8", "calibration_images": 4}})
+    check_plan(calibrated, groups=groups, dataset=dataset, target=target_spec("local-cpu"))
+    fine_tuned = CompressionPlan.from_dict({"recovery": {"epochs": 1}})
+    with pytest.raises(PlanError) as info:
+        check_plan(fine_tuned, groups=groups, dataset=dataset, target=target_spec("local-cpu"))
+    assert "fine-tuning needs labels" in str(info.value) and "recovery.epochs: 0" in str(info.value)
+    # the search's default space leaves fine-tuning out, and its reference plans with it
+    default = search_spaces(SearchConfig(model="yolov8n-coco.pt", data=str(data), budget=1, root=tmp_path))[1]
+    assert default.epoch_choices() == (0,)
+    assert all(plan.recovery.epochs == 0 for plan in default.reference_plans().values())

@@ -104,6 +104,7 @@ class Dataset:
         names: Class names by index.
         train_images: Training images (calibration and fine-tuning use only these).
         val_images: Validation images (scoring uses only these).
+        train_labels: Training images with a non-empty label file (fine-tuning needs some).
     """
 
     source: Path
@@ -111,6 +112,7 @@ class Dataset:
     names: dict[int, str]
     train_images: tuple[Path, ...]
     val_images: tuple[Path, ...]
+    train_labels: int
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -158,11 +160,20 @@ def _label_for(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def _has_boxes(image: Path) -> bool:
+    label = _label_for(image)
+    try:
+        return label.stat().st_size > 0 and bool(label.read_text(errors="replace").strip())
+    except OSError:
+        return False
+
+
 def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     """Resolve a dataset and build (once) its private working copy for Ultralytics.
 
     Raises:
-        YolotuneError: Missing yaml, a missing split, no images, or no class names.
+        YolotuneError: Missing yaml, a missing split, no images, no class names, or no labels
+            in the validation split.
     """
     source = resolve_data(name)
     data = _load_yaml(source)
@@ -178,6 +189,13 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     for split, images in splits.items():
         if not images:
             raise YolotuneError(f"'{split}' split of {source} holds no images")
+    labelled = {split: sum(1 for image in images if _has_boxes(image)) for split, images in splits.items()}
+    if not labelled["val"]:
+        where = _label_for(splits["val"][0]).parent
+        raise YolotuneError(
+            f"'val' split of {source} has no labels, so mAP cannot be measured: put one .txt per image "
+            f"(class x y w h per box) under {where}"
+        )
 
     # the copy links each image and label: a new copy when the yaml, the image list or which images
     # have labels changes (edits inside linked files are seen through the links)
@@ -214,6 +232,7 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
         names={int(k): str(v) for k, v in names.items()},
         train_images=tuple(splits["train"]),
         val_images=tuple(splits["val"]),
+        train_labels=labelled["train"],
     )
 
 
@@ -247,4 +266,5 @@ def val_subset(dataset: Dataset, count: int) -> Dataset:
         names=dataset.names,
         train_images=dataset.train_images,
         val_images=tuple(dataset.val_images[i] for i in picks),
+        train_labels=dataset.train_labels,
     )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["PlanError", "SearchStopped", "StepError", "YolotuneError", "yaml_problem"]
+
+
+#: Terminal colour codes (``ESC[...m``).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class YolotuneError(Exception):
@@ -25,8 +30,8 @@ class StepError(YolotuneError):
 
     def __init__(self, step: str, reason: str) -> None:
         self.step = step
-        self.reason = reason
-        super().__init__(f"{step} failed: {reason}")
+        self.reason = _ANSI.sub("", reason)  # Ultralytics colours its messages for a terminal
+        super().__init__(f"{step} failed: {self.reason}")
 
 
 class SearchStopped(YolotuneError):

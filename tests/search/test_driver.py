@@ -215,6 +215,33 @@ def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_
         _open_study(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
 
 
+def test_a_study_resumes_from_another_directory_and_refuses_a_checkpoint_replaced_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from yolotune.assets import resolve_data, resolve_model
+    from yolotune.compression import ultralytics_adapter
+    from yolotune.search._driver import _open_study
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(resolve_model("yolov8n-coco.pt"), work / "mine.pt")
+    (work / "data").symlink_to(resolve_data("coco8").parent)
+    base = {"budget": 2, "settings": CandidateSettings(imgsz=160), "root": tmp_path / "studies", "study_name": "j"}
+    monkeypatch.chdir(work)
+    study = _open_study(SearchConfig(model="mine.pt", data="data", **base))[0]
+    # relative names are recorded as the files they named, so they mean the same from anywhere
+    assert study.user_attrs["job"]["model"] == str(work / "mine.pt")
+    assert study.user_attrs["job"]["data"] == str(resolve_data(work / "data"))
+    monkeypatch.chdir(tmp_path)
+    _open_study(SearchConfig(model="work/mine.pt", data=str(work / "data"), **base))
+    # the model retrained (or replaced) at the same path is another job: its trials would not compare
+    ultralytics_adapter.save_checkpoint(ultralytics_adapter.load_model(work / "mine.pt"), work / "mine.pt")
+    with pytest.raises(YolotuneError, match=r"another job \(model file .*mine.pt holds another checkpoint since"):
+        _open_study(SearchConfig(model="work/mine.pt", data=str(work / "data"), **base))
+
+
 def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("max_ratio: 0.0\nprecisions: [int8]\ncalibration_methods: [minmax]\ncalibration_sizes: [4]\n")

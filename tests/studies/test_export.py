@@ -59,3 +59,12 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     scratch.add_trial(failed)
     with pytest.raises(YolotuneError, match=r"trial 0 is FAIL \(export failed\); export a COMPLETE trial"):
         export_trial(scratch, 0, tmp_path)
+    # data that cannot be found: refused before any file is written, with the way out
+    moved = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for key, value in study.user_attrs.items():
+        moved.set_user_attr(key, value)
+    moved.set_user_attr("job", {**study.user_attrs["job"], "data": str(tmp_path / "gone" / "data.yaml")})
+    moved.add_trial(study.trials[1])
+    with pytest.raises(YolotuneError, match=r"dataset .*gone.* not found.*export without re-measuring: --no-remeasure"):
+        export_trial(moved, 0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -226,10 +226,15 @@ def check_plan(
     """Refuse a plan the model, the data or the target cannot honour (before any work).
 
     Raises:
-        PlanError: Unknown groups, too many calibration images, or precisions or INT8 activation types
-            the target lacks.
+        PlanError: Unknown groups, too many calibration images, fine-tuning on a training split without
+            labels, or precisions or INT8 activation types the target lacks.
     """
     plan.check(groups=groups, n_train_images=len(dataset.train_images))
+    if plan.recovery.epochs and not dataset.train_labels:
+        raise PlanError(
+            f"fine-tuning needs labels and the 'train' split of {dataset.source} has none: "
+            "set recovery.epochs: 0, or add one .txt per training image in the labels/ folder"
+        )
     quant = plan.quantization
     missing = sorted(p for p in quant.precisions if p not in target.precisions)
     if missing:

@@ -244,6 +244,7 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
         activations=target.activations,
         max_calibration_images=min(n_train, 256),
         fine=config.fine,
+        fine_tune=dataset.train_labels > 0,  # calibration and post-training recovery need images only
     )
     return load_space(config.space, default=default), default
 
@@ -280,10 +281,14 @@ def _open_study(
         study.sampler = _sampler(config, resumed_at=len(study.get_trials(deepcopy=False)))
     if study.directions != DIRECTIONS:
         raise YolotuneError(f"study '{config.name}' in {config.storage_url} is not a yolotune study")
+    from yolotune.assets import resolve_data, resolve_model
+
     spec = target_spec(config.settings.target)
+    model_file = resolve_model(config.model)
     job: dict[str, Any] = {
-        "model": config.model,
-        "data": config.data,
+        "model": _job_name(config.model, model_file),
+        "model_digest": file_digest(model_file),
+        "data": _job_name(config.data, resolve_data(config.data)),
         "imgsz": config.settings.imgsz,
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
@@ -918,6 +923,8 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
                     continue
         if key == "space_digest":
             changes.append(f"space file {job['space']} has changed since")
+        elif key == "model_digest":
+            changes.append(f"model file {job['model']} holds another checkpoint since (its SHA-256 differs)")
         else:
             changes.append(f"{key}: was {was!r}, now {now!r}")
     return changes
@@ -927,7 +934,16 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
 _NOT_TIMING = frozenset({"device_url", "description", "name"})
 
 #: Job keys recorded since studies were first made; older studies lack them.
-_JOB_KEYS_ADDED = frozenset({"space_digest"})
+_JOB_KEYS_ADDED = frozenset({"space_digest", "model_digest"})
+
+
+def _job_name(given: str, resolved: Path) -> str:
+    """How a job records a model or dataset: an absolute path, or the bare name of an asset.
+
+    A relative path would mean another file when the study is resumed or exported from another
+    directory; an asset name stays valid wherever the assets live.
+    """
+    return str(resolved) if Path(given).expanduser().exists() else given
 
 
 def _space_digest(space: str | None) -> str | None:

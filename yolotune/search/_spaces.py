@@ -72,6 +72,7 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
             precisions=default.precisions,
             max_calibration_images=default.max_calibration_images,
             activations=default.activations,
+            fine_tune=default.fine_tune,
         )
     if ":" not in spec:
         raise YolotuneError(f"--space must be a .yaml file or module:callable (file.py:callable); got '{spec}'")

@@ -117,6 +117,8 @@ class DefaultSpace:
             ``QuantizationConfig.shared_ranges``).
         recovery_methods: Post-training recovery methods of pruned plans.
         epochs: Fine-tune epoch choices.
+        fine_tune: Whether the training split has labels to fine-tune on. Without them every plan
+            fine-tunes 0 epochs, the reference plans included (``epoch_choices``).
         distill: Whether fine-tunes distil from the unpruned model (choices).
     """
 
@@ -138,6 +140,7 @@ class DefaultSpace:
     recovery_methods: tuple[str, ...] = RECOVERY_METHODS
     epochs: tuple[int, ...] = (0, 1, 2)
     distill: tuple[bool, ...] = (False, True)
+    fine_tune: bool = True
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
@@ -201,11 +204,13 @@ class DefaultSpace:
         precisions: tuple[str, ...],
         max_calibration_images: int,
         activations: tuple[str, ...] = ACTIVATION_TYPES,
+        fine_tune: bool = True,
     ) -> DefaultSpace:
         """A space narrowed by user options (a YAML space file's mapping; keys in ``SPACE_OPTIONS``).
 
         Precisions and activation types must be among the target's (``precisions``,
-        ``activations``); calibration sizes are still bounded by ``max_calibration_images``.
+        ``activations``); calibration sizes are still bounded by ``max_calibration_images``, and
+        epochs by ``fine_tune``.
 
         Raises:
             PlanError: Unknown option or invalid value, as one line.
@@ -240,7 +245,13 @@ class DefaultSpace:
                 f"space asks for {', '.join(odd)} activations; the target runs INT8 layers with "
                 f"{', '.join(activations)} activations (set activations in its targets file to search others)"
             )
-        return cls(groups=groups, precisions=tuple(wanted), max_calibration_images=max_calibration_images, **kwargs)
+        return cls(
+            groups=groups,
+            precisions=tuple(wanted),
+            max_calibration_images=max_calibration_images,
+            fine_tune=fine_tune,
+            **kwargs,
+        )
 
     def units(self) -> dict[str, tuple[str, ...]]:
         """Search units and the layer groups each one sets."""
@@ -253,6 +264,10 @@ class DefaultSpace:
         return tuple(n for n in self.calibration_sizes if n <= self.max_calibration_images) or (
             self.max_calibration_images,
         )
+
+    def epoch_choices(self) -> tuple[int, ...]:
+        """Fine-tune epochs the space samples from: 0 only when the data has no training labels."""
+        return self.epochs if self.fine_tune else (0,)
 
     def __call__(self, trial: TrialLike) -> CompressionPlan:
         """Sample a plan. Parameter names: ``prune/enabled``, ``prune/<unit>``, ``quant/<unit>``, ``calib/n``, ..."""
@@ -304,7 +319,7 @@ class DefaultSpace:
             images = (
                 trial.suggest_categorical("recover/n", list(self.calibration_choices())) if method != "none" else 32
             )
-            epochs = trial.suggest_categorical("ft/epochs", list(self.epochs))
+            epochs = trial.suggest_categorical("ft/epochs", list(self.epoch_choices()))
             distill = bool(trial.suggest_categorical("ft/distill", list(self.distill))) if epochs else False
             recovery = RecoveryConfig(method=method, images=images, epochs=epochs, distill=distill)
         return CompressionPlan(pruning=pruning, quantization=quant, recovery=recovery)
@@ -331,7 +346,7 @@ class DefaultSpace:
         fp32 = {**common, "prune/enabled": False, **{f"quant/{u}": "fp32" for u in units}}
         only_int8 = {**fp32, **{f"quant/{u}": int8 for u in units}}
         seeds = {**only_int8, "prune/enabled": True, **{f"prune/{u}": 0.3 for u in units}}
-        seeds.update({"prune/importance": "bn_scale", "prune/round_to": 8, "ft/epochs": max(self.epochs)})
+        seeds.update({"prune/importance": "bn_scale", "prune/round_to": 8, "ft/epochs": max(self.epoch_choices())})
         seeds["ft/distill"] = False
         seeds["recover/method"] = "none"  # the seeds' recipe had no post-training recovery
         refs = {"fp32": fp32, "int8": only_int8, "seeds": seeds}
@@ -357,6 +372,7 @@ class DefaultSpace:
             max_calibration_images=self.max_calibration_images,
             fine=self.fine,
             units_=self.units_,
+            fine_tune=self.fine_tune,
         )
 
 

@@ -22,6 +22,7 @@ from yolotune.errors import YolotuneError
 from yolotune.studies._retimed import current_retiming
 
 if TYPE_CHECKING:
+    from yolotune.assets import Dataset
     from yolotune.evaluators import Target
 
 __all__ = ["ExportResult", "export_trial", "study_target"]
@@ -112,6 +113,7 @@ def export_trial(
     trial = _find_trial(study, number)
     job: dict[str, Any] = study.user_attrs.get("job") or {}
     target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None
+    dataset = _dataset(job) if remeasure else None  # both checked before any file is written
     plan = CompressionPlan.from_dict(trial.user_attrs["plan"])
     out_dir.mkdir(parents=True, exist_ok=True)
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
@@ -143,8 +145,8 @@ def export_trial(
     )
     measured: dict[str, float] = {}
     if remeasure:
-        assert target is not None
-        measured = _remeasure(model, job, target)
+        assert target is not None and dataset is not None
+        measured = _remeasure(model, dataset, imgsz=int(job["imgsz"]), target=target)
         (out_dir / "remeasured.json").write_text(json.dumps(measured, indent=2))
     return ExportResult(trial=number, model=model, recipe=recipe, plan=plan_path, recorded=recorded, measured=measured)
 
@@ -183,13 +185,24 @@ def study_target(study: optuna.Study, *, device_url: str | None = None, device_t
     return target
 
 
-def _remeasure(model: Path, job: dict[str, Any], target: Target) -> dict[str, float]:
-    """mAP, size and latency of ``model`` through the same code path the search used."""
+def _dataset(job: dict[str, Any]) -> Dataset:
+    """The study's validation data, checked before any work."""
     from yolotune.assets import prepare_dataset
+
+    try:
+        return prepare_dataset(job["data"])
+    except YolotuneError as exc:
+        raise YolotuneError(
+            f"{exc} (the study recorded data '{job['data']}': export from where `tune run` ran, "
+            "or export without re-measuring: --no-remeasure)"
+        ) from None
+
+
+def _remeasure(model: Path, dataset: Dataset, *, imgsz: int, target: Target) -> dict[str, float]:
+    """mAP, size and latency of ``model`` through the same code path the search used."""
     from yolotune.evaluators import measure_map, measure_size
 
-    imgsz = int(job["imgsz"])
-    accuracy = measure_map(model, prepare_dataset(job["data"]), imgsz=imgsz)
+    accuracy = measure_map(model, dataset, imgsz=imgsz)
     latency = target.benchmark(model, imgsz=imgsz)
     return {
         "map50_95": accuracy.map50_95,
