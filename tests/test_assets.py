@@ -95,3 +95,21 @@ def test_a_training_split_without_labels_calibrates_but_does_not_fine_tune(tmp_p
     default = search_spaces(SearchConfig(model="yolov8n-coco.pt", data=str(data), budget=1, root=tmp_path))[1]
     assert default.epoch_choices() == (0,)
     assert all(plan.recovery.epochs == 0 for plan in default.reference_plans().values())
+
+
+def test_a_relative_path_key_is_read_as_ultralytics_reads_it_and_from_the_yaml_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coco8 = resolve_data("coco8").parent
+    (tmp_path / "mydata").symlink_to(coco8)
+    (tmp_path / "cfg").mkdir()
+    data = tmp_path / "cfg" / "data.yaml"
+    data.write_text(f"path: mydata\ntrain: images/train\nval: images/val\nnames: {prepare_dataset('coco8').names}\n")
+    monkeypatch.chdir(tmp_path)  # Ultralytics: relative to the working directory
+    assert prepare_dataset(data).val_images == prepare_dataset("coco8").val_images
+    beside = tmp_path / "mydata.yaml"  # ... and a yaml beside its folder works from anywhere
+    beside.write_text(data.read_text())
+    monkeypatch.chdir(tmp_path / "cfg")
+    assert prepare_dataset(beside).val_images == prepare_dataset("coco8").val_images
+    with pytest.raises(YolotuneError, match=r"'train' folder of .*cfg/data.yaml not found: .*cfg/mydata/images/train"):
+        prepare_dataset(data)

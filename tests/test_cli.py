@@ -186,7 +186,7 @@ def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str]
     from yolotune.studies import current_retiming, load_study, pareto_front
 
     root, name, output = small_study
-    assert "Pareto front of small" in output and "export with `tune export --trial N`" in output
+    assert "Pareto front of small" in output and "export with `tune export --study small --trial N`" in output
     front = [r.number for r in pareto_front(load_study(study=name, root=root))]
     # one study under --root: --study may be left out
     shown = runner.invoke(app, ["show", "--root", str(root)], env={"COLUMNS": "250"})

@@ -160,6 +160,28 @@ def _label_for(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def _dataset_root(data: dict[str, Any], source: Path) -> Path:
+    """The folder a data yaml's splits are relative to: its ``path:``, else the yaml's own folder.
+
+    A relative ``path:`` is read from the working directory, as Ultralytics reads it, when the
+    splits are there; otherwise from the yaml's folder, so the same yaml works from anywhere.
+    """
+    given = data.get("path")
+    if not given:
+        return source.parent
+    path = Path(str(given)).expanduser()
+    if path.is_absolute():
+        return path
+    entries: list[str] = []
+    for split in _SPLITS:
+        value = data.get(split)
+        entries += [str(e) for e in (value if isinstance(value, list) else [value]) if e]
+    for root in (path.resolve(), (source.parent / path).resolve()):
+        if entries and all(Path(e).is_absolute() or (root / e).is_dir() for e in entries):
+            return root
+    return (source.parent / path).resolve()
+
+
 def _has_boxes(image: Path) -> bool:
     label = _label_for(image)
     try:
@@ -177,9 +199,7 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     """
     source = resolve_data(name)
     data = _load_yaml(source)
-    root = Path(data["path"]) if data.get("path") else source.parent
-    if not root.is_absolute():
-        root = (source.parent / root).resolve()
+    root = _dataset_root(data, source)
     names = data.get("names")
     if isinstance(names, list):
         names = dict(enumerate(names))

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shlex
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -533,7 +534,7 @@ def _show(st: Any) -> None:
         caption += " · speed: against the FP32 reference timed right after each trial"
     if retiming is None and st.user_attrs.get("retimed"):
         caption += " · the front's re-timing is out of date (trials completed since): `tune run` re-times it"
-    caption += " · export with `tune export --trial N`"
+    caption += f" · export with `tune export --study {shlex.quote(st.study_name)} --trial N`"
     table = Table(title=f"Pareto front of {st.study_name}", caption=caption, header_style="bold")
     columns = ("trial", "mAP50-95", "ΔmAP", "latency ms", *(("re-timed ms",) if retimed else ()), "speed")
     for col in (*columns, "size MB", "smaller", "plan"):
