@@ -288,6 +288,10 @@ def test_retime_times_the_front_again_where_the_study_was_searched(tmp_path: Pat
     # more rounds go on from those done; --fresh starts again
     assert runner.invoke(app, [*args, "--rounds", "3"]).exit_code == 0
     assert current_retiming(study).reference_ms[:2] == retiming.reference_ms
+    # as many rounds as done already: nothing timed, and the way to add rounds said
+    again = runner.invoke(app, [*args, "--rounds", "2"])
+    assert again.exit_code == 0 and current_retiming(study).rounds == 3
+    assert "already timed in 3 rounds (≥ --rounds 2): nothing added; --rounds 5 adds 2" in again.stderr
     assert runner.invoke(app, [*args, "--rounds", "1", "--fresh"]).exit_code == 0
     assert current_retiming(study).rounds == 1
 

@@ -628,11 +628,12 @@ def retime(
     """Time the trials near a study's front again, in rounds with its FP32 reference; print the front."""
     from yolotune.evaluators import read_token
     from yolotune.search import retime_study
-    from yolotune.studies import load_study
+    from yolotune.studies import current_retiming, load_study
 
     if rounds < 1:
         raise YolotuneError(f"--rounds must be ≥1; got {rounds}")
     st = load_study(study=study, storage=storage, root=root)
+    before = current_retiming(st)
     with (
         _Interrupts().installed() as interrupts,
         Progress(SpinnerColumn(), TextColumn("{task.description}"), console=_consoles.err, transient=True) as bar,
@@ -654,6 +655,11 @@ def retime(
     if retiming is None:
         raise YolotuneError(
             "nothing to re-time against: the study has no FP32 reference trial whose file is on this host"
+        )
+    if before is not None and retiming.rounds == before.rounds and not fresh:
+        _consoles.err.print(
+            f"the front was already timed in {before.rounds} rounds (≥ --rounds {rounds}): nothing added; "
+            f"--rounds {before.rounds + rounds} adds {rounds}, --fresh starts again"
         )
     _show(st)
 

@@ -83,26 +83,26 @@ def test_plans_the_target_cannot_run_are_refused_before_work(tmp_path: Path) -> 
     assert not (tmp_path / "model.pt").exists()
 
 
-def test_rung0_stands_in_bn_for_least_squares_and_promotion_runs_the_plans_recovery(tmp_path: Path) -> None:
-    from yolotune.search import build_candidate
+def test_rung0_runs_least_squares_on_fewer_images_and_promotion_on_the_plans(tmp_path: Path) -> None:
+    from yolotune.search import RUNG0_RECOVERY_IMAGES, build_candidate
 
     plan = CompressionPlan.from_dict(
         {
             "pruning": {"ratios": {"backbone.7": 0.25, "neck.16": 0.25}},
-            "recovery": {"method": "ls", "images": 4},
+            "recovery": {"method": "ls", "images": 16},
         }
     )
-    common = {"model": "yolov8n-coco.pt", "data": "coco8", "plan": plan, "out_dir": tmp_path}
+    common = {"model": "yolov8n-coco.pt", "data": "tiny_coco", "plan": plan, "out_dir": tmp_path}
     settings = CandidateSettings(imgsz=160)
-    rung0 = build_candidate(**common, settings=settings, stage="rung0", val_images=2)
-    assert rung0.fidelity == "rung0" and rung0.proxy == "bn"
-    assert rung0.recover is not None and rung0.recover.method == "bn"
-    assert rung0.plan == plan and rung0.accuracy.images == 2
+    rung0 = build_candidate(**common, settings=settings, stage="rung0", val_images=8)
+    assert RUNG0_RECOVERY_IMAGES == 8 and rung0.fidelity == "rung0" and rung0.proxy == "ls×8"
+    assert rung0.recover is not None and (rung0.recover.method, rung0.recover.images) == ("ls", 8)
+    assert rung0.plan == plan and rung0.accuracy.images == 8
     assert CompressionPlan.load(tmp_path / "plan.yaml") == plan  # the trial's own plan is what is recorded
     full = build_candidate(**common, settings=settings, stage="promote", previous=rung0)
     assert full.fidelity == "full" and not full.proxy
-    assert full.recover is not None and full.recover.method == "ls"
-    assert full.accuracy.images == 4  # every coco8 validation image
+    assert full.recover is not None and (full.recover.method, full.recover.images) == ("ls", 16)
+    assert full.accuracy.images == 50  # every tiny_coco validation image
 
 
 def test_rung0_calibrates_with_minmax_in_place_of_percentile_and_promotion_calibrates_as_planned(

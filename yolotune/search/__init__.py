@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from yolotune.search._candidate import (
+    RUNG0_RECOVERY_IMAGES,
     BuiltCandidate,
     CandidateResult,
     CandidateSettings,
@@ -31,6 +32,7 @@ from yolotune.search._spaces import load_space
 
 __all__ = [
     "METRIC_NAMES",
+    "RUNG0_RECOVERY_IMAGES",
     "SENSITIVITY_RECOVERY",
     "BuiltCandidate",
     "CandidateResult",

@@ -49,6 +49,7 @@ from yolotune.evaluators import (
 from yolotune.spaces import CompressionPlan
 
 __all__ = [
+    "RUNG0_RECOVERY_IMAGES",
     "BuiltCandidate",
     "CandidateResult",
     "CandidateSettings",
@@ -59,8 +60,14 @@ __all__ = [
 ]
 
 
-#: Post-training recovery methods too slow for rung 0 (BatchNorm re-estimation stands in for them).
+#: Post-training recovery methods whose seconds grow with their images: rung 0 runs them on
+#: ``RUNG0_RECOVERY_IMAGES`` at most.
 _SLOW_RECOVERY = ("bias", "ls")
+#: Images of a ``bias``/``ls`` recovery at rung 0. On yolov8n / tiny_coco at 320, ``ls`` on 8 images
+#: scored within 0.1-0.8 points of ``ls`` on 32 on 16 validation images for the plans near a front,
+#: in about a third of its seconds; BatchNorm re-estimation, rung 0's stand-in before, scored 7
+#: points lower, below no recovery at all (BENCHMARKS.md, "Rung 0's recovery").
+RUNG0_RECOVERY_IMAGES = 8
 #: Histogram calibrations too slow for rung 0 (4-25 s on yolov8n; MinMax on the same images, ~1.5 s,
 #: stands in for them: same graph, so the same size and latency, and mAP near enough to promote by).
 _SLOW_CALIBRATION = ("entropy", "percentile")
@@ -282,7 +289,7 @@ class BuiltCandidate:
         versions: Library versions.
         host: Host name of the machine that built it.
         fidelity: ``full``, or ``rung0`` (no fine-tuning yet, maybe a validation subset).
-        proxy: At rung 0, the recovery method that stood in for the plan's slow one (``bn``).
+        proxy: At rung 0, the recovery that stood in for the plan's (``ls×8``: its method on fewer images).
         calibration_proxy: At rung 0, the calibration that stood in for the plan's slow one (``minmax``).
     """
 
@@ -315,9 +322,10 @@ class BuiltCandidate:
 def _rung0_stand_in(plan: CompressionPlan) -> tuple[CompressionPlan, str, str]:
     """The plan rung 0 builds: cheap stand-ins for slow recovery and calibration, and what they are."""
     recovery, calibration = "", ""
-    if plan.pruning.active and plan.recovery.method in _SLOW_RECOVERY:
-        recovery = "bn"  # bias / least-squares recovery takes 10-70 s; BN re-estimation 1-2 s
-        plan = dataclasses.replace(plan, recovery=dataclasses.replace(plan.recovery, method=recovery))
+    planned = plan.recovery
+    if plan.pruning.active and planned.method in _SLOW_RECOVERY and planned.images > RUNG0_RECOVERY_IMAGES:
+        recovery = f"{planned.method}×{RUNG0_RECOVERY_IMAGES}"  # its seconds grow with the images
+        plan = dataclasses.replace(plan, recovery=dataclasses.replace(planned, images=RUNG0_RECOVERY_IMAGES))
     quant = plan.quantization
     if "int8" in quant.precisions and quant.calibration_method in _SLOW_CALIBRATION:
         calibration = "minmax"
@@ -345,14 +353,14 @@ def build_candidate(
     ``model.int8.onnx`` when quantized (``model.fp16.onnx`` when only annotated for fp16).
 
     Multi-fidelity search builds in two stages. ``stage="rung0"`` stops before fine-tuning,
-    validates on ``val_images`` evenly spaced validation images, re-estimates BatchNorm in place of
-    a slow ``bias``/``ls`` recovery and calibrates with MinMax in place of a slow histogram method
+    validates on ``val_images`` evenly spaced validation images, runs a ``bias``/``ls`` recovery on
+    ``RUNG0_RECOVERY_IMAGES`` images at most and calibrates with MinMax in place of a slow histogram method
     (the result says ``fidelity="rung0"`` and names its stand-ins, unless that is already everything
     the plan asks for). ``stage="promote"`` continues from what rung 0 left in ``out_dir``
     (``previous``): fine-tunes the recovered checkpoint, exports and quantizes again when weights or
-    calibration changed, and validates on every validation image. A rung 0 that stood in BN
-    re-estimation is rebuilt with the plan's own recovery (pruning again is deterministic and
-    takes about a second; the recovery it replaces is what rung 0 saved).
+    calibration changed, and validates on every validation image. A rung 0 that recovered on fewer
+    images is rebuilt with the plan's own recovery (pruning again is deterministic and takes about
+    a second; the recovery images rung 0 left out are what it saved).
 
     Raises:
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.

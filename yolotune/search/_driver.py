@@ -610,6 +610,7 @@ def run_search(
     """
     optuna.logging.set_verbosity(logging.WARNING)
     space, default, target = preflight(config)
+    config = _absolute_files(config)
     if config.settings.int8_reduce_range is None:  # the checked target knows its device's CPU
         settings = dataclasses.replace(config.settings, int8_reduce_range=needs_reduce_range(target))
         config = dataclasses.replace(config, settings=settings)
@@ -935,6 +936,22 @@ _NOT_TIMING = frozenset({"device_url", "description", "name"})
 
 #: Job keys recorded since studies were first made; older studies lack them.
 _JOB_KEYS_ADDED = frozenset({"space_digest", "model_digest"})
+
+
+def _absolute_files(config: SearchConfig) -> SearchConfig:
+    """``config`` naming its model and data as its job records them, its study name kept.
+
+    Candidates then find the files wherever they run (a Ray worker's working directory is not
+    the driver's).
+    """
+    from yolotune.assets import resolve_data, resolve_model
+
+    return dataclasses.replace(
+        config,
+        study_name=config.name,
+        model=_job_name(config.model, resolve_model(config.model)),
+        data=_job_name(config.data, resolve_data(config.data)),
+    )
 
 
 def _job_name(given: str, resolved: Path) -> str:

@@ -404,8 +404,8 @@ def _rung0_table(trials: Sequence[FrozenTrial]) -> str:
         ]
         rows.append((f' data-trial="{t.number}"', cells))
     note = _note(
-        "Rung 0: post-training recovery only, no fine-tuning, maybe a validation subset; BN re-estimation "
-        "stands in for bias/ls recovery and MinMax for histogram calibration. A latency of — means not "
+        "Rung 0: post-training recovery only, no fine-tuning, maybe a validation subset; bias/ls recovery "
+        "on 8 images at most (ls×8) and MinMax in place of histogram calibration. A latency of — means not "
         "timed: too far under --max-map-drop to be promoted. These trials are not on the front, which "
         "holds full-fidelity results only."
     )
