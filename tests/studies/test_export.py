@@ -29,6 +29,7 @@ def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[P
         assert recipe["trial"] == row.number and recipe["job"]["data"] == "coco8"
         assert CompressionPlan.from_dict(recipe["plan"]) == CompressionPlan.load(res.plan)
         assert recipe["recorded"]["map50_95"] == row.map50_95 and "onnxruntime" in recipe["versions"]
+        assert recipe["recorded"]["fidelity"] == "full" and recipe["recorded"]["rung0"] is None
 
 
 def test_export_falls_back_to_the_optuna_artifact_store(small_study: tuple[Path, str, str], tmp_path: Path) -> None:

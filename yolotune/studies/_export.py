@@ -134,6 +134,8 @@ def export_trial(
                 "plan": plan.to_dict(),
                 "recorded": {
                     **recorded,
+                    "fidelity": trial.user_attrs.get("fidelity", "full"),
+                    "rung0": trial.user_attrs.get("rung0"),  # what rung 0 measured, for a promoted trial
                     "latency": trial.user_attrs.get("latency"),
                     "provenance": trial.user_attrs.get("provenance"),
                     "retimed": retimed.to_dict() if retimed else None,
