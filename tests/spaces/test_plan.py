@@ -121,6 +121,8 @@ def test_distillation_is_part_of_the_plan() -> None:
     assert CompressionPlan.from_dict({"recovery": {"epochs": 2}}).recovery.distill is False  # older plans
     with pytest.raises(PlanError, match="distill must be true or false"):
         CompressionPlan.from_dict({"recovery": {"distill": "yes"}})
+    with pytest.raises(PlanError, match=r"distill happens while fine-tuning: set recovery.epochs ≥ 1"):
+        CompressionPlan.from_dict({"recovery": {"distill": True}})
 
 
 def test_plans_recorded_before_shared_ranges_load_with_separate_ranges() -> None:

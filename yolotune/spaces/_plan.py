@@ -192,6 +192,8 @@ class RecoveryConfig:
             raise PlanError(f"fine-tune lr must lie in (0, 1); got {self.lr!r}")
         if not isinstance(self.distill, bool):
             raise PlanError(f"recovery distill must be true or false; got {self.distill!r}")
+        if self.distill and not self.epochs:
+            raise PlanError("recovery distill happens while fine-tuning: set recovery.epochs ≥ 1, or distill: false")
 
 
 @dataclass(frozen=True, kw_only=True)
