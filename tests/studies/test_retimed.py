@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from yolotune.studies._retimed import Retiming
+from yolotune.studies import Retiming
 
 
 @pytest.mark.parametrize("rounds", [2, 3, 5])

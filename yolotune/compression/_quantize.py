@@ -227,18 +227,16 @@ def _quantize_static(
                 )
         except PlanError:
             raise
-        except ValueError as exc:
-            if "Too many bins" not in str(exc) or config.calibration_method == "minmax":
-                raise StepError("quantize", f"ValueError: {str(exc).splitlines()[0][:300]}") from exc
-            # ORT's histogram runs on float32 |x| over [min, max]: an activation whose values all lie
-            # within float32's rounding (sigmoid(≈0) everywhere, in an untrained head) has no bins
-            raise StepError(
-                "quantize",
-                f"{config.calibration_method} calibration cannot histogram an activation whose values barely vary"
-                " (ONNX Runtime: too many bins for its data range); calibrate this model with minmax",
-            ) from exc
         except Exception as exc:
-            raise StepError("quantize", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            if isinstance(exc, ValueError) and "Too many bins" in str(exc):
+                # ORT's histogram runs on float32 |x| over [min, max]: an activation whose values all lie
+                # within float32's rounding (sigmoid(≈0) everywhere, in an untrained head) has no bins
+                reason = (
+                    f"{config.calibration_method} calibration cannot histogram an activation whose values barely "
+                    "vary (ONNX Runtime: too many bins for its data range); calibrate this model with minmax"
+                )
+            raise StepError("quantize", reason) from exc
 
 
 def _calibrate(model_path: Path, reader: _Reader, method: str, *, work: Path) -> TensorsData:
