@@ -236,6 +236,8 @@ def test_a_study_resumes_from_another_directory_and_refuses_a_checkpoint_replace
     assert study.user_attrs["job"]["data"] == str(resolve_data(work / "data"))
     monkeypatch.chdir(tmp_path)
     _open_study(SearchConfig(model="work/mine.pt", data=str(work / "data"), **base))
+    shutil.copy(work / "mine.pt", tmp_path / "moved.pt")  # the same checkpoint elsewhere: the same job
+    _open_study(SearchConfig(model=str(tmp_path / "moved.pt"), data=str(work / "data"), **base))
     # the model retrained (or replaced) at the same path is another job: its trials would not compare
     ultralytics_adapter.save_checkpoint(ultralytics_adapter.load_model(work / "mine.pt"), work / "mine.pt")
     with pytest.raises(YolotuneError, match=r"another job \(model file .*mine.pt holds another checkpoint since"):

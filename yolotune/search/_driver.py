@@ -906,7 +906,8 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
     """What differs between a study's recorded job and this run's, as ``key: was X, now Y``.
 
     A model or dataset named two ways (an asset name, a relative or an absolute path) is the same
-    when both resolve to the same file; keys an older yolotune did not record are not compared.
+    when both resolve to the same file, and a model or YAML space is the same when its SHA-256 is;
+    keys an older yolotune did not record are not compared.
     """
     from yolotune.assets import resolve_data, resolve_model
 
@@ -916,8 +917,8 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
         was = recorded.get(key, now) if key in _JOB_KEYS_ADDED else recorded.get(key)
         if was == now:
             continue
-        if key == "space" and job["space_digest"] and recorded.get("space_digest") == job["space_digest"]:
-            continue  # the same YAML space, named by another path
+        if key in ("space", "model") and job[f"{key}_digest"] and recorded.get(f"{key}_digest") == job[f"{key}_digest"]:
+            continue  # the same YAML space or checkpoint, named by another path
         if key in resolvers:
             with contextlib.suppress(YolotuneError):  # gone since: compare the names
                 if resolvers[key](str(was)) == resolvers[key](str(now)):
