@@ -23,6 +23,12 @@ def test_assets_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
     assert str(tmp_path / "weights" / "yolov8n-coco.pt") in str(info.value)
 
 
+def test_a_model_yaml_by_name_is_refused_as_untrained() -> None:
+    # Ultralytics builds `yolov8n.yaml` with random weights; nothing of that name exists here
+    with pytest.raises(YolotuneError, match=r"'yolov8n.yaml' names an architecture, not trained weights"):
+        resolve_model("yolov8n.yaml")
+
+
 def test_dataset_working_copy_never_writes_next_to_the_source(tiny_coco) -> None:
     source_root = tiny_coco.source.parent
     assert not list(source_root.rglob("*.cache"))

@@ -62,13 +62,17 @@ def resolve_model(name: str | os.PathLike[str]) -> Path:
     if path.is_file():
         return path.resolve()
     if path.is_dir():
-        raise YolotuneError(f"model '{name}' is a directory; pass an Ultralytics .pt checkpoint or a model .yaml")
+        raise YolotuneError(f"model '{name}' is a directory; pass an Ultralytics .pt checkpoint")
     root = assets_dir()
     if root is not None and len(path.parts) == 1:
         candidate = root / "weights" / path.name
         tried.append(candidate)
         if candidate.is_file():
             return candidate
+    if path.suffix in {".yaml", ".yml"}:  # Ultralytics would build it untrained; yolotune compresses trained ones
+        raise YolotuneError(
+            f"model '{name}' names an architecture, not trained weights: pass the trained detector's .pt checkpoint"
+        )
     hint = "" if root is not None else " (no assets directory: set YOLOTUNE_ASSETS)"
     raise YolotuneError(f"model '{name}' not found; looked at {_looked(tried)}{hint}")
 

@@ -127,6 +127,11 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
         ultralytics_adapter.load_model(corrupt)
     assert str(info.value).startswith(f"cannot load {corrupt} as an Ultralytics YOLO detector")
     assert "\n" not in str(info.value)
+    # a model yaml is an untrained architecture: compressing random weights would measure nothing
+    config = tmp_path / "yolov8n.yaml"
+    config.write_text("nc: 80\n")
+    with pytest.raises(YolotuneError, match=r"yolov8n.yaml is an architecture without trained weights: pass .*\.pt"):
+        ultralytics_adapter.load_model(config)
 
 
 def test_finetune_trains_the_pruned_model_itself(yolov8n, coco8, tmp_path: Path) -> None:

@@ -116,34 +116,37 @@ def _first_line(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- loading
 def load_model(path: str | Path) -> UltraModule:
-    """Load a detector from a ``.pt`` checkpoint (pruned ones included) or build one from ``.yaml``.
+    """Load a trained detector from a ``.pt`` checkpoint (pruned ones included).
+
+    A model ``.yaml`` is refused: Ultralytics builds it with random weights, and compressing an
+    untrained detector measures nothing (every plan scores mAP 0).
 
     Returns:
         The ``DetectionModel`` in fp32, eval mode, on the CPU, with gradients enabled.
 
     Raises:
-        YolotuneError: The file is missing, unreadable, or not an Ultralytics detector.
+        YolotuneError: The file is missing, unreadable, a model ``.yaml``, or not an Ultralytics detector.
     """
     _setup()
     path = Path(path)
     if not path.is_file():
         raise YolotuneError(f"model file not found: {path}")
-    if path.suffix not in {".pt", ".yaml", ".yml"}:
-        raise YolotuneError(f"model must be an Ultralytics .pt checkpoint or .yaml config; got {path}")
+    if path.suffix in {".yaml", ".yml"}:
+        raise YolotuneError(
+            f"model {path} is an architecture without trained weights: pass the trained detector's .pt "
+            "checkpoint (Ultralytics saves it as runs/detect/<name>/weights/best.pt)"
+        )
+    if path.suffix != ".pt":
+        raise YolotuneError(f"model must be an Ultralytics .pt checkpoint; got {path}")
     try:
         with quiet():
-            if path.suffix == ".pt":
-                from ultralytics.nn.tasks import load_checkpoint
+            from ultralytics.nn.tasks import load_checkpoint
 
-                model, _ = load_checkpoint(str(path), device="cpu")
-            else:
-                from ultralytics.nn.tasks import DetectionModel
-
-                model = DetectionModel(str(path), verbose=False)
+            model, _ = load_checkpoint(str(path), device="cpu")
     except Exception as exc:
         raise YolotuneError(
             f"cannot load {path} as an Ultralytics YOLO detector ({type(exc).__name__}: {_first_line(exc)[:150]}); "
-            "pass a checkpoint saved by Ultralytics or a model .yaml"
+            "pass a checkpoint saved by Ultralytics (runs/detect/<name>/weights/best.pt)"
         ) from exc
     from ultralytics.nn.tasks import DetectionModel
 
