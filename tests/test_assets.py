@@ -44,7 +44,8 @@ def test_adding_or_removing_images_makes_a_new_working_copy(tmp_path: Path) -> N
             (tmp_path / kind / split).mkdir(parents=True)
             for f in sorted((coco8 / kind / split).iterdir())[:2]:
                 (tmp_path / kind / split / f.name).symlink_to(f)
-    (tmp_path / "data.yaml").write_text("train: images/train\nval: images/val\nnames: {0: person}\n")
+    names = prepare_dataset("coco8").names
+    (tmp_path / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames: {names}\n")
     first = prepare_dataset(tmp_path)
     removed = first.val_images[0]
     removed.unlink()  # the data yaml is left as it was
@@ -118,4 +119,57 @@ def test_a_relative_path_key_is_read_as_ultralytics_reads_it_and_from_the_yaml_f
     monkeypatch.chdir(tmp_path / "cfg")
     assert prepare_dataset(beside).val_images == prepare_dataset("coco8").val_images
     with pytest.raises(YolotuneError, match=r"'train' folder of .*cfg/data.yaml not found: .*cfg/mydata/images/train"):
+        prepare_dataset(data)
+
+
+def test_image_lists_in_txt_files_are_read_as_ultralytics_reads_them(tmp_path: Path) -> None:
+    coco8 = prepare_dataset("coco8")
+    data = _coco8_copy(tmp_path, labels={"train": "linked", "val": "linked"})
+    train = sorted((tmp_path / "images" / "train").iterdir())
+    (tmp_path / "train.txt").write_text("".join(f"{p}\n" for p in train))  # absolute paths
+    (tmp_path / "val.txt").write_text("./images/val/" + "\n./images/val/".join(p.name for p in coco8.val_images[:3]))
+    data.write_text(
+        data.read_text().replace("train: images/train", "train: train.txt").replace("images/val", "val.txt")
+    )
+    listed = prepare_dataset(data)
+    assert listed.train_images == tuple(train) and len(listed.val_images) == 3
+    assert [p.name for p in listed.val_images] == [p.name for p in coco8.val_images[:3]]
+    (tmp_path / "val.txt").write_text("./images/val/missing.jpg\n")
+    with pytest.raises(YolotuneError, match=r"'val' list .*val.txt line 1 names an image that does not exist"):
+        prepare_dataset(data)
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("85 0.5 0.5 0.2 0.2", r"line 2: class 85, but .*data.yaml names 80 class\(es\) \(0–79\)"),
+        ("0 0.5 0.5", r"line 2 has 3 values; a box is 'class x y w h'"),
+        ("0 1.7 0.5 0.2 0.2", r"line 2 has coordinates outside 0–1"),
+        ("person 0.5 0.5 0.2 0.2", r"line 2 is not numbers"),
+    ],
+)
+def test_a_label_line_ultralytics_would_drop_its_image_for_is_refused(tmp_path: Path, line: str, says: str) -> None:
+    data = _coco8_copy(tmp_path, labels={"train": "linked", "val": "linked"})
+    label = sorted((tmp_path / "labels" / "val").iterdir())[0]
+    text = label.read_text().splitlines()
+    label.unlink()  # a file of its own, not the link to coco8's
+    label.write_text("\n".join([text[0], line, *text[1:]]) + "\n")
+    with pytest.raises(YolotuneError, match=rf"label file {label} {says}") as info:
+        prepare_dataset(data)
+    assert "\n" not in str(info.value)
+    label.write_text("\n".join(text) + "\n")  # fixed: accepted
+    assert len(prepare_dataset(data).val_images) == 4
+
+
+def test_data_yaml_mistakes_are_named_in_one_line(tmp_path: Path) -> None:
+    data = _coco8_copy(tmp_path, labels={"train": "linked", "val": "linked"})
+    good = data.read_text()
+    data.write_text(good + "nc: 3\n")
+    with pytest.raises(YolotuneError, match=r"says nc: 3 but 'names' lists 80: make them agree"):
+        prepare_dataset(data)
+    data.write_text(good.replace("train: images/train", "train: 5"))
+    with pytest.raises(YolotuneError, match=r"'train' of .* must be a folder or a .txt list of images .*got 5"):
+        prepare_dataset(data)
+    data.write_text("train: images/train\nval: images/val\nnames: person\n")
+    with pytest.raises(YolotuneError, match=r"has no class 'names': add 'names:' as a list of class names"):
         prepare_dataset(data)

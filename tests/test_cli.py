@@ -62,8 +62,14 @@ def test_data_yaml_with_other_classes_than_the_model(tmp_path: Path) -> None:
     from yolotune.assets import assets_dir
 
     coco8 = assets_dir() / "datasets" / "coco8" / "images"
+    for split in ("train", "val"):  # coco8's images, every box labelled person: a one-class dataset
+        for image in (coco8 / split).iterdir():
+            (tmp_path / "images" / split).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "images" / split / image.name).symlink_to(image)
+            (tmp_path / "labels" / split).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "labels" / split / image.name).with_suffix(".txt").write_text("0 0.5 0.5 0.2 0.2\n")
     data = tmp_path / "data.yaml"
-    data.write_text(yaml.safe_dump({"train": str(coco8 / "train"), "val": str(coco8 / "val"), "names": ["person"]}))
+    data.write_text(yaml.safe_dump({"train": "images/train", "val": "images/val", "names": ["person"]}))
     line = _error(["baseline", "--data", str(data)])
     assert line == f"error: data yaml {data} names 1 class(es); the model detects 80: " + (
         "pass the dataset the model was trained on (its data yaml's names)"

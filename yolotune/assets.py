@@ -131,7 +131,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _split_dirs(data: dict[str, Any], split: str, root: Path, source: Path) -> list[Path]:
+def _split_images(data: dict[str, Any], split: str, root: Path, source: Path) -> list[Path]:
+    """A split's images: its folders' (searched recursively) and its ``.txt`` lists', as Ultralytics reads them."""
     value = data.get(split)
     if not value:
         raise YolotuneError(
@@ -139,20 +140,84 @@ def _split_dirs(data: dict[str, Any], split: str, root: Path, source: Path) -> l
             "(a folder of images with labels in the matching labels/ folder)"
         )
     entries = value if isinstance(value, list) else [value]
-    dirs = []
-    for entry in entries:
-        d = Path(entry) if Path(entry).is_absolute() else root / entry
-        if not d.is_dir():
-            raise YolotuneError(f"'{split}' folder of {source} not found: {d}")
-        dirs.append(d)
-    return dirs
-
-
-def _images_in(dirs: list[Path]) -> list[Path]:
     images: list[Path] = []
-    for d in dirs:
-        images += sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise YolotuneError(
+                f"'{split}' of {source} must be a folder or a .txt list of images (or a list of them); got {entry!r}"
+            )
+        p = Path(entry).expanduser()
+        p = p if p.is_absolute() else root / p
+        if p.is_dir():
+            images += sorted(i for i in p.rglob("*") if i.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file() and p.suffix == ".txt":
+            images += _listed_images(p, root, split, source)
+        else:
+            raise YolotuneError(f"'{split}' folder of {source} not found: {p}")
     return images
+
+
+def _listed_images(listing: Path, root: Path, split: str, source: Path) -> list[Path]:
+    """Images named in a ``.txt`` list, one per line.
+
+    ``./x`` is read from the list's folder; other relative paths from the dataset root, then from
+    the working directory (where Ultralytics reads them).
+    """
+    images = []
+    for n, line in enumerate(listing.read_text(errors="replace").splitlines(), 1):
+        entry = line.strip()
+        if not entry:
+            continue
+        given = Path(entry).expanduser()
+        if given.is_absolute():
+            tries = [given]
+        elif entry.startswith("./"):
+            tries = [listing.parent / given]
+        else:
+            tries = [root / given, Path.cwd() / given, listing.parent / given]
+        found = next((Path(os.path.abspath(t)) for t in tries if t.is_file()), None)
+        if found is None:
+            raise YolotuneError(f"'{split}' list {listing} line {n} names an image that does not exist: {entry}")
+        images.append(found)
+    return images
+
+
+def _check_labels(images: list[Path], classes: int, split: str, source: Path) -> None:
+    """Refuse label lines Ultralytics would drop their image for (it warns and validates without it).
+
+    A line is ``class x y w h`` (or a polygon ``class x1 y1 x2 y2 ...``), normalized to [0, 1], with
+    ``class`` one of the yaml's ``names``.
+    """
+    for image in images:
+        label = _label_for(image)
+        try:
+            text = label.read_text(errors="replace")
+        except OSError:
+            continue  # no label file: an image without boxes
+        for n, line in enumerate(text.splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"label file {label} line {n}"
+            try:
+                numbers = [float(f) for f in fields]
+            except ValueError:
+                raise YolotuneError(f"{where} is not numbers: {line.strip()[:60]!r}; write 'class x y w h'") from None
+            if len(numbers) != 5 and (len(numbers) < 7 or len(numbers) % 2 == 0):
+                raise YolotuneError(
+                    f"{where} has {len(numbers)} values; a box is 'class x y w h' (5 values, normalized to 0–1)"
+                )
+            cls = numbers[0]
+            if cls != int(cls) or not 0 <= cls < classes:
+                raise YolotuneError(
+                    f"{where}: class {fields[0]}, but {source} names {classes} class(es) (0–{classes - 1}); "
+                    f"fix the line or the yaml's names ('{split}' split)"
+                )
+            if not all(0 <= v <= 1 for v in numbers[1:]):
+                raise YolotuneError(
+                    f"{where} has coordinates outside 0–1: {line.strip()[:60]!r}; "
+                    "boxes are normalized by the image's width and height"
+                )
 
 
 def _label_for(image: Path) -> Path:
@@ -181,7 +246,7 @@ def _dataset_root(data: dict[str, Any], source: Path) -> Path:
         value = data.get(split)
         entries += [str(e) for e in (value if isinstance(value, list) else [value]) if e]
     for root in (path.resolve(), (source.parent / path).resolve()):
-        if entries and all(Path(e).is_absolute() or (root / e).is_dir() for e in entries):
+        if entries and all(Path(e).is_absolute() or (root / e).exists() for e in entries):
             return root
     return (source.parent / path).resolve()
 
@@ -208,8 +273,14 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     if isinstance(names, list):
         names = dict(enumerate(names))
     if not isinstance(names, dict) or not names:
-        raise YolotuneError(f"data yaml {source} has no class 'names'")
-    splits = {s: _images_in(_split_dirs(data, s, root, source)) for s in _SPLITS}
+        raise YolotuneError(
+            f"data yaml {source} has no class 'names': add 'names:' as a list of class names "
+            "(or a mapping from class index to name), in the order the model was trained with"
+        )
+    nc = data.get("nc")
+    if nc is not None and nc != len(names):
+        raise YolotuneError(f"data yaml {source} says nc: {nc} but 'names' lists {len(names)}: make them agree")
+    splits = {s: _split_images(data, s, root, source) for s in _SPLITS}
     for split, images in splits.items():
         if not images:
             raise YolotuneError(f"'{split}' split of {source} holds no images")
@@ -221,15 +292,19 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
             f"(class x y w h per box) under {where}"
         )
 
-    # the copy links each image and label: a new copy when the yaml, the image list or which images
-    # have labels changes (edits inside linked files are seen through the links)
+    # the copy links each image and label: a new copy when the yaml, the image list or a label file
+    # changes (edits inside linked images are seen through the links)
     listing = hashlib.sha1(f"{source}:{source.stat().st_mtime_ns}".encode())
     for split, images in splits.items():
         for image in images:
-            listing.update(f"\n{split}:{image}:{_label_for(image).exists()}".encode())
+            label = _label_for(image)  # an edited label is checked again, in a new copy
+            stamp = label.stat().st_mtime_ns if label.exists() else None
+            listing.update(f"\n{split}:{image}:{stamp}".encode())
     key = listing.hexdigest()[:16]
     copy = workspace_dir() / "datasets" / key
-    if not (copy / "data.yaml").exists():
+    if not (copy / "data.yaml").exists():  # checked once per copy: a bad label makes none
+        for split, images in splits.items():
+            _check_labels(images, len(names), split, source)
         tmp = copy.with_name(f"{key}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         for split, images in splits.items():

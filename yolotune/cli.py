@@ -235,6 +235,10 @@ def baseline(
     )
     _consoles.out.print(_table([("baseline", result)], None))
     _consoles.out.print(f"artifacts and metrics.json in {out}")
+    from yolotune.search import untrained
+
+    if why := untrained(result.accuracy.map50_95):
+        _consoles.err.print(f"[yellow]warning:[/yellow] {why}", highlight=False, soft_wrap=True)
 
 
 @app.command("eval")

@@ -68,6 +68,27 @@ def test_refused_candidates_are_recorded_as_failed_and_the_search_goes_on(tmp_pa
     assert len(failed) == 2 and all("over the 0.01 GB budget" in t.user_attrs["fail_reason"] for t in failed)
 
 
+def test_a_model_that_detects_nothing_stops_the_search_after_its_fp32_reference(tmp_path: Path, coco8_search) -> None:
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolotune.compression import ultralytics_adapter as adapter
+
+    torch.manual_seed(0)  # an untrained detector, saved as a checkpoint like a trained one
+    checkpoint = adapter.save_checkpoint(DetectionModel("yolov8n.yaml", verbose=False).eval(), tmp_path / "new.pt")
+    config = coco8_search(model=str(checkpoint), budget=4)
+    with pytest.raises(SearchStopped, match=r"scores mAP50-95 0\.000 .* untrained or trained for other data") as info:
+        run_search(config)
+    study = info.value.study
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs["reference"] for t in complete] == ["fp32"]  # measured and kept, nothing built after it
+    # the same command again stops before any work
+    with pytest.raises(SearchStopped, match="untrained"):
+        run_search(config)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 1
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
 def test_bad_search_arguments() -> None:
     with pytest.raises(YolotuneError, match="--budget must be a positive number"):
         SearchConfig(model="m.pt", data="coco8", budget=0)

@@ -16,6 +16,7 @@ from yolotune.search._candidate import (
 )
 from yolotune.search._driver import (
     METRIC_NAMES,
+    UNTRAINED_MAP50_95,
     SearchConfig,
     TrialOutcome,
     constraints_of,
@@ -24,6 +25,7 @@ from yolotune.search._driver import (
     preflight,
     run_search,
     search_spaces,
+    untrained,
 )
 from yolotune.search._executors import check_ray_address
 from yolotune.search._retime import retime_front, retime_study
@@ -34,6 +36,7 @@ __all__ = [
     "METRIC_NAMES",
     "RUNG0_RECOVERY_IMAGES",
     "SENSITIVITY_RECOVERY",
+    "UNTRAINED_MAP50_95",
     "BuiltCandidate",
     "CandidateResult",
     "CandidateSettings",
@@ -58,4 +61,5 @@ __all__ = [
     "scan_sensitivity",
     "search_spaces",
     "time_candidate",
+    "untrained",
 ]

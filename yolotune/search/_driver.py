@@ -390,6 +390,27 @@ def _baseline_map(study: optuna.Study) -> float | None:
     return None
 
 
+UNTRAINED_MAP50_95 = 0.001
+"""An uncompressed model scoring under this mAP50-95 detects nothing on the data: a search over it measures nothing."""
+
+
+def untrained(map50_95: float) -> str:
+    """Why an uncompressed model's mAP50-95 makes compressing it meaningless (one line), or ``""``."""
+    if map50_95 >= UNTRAINED_MAP50_95:
+        return ""
+    return (
+        f"the uncompressed model scores mAP50-95 {map50_95:.3f} on these validation images: it is untrained or "
+        "trained for other data, so no plan can be measured against it; pass the trained checkpoint "
+        "(runs/detect/<name>/weights/best.pt) and the data it was trained for"
+    )
+
+
+def _untrained_study(study: optuna.Study) -> str:
+    """``untrained`` of the study's FP32 reference trial, once it has completed."""
+    base = _baseline_map(study)
+    return "" if base is None else untrained(base)
+
+
 def _set_constraints(study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
     limits = constraints_of(study)
     if limits["max_map_drop"] is not None:
@@ -631,6 +652,8 @@ def run_search(
     if config.sensitivity_drop is not None:
         assert isinstance(space, DefaultSpace)  # preflight
         space = _sensitive_space(config, study, space, on_scan)
+    if why := _untrained_study(study):  # a resumed study whose model detects nothing: no more work
+        raise SearchStopped(why, study=study)
     failures = 0
     limit = max_failures if max_failures is not None else max(3, config.budget)
     root = study_dir(config.root, config.name) / "trials"
@@ -811,6 +834,9 @@ def run_search(
                         open_trials.pop(trial.number, None)
                         if on_trial:
                             on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), study)
+                        if trial.user_attrs.get("reference") == "fp32" and (why := untrained(result.accuracy.map50_95)):
+                            abandon("the uncompressed model detects nothing on this data")
+                            raise SearchStopped(why, study=study)
                     finally:
                         if not promoted:
                             heartbeat.remove(trial._trial_id)
