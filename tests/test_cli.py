@@ -131,6 +131,9 @@ def test_paths_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None
     assert "storage file" in _error(["show", "--storage", f"sqlite:///{missing}"])
     assert not missing.exists()  # a read-only command creates no empty study file
     assert "imgsz must be a multiple of 32" in _error(["baseline", "--data", "coco8", "--imgsz", "0"])
+    huge = _error(["baseline", "--data", "coco8", "--imgsz", "100000"])  # refused before any allocation
+    assert huge == "error: imgsz must be a multiple of 32 from 32 to 4096; got 100000"
+    assert "--seed must be a whole number from 0" in _error(["run", "--seed", "-1", "--root", str(tmp_path)])
 
 
 def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path) -> None:
@@ -192,7 +195,10 @@ def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str]
     from yolotune.studies import current_retiming, load_study, pareto_front
 
     root, name, output = small_study
-    assert "Pareto front of small" in output and "export with `tune export --study small --trial N`" in output
+    assert "Pareto front of small" in output
+    # the command the caption suggests finds the study from any folder (rich wraps the caption anywhere)
+    suggested = f"export with `tune export --study small --root {root.resolve()} --trial N`"
+    assert "".join(suggested.split()) in "".join(output.split())
     front = [r.number for r in pareto_front(load_study(study=name, root=root))]
     # one study under --root: --study may be left out
     shown = runner.invoke(app, ["show", "--root", str(root)], env={"COLUMNS": "250"})

@@ -450,7 +450,7 @@ def run(
             result = exc.study
         else:
             stopped = None
-    _show(result)
+    _show(result, where=_where(config.root, config.storage))
     _consoles.out.print(f"study '{config.name}' in {config.storage_url}")
     if stopped is not None:
         raise stopped  # one line, exit code 2, after the front of what was measured
@@ -486,7 +486,14 @@ def _sensitivity_table(st: Any) -> Table | None:
     return table
 
 
-def _show(st: Any) -> None:
+def _where(root: Path, storage: str | None) -> str:
+    """The options that find a study again from any folder, for the commands a caption suggests."""
+    if storage is not None:
+        return f" --storage {shlex.quote(storage)}"
+    return "" if root == Path("studies") else f" --root {shlex.quote(str(root.resolve()))}"
+
+
+def _show(st: Any, *, where: str = "") -> None:
     import optuna
 
     from yolotune.search import constraints_of
@@ -537,8 +544,9 @@ def _show(st: Any) -> None:
     elif any(r.paired for r in front):
         caption += " · speed: against the FP32 reference timed right after each trial"
     if retiming is None and st.user_attrs.get("retimed"):
-        caption += " · the front's re-timing is out of date (trials completed since): `tune run` re-times it"
-    caption += f" · export with `tune export --study {shlex.quote(st.study_name)} --trial N`"
+        retime = f"tune retime --study {shlex.quote(st.study_name)}{where}"
+        caption += f" · the front's re-timing is out of date (trials completed since): `{retime}` re-times it"
+    caption += f" · export with `tune export --study {shlex.quote(st.study_name)}{where} --trial N`"
     table = Table(title=f"Pareto front of {st.study_name}", caption=caption, header_style="bold")
     columns = ("trial", "mAP50-95", "ΔmAP", "latency ms", *(("re-timed ms",) if retimed else ()), "speed")
     for col in (*columns, "size MB", "smaller", "plan"):
@@ -572,7 +580,7 @@ def show(study: StudyOpt = None, storage: StorageOpt = None, root: RootOpt = Pat
     """Print a study's Pareto front, sorted by latency."""
     from yolotune.studies import load_study
 
-    _show(load_study(study=study, storage=storage, root=root))
+    _show(load_study(study=study, storage=storage, root=root), where=_where(root, storage))
 
 
 @app.command()
@@ -665,7 +673,7 @@ def retime(
             f"the front was already timed in {before.rounds} rounds (≥ --rounds {rounds}): nothing added; "
             f"--rounds {before.rounds + rounds} adds {rounds}, --fresh starts again"
         )
-    _show(st)
+    _show(st, where=_where(root, storage))
 
 
 @app.command()

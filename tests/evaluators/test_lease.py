@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import statistics
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from yolotune.evaluators import LocalCPUTarget, compute_lease, timing_lease
 
@@ -97,3 +100,76 @@ def test_latency_with_two_busy_workers_matches_latency_alone(fp32_onnx_320: Path
     assert abs(statistics.median(busy) / base - 1) <= tolerance, (alone, busy)
     # without the lease the busy workers do inflate the number: the test can tell the difference
     assert unleased > base * (1 + tolerance), (alone, unleased)
+
+
+_HOLDER = """
+import sys
+from yolotune.evaluators import timing_lease
+
+with timing_lease():
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+_WAITER = """
+import time
+from yolotune.evaluators import timing_lease
+
+t0 = time.monotonic()
+with timing_lease():
+    print(f"timed after {time.monotonic() - t0:.1f} s", flush=True)
+"""
+
+
+def test_a_timing_that_waits_for_another_process_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("YOLOTUNE_TMP", str(tmp_path / "scratch"))  # a lease of its own, not the host's
+    script = tmp_path / "holder.py"
+    script.write_text(_HOLDER)
+    holder = subprocess.Popen(
+        [sys.executable, str(script), "--tag", "hold-me"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert holder.stdin is not None
+        threading.Timer(2.0, holder.stdin.close).start()  # the other timing ends in 2 s
+        caplog.set_level(logging.WARNING, logger="yolotune")
+        t0 = time.monotonic()
+        with timing_lease():
+            waited = time.monotonic() - t0
+        assert holder.wait(timeout=10) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waited > 1.0
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("yolotune")]
+    assert lines == [
+        f"waiting for another yolotune timing on this host (pid {holder.pid}: holder.py --tag hold-me) to finish; "
+        f"lock file {tmp_path / 'scratch' / 'lease'}"
+    ]
+    assert (tmp_path / "scratch" / "lease").read_text() == ""  # released: no record left to name a holder
+
+
+def test_the_wait_is_one_line_on_stderr_without_any_logging_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("YOLOTUNE_TMP", str(tmp_path / "scratch"))
+    with timing_lease():  # held by this process while the other one (a `tune export`, say) times
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", _WAITER], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ
+        )
+        time.sleep(3.0)
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0 and out.startswith("timed after"), err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"waiting for another yolotune timing on this host (pid {os.getpid()}: ")
+    assert lines[0].endswith(f"; lock file {tmp_path / 'scratch' / 'lease'}")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from yolotune.evaluators import (
     target_names,
     target_spec,
 )
+from yolotune.evaluators._local_cpu import available_cpus
 from yolotune.evaluators._tensorrt import build_command
 
 
@@ -74,14 +76,25 @@ def test_user_targets_from_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     bad = tmp_path / "bad.yaml"
     for text, message in (
-        ("x:\n  runtime: onnxruntime\n  precisions: [int4]\n", "precisions of runtime onnxruntime must list"),
+        (
+            "x:\n  runtime: onnxruntime\n  precisions: [int4]\n",
+            r"precisions of runtime onnxruntime must be a non-empty list drawn from int8, fp32 with no repeats; "
+            r"got \['int4'\]",
+        ),
         (
             "x:\n  runtime: onnxruntime\n  precisions: [fp16]\n",
-            "precisions of runtime onnxruntime must list int8, fp32",
+            r"precisions of runtime onnxruntime must be a non-empty list drawn from int8, fp32 .*got \['fp16'\]",
         ),
-        ("x:\n  runtime: onnxruntime\n  precisions: [int8, int8]\n", "must list int8, fp32, each once"),
+        (
+            "x:\n  runtime: onnxruntime\n  precisions: [int8, int8]\n",
+            r"drawn from int8, fp32 with no repeats; got \['int8', 'int8'\]",
+        ),
         ("x:\n  runtime: onnxruntime\n  precisions: {int8: 1}\n", "precisions must be a non-empty list"),
-        ("x:\n  runtime: tensorrt\n  precisions: [int8]\n  activations: [uint8]\n", "activations of runtime tensorrt"),
+        (
+            "x:\n  runtime: tensorrt\n  precisions: [int8]\n  activations: [uint8]\n",
+            r"activations of runtime tensorrt must be a non-empty list drawn from int8 with no repeats; "
+            r"got \['uint8'\]",
+        ),
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  agent: 'no'\n", "agent must be true or false"),
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  threads: true\n", "threads must be a positive"),
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  description: [a]\n", "description must be one line"),
@@ -144,3 +157,41 @@ def test_gpu_runtimes_say_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> No
     if trt.trtexec is None:
         with pytest.raises(YolotuneError, match="needs TensorRT's trtexec"):
             trt.check()
+
+
+def test_precisions_need_not_list_all_the_runtime_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("yolotune.evaluators._spec._SPECS", {})
+    monkeypatch.setattr("yolotune.evaluators._spec._LOADED", [])
+    f = tmp_path / "mine.yaml"
+    f.write_text("fp32-only:\n  runtime: onnxruntime\n  precisions: [fp32]\n")
+    assert add_target_file(f) == ["fp32-only"] and target_spec("fp32-only").precisions == ("fp32",)
+
+
+def test_a_target_timed_here_gets_no_more_threads_than_this_process_has_cpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("yolotune.evaluators._spec._SPECS", {})
+    monkeypatch.setattr("yolotune.evaluators._spec._LOADED", [])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    assert available_cpus() == cpus
+    # the built-in local-cpu uses every CPU this process has, whatever the machine
+    builtin = get_target("local-cpu")
+    builtin.check()
+    assert isinstance(builtin, LocalCPUTarget) and builtin.threads == cpus
+    f = tmp_path / "mine.yaml"
+    f.write_text(
+        f"fits:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  threads: {cpus}\n"
+        f"oversubscribed:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  threads: {cpus + 62}\n"
+        f"board:\n  runtime: onnxruntime\n  agent: true\n  precisions: [int8, fp32]\n  threads: {cpus + 62}\n"
+    )
+    assert add_target_file(f) == ["fits", "oversubscribed", "board"]  # listing targets is no reason to refuse
+    get_target("fits").check()
+    with pytest.raises(
+        YolotuneError,
+        match=rf"^target oversubscribed asks for {cpus + 62} threads but this machine gives this process {cpus} CPUs; "
+        rf"set its threads to {cpus} or fewer \(null uses every CPU\) in its targets file$",
+    ):
+        get_target("oversubscribed").check()
+    # a device target's threads are the device's CPUs: this machine does not judge them
+    board = get_target("board", device_url="http://127.0.0.1:9")
+    assert board.name == "board"

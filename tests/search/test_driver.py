@@ -92,7 +92,9 @@ def test_a_model_that_detects_nothing_stops_the_search_after_its_fp32_reference(
 def test_bad_search_arguments() -> None:
     with pytest.raises(YolotuneError, match="--budget must be a positive number"):
         SearchConfig(model="m.pt", data="coco8", budget=0)
-    with pytest.raises(YolotuneError, match="cannot open storage 'nosuchdb://x'"):
+    with pytest.raises(
+        YolotuneError, match=r"cannot open storage 'nosuchdb://x': .*; use an SQLAlchemy URL \(sqlite:///"
+    ):
         from yolotune.studies import open_storage
 
         open_storage("nosuchdb://x")
@@ -217,9 +219,13 @@ def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_
     # another job: refused, naming only what differs
     with pytest.raises(YolotuneError, match=r"another job \(data: was 'coco8', now 'tiny_coco'\): run it with"):
         _open_study(SearchConfig(**{**same, "data": "tiny_coco"}, **base))
-    copy.write_text("max_ratio: 0.5\n")
-    with pytest.raises(YolotuneError, match=r"another job \(.*space file .*copy/space.yaml has changed since\)"):
+    copy.write_text("max_ratio: 0.5\n")  # another file: named as such, not as the recorded one changed
+    with pytest.raises(YolotuneError, match=r"another job \(space: was '.*/space.yaml', now '.*/copy/space.yaml'\)"):
         _open_study(SearchConfig(**same, **base))
+    space.write_text("max_ratio: 0.5\n")  # the recorded file, changed in place
+    with pytest.raises(YolotuneError, match=r"another job \(space file .*/space.yaml has changed since\)"):
+        _open_study(SearchConfig(**{**same, "space": str(space)}, **base))
+    space.write_text("max_ratio: 0.3\n")
     # the target redefined (threads): its latencies would not compare
     targets.write_text("board:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  threads: 2\n")
     add_target_file(targets)
@@ -305,6 +311,13 @@ def test_space_from_a_python_callable(tmp_path: Path) -> None:
     assert plan.quantization.default == "int8" and plan.quantization.calibration_images == 4
     with pytest.raises(YolotuneError, match="has no attribute 'nope'"):
         load_space(f"{source}:nope", default=default)
+    # a space that returns something else, or fails, is found by one draw before any trial is recorded
+    source.write_text(source.read_text() + "def as_dict(trial):\n    return {'quantization': {}}\n")
+    source.write_text(source.read_text() + "def typo(trial):\n    return trial.suggest_int('n', 4)\n")
+    with pytest.raises(YolotuneError, match=r"space '.*:as_dict' returned dict, not a CompressionPlan"):
+        load_space(f"{source}:as_dict", default=default)
+    with pytest.raises(YolotuneError, match=r"space '.*:typo' failed on a first draw: TypeError: "):
+        load_space(f"{source}:typo", default=default)
     with pytest.raises(YolotuneError, match=r"space file .*missing\.yaml not found"):
         load_space(str(tmp_path / "missing.yaml"), default=default)
     (tmp_path / "bad.yaml").write_text("max_ratio: 0.3\nwidth: 2\n")

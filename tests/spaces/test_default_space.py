@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -161,3 +163,82 @@ def test_one_precision_for_the_whole_model_is_a_first_class_value() -> None:
     trial = other.ask()
     per_unit(trial)
     assert "quant/all" not in trial.params and "quant/neck" in trial.params
+
+
+def _from(options: dict[str, object]) -> DefaultSpace:
+    return DefaultSpace.from_options(options, groups=GROUPS, precisions=("int8", "fp32"), max_calibration_images=64)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"calibration_sizes": [-4]}, r"calibration_sizes must be a non-empty list of whole numbers ≥ 1; got \[-4\]"),
+        ({"calibration_sizes": [0, 8]}, r"calibration_sizes must be .* ≥ 1; got \[0, 8\]"),
+        ({"calibration_sizes": []}, r"calibration_sizes must be a non-empty list"),
+        ({"calibration_sizes": [8.5]}, r"calibration_sizes must be a non-empty list of whole numbers"),
+        ({"epochs": [-1]}, r"epochs must be a non-empty list of whole numbers ≥ 0; got \[-1\]"),
+        ({"epochs": []}, r"epochs must be a non-empty list"),
+    ],
+)
+def test_calibration_sizes_are_positive_and_epochs_not_negative(options: dict[str, object], message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        _from(options)
+
+
+def test_epochs_zero_and_one_calibration_image_are_accepted() -> None:
+    space = _from({"epochs": [0], "calibration_sizes": [1]})
+    assert space.epoch_choices() == (0,) and space.calibration_choices() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("units", "message"),
+    [
+        ({}, r"units must name at least one unit, each with a non-empty list of layer groups"),
+        ({"a": []}, r"space unit a has no layer groups"),
+        ({"a": ["backbone.0"], "b": ["backbone.0"]}, r"layer group backbone\.0 is in both units a and b"),
+        ({"a": ["backbone.0", "backbone.0"]}, r"unit a lists layer group backbone\.0 twice"),
+        ({"a": "backbone.0"}, r"units must map each unit name to a list of layer groups; unit a has 'backbone\.0'"),
+        ({"a": ["backbone.0", 3]}, r"units must map each unit name to a list of layer groups"),
+        (["backbone.0"], r"units must map each unit name to a list of layer groups"),
+        ({"uniform": ["backbone.0"], "b": ["neck.12"]}, r"space unit name uniform is reserved"),
+        ({"a": ["backbone.99"]}, r"space units name groups the model lacks: backbone\.99"),
+    ],
+)
+def test_explicit_units_name_each_group_once(units: object, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        _from({"units": units})
+
+
+def test_explicit_units_are_searched_and_the_same_checks_hold_without_a_file() -> None:
+    space = _from({"units": {"early": ["backbone.0", "backbone.1"], "head": ["head.cv3.0"]}})
+    assert space.units() == {"early": ("backbone.0", "backbone.1"), "head": ("head.cv3.0",)}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    plan = space(trial)
+    assert {g for g, _ in plan.quantization.precision} == {"backbone.0", "backbone.1", "head.cv3.0"}
+    assert space(optuna.trial.FixedTrial(trial.params)) == plan
+    with pytest.raises(PlanError, match=r"layer group neck\.12 is in both units a and b"):
+        DefaultSpace(groups=GROUPS, units_=(("a", ("neck.12",)), ("b", ("neck.12",))))
+    with pytest.raises(PlanError, match="units must name at least one unit"):
+        DefaultSpace(groups=GROUPS, units_=())
+    with pytest.raises(PlanError, match="space unit a is named twice"):
+        DefaultSpace(groups=GROUPS, units_=(("a", ("neck.12",)), ("a", ("backbone.0",))))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("calibration_sizes: [-4]\n", r"calibration_sizes must be a non-empty list of whole numbers ≥ 1; got \[-4\]"),
+        ("calibration_sizes: [0]\n", r"calibration_sizes must be .* ≥ 1; got \[0\]"),
+        ("units: {}\n", "units must name at least one unit"),
+        ("units: {a: [backbone.0], b: [backbone.0]}\n", r"layer group backbone\.0 is in both units a and b"),
+        ("units: {a: backbone.0}\n", r"units must map each unit name to a list of layer groups; unit a has"),
+    ],
+)
+def test_space_files_refuse_meaningless_options_up_front(tmp_path: Path, text: str, message: str) -> None:
+    from yolotune.search import load_space
+
+    f = tmp_path / "space.yaml"
+    f.write_text(text)
+    with pytest.raises(PlanError, match=message):
+        load_space(str(f), default=DefaultSpace(groups=GROUPS, max_calibration_images=64))

@@ -6,7 +6,8 @@ It is a network service that executes what it is sent, so:
 * uploads are size-limited (``413`` before the body is read) and only ONNX is accepted: the body
   is parsed as an ONNX protobuf and checked with ``onnx.checker`` (never unpickled);
 * each benchmark runs in a fresh child process with a time limit (killed when over it), so a
-  runtime crash or hang costs one request, not the agent;
+  runtime crash or hang costs one request, not the agent; when the agent stops (SIGTERM, Ctrl-C,
+  any end of its serve loop) it ends the benchmark it runs, so no orphan times beside its successor;
 * benchmarks queue (first come, first served): one timing at a time, so timings never overlap;
 * every error is a status code and ``{"error": "<one line>"}``; the agent keeps serving.
 
@@ -23,6 +24,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -160,6 +162,31 @@ def _bench_child(runtime: str, model: str, imgsz: int, threads: int | None, cach
     return {"latency": latency.to_dict(), "provenance": target.provenance(imgsz=imgsz).to_dict()}
 
 
+#: Seconds a benchmark process has to exit after SIGTERM before it is killed.
+_GRACE_S = 3.0
+
+
+def _end(child: subprocess.Popen[str], grace_s: float = _GRACE_S) -> None:
+    """End a benchmark process and what it started (trtexec): its group gets SIGTERM, SIGKILL after ``grace_s``.
+
+    The process is reaped before this returns.
+    """
+
+    def signal_group(signum: int) -> None:
+        if child.returncode is None:  # not reaped: its pid (the group's id) is not reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signum)
+
+    signal_group(signal.SIGTERM)
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:  # a second Ctrl-C while it waits still ends it
+        signal_group(signal.SIGKILL)
+        child.wait()
+
+
 class _HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -183,6 +210,9 @@ class AgentServer:
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else workspace_dir() / "agent"
         (self.cache_dir / "models").mkdir(parents=True, exist_ok=True)
         self._queue = _Fifo()
+        self._children: set[subprocess.Popen[str]] = set()  # benchmark processes running
+        self._children_lock = threading.Lock()
+        self._stopping = False
         self.info = self._describe()
         agent = self
 
@@ -244,7 +274,10 @@ class AgentServer:
         try:
             self._server.serve_forever(poll_interval=0.2)
         finally:
-            self._server.server_close()
+            try:
+                self._end_children()
+            finally:
+                self._server.server_close()
 
     def start(self) -> AgentServer:
         """Serve in a background thread; return self."""
@@ -253,11 +286,20 @@ class AgentServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, end the benchmark in progress, and close the socket."""
         self._server.shutdown()
+        self._end_children()
         self._server.server_close()
         if self._thread:
             self._thread.join(timeout=10)
+
+    def _end_children(self) -> None:
+        """Start no more benchmarks; end (and reap) those running, so none outlives the agent."""
+        with self._children_lock:
+            self._stopping = True
+            children = list(self._children)
+        for child in children:
+            _end(child)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -338,16 +380,33 @@ class AgentServer:
     def _run_child(self, model: Path, *, imgsz: int, threads: int | None) -> dict[str, Any]:
         """Benchmark in a fresh interpreter with a time limit: a crash or hang costs one request."""
         args = json.dumps([self.config.runtime, str(model), imgsz, threads, str(self.cache_dir)])
-        try:
-            done = subprocess.run(
+        with self._children_lock:  # registered before a stop can look, or not started at all
+            if self._stopping:
+                raise _HTTPError(503, "the agent is stopping")
+            # its own process group: the agent ends it (and what it starts) when it stops, and a
+            # Ctrl-C at the agent's terminal reaches the agent, which does so
+            child = subprocess.Popen(
                 [sys.executable, "-m", "yolotune.evaluators._agent", args],
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=self.config.timeout_s,
-                check=False,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired:
-            raise _HTTPError(504, f"benchmark exceeded the agent's {self.config.timeout_s:g} s limit") from None
+            self._children.add(child)
+        try:
+            try:
+                stdout, stderr = child.communicate(timeout=self.config.timeout_s)
+            except subprocess.TimeoutExpired:
+                _end(child, grace_s=0)
+                raise _HTTPError(504, f"benchmark exceeded the agent's {self.config.timeout_s:g} s limit") from None
+            finally:
+                _end(child)  # already exited: reaped; or interrupted: ended
+        finally:
+            with self._children_lock:
+                self._children.discard(child)
+        if self._stopping:
+            raise _HTTPError(503, "the agent stopped during the benchmark")
+        done = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
         lines = done.stdout.strip().splitlines()
         try:
             answer = json.loads(lines[-1]) if lines else None

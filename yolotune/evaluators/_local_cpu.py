@@ -15,14 +15,21 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from yolotune.errors import StepError
+from yolotune.errors import StepError, YolotuneError
 from yolotune.evaluators._base import LatencyStats, Provenance
 from yolotune.evaluators._device import cpu_name, int8_saturates
 from yolotune.evaluators._lease import timing_lease
 from yolotune.evaluators._spec import TargetSpec
 from yolotune.evaluators._target import Target, register_runtime
 
-__all__ = ["LocalCPUTarget", "timing_lock"]
+__all__ = ["LocalCPUTarget", "available_cpus", "timing_lock"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the machine's CPU count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
@@ -40,7 +47,8 @@ class LocalCPUTarget(Target):
     """Time ONNX models with ONNX Runtime's CPU execution provider on this machine.
 
     Args:
-        threads: Intra-op threads (default: the machine's CPU count).
+        threads: Intra-op threads (default: every CPU available to this process, ``available_cpus``);
+            ``check`` refuses more.
         warmup: Untimed runs before timing.
         runs: Timed runs (at least 50).
         max_spread: A timing whose ``p90 / median - 1`` exceeds this was disturbed: it is repeated.
@@ -61,12 +69,25 @@ class LocalCPUTarget(Target):
     ) -> None:
         if runs < 50:
             raise ValueError("local-cpu times at least 50 runs")
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or available_cpus()
         self.warmup = warmup
         self.runs = runs
         self.max_spread = max_spread
         self.attempts = max(1, attempts)
         self.reduce_range = int8_saturates()
+
+    def check(self) -> None:
+        """Refuse more intra-op threads than this process has CPUs: oversubscribed timings are several times slower.
+
+        Raises:
+            YolotuneError: ``threads`` exceeds ``available_cpus()``, as one line.
+        """
+        cpus = available_cpus()
+        if self.threads > cpus:
+            raise YolotuneError(
+                f"target {self.name} asks for {self.threads} threads but this machine gives this process {cpus} CPUs; "
+                f"set its threads to {cpus} or fewer (null uses every CPU) in its targets file"
+            )
 
     def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()

@@ -62,7 +62,8 @@ class TargetSpec:
             space asks only for these and plans with another are refused (default:
             ``DEFAULT_ACTIVATIONS`` of its runtime: uint8 on ONNX Runtime's CPU, int8 elsewhere).
         imgsz: Default square input size.
-        threads: Intra-op threads of CPU runtimes (``None``: every core).
+        threads: Intra-op threads of CPU runtimes (``None``: every core). A target timed here may not ask
+            for more than this process's CPUs (``LocalCPUTarget.check``); a device target's are the device's.
         agent: Timed on a device through ``tune agent`` rather than on this machine.
         description: One line for ``tune targets``.
     """
@@ -84,12 +85,16 @@ class TargetSpec:
         can = RUNTIME_PRECISIONS[self.runtime]
         bad = [p for p in self.precisions if p not in can]
         if bad or not self.precisions or len(set(self.precisions)) < len(self.precisions):
-            raise YolotuneError(f"{where}: precisions of runtime {self.runtime} must list {', '.join(can)}, each once")
+            raise YolotuneError(
+                f"{where}: precisions of runtime {self.runtime} must be a non-empty list drawn from "
+                f"{', '.join(can)} with no repeats; got {list(self.precisions)}"
+            )
         runs = RUNTIME_ACTIVATIONS[self.runtime]
         object.__setattr__(self, "activations", tuple(self.activations) or DEFAULT_ACTIVATIONS[self.runtime])
         if any(a not in runs for a in self.activations) or len(set(self.activations)) < len(self.activations):
             raise YolotuneError(
-                f"{where}: activations of runtime {self.runtime} must list {', '.join(runs)}, each once"
+                f"{where}: activations of runtime {self.runtime} must be a non-empty list drawn from "
+                f"{', '.join(runs)} with no repeats; got {list(self.activations)}"
             )
         if not _is_int(self.imgsz) or self.imgsz < 32 or self.imgsz % 32:
             raise YolotuneError(f"{where}: imgsz must be a multiple of 32; got {self.imgsz!r}")

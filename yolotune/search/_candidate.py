@@ -73,6 +73,10 @@ RUNG0_RECOVERY_IMAGES = 8
 _SLOW_CALIBRATION = ("entropy", "percentile")
 
 
+MAX_IMGSZ = 4096
+"""Largest image size accepted: one 4096-px image already needs gigabytes of activations per layer."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CandidateSettings:
     """How candidates are built and measured (shared by every candidate of a study).
@@ -100,8 +104,8 @@ class CandidateSettings:
     int8_reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.imgsz < 32 or self.imgsz % 32:
-            raise YolotuneError(f"imgsz must be a multiple of 32 and ≥32; got {self.imgsz}")
+        if self.imgsz < 32 or self.imgsz % 32 or self.imgsz > MAX_IMGSZ:
+            raise YolotuneError(f"imgsz must be a multiple of 32 from 32 to {MAX_IMGSZ}; got {self.imgsz}")
         if self.train_device != "cpu" and not self.train_device.removeprefix("cuda:").isdigit():
             raise YolotuneError(f"--train-device must be cpu, N or cuda:N; got '{self.train_device}'")
 

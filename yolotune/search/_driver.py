@@ -174,6 +174,8 @@ class SearchConfig:
             raise YolotuneError(f"unknown sampler '{self.sampler}'; use nsga2, tpe or random")
         if self.population < 2:
             raise YolotuneError(f"population must be ≥2; got {self.population}")
+        if not 0 <= self.seed < 2**32:
+            raise YolotuneError(f"--seed must be a whole number from 0 to 2**32 - 1; got {self.seed}")
         if self.cpus_per_worker <= 0:
             raise YolotuneError(f"--cpus-per-worker must be positive; got {self.cpus_per_worker}")
         if self.study_name is not None and (not self.study_name.strip() or any(c in self.study_name for c in "/\\")):
@@ -371,8 +373,9 @@ def _open_study(
     for key, value in wanted.items():
         if value is not None and value != have.get(key):
             flag = "--" + key.replace("_", "-")
+            created_with = f"without {flag}" if have.get(key) is None else f"with {flag} {have.get(key)}"
             raise YolotuneError(
-                f"study '{config.name}' was created with {flag} {have.get(key)}; use another --study name for {value}"
+                f"study '{config.name}' was created {created_with}; use another --study name for {flag} {value}"
             )
     return study, created, storage
 
@@ -939,7 +942,11 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
 
     resolvers: dict[str, Callable[[str], Path]] = {"model": resolve_model, "data": resolve_data}
     changes = []
-    for key, now in job.items():
+    changed: set[str] = set()
+    # a digest changes with its file's path: only a file changed in place is reported as changed
+    for key, now in sorted(job.items(), key=lambda item: item[0].endswith("_digest")):
+        if key.endswith("_digest") and key.removesuffix("_digest") in changed:
+            continue
         was = recorded.get(key, now) if key in _JOB_KEYS_ADDED else recorded.get(key)
         if was == now:
             continue
@@ -955,6 +962,7 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
             changes.append(f"model file {job['model']} holds another checkpoint since (its SHA-256 differs)")
         else:
             changes.append(f"{key}: was {was!r}, now {now!r}")
+        changed.add(key)
     return changes
 
 

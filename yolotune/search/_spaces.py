@@ -12,7 +12,7 @@ import yaml
 
 from yolotune import _yaml
 from yolotune.errors import YolotuneError, yaml_problem
-from yolotune.spaces import DefaultSpace, Space
+from yolotune.spaces import CompressionPlan, DefaultSpace, Space
 
 __all__ = ["load_space"]
 
@@ -88,4 +88,28 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
     if params == ["default"]:
         obj = obj(default)
     space: Space = obj
+    _first_draw(space, spec)
     return space
+
+
+def _first_draw(space: Space, spec: str) -> None:
+    """Draw one plan from a throwaway study, so a broken space is found before any trial is recorded.
+
+    Spaces are pure (``trial.suggest_*`` only), so the draw builds and writes nothing.
+    """
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        trial = optuna.create_study().ask()
+        plan = space(trial)
+    except YolotuneError as exc:
+        raise YolotuneError(f"space '{spec}' failed on a first draw: {exc}") from exc
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise YolotuneError(f"space '{spec}' failed on a first draw: {type(exc).__name__}: {reason[:150]}") from exc
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if not isinstance(plan, CompressionPlan):
+        raise YolotuneError(f"space '{spec}' returned {type(plan).__name__}, not a CompressionPlan")

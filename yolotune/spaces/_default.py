@@ -161,10 +161,12 @@ class DefaultSpace:
         for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise PlanError(f"space option {name} must be a number (unquoted); got {value!r}")
-        integers = {"epochs": self.epochs, "calibration_sizes": self.calibration_sizes}
-        for name, values in integers.items():
-            if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-                raise PlanError(f"space option {name} must be a list of whole numbers; got {list(values)}")
+        integers = {"epochs": (self.epochs, 0), "calibration_sizes": (self.calibration_sizes, 1)}
+        for name, (values, least) in integers.items():
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < least for v in values):
+                raise PlanError(
+                    f"space option {name} must be a non-empty list of whole numbers ≥ {least}; got {list(values)}"
+                )
         if not isinstance(self.fine, bool):
             raise PlanError(f"space option fine must be true or false (unquoted); got {self.fine!r}")
         bad_step = self.max_ratio > 0 and not 0 < self.ratio_step <= self.max_ratio
@@ -173,8 +175,6 @@ class DefaultSpace:
                 f"space options need 0 ≤ max_ratio ≤ {MAX_PRUNING_RATIO} and 0 < ratio_step ≤ max_ratio; "
                 f"got {self.max_ratio}, {self.ratio_step}"
             )
-        if not self.epochs or any(e < 0 for e in self.epochs) or not self.calibration_sizes:
-            raise PlanError("space options epochs and calibration_sizes must be non-empty and ≥0")
         flag_options = {
             "distill": self.distill,
             "shared_ranges": self.shared_ranges,
@@ -184,6 +184,7 @@ class DefaultSpace:
             if not flags or any(not isinstance(f, bool) for f in flags):
                 raise PlanError(f"space option {name} must be a non-empty list of true/false; got {list(flags)}")
         if self.units_ is not None:
+            _check_units(self.units_)
             unknown = sorted({g for _, gs in self.units_ for g in gs} - set(self.groups))
             if unknown:
                 raise PlanError(f"space units name groups the model lacks: {', '.join(unknown[:5])}")
@@ -221,9 +222,7 @@ class DefaultSpace:
         kwargs: dict[str, Any] = {}
         for key, value in options.items():
             if key == "units":
-                if not isinstance(value, Mapping):
-                    raise PlanError("space option units must map unit names to lists of layer groups")
-                kwargs["units_"] = tuple((str(u), tuple(str(g) for g in gs)) for u, gs in value.items())
+                kwargs["units_"] = _units_option(value)
             elif key == "prune_groups":
                 if not isinstance(value, list | tuple) or not all(isinstance(g, str) for g in value):
                     raise PlanError("space option prune_groups must be a list of layer group names")
@@ -374,6 +373,61 @@ class DefaultSpace:
             units_=self.units_,
             fine_tune=self.fine_tune,
         )
+
+
+#: Names a unit cannot take: its ``quant/<unit>`` or ``prune/<unit>`` param would be one of the space's own.
+_RESERVED_UNITS = ("all", "uniform", "activation", "enabled", "importance", "round_to")
+
+
+def _units_option(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The ``units`` option of a space file as ``(unit, (group, ...))`` pairs.
+
+    Raises:
+        PlanError: Not a mapping of unit names to lists of layer group names, as one line.
+    """
+    shape = "space option units must map each unit name to a list of layer groups"
+    if not isinstance(value, Mapping):
+        raise PlanError(f"{shape} (unit: [group, ...]); got {value!r}")
+    units = []
+    for unit, groups in value.items():
+        if not isinstance(groups, list | tuple) or not all(isinstance(g, str) for g in groups):
+            hint = f" (write {unit}: [{groups}])" if isinstance(groups, str) else ""
+            raise PlanError(f"{shape}; unit {unit} has {groups!r}{hint}")
+        units.append((str(unit), tuple(groups)))
+    return tuple(units)
+
+
+def _check_units(units: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Refuse explicit search units that name no unit, a unit without groups, or a group twice.
+
+    Raises:
+        PlanError: What is wrong with the units, as one line.
+    """
+    if not units:
+        raise PlanError(
+            "space option units must name at least one unit, each with a non-empty list of layer groups "
+            "(leave units out to search the default units)"
+        )
+    owner: dict[str, str] = {}
+    names: set[str] = set()
+    for unit, groups in units:
+        if unit in names:
+            raise PlanError(f"space unit {unit} is named twice; give each unit one name")
+        names.add(unit)
+        if unit in _RESERVED_UNITS:
+            raise PlanError(
+                f"space unit name {unit} is reserved (it would clash with the space's own params); rename the unit"
+            )
+        if not groups:
+            raise PlanError(f"space unit {unit} has no layer groups; list at least one or drop the unit")
+        for group in groups:
+            if owner.get(group) == unit:
+                raise PlanError(f"space unit {unit} lists layer group {group} twice; list it once")
+            if group in owner:
+                raise PlanError(
+                    f"space layer group {group} is in both units {owner[group]} and {unit}; put each group in one unit"
+                )
+            owner[group] = unit
 
 
 class _Fixed:

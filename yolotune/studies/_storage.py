@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -58,7 +59,10 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
         return _rdb(url, heartbeat_interval)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}") from exc
+        raise YolotuneError(
+            f"cannot open storage '{url}': {reason[:200]}; use an SQLAlchemy URL (sqlite:///path.db, "
+            "postgresql+psycopg://user@host/db) or journal:/path/file.log"
+        ) from exc
 
 
 def _missing_file(url: str) -> Path | None:
@@ -119,7 +123,9 @@ def load_study(*, study: str | None = None, storage: str | None = None, root: Pa
     if storage is None:
         assert study is not None
         if not (root / f"{study}.db").is_file():
-            raise YolotuneError(f"no study '{study}' in {root}/ (run `tune run --study {study}` first, or pass --root)")
+            raise YolotuneError(
+                f"no study '{study}' in {root}/ (run `tune run --study {shlex.quote(study)}` first, or pass --root)"
+            )
         storage = default_storage_url(root, study)
     elif (missing := _missing_file(storage)) is not None:  # opening would create an empty one
         raise YolotuneError(f"storage file {missing} does not exist; check --storage (or run `tune run` first)")
