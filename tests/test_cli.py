@@ -312,3 +312,56 @@ def test_retime_times_the_front_again_where_the_study_was_searched(tmp_path: Pat
     line = _error(args)
     assert "study 'rt' was timed on Some Other CPU with 8-bit INT8 weights, this target times on" in line
     assert line.endswith("re-time it where it was searched")
+
+
+def test_a_signal_landing_in_a_finalizer_prints_no_traceback_and_still_stops() -> None:
+    import gc
+    import os
+    import signal
+    import sys
+    import time
+
+    from yolotune.cli import _Interrupts
+
+    class Loader:  # like Ultralytics' InfiniteDataLoader, which shuts its workers down in __del__
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, inside the finalizer
+
+    printed: list[BaseException | None] = []  # what Python would print as "Exception ignored in ..."
+    before = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: printed.append(unraisable.exc_value)
+    try:
+        with _Interrupts().installed() as interrupts:
+            Loader()  # collected at once
+            gc.collect()
+            assert interrupts.requested
+            with pytest.raises(KeyboardInterrupt):
+                interrupts.check()  # the next step stops, as if the signal had not been swallowed
+    finally:
+        sys.unraisablehook = before
+    assert printed == []
+
+
+def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) -> None:
+    import optuna
+
+    from yolotune.studies import default_storage_url
+
+    # the FP32 reference failed and its retry ran after trial 1: trial 1 had no reference to pair with
+    study = optuna.create_study(
+        study_name="s", storage=default_storage_url(tmp_path, "s"), directions=["maximize", "minimize", "minimize"]
+    )
+    rows = [
+        ([0.35, 12.0, 14.0], {"reference": "fp32", "brief": "fp32"}),
+        ([0.34, 3.5, 7.0], {"brief": "int8 u8 minmax×32"}),
+        ([0.30, 3.0, 5.0], {"brief": "int8 pruned", "reference_ms": 12.5}),
+    ]
+    for values, attrs in rows:
+        study.add_trial(optuna.trial.create_trial(values=values, user_attrs=attrs))
+    shown = runner.invoke(app, ["show", "--root", str(tmp_path)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    rows = [r.split("│") for r in shown.stdout.splitlines() if r[:1] == "│"]
+    speeds = {int(r[1].split()[0]): r[5].strip() for r in rows}
+    assert speeds == {0: "1.00×", 1: "2.00×†", 2: "2.50×"}
+    assert "† against the reference trial's own timing" in " ".join(shown.stdout.split())

@@ -8,6 +8,7 @@ import functools
 import os
 import shlex
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -64,7 +65,7 @@ TargetsFileOpt = Annotated[
 
 #: What Ctrl-C leaves behind, per command (others: nothing to resume).
 _STOPPED = {
-    "run": "interrupted: work in progress was recorded as failed; run the same command to resume",
+    "run": "interrupted: what was measured is kept, candidates in progress are queued; run the same command to resume",
     "agent": "agent stopped",
     "dashboard": "dashboard stopped",
     "retime": "interrupted: the rounds done are kept; run the same command to go on",
@@ -93,6 +94,20 @@ class _Interrupts:
         if self.requested:
             raise KeyboardInterrupt
 
+    def _unraisable(self, hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``sys.unraisablehook`` that is silent about the KeyboardInterrupt a finalizer swallowed.
+
+        A signal that lands in a ``__del__`` (Ultralytics' data loaders close their workers there)
+        raises where Python can only print it, as a traceback; the request is remembered and
+        ``check`` raises it again at the next step.
+        """
+
+        def handle(unraisable: Any) -> None:
+            if not (self.requested and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+                hook(unraisable)
+
+        return handle
+
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Interrupts]:
         """Handle both signals while the block runs (outside the main thread: leave signals alone)."""
@@ -101,9 +116,12 @@ class _Interrupts:
         except ValueError:  # not the main thread
             yield self
             return
+        hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable(hook)
         try:
             yield self
         finally:
+            sys.unraisablehook = hook
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -530,6 +548,7 @@ def _show(st: Any, *, where: str = "") -> None:
     front = pareto_front(st)
     retiming = current_retiming(st)
     retimed = retiming is not None
+    unpaired: set[int] = set()
     if retiming is not None:
         caption += (
             f" · re-timed: after the search, {len(retiming.trials)} trial(s) near the front timed in "
@@ -543,6 +562,10 @@ def _show(st: Any, *, where: str = "") -> None:
                 caption += f" · trial {number} not re-timed ({reason}), left out"
     elif any(r.paired for r in front):
         caption += " · speed: against the FP32 reference timed right after each trial"
+        # e.g. the reference failed and was retried after other trials: theirs had no reference to pair with
+        unpaired = {r.number for r in front if not r.paired and r.speedup is not None and r.reference != "fp32"}
+        if unpaired:
+            caption += ", † against the reference trial's own timing (taken minutes apart)"
     if retiming is None and st.user_attrs.get("retimed"):
         retime = f"tune retime --study {shlex.quote(st.study_name)}{where}"
         caption += f" · the front's re-timing is out of date (trials completed since): `{retime}` re-times it"
@@ -561,7 +584,9 @@ def _show(st: Any, *, where: str = "") -> None:
             *again,
             "–"
             if r.speedup is None
-            else f"{r.speedup:.2f}×" + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else ""),
+            else f"{r.speedup:.2f}×"
+            + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else "")
+            + ("†" if r.number in unpaired else ""),
             f"{r.size_mb:.2f}",
             "–" if r.size_ratio is None else f"{r.size_ratio:.2f}×",
             r.brief,
@@ -707,13 +732,22 @@ def export(
             device_url=device_url,
             device_token=read_token(device_token_file) if device_token_file else None,
         )
-    table = Table(title=f"trial {trial} of {st.study_name}", header_style="bold")
+    rounds = res.recorded.get("retimed_rounds")
+    caption = (
+        f"recorded latency and speed: medians of the front's {rounds:g} re-timing rounds"
+        if rounds
+        else "recorded latency: the search's timing"
+    )
+    if "speedup" in res.measured:
+        caption += " · re-measured speed: against the FP32 reference trial's file, timed right after"
+    table = Table(title=f"trial {trial} of {st.study_name}", caption=caption, header_style="bold")
     for col in ("metric", "recorded", "re-measured", "difference"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for key, label, fmt in (
         ("map50_95", "mAP50-95", "{:.4f}"),
         ("map50", "mAP50", "{:.4f}"),
         ("latency_ms", "latency ms", "{:.2f}"),
+        ("speedup", "speed vs FP32 (×)", "{:.2f}"),
         ("size_bytes", "size MB", "{:.3f}"),
     ):
         scale = 1e-6 if key == "size_bytes" else 1.0

@@ -25,6 +25,13 @@ def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[P
         assert abs(res.measured["map50_95"] - row.map50_95) <= 0.002
         assert res.measured["size_bytes"] == trial.user_attrs["metrics"]["size_bytes"]
         assert res.measured["latency_ms"] > 0
+        # the speed-up `tune show` lists (the re-timed median here), and one re-measured beside the FP32 file
+        assert res.recorded["speedup"] == pytest.approx(row.speedup) and res.recorded["retimed_rounds"] == 2
+        assert res.recorded["latency_ms"] == pytest.approx(row.retimed_ms)
+        if row.reference == "fp32":
+            assert "speedup" not in res.measured
+        else:
+            assert res.measured["speedup"] == pytest.approx(res.measured["reference_ms"] / res.measured["latency_ms"])
         recipe = yaml.safe_load(res.recipe.read_text())
         assert recipe["trial"] == row.number and recipe["job"]["data"] == "coco8"
         assert CompressionPlan.from_dict(recipe["plan"]) == CompressionPlan.load(res.plan)

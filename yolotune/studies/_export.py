@@ -37,8 +37,12 @@ class ExportResult:
         model: The deployable model in the output directory.
         recipe: ``recipe.yaml``: plan, job, recorded metrics, library versions.
         plan: ``plan.yaml`` (usable with ``tune eval --plan``).
-        recorded: Metrics recorded by the search (``map50_95``, ``map50``, ``size_bytes``, ``latency_ms``).
-        measured: The same metrics re-measured on the exported file (empty when not re-measured).
+        recorded: Metrics recorded by the search (``map50_95``, ``map50``, ``size_bytes``, ``latency_ms``),
+            and, when known, ``speedup`` over the FP32 reference as ``tune show`` gives it; after a
+            re-timing of the front, ``latency_ms`` and ``speedup`` are its medians (``retimed_rounds``).
+        measured: The same metrics re-measured on the exported file (empty when not re-measured), with
+            ``reference_ms`` and ``speedup`` when the FP32 reference trial's file is on this host
+            (timed right after the exported file).
     """
 
     trial: int
@@ -123,6 +127,7 @@ def export_trial(
     recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
     retiming = current_retiming(study)
     retimed = retiming.point(number) if retiming else None
+    reference = _reference_trial(study)
     recipe = out_dir / "recipe.yaml"
     recipe.write_text(
         yaml.safe_dump(
@@ -145,12 +150,28 @@ def export_trial(
             sort_keys=False,
         )
     )
+    # what `tune show` lists for this trial: the re-timed medians, else the search's paired timing
+    if retimed is not None:
+        recorded.update(latency_ms=retimed.latency_ms, speedup=retimed.speedup, retimed_rounds=retimed.rounds)
+    elif reference is not None and recorded.get("latency_ms"):
+        paired = trial.user_attrs.get("reference_ms") or reference.values[2]
+        recorded["speedup"] = float(paired) / recorded["latency_ms"]
     measured: dict[str, float] = {}
     if remeasure:
         assert target is not None and dataset is not None
-        measured = _remeasure(model, dataset, imgsz=int(job["imgsz"]), target=target)
+        fp32 = Path(str(reference.user_attrs.get("artifact", ""))) if reference is not None else None
+        fp32 = fp32 if fp32 is not None and fp32.is_file() and reference.number != number else None
+        measured = _remeasure(model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32)
         (out_dir / "remeasured.json").write_text(json.dumps(measured, indent=2))
     return ExportResult(trial=number, model=model, recipe=recipe, plan=plan_path, recorded=recorded, measured=measured)
+
+
+def _reference_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's FP32 reference trial, when it completed."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("reference") == "fp32" and "duplicate_of" not in t.user_attrs:
+            return t
+    return None
 
 
 def _target(study: optuna.Study, job: dict[str, Any], *, device_url: str | None, device_token: str | None) -> Target:
@@ -200,15 +221,25 @@ def _dataset(job: dict[str, Any]) -> Dataset:
         ) from None
 
 
-def _remeasure(model: Path, dataset: Dataset, *, imgsz: int, target: Target) -> dict[str, float]:
-    """mAP, size and latency of ``model`` through the same code path the search used."""
+def _remeasure(
+    model: Path, dataset: Dataset, *, imgsz: int, target: Target, reference: Path | None = None
+) -> dict[str, float]:
+    """mAP, size and latency of ``model`` through the same code path the search used.
+
+    With ``reference`` (the FP32 reference trial's file), that file is timed right after ``model``,
+    as the search pairs its timings, and the result holds ``reference_ms`` and ``speedup``.
+    """
     from yolotune.evaluators import measure_map, measure_size
 
     accuracy = measure_map(model, dataset, imgsz=imgsz)
     latency = target.benchmark(model, imgsz=imgsz)
-    return {
+    measured = {
         "map50_95": accuracy.map50_95,
         "map50": accuracy.map50,
         "size_bytes": float(measure_size(model)),
         "latency_ms": latency.median_ms,
     }
+    if reference is not None:
+        reference_ms = target.benchmark(reference, imgsz=imgsz).median_ms
+        measured.update(reference_ms=reference_ms, speedup=reference_ms / latency.median_ms)
+    return measured
