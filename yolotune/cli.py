@@ -447,6 +447,16 @@ def run(
             interrupts.check()
             progress.update(task, description=f"trial {number}: {step}")
 
+        def on_open(st: Any) -> None:
+            import optuna
+
+            # a resumed study starts where it stopped (at its budget already: only the re-timing runs)
+            evaluated = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            done = len(st.get_trials(deepcopy=False, states=evaluated))
+            status = "starting" if not done else ("re-timing the front" if done >= budget else "resuming")
+            progress.update(task, completed=min(done, budget), status=status)
+            progress.start()
+
         def on_retime_failed(number: int, reason: str) -> None:
             progress.console.print(f"trial {number} not re-timed: {reason}", highlight=False)
 
@@ -460,7 +470,7 @@ def run(
                 on_trial=on_trial,
                 on_step=on_step,
                 on_scan=on_scan,
-                on_open=lambda st: progress.start(),
+                on_open=on_open,
                 on_retime_failed=on_retime_failed,
             )
         except SearchStopped as exc:

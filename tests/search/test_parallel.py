@@ -180,3 +180,25 @@ def test_fine_tuning_on_cuda_declares_a_gpu_per_task_and_a_cluster_without_one_i
     one = dataclasses.replace(cuda, workers=1)
     with pytest.raises(YolotuneError, match="no CUDA device on this machine"):
         run_search(one)
+
+
+def test_a_local_ray_link_left_by_a_deleted_study_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    import tempfile
+
+    from yolotune.search._executors import _local_ray_dir
+
+    system_tmp = Path(tempfile.gettempdir())
+    gone = system_tmp / f"yolotune-ray-test{os.getpid()}"  # a killed run's link to a study deleted since
+    gone.unlink(missing_ok=True)
+    gone.symlink_to(tmp_path / "deleted" / "ray", target_is_directory=True)
+    alive = system_tmp / f"yolotune-ray-live{os.getpid()}"  # another study's, still there
+    (tmp_path / "other").mkdir()
+    alive.unlink(missing_ok=True)
+    alive.symlink_to(tmp_path / "other", target_is_directory=True)
+    try:
+        link = _local_ray_dir(tmp_path / "study" / "ray")
+        assert link.resolve() == (tmp_path / "study" / "ray").resolve() and len(str(link)) < 60
+        assert not gone.is_symlink() and alive.is_symlink()
+    finally:
+        gone.unlink(missing_ok=True)
+        alive.unlink(missing_ok=True)

@@ -151,7 +151,10 @@ def load_model(path: str | Path) -> UltraModule:
     from ultralytics.nn.tasks import DetectionModel
 
     if not isinstance(model, DetectionModel) or type(model).__name__ != "DetectionModel":
-        raise YolotuneError(f"{path} is a {type(model).__name__}, not an Ultralytics detection model")
+        raise YolotuneError(
+            f"{path} is a {type(model).__name__}, not an Ultralytics detection model: yolotune tunes detectors "
+            "(task=detect); pass a YOLO detection checkpoint"
+        )
     model = model.float().eval().cpu()
     for p in model.parameters():
         p.requires_grad_(True)

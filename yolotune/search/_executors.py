@@ -7,6 +7,7 @@ target host (``time_candidate``), holding the host's timing lease.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -73,7 +74,12 @@ def _local_ray_dir(temp_dir: Path) -> Path:
 
     temp_dir.mkdir(parents=True, exist_ok=True)
     real = temp_dir.resolve()
-    link = Path(tempfile.gettempdir()) / f"yolotune-ray-{hashlib.sha1(str(real).encode()).hexdigest()[:10]}"
+    links = Path(tempfile.gettempdir())
+    for stale in links.glob("yolotune-ray-*"):  # of studies deleted since (a killed run cannot remove its own)
+        with contextlib.suppress(OSError):  # another user's, or removed meanwhile
+            if stale.is_symlink() and not stale.exists() and stale.lstat().st_uid == os.getuid():
+                stale.unlink()
+    link = links / f"yolotune-ray-{hashlib.sha1(str(real).encode()).hexdigest()[:10]}"
     if link.is_symlink() and link.resolve() != real:
         link.unlink()
     if not link.is_symlink():

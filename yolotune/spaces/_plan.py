@@ -231,15 +231,17 @@ class CompressionPlan:
                     + ", ".join(sorted(allowed, key=_group_sort_key))
                 )
         if self.pruning.active and self.recovery.post_training and self.recovery.images > n_train_images:
+            default = " (the default)" if self.recovery.images == RecoveryConfig().images else ""
             raise PlanError(
-                f"recovery images is {self.recovery.images} but the training split holds {n_train_images} images; "
-                f"use at most {n_train_images}"
+                f"recovery.images is {self.recovery.images}{default} but the training split holds {n_train_images} "
+                f"images; set recovery.images to at most {n_train_images} in the plan"
             )
         n = self.quantization.calibration_images
         if self.quantization.active and n > n_train_images:
+            default = " (the default)" if n == QuantizationConfig().calibration_images else ""
             raise PlanError(
-                f"calibration_images is {n} but the training split holds {n_train_images} images; "
-                f"use at most {n_train_images}"
+                f"quantization.calibration_images is {n}{default} but the training split holds {n_train_images} "
+                f"images; set quantization.calibration_images to at most {n_train_images} in the plan"
             )
 
     # -------------------------------------------------------------- serialisation

@@ -159,8 +159,10 @@ def export_trial(
     measured: dict[str, float] = {}
     if remeasure:
         assert target is not None and dataset is not None
-        fp32 = Path(str(reference.user_attrs.get("artifact", ""))) if reference is not None else None
-        fp32 = fp32 if fp32 is not None and fp32.is_file() and reference.number != number else None
+        fp32 = None
+        if reference is not None and reference.number != number:
+            given = Path(str(reference.user_attrs.get("artifact", "")))
+            fp32 = given if given.is_file() else None
         measured = _remeasure(model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32)
         (out_dir / "remeasured.json").write_text(json.dumps(measured, indent=2))
     return ExportResult(trial=number, model=model, recipe=recipe, plan=plan_path, recorded=recorded, measured=measured)
