@@ -34,6 +34,9 @@ def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[P
             assert res.measured["speedup"] == pytest.approx(res.measured["reference_ms"] / res.measured["latency_ms"])
         recipe = yaml.safe_load(res.recipe.read_text())
         assert recipe["trial"] == row.number and recipe["job"]["data"] == "coco8"
+        deploy = recipe["deploy"]  # what running the file needs, read from the file itself
+        assert deploy["inputs"] == {"images": {"shape": [1, 3, 160, 160], "type": "float"}}
+        assert "'person'" in deploy["classes"] and res.model.name in deploy["run_with"]
         assert CompressionPlan.from_dict(recipe["plan"]) == CompressionPlan.load(res.plan)
         assert recipe["recorded"]["map50_95"] == row.map50_95 and "onnxruntime" in recipe["versions"]
         assert recipe["recorded"]["fidelity"] == "full" and recipe["recorded"]["rung0"] is None

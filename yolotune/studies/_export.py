@@ -136,6 +136,7 @@ def export_trial(
                 "trial": number,
                 "job": job,
                 "model_file": name,
+                "deploy": _deploy_notes(model, imgsz=job.get("imgsz")),
                 "plan": plan.to_dict(),
                 "recorded": {
                     **recorded,
@@ -166,6 +167,33 @@ def export_trial(
         measured = _remeasure(model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32)
         (out_dir / "remeasured.json").write_text(json.dumps(measured, indent=2))
     return ExportResult(trial=number, model=model, recipe=recipe, plan=plan_path, recorded=recorded, measured=measured)
+
+
+def _deploy_notes(model: Path, *, imgsz: int | None) -> dict[str, Any] | None:
+    """What a user needs to run the exported ONNX file: its input and outputs, classes, and how."""
+    if model.suffix != ".onnx":
+        return None
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False)
+
+    def tensors(values: Any) -> dict[str, Any]:
+        return {
+            v.name: {
+                "shape": [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim],
+                "type": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(),
+            }
+            for v in values
+        }
+
+    meta = {p.key: p.value for p in graph.metadata_props}
+    return {
+        "inputs": tensors(graph.graph.input),
+        "outputs": tensors(graph.graph.output),
+        "input_format": "RGB, scaled to 0-1, letterboxed to the input size (Ultralytics' preprocessing)",
+        "classes": meta.get("names"),
+        "run_with": f"ultralytics: YOLO('{model.name}', task='detect').predict(source, imgsz={imgsz}); or onnxruntime",
+    }
 
 
 def _reference_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
