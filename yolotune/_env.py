@@ -53,6 +53,8 @@ def configure_ultralytics() -> None:
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "False"
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    # matplotlib (Ultralytics' plots) caches its font list in ~/.cache unless told otherwise
+    os.environ.setdefault("MPLCONFIGDIR", str(workspace_dir() / "matplotlib"))
     # Ultralytics fetches Arial fonts when it checks a dataset; give it a bundled font instead.
     _install_fallback_fonts(config_dir)
     _configured = True

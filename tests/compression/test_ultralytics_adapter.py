@@ -165,3 +165,32 @@ def test_finetune_distils_from_the_unpruned_teacher(weights, coco8, tmp_path) ->
     # fine-tuning is deterministic, so a difference is the teacher's loss at work
     assert all(torch.equal(plain[k], again[k]) for k in plain)
     assert max((plain[k] - distilled[k]).abs().max().item() for k in plain) > 1e-6
+
+
+def test_quiet_silences_only_its_own_thread_and_restores_the_streams(capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    import threading
+
+    from yolotune.compression.ultralytics_adapter import quiet
+
+    streams = (sys.stdout, sys.stderr)
+    inside, release = threading.Event(), threading.Event()
+
+    def search_in_the_background() -> None:
+        with quiet():
+            print("from the quiet thread")
+            print("to stderr from the quiet thread", file=sys.stderr)
+            inside.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=search_in_the_background)
+    worker.start()
+    assert inside.wait(5)
+    print("from the main thread")  # while the other thread is inside its block
+    with quiet():  # a second, concurrent block (another search's step)
+        print("from a quiet block of the main thread")
+    release.set()
+    worker.join(5)
+    out = capsys.readouterr()
+    assert out.out == "from the main thread\n" and out.err == ""
+    assert (sys.stdout, sys.stderr) == streams  # unwrapped once, by the last block out

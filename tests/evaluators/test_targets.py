@@ -8,15 +8,21 @@ import pytest
 from yolotune import YolotuneError
 from yolotune._artifact import FloatPrecision
 from yolotune.evaluators import (
+    LatencyStats,
     LocalCPUTarget,
     LocalCUDATarget,
+    Provenance,
+    Target,
     TargetSpec,
     TensorRTTarget,
     add_target_file,
     get_target,
+    register_runtime,
     target_names,
     target_spec,
 )
+from yolotune.evaluators import _spec as spec_module
+from yolotune.evaluators import _target as target_module
 from yolotune.evaluators._local_cpu import available_cpus
 from yolotune.evaluators._tensorrt import build_command
 
@@ -195,3 +201,74 @@ def test_a_target_timed_here_gets_no_more_threads_than_this_process_has_cpus(
     # a device target's threads are the device's CPUs: this machine does not judge them
     board = get_target("board", device_url="http://127.0.0.1:9")
     assert board.name == "board"
+
+
+class _FakeTarget(Target):
+    """A deterministic target: every model takes 1 ms."""
+
+    def __init__(self, spec: TargetSpec) -> None:
+        self.spec = spec
+
+    def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
+        return LatencyStats(median_ms=1.0, p90_ms=1.0, mean_ms=1.0, cv=0.0, runs=1, warmup=0, started_at=0, ended_at=0)
+
+    def provenance(self, *, imgsz: int) -> Provenance:
+        return Provenance(
+            target=self.name, runtime="fake", runtime_version="0", device="none", host="here", imgsz=imgsz
+        )
+
+
+@pytest.fixture
+def private_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runtimes and targets registered in a test are gone after it."""
+    target_module._load_runtimes()  # the built-in runtimes register into the real registry first
+    monkeypatch.setattr(target_module, "_RUNTIMES", dict(target_module._RUNTIMES))
+    for table in ("RUNTIME_PRECISIONS", "RUNTIME_ACTIVATIONS", "DEFAULT_ACTIVATIONS"):
+        monkeypatch.setattr(spec_module, table, dict(getattr(spec_module, table)))
+    monkeypatch.setattr(spec_module, "_SPECS", {})
+    monkeypatch.setattr(spec_module, "_LOADED", [])
+
+
+@pytest.mark.usefixtures("private_registry")
+def test_a_registered_runtime_can_be_named_by_targets(tmp_path: Path) -> None:
+    from yolotune.search import CandidateSettings, make_target
+
+    with pytest.raises(YolotuneError, match=r"runtime 'fake' is not one of onnxruntime, .*register_runtime"):
+        TargetSpec(name="myfake", runtime="fake", precisions=("int8", "fp32"))
+    register_runtime("fake", _FakeTarget, precisions=("int8", "fp32"), activations=("int8", "uint8"))
+    spec = TargetSpec(name="myfake", runtime="fake", precisions=("int8", "fp32"))
+    assert spec.activations == ("int8",)  # the runtime's fast one, listed first
+    direct = get_target(spec)
+    assert isinstance(direct, _FakeTarget) and direct.spec == spec and direct.name == "myfake"
+    with pytest.raises(YolotuneError, match=r"precisions of runtime fake must be .* drawn from int8, fp32"):
+        TargetSpec(name="myfake", runtime="fake", precisions=("fp16",))
+    # a targets file names it too, and the search builds its target by name
+    f = tmp_path / "mine.yaml"
+    f.write_text("board:\n  runtime: fake\n  precisions: [int8]\n  activations: [uint8, int8]\n")
+    assert add_target_file(f) == ["board"]
+    target = make_target(CandidateSettings(target="board"))
+    assert isinstance(target, _FakeTarget) and target.name == "board"
+    assert target.precisions == ("int8",) and target.activations == ("uint8", "int8")
+    assert target.benchmark(Path("m.onnx"), imgsz=320).median_ms == 1.0
+    assert target.provenance(imgsz=320).target == "board"
+
+
+@pytest.mark.usefixtures("private_registry")
+def test_registering_a_runtime_checks_what_it_runs_and_keeps_what_a_built_in_runs() -> None:
+    register_runtime("any", _FakeTarget)  # a new runtime runs every precision, with int8 activations
+    assert spec_module.RUNTIME_PRECISIONS["any"] == ("int8", "fp16", "fp32")
+    assert TargetSpec(name="t", runtime="any", precisions=("fp16",)).activations == ("int8",)
+    register_runtime("onnxruntime", _FakeTarget)  # a built-in name: a new factory, the same tables
+    assert TargetSpec(name="t", runtime="onnxruntime", precisions=("int8",)).activations == ("uint8",)
+    assert spec_module.RUNTIME_PRECISIONS["onnxruntime"] == ("int8", "fp32")
+    assert isinstance(get_target("local-cpu"), _FakeTarget)
+    for kwargs, message in (
+        ({"precisions": ("int4",)}, r"^runtime 'bad': precisions must be a non-empty list drawn from int8, fp16, fp32"),
+        ({"precisions": "int8"}, r"precisions must be a non-empty list .*; got 'int8'$"),
+        ({"activations": ()}, r"activations must be a non-empty list drawn from uint8, int8 with no repeats; got \(\)"),
+    ):
+        with pytest.raises(YolotuneError, match=message):
+            register_runtime("bad", _FakeTarget, **kwargs)  # type: ignore[arg-type]
+        assert "bad" not in spec_module.RUNTIME_PRECISIONS and "bad" not in target_module._RUNTIMES
+    with pytest.raises(YolotuneError, match="a runtime needs a non-empty name"):
+        register_runtime("", _FakeTarget)

@@ -89,9 +89,20 @@ def test_a_model_that_detects_nothing_stops_the_search_after_its_fp32_reference(
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
-def test_bad_search_arguments() -> None:
+def test_bad_search_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(YolotuneError, match="--budget must be a positive number"):
         SearchConfig(model="m.pt", data="coco8", budget=0)
+    with pytest.raises(YolotuneError, match=r"--budget must be a whole number; got '3'"):
+        SearchConfig(model="m.pt", data="coco8", budget="3")  # type: ignore[arg-type]
+    with pytest.raises(YolotuneError, match=r"imgsz must be a whole number \(a multiple of 32\); got 160.0"):
+        CandidateSettings(imgsz=160.0)  # type: ignore[arg-type]
+    with pytest.raises(YolotuneError, match=r"space must be a YAML file or 'module:callable'"):
+        SearchConfig(model="m.pt", data="coco8", budget=1, space=print)  # type: ignore[arg-type]
+    # a library caller's str root works, and naming the storage creates nothing
+    monkeypatch.chdir(tmp_path)
+    config = SearchConfig(model="m.pt", data="coco8", budget=1, root="here")  # type: ignore[arg-type]
+    assert config.root == Path("here") and config.storage_url.endswith("/here/m-coco8-local-cpu-320.db")
+    assert not (tmp_path / "here").exists()
     with pytest.raises(
         YolotuneError, match=r"cannot open storage 'nosuchdb://x': .*; use an SQLAlchemy URL \(sqlite:///"
     ):
@@ -273,7 +284,11 @@ def test_a_study_resumes_from_another_directory_and_refuses_a_checkpoint_replace
 
 def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) -> None:
     space = tmp_path / "space.yaml"
-    space.write_text("max_ratio: 0.0\nprecisions: [int8]\ncalibration_methods: [minmax]\ncalibration_sizes: [4]\n")
+    # one unit: the stem only; every other layer stays at the plans' default, fp32
+    space.write_text(
+        "max_ratio: 0.0\nprecisions: [int8]\ncalibration_methods: [minmax]\ncalibration_sizes: [4]\n"
+        "units: {stem: [backbone.0]}\n"
+    )
     config = SearchConfig(
         model="yolov8n-coco.pt",
         data="coco8",
@@ -290,8 +305,12 @@ def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) 
     assert plan_of(complete[2]).pruning.active  # the seeds' recipe, though this space never prunes
     searched = plan_of(complete[3])
     assert not searched.pruning.active
-    assert set(dict(searched.quantization.precision).values()) == {"int8"}
+    assert dict(searched.quantization.precision) == {"backbone.0": "int8"}
     assert searched.quantization.calibration_method == "minmax"
+    # listed as the mixed plan it is, not like the all-INT8 reference
+    assert complete[3].user_attrs["brief"].startswith("fp32/int8 ") and complete[1].user_attrs["brief"].startswith(
+        "int8 "
+    )
 
 
 def test_space_from_a_python_callable(tmp_path: Path) -> None:
@@ -423,6 +442,43 @@ def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(tmp_path: Pa
     retried = [t for t in complete if t.user_attrs.get("retry_of") == failed[0].number]
     assert len(retried) == 1
     assert plan_of(retried[0]) == CompressionPlan.from_dict(failed[0].user_attrs["plan"])
+
+
+def test_an_fp32_reference_interrupted_runs_before_the_trials_that_need_its_map(coco8_search) -> None:
+    config = coco8_search(budget=3, max_map_drop=0.05, sampler="random")
+
+    def stop_in_the_fp32_reference(number: int, step: str) -> None:
+        if number == 0 and step == "export":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, on_step=stop_in_the_fp32_reference)
+    # its retry is queued behind the INT8 and seeds references, which need its mAP: they wait for it
+    study = run_search(config)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "int8", "seeds"]
+    reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))]
+    assert reasons[0] == "interrupted" and all("queued again behind the FP32 reference" in r for r in reasons[1:])
+    assert not any("has not completed" in r for r in reasons)  # none failed for good
+    assert all(not any(v > 0 for v in t.constraints.values()) or t.user_attrs["reference"] == "seeds" for t in complete)
+
+
+def test_a_callback_that_raises_at_open_leaves_the_references_queued(coco8_search) -> None:
+    config = coco8_search(budget=2)
+
+    def broken(study: optuna.Study) -> None:
+        raise ValueError("my callback broke")
+
+    with pytest.raises(ValueError, match="my callback broke"):
+        run_search(config, on_open=broken)
+    # the study was created: its references were queued before the callback ran
+    from yolotune.studies import load_study
+
+    study = load_study(study=config.name, root=config.root)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs["reference"] for t in waiting] == ["fp32", "int8", "seeds"]
+
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the library left Optuna's logging as it was
 
 
 def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path) -> None:

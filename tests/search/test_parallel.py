@@ -202,3 +202,29 @@ def test_a_local_ray_link_left_by_a_deleted_study_is_removed_by_the_next_run(tmp
     finally:
         gone.unlink(missing_ok=True)
         alive.unlink(missing_ok=True)
+
+
+def test_a_callback_that_raises_with_trials_in_flight_leaves_none_running(tmp_path: Path) -> None:
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=3,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        workers=2,
+        retime_rounds=0,
+    )
+
+    def broken(outcome: object, study: optuna.Study) -> None:
+        raise ValueError("my callback broke")
+
+    with pytest.raises(ValueError, match="my callback broke"):
+        run_search(config, on_trial=broken)
+    study = load_study(study=config.name, root=tmp_path)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))  # no heartbeat needs to go stale
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed and all(
+        t.user_attrs["fail_reason"] == "the search stopped: ValueError: my callback broke" for t in failed
+    )
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the library left Optuna's logging as it was
+    assert len(run_search(config).get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3  # and it resumes

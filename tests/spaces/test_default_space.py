@@ -242,3 +242,42 @@ def test_space_files_refuse_meaningless_options_up_front(tmp_path: Path, text: s
     f.write_text(text)
     with pytest.raises(PlanError, match=message):
         load_space(str(f), default=DefaultSpace(groups=GROUPS, max_calibration_images=64))
+
+
+def test_list_arguments_become_tuples_so_the_space_is_hashable_and_immutable() -> None:
+    space = DefaultSpace(
+        groups=["backbone.0", "neck.12"],  # type: ignore[arg-type]
+        precisions=["int8", "fp32"],  # type: ignore[arg-type]
+        prune_groups=["neck.12"],  # type: ignore[arg-type]
+        calibration_sizes=[8, 16],  # type: ignore[arg-type]
+        units_=[("a", ["backbone.0"]), ("b", ["neck.12"])],  # type: ignore[arg-type]
+    )
+    same = DefaultSpace(
+        groups=("backbone.0", "neck.12"),
+        precisions=("int8", "fp32"),
+        prune_groups=("neck.12",),
+        calibration_sizes=(8, 16),
+        units_=(("a", ("backbone.0",)), ("b", ("neck.12",))),
+    )
+    assert space == same and hash(space) == hash(same)
+    assert space.precisions == ("int8", "fp32") and space.units() == {"a": ("backbone.0",), "b": ("neck.12",)}
+    with pytest.raises(AttributeError):  # a tuple: no append that would bypass the checks
+        space.precisions.append("int4")  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        space.precisions = ("int4",)  # type: ignore[misc]
+    assert DefaultSpace(groups=GROUPS, units_={"a": ["neck.12"]}).units() == {"a": ("neck.12",)}  # type: ignore[arg-type]
+    # what the tuples hold is still checked, and a bare string is not a list
+    with pytest.raises(PlanError, match=r"precisions must be a non-empty subset of .*got \['int4'\]"):
+        DefaultSpace(groups=GROUPS, precisions=["int4"])  # type: ignore[arg-type]
+    with pytest.raises(PlanError, match=r"^space option precisions must be a list; got 'int8'$"):
+        DefaultSpace(groups=GROUPS, precisions="int8")  # type: ignore[arg-type]
+    with pytest.raises(PlanError, match=r"space units must be \(unit, \(group, \.\.\.\)\) pairs; got 'a'"):
+        DefaultSpace(groups=GROUPS, units_=["a"])  # type: ignore[arg-type]
+
+
+def test_the_docstring_names_the_fields_it_documents() -> None:
+    import dataclasses
+
+    doc = DefaultSpace.__doc__ or ""
+    for f in dataclasses.fields(DefaultSpace):
+        assert f"        {f.name}: " in doc, f.name

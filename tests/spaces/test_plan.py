@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,15 @@ def test_round_trips_through_json_yaml_and_files(tmp_path: Path) -> None:
     assert hash(plan) == hash(CompressionPlan.from_json(plan.to_json()))  # frozen and hashable
 
 
+def test_a_plan_file_that_is_not_utf8_text_is_refused_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "plan.yaml"
+    bad.write_bytes(b"\xff\xfe\x00quantization: {}")
+    with pytest.raises(
+        PlanError, match=rf"^plan file {re.escape(str(bad))} cannot be read as UTF-8 text \(UnicodeDecodeError\)"
+    ):
+        CompressionPlan.load(bad)
+
+
 def test_plan_is_immutable() -> None:
     plan = _plan()
     with pytest.raises(AttributeError):
@@ -59,6 +69,11 @@ def test_accessors_and_defaults() -> None:
         ({"pruning": {"ratios": {"backbone.4": -0.1}}}, "must lie in [0, 0.9]"),
         ({"pruning": {"ratios": {"head.decode": 0.1}}}, "cannot be pruned"),
         ({"pruning": {"round_to": 4}}, "round_to must be one of 1, 8, 16"),
+        ({"pruning": {"round_to": 8.0}}, "round_to must be a whole number, one of 1, 8, 16; got 8.0"),
+        ({"pruning": {"round_to": True}}, "round_to must be a whole number, one of 1, 8, 16; got True"),
+        ({"pruning": []}, "plan section 'pruning' must be a mapping of its settings (key: value); got []"),
+        ({"quantization": "int8"}, "plan section 'quantization' must be a mapping"),
+        ({"recovery": 0}, "plan section 'recovery' must be a mapping"),
         ({"pruning": {"importance": "taylor"}}, "importance must be one of"),
         ({"quantization": {"default": "int4"}}, "default precision must be one of"),
         ({"quantization": {"calibration_method": "mse"}}, "calibration_method must be one of"),
@@ -92,11 +107,40 @@ def test_calibration_count_bounded_by_training_split() -> None:
     plan.check(groups=GROUPS, n_train_images=64)
     # an FP32 plan does not calibrate, so the count does not matter
     CompressionPlan.from_dict({"quantization": {"calibration_images": 64}}).check(groups=GROUPS, n_train_images=4)
+    # nor does an FP16 plan: only INT8 layers calibrate (coco8 holds 4 training images)
+    CompressionPlan(quantization=QuantizationConfig(default="fp16")).check(groups=GROUPS, n_train_images=4)
+    fp16_some = CompressionPlan(quantization=QuantizationConfig(precision={"neck.15": "fp16"}, calibration_images=64))
+    fp16_some.check(groups=GROUPS, n_train_images=4)
+    mixed = CompressionPlan(quantization=QuantizationConfig(default="fp16", precision={"neck.15": "int8"}))
+    with pytest.raises(PlanError, match=r"calibration_images is 32 \(the default\) but the training split holds 4"):
+        mixed.check(groups=GROUPS, n_train_images=4)
 
 
 def test_brief_names_the_plan() -> None:
     assert _plan().brief() == "prune 2 group(s) ≤50% bn_scale/8 · fp32/int8 s8 percentile×8 shared · ft 2ep"
     assert CompressionPlan().brief() == "fp32"
+    example = CompressionPlan(
+        pruning=PruningConfig(ratios={"backbone.0": 0.3, "backbone.4": 0.2, "neck.15": 0.1}, round_to=16),
+        quantization=QuantizationConfig(default="int8"),
+        recovery=RecoveryConfig(method="ls", epochs=2),
+    )
+    assert example.brief() == "prune 3 group(s) ≤30% l2/16 · int8 u8 minmax×32 · ls×32 · ft 2ep"  # the docstring's
+
+
+def test_brief_with_the_models_groups_shows_mixed_precision() -> None:
+    uniform = CompressionPlan(quantization=QuantizationConfig(default="int8"))
+    some = CompressionPlan(quantization=QuantizationConfig(precision={"neck.15": "int8"}))
+    every = CompressionPlan(quantization=QuantizationConfig(precision=dict.fromkeys(GROUPS, "int8")))
+    assert uniform.brief(groups=GROUPS) == every.brief(groups=GROUPS) == "int8 u8 minmax×32"
+    # every group but neck.15 is fp32: it does not read like the uniform INT8 plan
+    assert some.brief(groups=GROUPS) == "fp32/int8 u8 minmax×32"
+    all_named_fp32 = CompressionPlan(
+        quantization=QuantizationConfig(default="int8", precision=dict.fromkeys(GROUPS, "fp32"))
+    )
+    assert all_named_fp32.brief(groups=GROUPS) == "fp32"
+    assert _plan().brief(groups=GROUPS) == _plan().brief()  # default int8, backbone.0 fp32
+    # without the groups, the summary is what it always was
+    assert some.brief() == uniform.brief() == "int8 u8 minmax×32"
 
 
 @pytest.mark.parametrize("method", ["bn", "bias", "ls"])

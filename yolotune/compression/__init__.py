@@ -1,8 +1,9 @@
 """Compression steps: turn a model and a plan into a deployable artifact.
 
-``prune`` (torch-pruning), ``recover`` / ``reestimate_batchnorm`` (post-training recovery), ``finetune``
-(Ultralytics' trainer on the pruned model), ``export`` (ONNX), ``quantize`` (ONNX Runtime static
-QDQ). All Ultralytics surgery lives in
+Exported here: ``prune`` (torch-pruning), ``recover`` / ``reestimate_batchnorm`` (post-training
+recovery) and ``quantize`` (ONNX Runtime static QDQ). Fine-tuning (Ultralytics' trainer on the
+pruned model) and ONNX export are ``ultralytics_adapter.finetune`` and
+``ultralytics_adapter.export_onnx``: all Ultralytics surgery lives in
 ``yolotune.compression.ultralytics_adapter``.
 """
 

@@ -17,9 +17,10 @@ the integral weights. Outputs equal the original's up to float rounding.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import re
+import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,20 +94,68 @@ def _setup() -> None:
     _ULTRALYTICS_SET_UP = True
 
 
+class _Muted:
+    """A process stream that drops what threads inside ``quiet`` write and passes on everyone else's."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() in _quiet_threads:
+            return len(text)
+        result: int = self.real.write(text)
+        return result
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class _QuietThreads(logging.Filter):
+    """Drops Ultralytics' log records below ERROR from threads inside ``quiet``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.thread not in _quiet_threads
+
+
+_quiet_lock = threading.Lock()
+_quiet_threads: dict[int | None, int] = {}  # thread ident -> depth of nested ``quiet`` blocks
+_QUIET_FILTER = _QuietThreads()
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence Ultralytics' console output (logger and stray prints) inside the block."""
+    """Silence Ultralytics' console output (logger and stray prints) inside the block, in this thread only.
+
+    The process's ``sys.stdout``/``sys.stderr`` are wrapped while any thread is inside a block, and
+    writes from other threads pass through: a search run in a background thread does not swallow
+    what the rest of the program prints, and nested or concurrent blocks restore the streams once.
+    """
     _setup()
     from ultralytics.utils import LOGGER
 
-    level = LOGGER.level
-    LOGGER.setLevel(logging.ERROR)
-    sink = io.StringIO()
+    me = threading.get_ident()
+    with _quiet_lock:
+        if not _quiet_threads:
+            sys.stdout, sys.stderr = _Muted(sys.stdout), _Muted(sys.stderr)  # type: ignore[assignment]
+            for where in (LOGGER, *LOGGER.handlers):
+                if _QUIET_FILTER not in where.filters:
+                    where.addFilter(_QUIET_FILTER)
+        _quiet_threads[me] = _quiet_threads.get(me, 0) + 1
     try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield
+        yield
     finally:
-        LOGGER.setLevel(level)
+        with _quiet_lock:
+            depth = _quiet_threads.pop(me) - 1
+            if depth:
+                _quiet_threads[me] = depth
+            if not _quiet_threads:  # the last block out unwraps (unless someone replaced the streams since)
+                if isinstance(sys.stdout, _Muted):
+                    sys.stdout = sys.stdout.real
+                if isinstance(sys.stderr, _Muted):
+                    sys.stderr = sys.stderr.real
 
 
 def _first_line(exc: BaseException) -> str:

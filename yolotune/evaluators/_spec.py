@@ -8,6 +8,7 @@ by ``os.pathsep``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,25 +26,35 @@ __all__ = [
     "RUNTIME_ACTIVATIONS",
     "RUNTIME_PRECISIONS",
     "TargetSpec",
+    "add_runtime",
     "add_target_file",
     "builtin_target_names",
     "target_spec",
     "target_specs",
 ]
 
-#: Runtimes a target can name.
+#: Built-in runtimes. A target can also name a runtime added with ``register_runtime`` (the tables
+#: below are the registry: a runtime is known when ``RUNTIME_PRECISIONS`` has it).
 RUNTIMES = ("onnxruntime", "onnxruntime-gpu", "tensorrt")
 _ENV = "YOLOTUNE_TARGETS"
 _FIELDS = ("runtime", "agent", "precisions", "activations", "imgsz", "threads", "description")
 #: INT8 activation types each runtime can run. TensorRT takes only signed INT8 with zero point 0
 #: (yolotune quantizes ``int8`` activations symmetrically).
-RUNTIME_ACTIVATIONS = {"onnxruntime": ("uint8", "int8"), "onnxruntime-gpu": ("int8",), "tensorrt": ("int8",)}
+RUNTIME_ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("uint8", "int8"),
+    "onnxruntime-gpu": ("int8",),
+    "tensorrt": ("int8",),
+}
 #: What a target that does not list its activation types runs: ONNX Runtime's CPU default is uint8,
 #: its fast path on x86 (int8 activations ran 2.1-2.3x slower than FP32 there); a target lists
 #: ``[uint8, int8]`` to search both (an ARM board, say).
-DEFAULT_ACTIVATIONS = {"onnxruntime": ("uint8",), "onnxruntime-gpu": ("int8",), "tensorrt": ("int8",)}
+DEFAULT_ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("uint8",),
+    "onnxruntime-gpu": ("int8",),
+    "tensorrt": ("int8",),
+}
 #: Precisions each runtime runs (ONNX Runtime's CPU kernels have no fp16 convolutions).
-RUNTIME_PRECISIONS = {
+RUNTIME_PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("int8", "fp32"),
     "onnxruntime-gpu": ("int8", "fp16", "fp32"),
     "tensorrt": ("int8", "fp16", "fp32"),
@@ -56,7 +67,8 @@ class TargetSpec:
 
     Attributes:
         name: Registry name (``jetson-orin``).
-        runtime: ``onnxruntime`` (CPU), ``onnxruntime-gpu`` or ``tensorrt``.
+        runtime: ``onnxruntime`` (CPU), ``onnxruntime-gpu``, ``tensorrt``, or one added with
+            ``register_runtime``.
         precisions: Precisions the target runs; the search space asks only for these.
         activations: Activation types of INT8 layers the target runs, the fast one first; the search
             space asks only for these and plans with another are refused (default:
@@ -79,8 +91,11 @@ class TargetSpec:
 
     def __post_init__(self) -> None:
         where = f"target '{self.name}'"
-        if self.runtime not in RUNTIMES:
-            raise YolotuneError(f"{where}: runtime '{self.runtime}' is not one of {', '.join(RUNTIMES)}")
+        if self.runtime not in RUNTIME_PRECISIONS:
+            raise YolotuneError(
+                f"{where}: runtime '{self.runtime}' is not one of {', '.join(RUNTIME_PRECISIONS)} "
+                "(add others with yolotune.evaluators.register_runtime before loading the targets)"
+            )
         object.__setattr__(self, "precisions", tuple(self.precisions))
         can = RUNTIME_PRECISIONS[self.runtime]
         bad = [p for p in self.precisions if p not in can]
@@ -133,6 +148,45 @@ class TargetSpec:
                     raise YolotuneError(f"target '{name}': {key} must be a non-empty list of {', '.join(allowed)}")
                 kwargs[key] = tuple(kwargs[key])
         return cls(name=name, **kwargs)
+
+
+def add_runtime(
+    runtime: str, *, precisions: Sequence[str] | None = None, activations: Sequence[str] | None = None
+) -> None:
+    """Record what ``runtime`` runs, so that target specs may name it (``register_runtime`` calls this).
+
+    Args:
+        runtime: Runtime name a spec's ``runtime`` gives.
+        precisions: Precisions the runtime runs. ``None``: a known runtime keeps its own; a new one
+            runs every precision (``int8``, ``fp16``, ``fp32``).
+        activations: Activation types of INT8 layers the runtime runs, the fast one first (what a
+            target that lists none runs). ``None``: a known runtime keeps its own; a new one runs
+            ``int8`` (symmetric, zero point 0: what most INT8 runtimes take).
+
+    Raises:
+        YolotuneError: An empty runtime name, or precisions or activation types yolotune does not know.
+    """
+    if not isinstance(runtime, str) or not runtime:
+        raise YolotuneError(f"a runtime needs a non-empty name; got {runtime!r}")
+    known = runtime in RUNTIME_PRECISIONS
+    if precisions is None:
+        precisions = RUNTIME_PRECISIONS[runtime] if known else PRECISIONS
+    if activations is None:
+        activations = RUNTIME_ACTIVATIONS[runtime] if known else ("int8",)
+    checked: dict[str, tuple[str, ...]] = {}
+    for key, given, allowed in (("precisions", precisions, PRECISIONS), ("activations", activations, ACTIVATION_TYPES)):
+        values = tuple(given) if isinstance(given, list | tuple) else ()
+        if not values or any(v not in allowed for v in values) or len(set(values)) < len(values):
+            raise YolotuneError(
+                f"runtime '{runtime}': {key} must be a non-empty list drawn from {', '.join(allowed)} "
+                f"with no repeats; got {given!r}"
+            )
+        checked[key] = values
+    RUNTIME_PRECISIONS[runtime] = checked["precisions"]
+    if known and checked["activations"] == RUNTIME_ACTIVATIONS[runtime]:
+        return  # a known runtime keeps its default activation type (ONNX Runtime CPU's uint8, say)
+    RUNTIME_ACTIVATIONS[runtime] = checked["activations"]
+    DEFAULT_ACTIVATIONS[runtime] = checked["activations"][:1]
 
 
 def _is_int(value: Any) -> bool:

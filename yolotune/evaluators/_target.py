@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from yolotune.errors import YolotuneError
 from yolotune.evaluators._base import LatencyStats, Provenance
 from yolotune.evaluators._device import int8_saturates
-from yolotune.evaluators._spec import TargetSpec, target_spec, target_specs
+from yolotune.evaluators._spec import TargetSpec, add_runtime, target_spec, target_specs
 
 __all__ = ["Target", "get_target", "needs_reduce_range", "register_runtime", "target_names"]
 
@@ -61,8 +61,31 @@ def needs_reduce_range(target: Target | TargetSpec) -> bool:
 _RUNTIMES: dict[str, Callable[[TargetSpec], Target]] = {}
 
 
-def register_runtime(runtime: str, factory: Callable[[TargetSpec], Target]) -> None:
-    """Register how targets whose spec names ``runtime`` are built on the machine that times them."""
+def register_runtime(
+    runtime: str,
+    factory: Callable[[TargetSpec], Target],
+    *,
+    precisions: Sequence[str] | None = None,
+    activations: Sequence[str] | None = None,
+) -> None:
+    """Register how targets whose spec names ``runtime`` are built on the machine that times them.
+
+    Register a runtime before loading a targets file (or building a ``TargetSpec``) that names it.
+
+    Args:
+        runtime: Name a target's ``runtime`` gives (a built-in name replaces that runtime's factory).
+        factory: Builds the runtime's ``Target`` from a spec (``get_target`` then sets its name,
+            precisions and activation types from the spec).
+        precisions: Precisions the runtime runs (``RUNTIME_PRECISIONS``); a target's precisions must
+            be drawn from them. ``None``: a built-in keeps its own; a new runtime runs int8, fp16 and fp32.
+        activations: Activation types of INT8 layers the runtime runs, the fast one first: the one a
+            target that lists none runs (``RUNTIME_ACTIVATIONS``, ``DEFAULT_ACTIVATIONS``). ``None``:
+            a built-in keeps its own; a new runtime runs ``int8``.
+
+    Raises:
+        YolotuneError: An empty name, or precisions or activation types yolotune does not know.
+    """
+    add_runtime(runtime, precisions=precisions, activations=activations)
     _RUNTIMES[runtime] = factory
 
 

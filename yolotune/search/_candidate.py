@@ -104,6 +104,8 @@ class CandidateSettings:
     int8_reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, int):
+            raise YolotuneError(f"imgsz must be a whole number (a multiple of 32); got {self.imgsz!r}")
         if self.imgsz < 32 or self.imgsz % 32 or self.imgsz > MAX_IMGSZ:
             raise YolotuneError(f"imgsz must be a multiple of 32 from 32 to {MAX_IMGSZ}; got {self.imgsz}")
         if self.train_device != "cpu" and not self.train_device.removeprefix("cuda:").isdigit():

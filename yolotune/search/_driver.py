@@ -141,6 +141,21 @@ class SearchConfig:
     retime_rounds: int = 11
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str from a library caller works too
+        whole = {
+            "budget": self.budget,
+            "population": self.population,
+            "seed": self.seed,
+            "workers": self.workers,
+            "retime_rounds": self.retime_rounds,
+        }
+        for name, value in whole.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise YolotuneError(f"--{name.replace('_', '-')} must be a whole number; got {value!r}")
+        if self.space is not None and not isinstance(self.space, str):
+            raise YolotuneError(
+                f"space must be a YAML file or 'module:callable' / 'file.py:callable' (a string); got {self.space!r}"
+            )
         if self.sensitivity_recovery not in SENSITIVITY_RECOVERY:
             raise YolotuneError(
                 f"--sensitivity-recovery must be one of {', '.join(SENSITIVITY_RECOVERY)}; "
@@ -414,13 +429,28 @@ def _untrained_study(study: optuna.Study) -> str:
     return "" if base is None else untrained(base)
 
 
+class _WaitsForBaseline(YolotuneError):
+    """A trial finished before the FP32 reference whose mAP its ``--max-map-drop`` constraint needs."""
+
+
+_QUEUED_BEHIND_FP32 = "queued again behind the FP32 reference: --max-map-drop needs its mAP"
+
+
+def _waits_for_baseline(study: optuna.Study) -> bool:
+    """Whether trials should wait for the FP32 reference: needed (``--max-map-drop``), not complete, queued."""
+    if constraints_of(study)["max_map_drop"] is None or _baseline_map(study) is not None:
+        return False
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    return any(t.user_attrs.get("reference") == "fp32" for t in waiting)
+
+
 def _set_constraints(study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
     limits = constraints_of(study)
     if limits["max_map_drop"] is not None:
         is_baseline = trial.user_attrs.get("reference") == "fp32"
         base = result.accuracy.map50_95 if is_baseline else _baseline_map(study)
         if base is None:
-            raise YolotuneError("--max-map-drop needs the FP32 reference trial, which has not completed")
+            raise _WaitsForBaseline("--max-map-drop needs the FP32 reference trial, which has not completed")
         trial.set_constraint("map_drop", (base - result.accuracy.map50_95) - limits["max_map_drop"])
     if limits["max_latency_ms"] is not None:
         trial.set_constraint("latency", result.latency.median_ms - limits["max_latency_ms"])
@@ -632,7 +662,32 @@ def run_search(
     ``on_step`` reports each timing, ``on_retime_failed`` each trial that could not be re-timed and
     is left out of the re-timed front).
     """
+    verbosity = optuna.logging.get_verbosity()  # Optuna's INFO line per trial: the callbacks report
     optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        return _search(
+            config,
+            on_trial=on_trial,
+            on_step=on_step,
+            on_scan=on_scan,
+            on_open=on_open,
+            on_retime_failed=on_retime_failed,
+            max_failures=max_failures,
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _search(
+    config: SearchConfig,
+    *,
+    on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
+    on_step: Callable[[int, str], None] | None = None,
+    on_scan: Callable[[int, int, GroupSensitivity | None, str], None] | None = None,
+    on_open: Callable[[optuna.Study], None] | None = None,
+    on_retime_failed: Callable[[int, str], None] | None = None,
+    max_failures: int | None = None,
+) -> optuna.Study:
     space, default, target = preflight(config)
     config = _absolute_files(config)
     if config.settings.int8_reduce_range is None:  # the checked target knows its device's CPU
@@ -643,15 +698,17 @@ def run_search(
         "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8,
     }
     study, created, storage = _open_study(config, timed_on=timed_on)
-    if on_open is not None:
-        on_open(study)
     spec = target_spec(config.settings.target)
     references = default.reference_plans()
-    if created:
+    # every study starts with its references, enqueued before any callback runs (also when a run
+    # stopped between creating the study and enqueueing them: it holds no trial)
+    if created or not study.get_trials(deepcopy=False):
         # the default space expresses the references in its own params, so the sampler learns from them
         params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
         for name in references:
             study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
+    if on_open is not None:
+        on_open(study)
     if config.sensitivity_drop is not None:
         assert isinstance(space, DefaultSpace)  # preflight
         space = _sensitive_space(config, study, space, on_scan)
@@ -673,6 +730,13 @@ def run_search(
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if on_trial:
             on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), study)
+
+    def defer(trial: optuna.Trial) -> None:
+        """Queue a trial's plan behind the FP32 reference (a retry after Ctrl-C put it last): not a failure."""
+        open_trials.pop(trial.number, None)
+        trial.set_user_attr("fail_reason", _QUEUED_BEHIND_FP32)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _retry(study, trial, _QUEUED_BEHIND_FP32, always=True)
 
     # the driver beats for its trials itself (Heartbeat), so Optuna's optimize-only note does not apply
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
@@ -700,8 +764,12 @@ def run_search(
                     heartbeat.remove(trial._trial_id)
                     fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
                     continue
+                if reference != "fp32" and _waits_for_baseline(study):
+                    heartbeat.remove(trial._trial_id)
+                    defer(trial)
+                    continue
                 trial.set_user_attr("plan", plan.to_dict())
-                trial.set_user_attr("brief", plan.brief())
+                trial.set_user_attr("brief", plan.brief(groups=default.groups))
                 twin = None if reference else _twin(study, plan)
                 if twin is not None:  # samplers propose a plan again, small spaces often: reuse it
                     heartbeat.remove(trial._trial_id)
@@ -817,6 +885,9 @@ def run_search(
                                 reference=_reference_path(study) if config.time_reference else None,
                             )
                             _record(config, study, trial, result)
+                        except _WaitsForBaseline:  # built before the FP32 reference's retry: again after it
+                            defer(trial)
+                            continue
                         except Exception as exc:
                             failures += 1
                             fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
@@ -845,6 +916,10 @@ def run_search(
                             heartbeat.remove(trial._trial_id)
         except KeyboardInterrupt:
             abandon("interrupted")
+            raise
+        except BaseException as exc:  # a callback's error, a lost storage: nothing stays RUNNING
+            if not isinstance(exc, SearchStopped):
+                abandon(f"the search stopped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             raise
     evaluated = _complete(study)
     if evaluated < config.budget:

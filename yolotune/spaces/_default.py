@@ -95,7 +95,9 @@ class DefaultSpace:
         precisions: Precisions the target runs (the space asks only for these).
         max_calibration_images: Bound on the calibration set (training split, memory budget).
         fine: One unit per layer group instead of the coarse buckets.
-        units: Explicit search units as ``(unit, (group, ...))`` pairs (overrides ``fine``).
+        units_: Explicit search units as ``(unit, (group, ...))`` pairs (overrides ``fine``; the
+            ``units`` option of a space file; ``None``: the default units). ``units()`` gives the
+            units searched either way.
         uniform_precision: Whether a plan may give every unit one precision (``quant/uniform``,
             then ``quant/all``) instead of one per unit (choices). Mixed plans pay for the
             Q/DQ pairs between float and INT8 layers, and on a CPU they run at about FP32 speed
@@ -143,6 +145,18 @@ class DefaultSpace:
     fine_tune: bool = True
 
     def __post_init__(self) -> None:
+        # lists given to the constructor become tuples: the space stays immutable and hashable
+        for name in _SEQUENCE_FIELDS:
+            value = getattr(self, name)
+            if value is None and name == "prune_groups":
+                continue
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise PlanError(f"space option {name} must be a list; got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if self.units_ is not None:
+            object.__setattr__(self, "units_", _frozen_units(self.units_))
+        if not all(isinstance(g, str) for g in self.groups):
+            raise PlanError(f"space groups must be layer group names (text); got {list(self.groups)}")
         checks: list[tuple[str, Sequence[Any], Sequence[Any]]] = [
             ("importance", self.importance, IMPORTANCE_CRITERIA),
             ("round_to", self.round_to, ROUND_TO),
@@ -373,6 +387,46 @@ class DefaultSpace:
             units_=self.units_,
             fine_tune=self.fine_tune,
         )
+
+
+#: ``DefaultSpace`` fields holding a list of values (``units_`` has its own shape: ``_frozen_units``).
+_SEQUENCE_FIELDS = (
+    "groups",
+    "precisions",
+    "uniform_precision",
+    "prune_groups",
+    "importance",
+    "round_to",
+    "activations",
+    "calibration_methods",
+    "calibration_sizes",
+    "shared_ranges",
+    "recovery_methods",
+    "epochs",
+    "distill",
+)
+
+
+def _frozen_units(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Explicit search units as nested tuples: from ``(unit, [group, ...])`` pairs or a mapping.
+
+    Raises:
+        PlanError: Neither shape, as one line.
+    """
+    if isinstance(value, Mapping):
+        return _units_option(value)
+    shape = "space units must be (unit, (group, ...)) pairs"
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise PlanError(f"{shape}; got {value!r}")
+    units = []
+    for pair in value:
+        ok = isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2
+        if not ok or not isinstance(pair[0], str) or isinstance(pair[1], str) or not isinstance(pair[1], Sequence):
+            raise PlanError(f"{shape}; got {pair!r}")
+        if not all(isinstance(g, str) for g in pair[1]):
+            raise PlanError(f"{shape} whose groups are layer group names; unit {pair[0]} has {pair[1]!r}")
+        units.append((pair[0], tuple(pair[1])))
+    return tuple(units)
 
 
 #: Names a unit cannot take: its ``quant/<unit>`` or ``prune/<unit>`` param would be one of the space's own.

@@ -83,6 +83,10 @@ class PruningConfig:
         if DECODE_GROUP in dict(self.ratios):
             raise PlanError(f"'{DECODE_GROUP}' (DFL and box decode) cannot be pruned")
         _choice("pruning importance", self.importance, IMPORTANCE_CRITERIA)
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int):
+            raise PlanError(
+                f"round_to must be a whole number, one of {', '.join(map(str, ROUND_TO))}; got {self.round_to!r}"
+            )
         _choice("round_to", self.round_to, ROUND_TO)
 
     def ratio(self, group: str) -> float:
@@ -219,7 +223,8 @@ class CompressionPlan:
 
         Raises:
             PlanError: Unknown group names (the message lists the valid ones), or more
-                calibration images than the training split holds.
+                calibration images (of a plan with INT8 layers) or post-training recovery images
+                (of a pruned plan) than the training split holds.
         """
         valid = set(groups)
         for kind, named in (("pruning", self.pruning.ratios), ("precision", self.quantization.precision)):
@@ -237,7 +242,7 @@ class CompressionPlan:
                 f"images; set recovery.images to at most {n_train_images} in the plan"
             )
         n = self.quantization.calibration_images
-        if self.quantization.active and n > n_train_images:
+        if "int8" in self.quantization.precisions and n > n_train_images:  # only INT8 layers calibrate
             default = " (the default)" if n == QuantizationConfig().calibration_images else ""
             raise PlanError(
                 f"quantization.calibration_images is {n}{default} but the training split holds {n_train_images} "
@@ -290,9 +295,11 @@ class CompressionPlan:
             raise PlanError(f"unknown plan section(s) {sorted(unknown)}; valid: {list(sections)}")
         kwargs: dict[str, Any] = {}
         for name, section_cls in sections.items():
-            raw = data.get(name) or {}
+            raw = data.get(name)
+            if raw is None:  # omitted, or an empty YAML section
+                raw = {}
             if not isinstance(raw, Mapping):
-                raise PlanError(f"plan section '{name}' must be a mapping")
+                raise PlanError(f"plan section '{name}' must be a mapping of its settings (key: value); got {raw!r}")
             names = {f.name for f in fields(section_cls)}
             bad = set(raw) - names
             if bad:
@@ -341,12 +348,17 @@ class CompressionPlan:
         """Read a plan from a JSON or YAML file.
 
         Raises:
-            PlanError: Missing file or invalid plan.
+            PlanError: Missing or unreadable file, or invalid plan.
         """
         path = Path(path)
         if not path.is_file():
             raise PlanError(f"plan file {path} is a directory" if path.is_dir() else f"plan file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlanError(
+                f"plan file {path} cannot be read as UTF-8 text ({type(exc).__name__}); give a JSON or YAML plan file"
+            ) from None
         if path.suffix == ".json":
             return cls.from_json(text)
         try:
@@ -382,8 +394,15 @@ class CompressionPlan:
         return CompressionPlan(pruning=pruning, quantization=quant, recovery=recovery)
 
     # ---------------------------------------------------------------- summaries
-    def brief(self) -> str:
-        """Return a one-line summary, e.g. ``prune 3 groups ≤30% l2/16 · int8 u8 minmax×32 · ft 2``."""
+    def brief(self, *, groups: Sequence[str] | None = None) -> str:
+        """Return a one-line summary, e.g. ``prune 3 group(s) ≤30% l2/16 · int8 u8 minmax×32 · ls×32 · ft 2ep``.
+
+        Args:
+            groups: The model's layer groups. With them, the default precision is listed whenever
+                a group is left to it, so a plan that names only some groups ``int8`` (default
+                fp32) reads ``fp32/int8 ...``, not like a uniform INT8 plan. Without them, the
+                default precision is listed only when it is not fp32 or the plan names no group.
+        """
         parts = []
         if self.pruning.active:
             active = [r for _, r in self.pruning.ratios if r > 0]
@@ -394,9 +413,14 @@ class CompressionPlan:
             q = self.quantization
             act = "u8" if q.activation_type == "uint8" else "s8"
             named = {p for _, p in q.precision}
-            used = named | ({q.default} if q.default != "fp32" or not named else set())
+            if groups is None:
+                defaulted = q.default != "fp32" or not named
+            else:
+                defaulted = not set(groups) <= {g for g, _ in q.precision}
+            used = named | ({q.default} if defaulted or not named else set())
             shared = " shared" if q.shared_ranges and "int8" in used else ""
-            parts.append(f"{'/'.join(sorted(used))} {act} {q.calibration_method}×{q.calibration_images}{shared}")
+            summary = f"{'/'.join(sorted(used))} {act} {q.calibration_method}×{q.calibration_images}{shared}"
+            parts.append("fp32" if used == {"fp32"} else summary)
         else:
             parts.append("fp32")
         if self.pruning.active and self.recovery.post_training:

@@ -6,7 +6,7 @@ from yolotune.studies._dashboard import serve_dashboard
 from yolotune.studies._export import ExportResult, export_trial, study_target
 from yolotune.studies._front import FrontRow, pareto_front
 from yolotune.studies._report import write_report
-from yolotune.studies._retimed import RetimedPoint, Retiming, current_retiming, near_front
+from yolotune.studies._retimed import NOISE_BAND, RetimedPoint, Retiming, current_retiming, near_front
 from yolotune.studies._storage import (
     artifact_dir,
     default_storage_url,
@@ -17,6 +17,7 @@ from yolotune.studies._storage import (
 )
 
 __all__ = [
+    "NOISE_BAND",
     "ExportResult",
     "FrontRow",
     "RetimedPoint",

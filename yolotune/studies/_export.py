@@ -90,7 +90,7 @@ def _fetch(trial: optuna.trial.FrozenTrial, artifacts: Path | None, dest: Path) 
 def export_trial(
     study: optuna.Study,
     number: int,
-    out_dir: Path,
+    out_dir: Path | str,
     *,
     artifacts: Path | None = None,
     remeasure: bool = True,
@@ -114,6 +114,7 @@ def export_trial(
     """
     from yolotune.spaces import CompressionPlan
 
+    out_dir = Path(out_dir)
     trial = _find_trial(study, number)
     job: dict[str, Any] = study.user_attrs.get("job") or {}
     target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 import warnings
@@ -35,9 +36,8 @@ def find_artifact_dir(study: optuna.Study, root: Path) -> Path | None:
 
 
 def default_storage_url(root: Path, study_name: str) -> str:
-    """SQLite URL of the default per-study file ``<root>/<study>.db``."""
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(root / f'{study_name}.db').resolve()}"
+    """SQLite URL of the default per-study file ``<root>/<study>.db`` (``open_storage`` makes the folder)."""
+    return f"sqlite:///{(Path(root) / f'{study_name}.db').resolve()}"
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.storages.BaseStorage:
@@ -51,6 +51,11 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
     Raises:
         YolotuneError: The URL cannot be opened; one line with the reason.
     """
+    if url.startswith("sqlite:///"):  # SQLite makes the file, not its folder
+        file = url.removeprefix("sqlite:///").split("?")[0]
+        if file and file != ":memory:":
+            with contextlib.suppress(OSError):  # an unusable folder is reported by the open below
+                Path(file).parent.mkdir(parents=True, exist_ok=True)
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
@@ -101,7 +106,9 @@ def _rdb(url: str, heartbeat_interval: int | None, attempts: int = 5) -> optuna.
     raise AssertionError("unreachable")
 
 
-def load_study(*, study: str | None = None, storage: str | None = None, root: Path = Path("studies")) -> optuna.Study:
+def load_study(
+    *, study: str | None = None, storage: str | None = None, root: Path | str = Path("studies")
+) -> optuna.Study:
     """Load an existing study for ``show`` / ``report`` / ``export`` / ``dashboard``.
 
     Args:
@@ -112,6 +119,7 @@ def load_study(*, study: str | None = None, storage: str | None = None, root: Pa
     Raises:
         YolotuneError: No such study, or several and no name given.
     """
+    root = Path(root)
     if storage is None and study is None:
         found = sorted(p.stem for p in root.glob("*.db"))
         if not found:
