@@ -146,6 +146,7 @@ def test_image_lists_in_txt_files_are_read_as_ultralytics_reads_them(tmp_path: P
         ("0 0.5 0.5", r"line 2 has 3 values; a box is 'class x y w h'"),
         ("0 1.7 0.5 0.2 0.2", r"line 2 has coordinates outside 0–1"),
         ("person 0.5 0.5 0.2 0.2", r"line 2 is not numbers"),
+        ("0 0.1 0.1 0.2 0.1 0.2 0.2", r"mixes boxes and polygons \(lines 1 and 2\)"),
     ],
 )
 def test_a_label_line_ultralytics_would_drop_its_image_for_is_refused(tmp_path: Path, line: str, says: str) -> None:
@@ -169,6 +170,12 @@ def test_data_yaml_mistakes_are_named_in_one_line(tmp_path: Path) -> None:
         prepare_dataset(data)
     data.write_text(good.replace("train: images/train", "train: 5"))
     with pytest.raises(YolotuneError, match=r"'train' of .* must be a folder or a .txt list of images .*got 5"):
+        prepare_dataset(data)
+    data.write_text(good.replace("41: 'cup'", "81: 'cup'"))  # a gap at 41
+    with pytest.raises(YolotuneError, match=r"'names' keys must be the class indices 0–79 with no gaps; got 0, 1, 2"):
+        prepare_dataset(data)
+    data.write_text(good + "nc: '80'\n")
+    with pytest.raises(YolotuneError, match=r"nc must be a whole number \(unquoted\); got '80'"):
         prepare_dataset(data)
     data.write_text("train: images/train\nval: images/val\nnames: person\n")
     with pytest.raises(YolotuneError, match=r"has no class 'names': add 'names:' as a list of class names"):

@@ -182,6 +182,12 @@ def _listed_images(listing: Path, root: Path, split: str, source: Path) -> list[
     return images
 
 
+def _keys(names: dict[Any, Any]) -> str:
+    """A mapping's keys as a short list (``0, 1, ..., 41``)."""
+    keys = [repr(k) for k in names]
+    return ", ".join(keys if len(keys) <= 6 else [*keys[:3], "...", *keys[-2:]])
+
+
 def _check_labels(images: list[Path], classes: int, split: str, source: Path) -> None:
     """Refuse label lines Ultralytics would drop their image for (it warns and validates without it).
 
@@ -194,11 +200,18 @@ def _check_labels(images: list[Path], classes: int, split: str, source: Path) ->
             text = label.read_text(errors="replace")
         except OSError:
             continue  # no label file: an image without boxes
+        kinds: dict[bool, int] = {}  # polygon or box -> first line
         for n, line in enumerate(text.splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
             where = f"label file {label} line {n}"
+            kinds.setdefault(len(fields) > 5, n)
+            if len(kinds) > 1:  # Ultralytics then reads every line as a polygon, a box as a 2-point one
+                raise YolotuneError(
+                    f"label file {label} mixes boxes and polygons (lines {kinds[False]} and {kinds[True]}); "
+                    "write every object of a file the same way"
+                )
             try:
                 numbers = [float(f) for f in fields]
             except ValueError:
@@ -277,7 +290,18 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
             f"data yaml {source} has no class 'names': add 'names:' as a list of class names "
             "(or a mapping from class index to name), in the order the model was trained with"
         )
+    try:
+        indices = sorted(int(k) for k in names)
+    except (TypeError, ValueError):
+        indices = []
+    if indices != list(range(len(names))):
+        raise YolotuneError(
+            f"data yaml {source}: the 'names' keys must be the class indices 0–{len(names) - 1} with no gaps; "
+            f"got {_keys(names)}"
+        )
     nc = data.get("nc")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int)):
+        raise YolotuneError(f"data yaml {source}: nc must be a whole number (unquoted); got {nc!r}")
     if nc is not None and nc != len(names):
         raise YolotuneError(f"data yaml {source} says nc: {nc} but 'names' lists {len(names)}: make them agree")
     splits = {s: _split_images(data, s, root, source) for s in _SPLITS}

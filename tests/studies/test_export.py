@@ -36,7 +36,9 @@ def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[P
         assert recipe["trial"] == row.number and recipe["job"]["data"] == "coco8"
         deploy = recipe["deploy"]  # what running the file needs, read from the file itself
         assert deploy["inputs"] == {"images": {"shape": [1, 3, 160, 160], "type": "float"}}
-        assert "'person'" in deploy["classes"] and res.model.name in deploy["run_with"]
+        assert (
+            deploy["classes"][0] == "person" and len(deploy["classes"]) == 80 and res.model.name in deploy["run_with"]
+        )
         assert CompressionPlan.from_dict(recipe["plan"]) == CompressionPlan.load(res.plan)
         assert recipe["recorded"]["map50_95"] == row.map50_95 and "onnxruntime" in recipe["versions"]
         assert recipe["recorded"]["fidelity"] == "full" and recipe["recorded"]["rung0"] is None
@@ -79,3 +81,18 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     with pytest.raises(YolotuneError, match=r"dataset .*gone.* not found.*export without re-measuring: --no-remeasure"):
         export_trial(moved, 0, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_over_an_earlier_one_leaves_none_of_its_files(
+    small_study: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    int8 = next(t.number for t in study.trials if t.user_attrs.get("reference") == "int8")
+    fp32 = next(t.number for t in study.trials if t.user_attrs.get("reference") == "fp32")
+    out = tmp_path / "export"
+    export_trial(study, int8, out, artifacts=artifact_dir(root, name))
+    assert {p.name for p in out.iterdir()} == {"model.int8.onnx", "plan.yaml", "recipe.yaml", "remeasured.json"}
+    export_trial(study, fp32, out, artifacts=artifact_dir(root, name), remeasure=False)
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "plan.yaml", "recipe.yaml"}  # no INT8 file, no old numbers
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["trial"] == fp32

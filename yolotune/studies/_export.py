@@ -8,6 +8,7 @@ re-measured numbers side by side.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class ExportResult:
     plan: Path
     recorded: dict[str, float]
     measured: dict[str, float]
+
+
+#: The deployable files a trial hands out (``build_candidate``).
+_MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
 
 
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -121,13 +126,19 @@ def export_trial(
     dataset = _dataset(job) if remeasure else None  # both checked before any file is written
     plan = CompressionPlan.from_dict(trial.user_attrs["plan"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "recipe.yaml").is_file():  # an earlier export: none of its files may pass for this one's
+        for stale in (*_MODEL_FILES, "plan.yaml", "recipe.yaml", "remeasured.json"):
+            (out_dir / stale).unlink(missing_ok=True)
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
     model = out_dir / name
     _fetch(trial, artifacts, model)
     plan_path = plan.save(out_dir / "plan.yaml")
     recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
+    if "size_bytes" in recorded:
+        recorded["size_bytes"] = int(recorded["size_bytes"])
     retiming = current_retiming(study)
-    retimed = retiming.point(number) if retiming else None
+    twin = trial.user_attrs.get("duplicate_of")  # the same plan measured before: its re-timing is this one's
+    retimed = retiming.point(int(twin) if twin is not None else number) if retiming else None
     reference = _reference_trial(study)
     recipe = out_dir / "recipe.yaml"
     recipe.write_text(
@@ -135,6 +146,7 @@ def export_trial(
             {
                 "study": study.study_name,
                 "trial": number,
+                "duplicate_of": twin,
                 "job": job,
                 "model_file": name,
                 "deploy": _deploy_notes(model, imgsz=job.get("imgsz")),
@@ -188,11 +200,17 @@ def _deploy_notes(model: Path, *, imgsz: int | None) -> dict[str, Any] | None:
         }
 
     meta = {p.key: p.value for p in graph.metadata_props}
+    try:  # Ultralytics writes the class names as a Python dict literal
+        classes = ast.literal_eval(meta["names"])
+    except (KeyError, ValueError, SyntaxError):
+        classes = None
     return {
         "inputs": tensors(graph.graph.input),
         "outputs": tensors(graph.graph.output),
         "input_format": "RGB, scaled to 0-1, letterboxed to the input size (Ultralytics' preprocessing)",
-        "classes": meta.get("names"),
+        "output_format": "per anchor: box centre x, centre y, width, height in input pixels, then one score per "
+        "class; no NMS (Ultralytics' predict applies it)",
+        "classes": classes,
         "run_with": f"ultralytics: YOLO('{model.name}', task='detect').predict(source, imgsz={imgsz}); or onnxruntime",
     }
 
@@ -267,7 +285,7 @@ def _remeasure(
     measured = {
         "map50_95": accuracy.map50_95,
         "map50": accuracy.map50,
-        "size_bytes": float(measure_size(model)),
+        "size_bytes": measure_size(model),
         "latency_ms": latency.median_ms,
     }
     if reference is not None:
