@@ -360,9 +360,26 @@ def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) 
     ]
     for values, attrs in rows:
         study.add_trial(optuna.trial.create_trial(values=values, user_attrs=attrs))
+    failed = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"fail_reason": "quantize: NaN"})
+    study.add_trial(failed)
     shown = runner.invoke(app, ["show", "--root", str(tmp_path)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
+    assert "trial 3 failed: quantize: NaN" in shown.stdout  # why, not only how many
     rows = [r.split("│") for r in shown.stdout.splitlines() if r[:1] == "│"]
     speeds = {int(r[1].split()[0]): r[5].strip() for r in rows}
     assert speeds == {0: "1.00×", 1: "2.00×†", 2: "2.50×"}
     assert "† against the reference trial's own timing" in " ".join(shown.stdout.split())
+
+
+def test_suggested_commands_name_storage_files_absolutely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from yolotune.cli import _where
+    from yolotune.studies import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    assert _where(Path("studies"), None) == ""
+    assert _where(Path("st"), None) == f" --root {tmp_path / 'st'}"
+    assert _where(Path("studies"), "journal:logs/j.log") == f" --storage journal:{tmp_path / 'logs' / 'j.log'}"
+    assert _where(Path("studies"), "sqlite:///s/x.db") == f" --storage sqlite:///{tmp_path / 's' / 'x.db'}"
+    assert _where(Path("studies"), "postgresql+psycopg://u@h/db") == " --storage postgresql+psycopg://u@h/db"
+    open_storage("journal:logs/j.log")  # its folder is made, as --root's is
+    assert (tmp_path / "logs").is_dir()

@@ -514,9 +514,17 @@ def _sensitivity_table(st: Any) -> Table | None:
     return table
 
 
+#: How many of the latest failed trials ``tune show`` lists under the front, with their reasons.
+_FAILURES_SHOWN = 5
+
+
 def _where(root: Path, storage: str | None) -> str:
     """The options that find a study again from any folder, for the commands a caption suggests."""
     if storage is not None:
+        for scheme in ("journal:", "sqlite:///"):  # a file named relative to here: absolute, for anywhere
+            rest = storage.removeprefix(scheme)
+            if storage.startswith(scheme) and rest and not rest.startswith(("/", ":memory:")):
+                storage = scheme + str(Path(rest).resolve())
         return f" --storage {shlex.quote(storage)}"
     return "" if root == Path("studies") else f" --root {shlex.quote(str(root.resolve()))}"
 
@@ -579,7 +587,8 @@ def _show(st: Any, *, where: str = "") -> None:
     if retiming is None and st.user_attrs.get("retimed"):
         retime = f"tune retime --study {shlex.quote(st.study_name)}{where}"
         caption += f" · the front's re-timing is out of date (trials completed since): `{retime}` re-times it"
-    caption += f" · export with `tune export --study {shlex.quote(st.study_name)}{where} --trial N`"
+    if front:
+        caption += f" · export with `tune export --study {shlex.quote(st.study_name)}{where} --trial N`"
     table = Table(title=f"Pareto front of {st.study_name}", caption=caption, header_style="bold")
     columns = ("trial", "mAP50-95", "ΔmAP", "latency ms", *(("re-timed ms",) if retimed else ()), "speed")
     for col in (*columns, "size MB", "smaller", "plan"):
@@ -602,6 +611,10 @@ def _show(st: Any, *, where: str = "") -> None:
             r.brief,
         )
     _consoles.out.print(table)
+    failures = [t for t in trials if t.state == optuna.trial.TrialState.FAIL][-_FAILURES_SHOWN:]
+    for t in failures:  # `tune report` lists them all
+        reason = str(t.user_attrs.get("fail_reason", "no reason recorded"))
+        _consoles.out.print(f"trial {t.number} failed: {reason[:300]}", highlight=False, soft_wrap=True)
 
 
 StudyOpt = Annotated[str | None, typer.Option("--study", "-s", help="Study name (may be left out when there is one).")]

@@ -160,6 +160,8 @@ def quiet() -> Iterator[None]:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
+    # Ultralytics opens its messages with a level and an emoji ("ERROR ❌️ "): ours say that already
+    text = re.sub(r"^(?:ERROR|WARNING)\s*[^\w\s/.'\"]*\s*", "", text)
     return text.splitlines()[0][:300]
 
 

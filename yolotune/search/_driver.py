@@ -925,7 +925,8 @@ def _search(
     if evaluated < config.budget:
         raise SearchStopped(
             f"stopped after {failures} failed candidate(s), {evaluated} of {config.budget} evaluated; the last failed "
-            f"with: {last_failure}. Fix that and run the same command to resume (`tune show` lists the failures)",
+            f"with: {last_failure}. Fix that and run the same command to resume "
+            "(`tune show` lists the latest failures, `tune report` all)",
             study=study,
         )
     retiming = retime_front(

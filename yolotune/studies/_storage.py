@@ -51,8 +51,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
     Raises:
         YolotuneError: The URL cannot be opened; one line with the reason.
     """
-    if url.startswith("sqlite:///"):  # SQLite makes the file, not its folder
-        file = url.removeprefix("sqlite:///").split("?")[0]
+    if url.startswith(("sqlite:///", "journal:")):  # SQLite and the journal make the file, not its folder
+        file = url.removeprefix("sqlite:///").removeprefix("journal:").split("?")[0]
         if file and file != ":memory:":
             with contextlib.suppress(OSError):  # an unusable folder is reported by the open below
                 Path(file).parent.mkdir(parents=True, exist_ok=True)
