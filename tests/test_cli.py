@@ -357,6 +357,7 @@ def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) 
         ([0.35, 12.0, 14.0], {"reference": "fp32", "brief": "fp32"}),
         ([0.34, 3.5, 7.0], {"brief": "int8 u8 minmax×32"}),
         ([0.30, 3.0, 5.0], {"brief": "int8 pruned", "reference_ms": 12.5}),
+        ([0.29, 2.9, 2.0], {"brief": "int8 pruned more", "reference_ms": 40.0}),  # timed beside a loaded machine
     ]
     for values, attrs in rows:
         study.add_trial(optuna.trial.create_trial(values=values, user_attrs=attrs))
@@ -364,11 +365,13 @@ def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) 
     study.add_trial(failed)
     shown = runner.invoke(app, ["show", "--root", str(tmp_path)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
-    assert "trial 3 failed: quantize: NaN" in shown.stdout  # why, not only how many
+    assert "trial 4 failed: quantize: NaN" in shown.stdout  # why, not only how many
     rows = [r.split("│") for r in shown.stdout.splitlines() if r[:1] == "│"]
     speeds = {int(r[1].split()[0]): r[5].strip() for r in rows}
-    assert speeds == {0: "1.00×", 1: "2.00×†", 2: "2.50×"}
-    assert "† against the reference trial's own timing" in " ".join(shown.stdout.split())
+    assert speeds == {0: "1.00×", 1: "2.00×†", 2: "2.50×", 3: "20.00×‡"}
+    caption = " ".join(shown.stdout.split())
+    assert "† against the reference trial's own timing" in caption
+    assert "‡ its FP32 reference took under half or over twice the reference trial's own time" in caption
 
 
 def test_suggested_commands_name_storage_files_absolutely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

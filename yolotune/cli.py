@@ -518,6 +518,16 @@ def _sensitivity_table(st: Any) -> Table | None:
 _FAILURES_SHOWN = 5
 
 
+def _fp32_latency(st: Any) -> float | None:
+    """The FP32 reference trial's own latency, when it completed."""
+    import optuna
+
+    for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("reference") == "fp32":
+            return float(t.values[2])
+    return None
+
+
 def _where(root: Path, storage: str | None) -> str:
     """The options that find a study again from any folder, for the commands a caption suggests."""
     if storage is not None:
@@ -567,6 +577,7 @@ def _show(st: Any, *, where: str = "") -> None:
     retiming = current_retiming(st)
     retimed = retiming is not None
     unpaired: set[int] = set()
+    disturbed: set[int] = set()
     if retiming is not None:
         caption += (
             f" · re-timed: after the search, {len(retiming.trials)} trial(s) near the front timed in "
@@ -584,6 +595,20 @@ def _show(st: Any, *, where: str = "") -> None:
         unpaired = {r.number for r in front if not r.paired and r.speedup is not None and r.reference != "fp32"}
         if unpaired:
             caption += ", † against the reference trial's own timing (taken minutes apart)"
+        # a paired reference far from the reference trial's own timing: the machine was loaded then
+        base = next((r.latency_ms for r in front if r.reference == "fp32"), None) or _fp32_latency(st)
+        paired_ms = {t.number: t.user_attrs.get("reference_ms") for t in trials}
+        disturbed = {
+            r.number
+            for r in front
+            if r.paired and base and not 0.5 <= float(paired_ms.get(r.number) or base) / base <= 2
+        }
+        if disturbed:
+            retime = f"tune retime --study {shlex.quote(st.study_name)}{where}"
+            caption += (
+                ", ‡ its FP32 reference took under half or over twice the reference trial's own time "
+                f"(a disturbed machine): `{retime}` times them again"
+            )
     if retiming is None and st.user_attrs.get("retimed"):
         retime = f"tune retime --study {shlex.quote(st.study_name)}{where}"
         caption += f" · the front's re-timing is out of date (trials completed since): `{retime}` re-times it"
@@ -605,7 +630,7 @@ def _show(st: Any, *, where: str = "") -> None:
             if r.speedup is None
             else f"{r.speedup:.2f}×"
             + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else "")
-            + ("†" if r.number in unpaired else ""),
+            + ("‡" if r.number in disturbed else "†" if r.number in unpaired else ""),
             f"{r.size_mb:.2f}",
             "–" if r.size_ratio is None else f"{r.size_ratio:.2f}×",
             r.brief,
