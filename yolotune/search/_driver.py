@@ -436,12 +436,16 @@ class _WaitsForBaseline(YolotuneError):
 _QUEUED_BEHIND_FP32 = "queued again behind the FP32 reference: --max-map-drop needs its mAP"
 
 
-def _waits_for_baseline(study: optuna.Study) -> bool:
-    """Whether trials should wait for the FP32 reference: needed (``--max-map-drop``), not complete, queued."""
+def _waits_for_baseline(study: optuna.Study, *, running: bool = False) -> bool:
+    """Whether trials should wait for the FP32 reference: needed, not complete, and still to come.
+
+    Needed: ``--max-map-drop`` is set. Still to come: queued (or, with ``running``, being built); a
+    reference that failed for good makes nothing wait.
+    """
     if constraints_of(study)["max_map_drop"] is None or _baseline_map(study) is not None:
         return False
-    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-    return any(t.user_attrs.get("reference") == "fp32" for t in waiting)
+    states = (optuna.trial.TrialState.WAITING, *((optuna.trial.TrialState.RUNNING,) if running else ()))
+    return any(t.user_attrs.get("reference") == "fp32" for t in study.get_trials(deepcopy=False, states=states))
 
 
 def _set_constraints(study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
@@ -885,8 +889,12 @@ def _search(
                                 reference=_reference_path(study) if config.time_reference else None,
                             )
                             _record(config, study, trial, result)
-                        except _WaitsForBaseline:  # built before the FP32 reference's retry: again after it
-                            defer(trial)
+                        except _WaitsForBaseline as exc:
+                            if _waits_for_baseline(study, running=True):  # built before the FP32 reference's retry
+                                defer(trial)
+                            else:
+                                failures += 1
+                                fail(trial, str(exc))
                             continue
                         except Exception as exc:
                             failures += 1
