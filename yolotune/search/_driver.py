@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import warnings
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import optuna
 
@@ -624,6 +625,25 @@ def _sensitive_space(
     )
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _optuna_warnings_only(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with Optuna's logging at WARNING (its INFO line per trial: the callbacks report), then restore it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(logging.WARNING)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+
+    return wrapper
+
+
 def _retry(
     study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str, *, always: bool = False
 ) -> bool:
@@ -641,6 +661,7 @@ def _retry(
     return True
 
 
+@_optuna_warnings_only
 def run_search(
     config: SearchConfig,
     *,
@@ -666,32 +687,6 @@ def run_search(
     ``on_step`` reports each timing, ``on_retime_failed`` each trial that could not be re-timed and
     is left out of the re-timed front).
     """
-    verbosity = optuna.logging.get_verbosity()  # Optuna's INFO line per trial: the callbacks report
-    optuna.logging.set_verbosity(logging.WARNING)
-    try:
-        return _search(
-            config,
-            on_trial=on_trial,
-            on_step=on_step,
-            on_scan=on_scan,
-            on_open=on_open,
-            on_retime_failed=on_retime_failed,
-            max_failures=max_failures,
-        )
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-
-
-def _search(
-    config: SearchConfig,
-    *,
-    on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
-    on_step: Callable[[int, str], None] | None = None,
-    on_scan: Callable[[int, int, GroupSensitivity | None, str], None] | None = None,
-    on_open: Callable[[optuna.Study], None] | None = None,
-    on_retime_failed: Callable[[int, str], None] | None = None,
-    max_failures: int | None = None,
-) -> optuna.Study:
     space, default, target = preflight(config)
     config = _absolute_files(config)
     if config.settings.int8_reduce_range is None:  # the checked target knows its device's CPU
