@@ -465,6 +465,7 @@ def test_an_fp32_reference_interrupted_runs_before_the_trials_that_need_its_map(
 
 def test_a_callback_that_raises_at_open_leaves_the_references_queued(coco8_search) -> None:
     config = coco8_search(budget=2)
+    optuna.logging.set_verbosity(optuna.logging.DEBUG)  # the caller's, whatever other tests left
 
     def broken(study: optuna.Study) -> None:
         raise ValueError("my callback broke")
@@ -478,7 +479,8 @@ def test_a_callback_that_raises_at_open_leaves_the_references_queued(coco8_searc
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs["reference"] for t in waiting] == ["fp32", "int8", "seeds"]
 
-    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the library left Optuna's logging as it was
+    assert optuna.logging.get_verbosity() == optuna.logging.DEBUG  # the library left Optuna's logging as it was
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path) -> None:

@@ -205,6 +205,7 @@ def test_a_local_ray_link_left_by_a_deleted_study_is_removed_by_the_next_run(tmp
 
 
 def test_a_callback_that_raises_with_trials_in_flight_leaves_none_running(tmp_path: Path) -> None:
+    optuna.logging.set_verbosity(optuna.logging.DEBUG)  # the caller's, whatever other tests left
     config = SearchConfig(
         model="yolov8n-coco.pt",
         data="coco8",
@@ -226,5 +227,6 @@ def test_a_callback_that_raises_with_trials_in_flight_leaves_none_running(tmp_pa
     assert failed and all(
         t.user_attrs["fail_reason"] == "the search stopped: ValueError: my callback broke" for t in failed
     )
-    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # the library left Optuna's logging as it was
+    assert optuna.logging.get_verbosity() == optuna.logging.DEBUG  # the library left Optuna's logging as it was
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     assert len(run_search(config).get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3  # and it resumes
