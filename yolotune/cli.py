@@ -518,16 +518,6 @@ def _sensitivity_table(st: Any) -> Table | None:
 _FAILURES_SHOWN = 5
 
 
-def _fp32_latency(st: Any) -> float | None:
-    """The FP32 reference trial's own latency, when it completed."""
-    import optuna
-
-    for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("reference") == "fp32":
-            return float(t.values[2])
-    return None
-
-
 def _where(root: Path, storage: str | None) -> str:
     """The options that find a study again from any folder, for the commands a caption suggests."""
     if storage is not None:
@@ -543,7 +533,7 @@ def _show(st: Any, *, where: str = "") -> None:
     import optuna
 
     from yolotune.search import constraints_of
-    from yolotune.studies import current_retiming, pareto_front
+    from yolotune.studies import current_retiming, fp32_reference, pareto_front
 
     sensitivity = _sensitivity_table(st)
     if sensitivity is not None:
@@ -596,7 +586,8 @@ def _show(st: Any, *, where: str = "") -> None:
         if unpaired:
             caption += ", † against the reference trial's own timing (taken minutes apart)"
         # a paired reference far from the reference trial's own timing: the machine was loaded then
-        base = next((r.latency_ms for r in front if r.reference == "fp32"), None) or _fp32_latency(st)
+        reference = fp32_reference(st)
+        base = float(reference.values[2]) if reference is not None else None
         paired_ms = {t.number: t.user_attrs.get("reference_ms") for t in trials}
         disturbed = {
             r.number

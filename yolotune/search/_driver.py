@@ -46,6 +46,7 @@ from yolotune.search._spaces import load_space
 if TYPE_CHECKING:
     from yolotune.evaluators import Target
 from yolotune.spaces import MAX_PRUNING_RATIO, CompressionPlan, DefaultSpace, Space
+from yolotune.studies._front import fp32_reference
 from yolotune.studies._storage import artifact_dir, default_storage_url, open_storage, study_dir
 
 __all__ = [
@@ -403,10 +404,8 @@ def constraints_of(study: optuna.Study) -> dict[str, float | None]:
 
 
 def _baseline_map(study: optuna.Study) -> float | None:
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("reference") == "fp32":
-            return float(t.values[0])
-    return None
+    base = fp32_reference(study)
+    return None if base is None else float(base.values[0])
 
 
 UNTRAINED_MAP50_95 = 0.001

@@ -20,6 +20,7 @@ import optuna
 
 from yolotune.errors import YolotuneError
 from yolotune.search._candidate import file_digest
+from yolotune.studies._front import fp32_reference
 from yolotune.studies._retimed import NOISE_BAND, RETIMED_ATTR, Retiming, current_retiming, near_front
 
 if TYPE_CHECKING:
@@ -30,11 +31,11 @@ __all__ = ["reference_file", "retime_front", "retime_study"]
 
 def reference_file(study: optuna.Study) -> tuple[int, Path] | None:
     """The FP32 reference trial and its deployable file, when measured and still on this host."""
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("reference") == "fp32" and "duplicate_of" not in t.user_attrs:
-            path = Path(str(t.user_attrs.get("artifact", "")))
-            return (t.number, path) if path.is_file() else None
-    return None
+    t = fp32_reference(study)
+    if t is None:
+        return None
+    path = Path(str(t.user_attrs.get("artifact", "")))
+    return (t.number, path) if path.is_file() else None
 
 
 def retime_front(

@@ -7,6 +7,7 @@ precisions are passed in as plain values, so a recorded trial's params rebuild i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -390,20 +391,8 @@ class DefaultSpace:
 
 
 #: ``DefaultSpace`` fields holding a list of values (``units_`` has its own shape: ``_frozen_units``).
-_SEQUENCE_FIELDS = (
-    "groups",
-    "precisions",
-    "uniform_precision",
-    "prune_groups",
-    "importance",
-    "round_to",
-    "activations",
-    "calibration_methods",
-    "calibration_sizes",
-    "shared_ranges",
-    "recovery_methods",
-    "epochs",
-    "distill",
+_SEQUENCE_FIELDS = tuple(
+    f.name for f in dataclasses.fields(DefaultSpace) if str(f.type).startswith("tuple[") and f.name != "units_"
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from yolotune.studies._dashboard import serve_dashboard
 from yolotune.studies._export import ExportResult, export_trial, study_target
-from yolotune.studies._front import FrontRow, pareto_front
+from yolotune.studies._front import FrontRow, fp32_reference, pareto_front
 from yolotune.studies._report import write_report
 from yolotune.studies._retimed import NOISE_BAND, RetimedPoint, Retiming, current_retiming, near_front
 from yolotune.studies._storage import (
@@ -27,6 +27,7 @@ __all__ = [
     "default_storage_url",
     "export_trial",
     "find_artifact_dir",
+    "fp32_reference",
     "load_study",
     "near_front",
     "open_storage",

@@ -20,6 +20,7 @@ import yaml
 
 from yolotune._env import package_versions
 from yolotune.errors import YolotuneError
+from yolotune.studies._front import fp32_reference
 from yolotune.studies._retimed import current_retiming
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def export_trial(
     retiming = current_retiming(study)
     twin = trial.user_attrs.get("duplicate_of")  # the same plan measured before: its re-timing is this one's
     retimed = retiming.point(int(twin) if twin is not None else number) if retiming else None
-    reference = _reference_trial(study)
+    reference = fp32_reference(study)
     recipe = out_dir / "recipe.yaml"
     recipe.write_text(
         yaml.safe_dump(
@@ -213,14 +214,6 @@ def _deploy_notes(model: Path, *, imgsz: int | None) -> dict[str, Any] | None:
         "classes": classes,
         "run_with": f"ultralytics: YOLO('{model.name}', task='detect').predict(source, imgsz={imgsz}); or onnxruntime",
     }
-
-
-def _reference_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's FP32 reference trial, when it completed."""
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("reference") == "fp32" and "duplicate_of" not in t.user_attrs:
-            return t
-    return None
 
 
 def _target(study: optuna.Study, job: dict[str, Any], *, device_url: str | None, device_token: str | None) -> Target:

@@ -8,7 +8,7 @@ import optuna
 
 from yolotune.studies._retimed import RetimedPoint, Retiming, current_retiming
 
-__all__ = ["FrontRow", "pareto_front"]
+__all__ = ["FrontRow", "fp32_reference", "pareto_front"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +39,14 @@ class FrontRow:
         return self.retimed.latency_ms if self.retimed else None
 
 
+def fp32_reference(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's FP32 reference trial (the uncompressed model), once it has completed."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("reference") == "fp32":
+            return t
+    return None
+
+
 def pareto_front(study: optuna.Study) -> list[FrontRow]:
     """The study's Pareto front, a plan's first trial only, fastest first.
 
@@ -47,7 +55,7 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
     as measured). Otherwise it is Optuna's ``best_trials``, sorted by latency.
     """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    base = next((t for t in complete if t.user_attrs.get("reference") == "fp32"), None)
+    base = fp32_reference(study)
     retiming = current_retiming(study)
     if retiming is not None:
         return _retimed_front(complete, base, retiming)
