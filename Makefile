@@ -21,10 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	./scripts/system-deps.sh
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check yolotune tests bench
+	$(BIN)/ruff format --check yolotune tests bench
 	$(BIN)/mypy yolotune
 
 bench: $(STAMP)

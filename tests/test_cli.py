@@ -138,10 +138,11 @@ def test_paths_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None
 
 
 def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path) -> None:
-    plan = plan_file({"quantization": {"default": "int8", "calibration_images": 4}})
+    plan = plan_file({"quantization": {"precision": {"backbone.0": "int8"}, "calibration_images": 4}})
     out = tmp_path / "run"
     result = runner.invoke(app, ["eval", "--data", "coco8", "--imgsz", "160", "--plan", plan, "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "plan: fp32/int8 u8 minmax×4" in result.stdout  # one group INT8, the rest FP32: a mixed plan
     assert "baseline" in result.stdout and "candidate" in result.stdout and "speed" in result.stdout
     metrics = json.loads((out / "candidate" / "metrics.json").read_text())
     assert metrics["deployable"].endswith("model.int8.onnx")

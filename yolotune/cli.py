@@ -279,8 +279,8 @@ def eval_(
     the_plan = CompressionPlan.load(plan)
     settings = _settings(imgsz, target, device_url, device_token_file, targets_file)
     # refuse a plan the model, data or target cannot honour before the baseline's minute of work
-    check_candidate(model=model, data=data, plan=the_plan, settings=settings)
-    _consoles.out.print(f"plan: {the_plan.brief()}")
+    groups = check_candidate(model=model, data=data, plan=the_plan, settings=settings)
+    _consoles.out.print(f"plan: {the_plan.brief(groups=groups)}")
     base = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out / "baseline", settings=settings)
     cand = _run("candidate", model=model, data=data, plan=the_plan, out_dir=out / "candidate", settings=settings)
     _consoles.out.print(_table([("baseline", base), ("candidate", cand)], base))

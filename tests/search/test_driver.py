@@ -344,6 +344,28 @@ def test_space_from_a_python_callable(tmp_path: Path) -> None:
         load_space(str(tmp_path / "bad.yaml"), default=default)
 
 
+def test_a_space_file_asking_for_more_calibration_images_than_there_are_says_what_it_samples(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from yolotune.search import load_space
+    from yolotune.spaces import DefaultSpace
+
+    default = DefaultSpace(groups=("backbone.0",), max_calibration_images=50)
+    (tmp_path / "calib.yaml").write_text("calibration_sizes: [16, 64, 128]\n")
+    with caplog.at_level("WARNING", logger="yolotune.search._spaces"):
+        space = load_space(str(tmp_path / "calib.yaml"), default=default)
+    assert isinstance(space, DefaultSpace) and space.calibration_choices() == (16,)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"space file {tmp_path / 'calib.yaml'}: calibration_sizes 64, 128 exceed the 50 images calibration and "
+        "recovery can use (the training split, at most 256); the search samples from [16]"
+    ]
+    caplog.clear()
+    (tmp_path / "calib.yaml").write_text("calibration_sizes: [16, 32]\n")
+    with caplog.at_level("WARNING", logger="yolotune.search._spaces"):
+        load_space(str(tmp_path / "calib.yaml"), default=default)
+    assert not caplog.records
+
+
 def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path, coco8_search) -> None:
     from yolotune.studies import pareto_front, study_dir
 

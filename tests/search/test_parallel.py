@@ -140,6 +140,41 @@ def test_joining_an_existing_ray_cluster(tmp_path: Path, monkeypatch: pytest.Mon
         subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
+def test_a_program_that_started_ray_itself_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import tempfile
+
+    from yolotune._env import workspace_dir
+
+    token = workspace_dir() / "ray_auth_token"  # the token the local-instance tests use (Ray caches it)
+    if not token.exists():
+        token.write_text(os.urandom(32).hex())
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # before Ray is imported: it reads them once
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="yt-ray-"),  # short: Ray's socket paths
+    )
+    try:
+        study = run_search(_config(tmp_path, budget=2, workers=2))
+        complete = study.get_trials(states=(COMPLETE,))
+        assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "int8"]
+        assert ray.is_initialized()  # the program's Ray is left to the program
+        assert not (tmp_path / "s" / "ray").exists()  # no local instance was started
+        with socket.socket() as other:  # a cluster address that answers: this Ray is still the one used
+            other.bind(("127.0.0.1", 0))
+            other.listen()
+            address = f"127.0.0.1:{other.getsockname()[1]}"
+            with pytest.raises(YolotuneError, match=r"already called ray.init\(\); leave out --ray-address"):
+                run_search(_config(tmp_path, budget=3, workers=2, ray_address=address))
+    finally:
+        ray.shutdown()
+
+
 def test_a_killed_driver_with_ray_workers_is_resumed_too(tmp_path: Path) -> None:
     tune = Path(sys.executable).parent / "tune"
     args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]

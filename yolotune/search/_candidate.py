@@ -261,8 +261,13 @@ def check_plan(
         )
 
 
-def check_candidate(*, model: str | Path, data: str | Path, plan: CompressionPlan, settings: CandidateSettings) -> None:
+def check_candidate(
+    *, model: str | Path, data: str | Path, plan: CompressionPlan, settings: CandidateSettings
+) -> tuple[str, ...]:
     """Refuse, before any work, a candidate the model, the data or the settings' target cannot build.
+
+    Returns:
+        The model's layer groups, which the plan was checked against (for ``plan.brief(groups=)``).
 
     Raises:
         YolotuneError: Missing or unloadable model or data, a dataset with other classes than the
@@ -271,7 +276,9 @@ def check_candidate(*, model: str | Path, data: str | Path, plan: CompressionPla
     net = adapter.load_model(resolve_model(model))
     dataset = prepare_dataset(data)
     adapter.check_classes(net, dataset.names, dataset.source)
-    check_plan(plan, groups=adapter.model_layout(net).groups, dataset=dataset, target=target_spec(settings.target))
+    groups = adapter.model_layout(net).groups
+    check_plan(plan, groups=groups, dataset=dataset, target=target_spec(settings.target))
+    return groups
 
 
 @dataclass(frozen=True, kw_only=True)

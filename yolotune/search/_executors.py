@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,11 @@ def _build(kwargs: dict[str, Any], driver_host: str) -> tuple[BuiltCandidate | F
         return Failed(_reason(exc)), None
     remote = socket.gethostname() != driver_host
     return built, (built.deployable.read_bytes() if remote else None)
+
+
+def _forwarded_env() -> dict[str, str]:
+    """The environment variables of yolotune that Ray workers need (assets, scratch, calibration memory)."""
+    return {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
 
 
 def _local_ray_dir(temp_dir: Path) -> Path:
@@ -161,6 +167,8 @@ class RayExecutor:
 
     ``address=None`` starts a local Ray instance sized to this machine, with its temporary files
     in ``temp_dir`` (nothing in the home directory); otherwise joins the cluster at ``address``.
+    A program that called ``ray.init()`` itself keeps its Ray: the tasks run there (with
+    yolotune's environment variables as their runtime environment) and it is left running.
     Each task declares ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs (one when candidates
     fine-tune on CUDA); asking for more than the cluster has is an error.
     """
@@ -186,13 +194,16 @@ class RayExecutor:
         self._remote: Any = None
 
     def __enter__(self) -> RayExecutor:
+        caller = sys.modules.get("ray")
+        if caller is not None and caller.is_initialized():
+            return self._join_callers_ray(caller)
         # the local instance's directory and token must be set before Ray is imported (it caches them)
         local_dir = _local_ray_dir(self._temp_dir) if self._address is None else None
         if self._address is not None:
             check_ray_address(self._address)
         import ray
 
-        env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+        env = _forwarded_env()
         common: dict[str, Any] = {
             "include_dashboard": False,
             "log_to_driver": False,
@@ -208,6 +219,23 @@ class RayExecutor:
             where = self._address or "a local instance"
             raise YolotuneError(f"cannot start Ray ({where}): {_reason(exc)}") from exc
         self._started = True
+        self._check_resources(ray)
+        self._remote = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0)(_build)
+        return self
+
+    def _join_callers_ray(self, ray: Any) -> RayExecutor:
+        """Run the tasks on the Ray this process already initialized, and leave it running."""
+        if self._address is not None:
+            raise YolotuneError(
+                f"this program already called ray.init(); leave out --ray-address ({self._address}) to use that Ray, "
+                "or call ray.shutdown() first"
+            )
+        self._check_resources(ray)
+        options = {"num_cpus": self._cpus, "num_gpus": self._gpus, "max_retries": 0}
+        self._remote = ray.remote(**options, runtime_env={"env_vars": _forwarded_env()})(_build)
+        return self
+
+    def _check_resources(self, ray: Any) -> None:
         total = float(ray.cluster_resources().get("CPU", 0))
         if self.workers * self._cpus > total:
             self.__exit__()
@@ -222,8 +250,6 @@ class RayExecutor:
                 f"--workers {self.workers} fine-tuning on CUDA needs {self.workers * self._gpus} GPUs; the Ray "
                 f"cluster has {gpus:g} (use fewer workers, a cluster with GPUs, or --train-device cpu)"
             )
-        self._remote = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0)(_build)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         import ray

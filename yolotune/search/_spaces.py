@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from yolotune.errors import YolotuneError, yaml_problem
 from yolotune.spaces import CompressionPlan, DefaultSpace, Space
 
 __all__ = ["load_space"]
+
+logger = logging.getLogger(__name__)
 
 
 def _import_attr(spec: str) -> Any:
@@ -66,7 +69,7 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
             raise YolotuneError(f"space file {path} is not valid YAML: {yaml_problem(exc)}") from exc
         if not isinstance(options, dict):
             raise YolotuneError(f"space file {path} must hold a mapping of options")
-        return DefaultSpace.from_options(
+        narrowed = DefaultSpace.from_options(
             options,
             groups=default.groups,
             precisions=default.precisions,
@@ -74,6 +77,8 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
             activations=default.activations,
             fine_tune=default.fine_tune,
         )
+        _warn_clamped(narrowed, path)
+        return narrowed
     if ":" not in spec:
         raise YolotuneError(f"--space must be a .yaml file or module:callable (file.py:callable); got '{spec}'")
     obj = _import_attr(spec)
@@ -90,6 +95,20 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
     space: Space = obj
     _first_draw(space, spec)
     return space
+
+
+def _warn_clamped(space: DefaultSpace, path: Path) -> None:
+    """Say so when a space file asks for more calibration images than the training split holds."""
+    over = [n for n in space.calibration_sizes if n > space.max_calibration_images]
+    if over:
+        logger.warning(
+            "space file %s: calibration_sizes %s exceed the %d images calibration and recovery can use "
+            "(the training split, at most 256); the search samples from %s",
+            path,
+            ", ".join(map(str, over)),
+            space.max_calibration_images,
+            list(space.calibration_choices()),
+        )
 
 
 def _first_draw(space: Space, spec: str) -> None:

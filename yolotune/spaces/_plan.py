@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -73,6 +73,16 @@ class PruningConfig:
     importance: str = "l2"
     round_to: int = 1
 
+    if TYPE_CHECKING:  # the signature type checkers see: ``ratios`` is also taken as a mapping
+
+        def __init__(
+            self,
+            *,
+            ratios: Mapping[str, float] | Iterable[tuple[str, float]] = (),
+            importance: str = "l2",
+            round_to: int = 1,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", _pairs(self.ratios))
         for group, ratio in self.ratios:
@@ -125,6 +135,20 @@ class QuantizationConfig:
     calibration_images: int = 32
     per_channel: bool = True
     shared_ranges: bool = False
+
+    if TYPE_CHECKING:  # the signature type checkers see: ``precision`` is also taken as a mapping
+
+        def __init__(
+            self,
+            *,
+            default: str = "fp32",
+            precision: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+            activation_type: str = "uint8",
+            calibration_method: str = "minmax",
+            calibration_images: int = 32,
+            per_channel: bool = True,
+            shared_ranges: bool = False,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", _pairs(self.precision))
