@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -223,9 +224,15 @@ def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str]
     assert "Re-timed ms" in page
 
     out = tmp_path / "export"
-    exported = runner.invoke(app, ["export", "--root", str(root), "--trial", str(front[-1]), "--out", str(out)])
+    args = ["export", "--root", str(root), "--trial", str(front[-1]), "--out", str(out), "--rounds", "3"]
+    exported = runner.invoke(app, args, env={"COLUMNS": "250"})
     assert exported.exit_code == 0, exported.output
     assert "re-measured" in exported.stdout and "mAP50-95" in exported.stdout
+    assert "re-measured latency: median of 3 timings" in exported.stdout or re.search(
+        r"re-measured: medians of 3 rounds, each timing the FP32 reference trial's file beside this one "
+        r"\(speed quartiles \d+\.\d\d–\d+\.\d\d\)",
+        exported.stdout,
+    )
     assert (out / "recipe.yaml").is_file() and any(out.glob("*.onnx"))
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["recorded"]["retimed"] == retiming.point(front[-1]).to_dict()

@@ -751,6 +751,12 @@ def export(
         Path | None, typer.Option("--out", "-o", help="Output directory (default: export/<study>-<N>).")
     ] = None,
     remeasure: Annotated[bool, typer.Option(help="Re-validate mAP and re-time latency on the target.")] = True,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds", help="Re-timing rounds, each paired with a timing of the FP32 reference file (median kept)."
+        ),
+    ] = 11,
     device_url: DeviceUrlOpt = None,
     device_token_file: DeviceTokenOpt = None,
 ) -> None:
@@ -768,17 +774,23 @@ def export(
             dest,
             artifacts=find_artifact_dir(st, root),
             remeasure=remeasure,
+            rounds=rounds,
             device_url=device_url,
             device_token=read_token(device_token_file) if device_token_file else None,
         )
-    rounds = res.recorded.get("retimed_rounds")
+    retimed = res.recorded.get("retimed_rounds")
     caption = (
-        f"recorded latency and speed: medians of the front's {rounds:g} re-timing rounds"
-        if rounds
+        f"recorded latency and speed: medians of the front's {retimed:g} re-timing rounds"
+        if retimed
         else "recorded latency: the search's timing"
     )
     if "speedup" in res.measured:
-        caption += " · re-measured speed: against the FP32 reference trial's file, timed right after"
+        caption += (
+            f" · re-measured: medians of {rounds} rounds, each timing the FP32 reference trial's file beside this one"
+            f" (speed quartiles {res.measured['speedup_q1']:.2f}–{res.measured['speedup_q3']:.2f})"
+        )
+    elif res.measured:
+        caption += f" · re-measured latency: median of {rounds} timings"
     table = Table(title=f"trial {trial} of {st.study_name}", caption=caption, header_style="bold")
     for col in ("metric", "recorded", "re-measured", "difference"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -799,6 +811,8 @@ def export(
         )
     _consoles.out.print(table)
     _consoles.out.print(f"model: {res.model}\nrecipe: {res.recipe}\nplan: {res.plan}")
+    for line in res.warnings:
+        _consoles.err.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
 
 
 @app.command()

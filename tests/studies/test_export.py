@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import shutil
+import statistics
 from pathlib import Path
 
 import optuna
@@ -18,7 +20,7 @@ def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[P
     front = pareto_front(study)
     assert front
     for row in front:
-        res = export_trial(study, row.number, tmp_path / str(row.number), artifacts=artifact_dir(root, name))
+        res = export_trial(study, row.number, tmp_path / str(row.number), artifacts=artifact_dir(root, name), rounds=3)
         trial = study.trials[row.number]
         # the file handed out is the file the trial measured
         assert res.model.read_bytes() == Path(trial.user_attrs["artifact"]).read_bytes()
@@ -28,16 +30,32 @@ def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[P
         # the speed-up `tune show` lists (the re-timed median here), and one re-measured beside the FP32 file
         assert res.recorded["speedup"] == pytest.approx(row.speedup) and res.recorded["retimed_rounds"] == 2
         assert res.recorded["latency_ms"] == pytest.approx(row.retimed_ms)
+        # re-timed in rounds; each round beside the FP32 reference file, unless this is it
+        rounds = json.loads((res.model.parent / "remeasured.json").read_text())
+        assert res.measured["rounds"] == 3 and len(rounds["rounds_ms"]) == 3
+        assert res.measured["latency_ms"] == pytest.approx(statistics.median(rounds["rounds_ms"]))
         if row.reference == "fp32":
-            assert "speedup" not in res.measured
+            assert "speedup" not in res.measured and "reference_rounds_ms" not in rounds
         else:
-            assert res.measured["speedup"] == pytest.approx(res.measured["reference_ms"] / res.measured["latency_ms"])
+            ratios = [r / t for r, t in zip(rounds["reference_rounds_ms"], rounds["rounds_ms"], strict=True)]
+            assert res.measured["speedup"] == pytest.approx(statistics.median(ratios))
+            assert min(ratios) <= res.measured["speedup_q1"] <= res.measured["speedup"] <= res.measured["speedup_q3"]
+            assert res.measured["reference_ms"] == pytest.approx(statistics.median(rounds["reference_rounds_ms"]))
         recipe = yaml.safe_load(res.recipe.read_text())
+        assert recipe["constraints"] == {"max_map_drop": 0.05} and recipe["feasible"] and not res.warnings
         assert recipe["trial"] == row.number and recipe["job"]["data"] == "coco8"
         deploy = recipe["deploy"]  # what running the file needs, read from the file itself
         assert deploy["inputs"] == {"images": {"shape": [1, 3, 160, 160], "type": "float"}}
         assert (
             deploy["classes"][0] == "person" and len(deploy["classes"]) == 80 and res.model.name in deploy["run_with"]
+        )
+        # the boxes the mAP was measured on: Ultralytics' validator's thresholds and NMS
+        post = deploy["postprocess"]
+        assert (post["nms"], post["iou"], post["max_detections"], post["confidence_validated"]) == (
+            "per class",
+            0.7,
+            300,
+            0.001,
         )
         assert CompressionPlan.from_dict(recipe["plan"]) == CompressionPlan.load(res.plan)
         assert recipe["recorded"]["map50_95"] == row.map50_95 and "onnxruntime" in recipe["versions"]
@@ -81,6 +99,37 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     with pytest.raises(YolotuneError, match=r"dataset .*gone.* not found.*export without re-measuring: --no-remeasure"):
         export_trial(moved, 0, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(YolotuneError, match="--rounds must be a whole number ≥1; got 0"):
+        export_trial(study, 1, tmp_path / "out", rounds=0)
+
+
+def test_exporting_a_trial_that_breaks_the_study_constraints_says_so(
+    small_study: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    base = next(t for t in study.trials if t.user_attrs.get("reference") == "fp32")
+    other = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.number != base.number)
+    scratch = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for key, value in study.user_attrs.items():
+        scratch.set_user_attr(key, value)
+    scratch.add_trial(base)
+    # the other trial's file and plan, recorded 8 points below FP32: over the study's 5
+    drop = base.values[0] - 0.08
+    scratch.add_trial(
+        optuna.trial.create_trial(
+            values=[drop, other.values[1], other.values[2]],
+            user_attrs=other.user_attrs,
+            constraints={"map_drop": 0.03},
+        )
+    )
+    res = export_trial(scratch, 1, tmp_path / "out", remeasure=False)
+    assert res.warnings == (
+        f"trial 1 is off the front: its mAP50-95 {drop:.4f} is 8.0 points below FP32's, and the study allows 5 "
+        "(--max-map-drop)",
+    )
+    recipe = yaml.safe_load(res.recipe.read_text())
+    assert recipe["feasible"] is False and recipe["constraints"] == {"max_map_drop": 0.05}
 
 
 def test_an_export_over_an_earlier_one_leaves_none_of_its_files(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,27 @@ def test_rung0_table_names_the_stand_ins_and_what_was_not_timed(tmp_path: Path) 
     assert "bn recovery, minmax calibration" in rows["0"]
     assert ">none<" in rows["1"] and ">—<" in rows["1"]  # not timed: no latency
     assert "bn recovery" in rows["2"]
+
+
+def test_the_speed_plot_shows_the_speed_ups_the_front_was_found_on(study: optuna.Study, tmp_path: Path) -> None:
+    # the INT8 reference's FP32 file timed 27 ms right after it: 3.0×, not 20 / 9 (the reference trial's own timing)
+    study.add_trial(
+        create_trial(
+            values=[0.36, 3.2, 9.0],
+            params={"x": 0.5},
+            distributions={"x": FloatDistribution(0.0, 1.0)},
+            user_attrs={"brief": "int8 paired", "reference_ms": 27.0},
+        )
+    )
+    text = write_report(study, tmp_path / "report.html").read_text(encoding="utf-8")
+    figures = {}
+    decoder = json.JSONDecoder()
+    for call in re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*', text):
+        data, end = decoder.raw_decode(text, call.end())
+        layout, _ = decoder.raw_decode(text, re.compile(r",\s*").match(text, end).end())
+        figures[layout["title"]["text"]] = data
+    speed = figures["mAP50-95 against speed vs FP32 ×"]
+    plotted = {n: x for trace in speed for (n, _), x in zip(trace["customdata"], trace["x"], strict=True)}
+    assert plotted[8] == pytest.approx(3.0) and plotted[1] == pytest.approx(20 / 9)
+    assert set(plotted) == {0, 1, 2, 3, 4, 6, 7, 8}  # every COMPLETE trial, front ones twice
+    assert "mAP50-95 against latency ms" not in figures and "mAP50-95 against size MB" in figures

@@ -59,6 +59,7 @@ __all__ = [
     "model_layout",
     "modules_from_first",
     "never_pruned",
+    "postprocessing",
     "quiet",
     "save_checkpoint",
     "validate_onnx",
@@ -715,3 +716,22 @@ def validate_onnx(onnx_path: Path, dataset: Dataset, *, imgsz: int) -> tuple[flo
     if not (np.isfinite(m) and np.isfinite(m50)):
         raise StepError("validate", "mAP is not a finite number")
     return m, m50
+
+
+def postprocessing() -> dict[str, Any]:
+    """How Ultralytics turns a detection model's outputs into boxes, as ``validate_onnx`` measured mAP.
+
+    For a deployment recipe: NMS settings from Ultralytics' default configuration, and the
+    confidence thresholds its validator and predictor use when none is given.
+    """
+    _setup()
+    from ultralytics.cfg import get_cfg
+
+    cfg = get_cfg()
+    return {
+        "nms": "class-agnostic" if cfg.agnostic_nms else "per class",
+        "iou": float(cfg.iou),
+        "max_detections": int(cfg.max_det),
+        "confidence_validated": 0.001,  # the validator's when conf is unset: the mAP here was measured so
+        "confidence_predict": 0.25,  # the predictor's when conf is unset
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from yolotune.studies._dashboard import serve_dashboard
 from yolotune.studies._export import ExportResult, export_trial, study_target
-from yolotune.studies._front import FrontRow, fp32_reference, pareto_front
+from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speedup_of
 from yolotune.studies._report import write_report
 from yolotune.studies._retimed import NOISE_BAND, RetimedPoint, Retiming, current_retiming, near_front
 from yolotune.studies._storage import (
@@ -33,6 +33,7 @@ __all__ = [
     "open_storage",
     "pareto_front",
     "serve_dashboard",
+    "speedup_of",
     "study_dir",
     "study_target",
     "write_report",

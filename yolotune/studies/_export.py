@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ import yaml
 from yolotune._env import package_versions
 from yolotune.errors import YolotuneError
 from yolotune.studies._front import fp32_reference
-from yolotune.studies._retimed import current_retiming
+from yolotune.studies._retimed import Retiming, current_retiming
 
 if TYPE_CHECKING:
     from yolotune.assets import Dataset
@@ -42,9 +43,13 @@ class ExportResult:
         recorded: Metrics recorded by the search (``map50_95``, ``map50``, ``size_bytes``, ``latency_ms``),
             and, when known, ``speedup`` over the FP32 reference as ``tune show`` gives it; after a
             re-timing of the front, ``latency_ms`` and ``speedup`` are its medians (``retimed_rounds``).
-        measured: The same metrics re-measured on the exported file (empty when not re-measured), with
-            ``reference_ms`` and ``speedup`` when the FP32 reference trial's file is on this host
-            (timed right after the exported file).
+        measured: The same metrics re-measured on the exported file (empty when not re-measured).
+            ``latency_ms`` is the median over ``rounds`` timings; when the FP32 reference trial's
+            file is on this host, each round times it right after the exported file (in reversed
+            order every other round), and ``reference_ms`` and ``speedup`` (the median per-round
+            ratio, with quartiles ``speedup_q1``/``speedup_q3``) are given.
+        warnings: What the user should know before shipping the file (one line each): the trial
+            breaks the study's constraints (``--max-map-drop``, ``--max-latency-ms``).
     """
 
     trial: int
@@ -53,6 +58,7 @@ class ExportResult:
     plan: Path
     recorded: dict[str, float]
     measured: dict[str, float]
+    warnings: tuple[str, ...] = ()
 
 
 #: The deployable files a trial hands out (``build_candidate``).
@@ -100,6 +106,7 @@ def export_trial(
     *,
     artifacts: Path | None = None,
     remeasure: bool = True,
+    rounds: int = 11,
     device_url: str | None = None,
     device_token: str | None = None,
 ) -> ExportResult:
@@ -111,6 +118,9 @@ def export_trial(
         out_dir: Output directory (created).
         artifacts: The study's artifact store directory (fallback source of the model).
         remeasure: Re-validate mAP and re-time latency on the study's target.
+        rounds: Timings of the exported file, each paired with one of the FP32 reference file when
+            it is on this host: as many as ``tune run`` re-times the front with by default, since one
+            timing on a shared machine spreads about ±15%.
         device_url: The device agent of a device target (default: the one the study recorded).
         device_token: That agent's token.
 
@@ -121,6 +131,8 @@ def export_trial(
     from yolotune.spaces import CompressionPlan
 
     out_dir = Path(out_dir)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise YolotuneError(f"--rounds must be a whole number ≥1; got {rounds!r}")
     trial = _find_trial(study, number)
     job: dict[str, Any] = study.user_attrs.get("job") or {}
     target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None
@@ -141,6 +153,8 @@ def export_trial(
     twin = trial.user_attrs.get("duplicate_of")  # the same plan measured before: its re-timing is this one's
     retimed = retiming.point(int(twin) if twin is not None else number) if retiming else None
     reference = fp32_reference(study)
+    constraints = {k: v for k, v in (study.user_attrs.get("constraints") or {}).items() if v is not None}
+    warnings = _broken_constraints(trial, reference, constraints)
     recipe = out_dir / "recipe.yaml"
     recipe.write_text(
         yaml.safe_dump(
@@ -150,6 +164,8 @@ def export_trial(
                 "duplicate_of": twin,
                 "job": job,
                 "model_file": name,
+                "constraints": constraints or None,
+                "feasible": not warnings,
                 "deploy": _deploy_notes(model, imgsz=job.get("imgsz")),
                 "plan": plan.to_dict(),
                 "recorded": {
@@ -178,9 +194,39 @@ def export_trial(
         if reference is not None and reference.number != number:
             given = Path(str(reference.user_attrs.get("artifact", "")))
             fp32 = given if given.is_file() else None
-        measured = _remeasure(model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32)
-        (out_dir / "remeasured.json").write_text(json.dumps(measured, indent=2))
-    return ExportResult(trial=number, model=model, recipe=recipe, plan=plan_path, recorded=recorded, measured=measured)
+        measured, per_round = _remeasure(
+            model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds
+        )
+        (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round}, indent=2))
+    return ExportResult(
+        trial=number,
+        model=model,
+        recipe=recipe,
+        plan=plan_path,
+        recorded=recorded,
+        measured=measured,
+        warnings=warnings,
+    )
+
+
+def _broken_constraints(
+    trial: optuna.trial.FrozenTrial, reference: optuna.trial.FrozenTrial | None, constraints: dict[str, float]
+) -> tuple[str, ...]:
+    """One line per study constraint the trial breaks (Optuna's constraint values above 0)."""
+    broken = {k for k, v in trial.constraints.items() if v > 0}
+    lines = []
+    if "map_drop" in broken and reference is not None:
+        drop = (reference.values[0] - trial.values[0]) * 100
+        lines.append(
+            f"trial {trial.number} is off the front: its mAP50-95 {trial.values[0]:.4f} is {drop:.1f} points below "
+            f"FP32's, and the study allows {constraints['max_map_drop'] * 100:g} (--max-map-drop)"
+        )
+    if "latency" in broken:
+        lines.append(
+            f"trial {trial.number} is off the front: it timed {trial.values[2]:.2f} ms, over the study's "
+            f"--max-latency-ms {constraints['max_latency_ms']:g}"
+        )
+    return tuple(lines)
 
 
 def _deploy_notes(model: Path, *, imgsz: int | None) -> dict[str, Any] | None:
@@ -200,17 +246,29 @@ def _deploy_notes(model: Path, *, imgsz: int | None) -> dict[str, Any] | None:
             for v in values
         }
 
+    from yolotune.compression import ultralytics_adapter
+
     meta = {p.key: p.value for p in graph.metadata_props}
     try:  # Ultralytics writes the class names as a Python dict literal
         classes = ast.literal_eval(meta["names"])
     except (KeyError, ValueError, SyntaxError):
         classes = None
+    post = ultralytics_adapter.postprocessing()
     return {
         "inputs": tensors(graph.graph.input),
         "outputs": tensors(graph.graph.output),
-        "input_format": "RGB, scaled to 0-1, letterboxed to the input size (Ultralytics' preprocessing)",
-        "output_format": "per anchor: box centre x, centre y, width, height in input pixels, then one score per "
-        "class; no NMS (Ultralytics' predict applies it)",
+        "input_format": "RGB, NCHW, scaled to 0-1; letterboxed to the input size as Ultralytics does: the longer "
+        "side resized to it keeping the aspect ratio, then padded evenly on both sides with value 114",
+        "output_format": "per anchor: box centre x, centre y, width, height in input pixels (undo the letterbox: "
+        "subtract the padding, divide by the resize scale), then one score per class, already a probability; "
+        "no NMS",
+        "postprocess": {
+            **post,
+            "how": f"keep boxes scoring at least the confidence, then NMS {post['nms']} at IoU {post['iou']:g}, at "
+            f"most {post['max_detections']} boxes; the mAP was measured at confidence "
+            f"{post['confidence_validated']:g} (Ultralytics' validator), Ultralytics' predict keeps "
+            f"{post['confidence_predict']:g}",
+        },
         "classes": classes,
         "run_with": f"ultralytics: YOLO('{model.name}', task='detect').predict(source, imgsz={imgsz}); or onnxruntime",
     }
@@ -264,24 +322,41 @@ def _dataset(job: dict[str, Any]) -> Dataset:
 
 
 def _remeasure(
-    model: Path, dataset: Dataset, *, imgsz: int, target: Target, reference: Path | None = None
-) -> dict[str, float]:
+    model: Path, dataset: Dataset, *, imgsz: int, target: Target, reference: Path | None = None, rounds: int = 1
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """mAP, size and latency of ``model`` through the same code path the search used.
 
-    With ``reference`` (the FP32 reference trial's file), that file is timed right after ``model``,
-    as the search pairs its timings, and the result holds ``reference_ms`` and ``speedup``.
+    ``model`` is timed ``rounds`` times. With ``reference`` (the FP32 reference trial's file), each
+    round times that file too, right after ``model`` (before it every other round, as ``tune
+    retime`` does), and the result holds ``reference_ms`` and the median per-round ``speedup``
+    with its quartiles.
+
+    Returns:
+        The metrics, and the per-round timings (``rounds_ms``, ``reference_rounds_ms``).
     """
     from yolotune.evaluators import measure_map, measure_size
 
     accuracy = measure_map(model, dataset, imgsz=imgsz)
-    latency = target.benchmark(model, imgsz=imgsz)
+    ms: list[float] = []
+    ref_ms: list[float] = []
+    pair = [(model, ms)] if reference is None else [(model, ms), (reference, ref_ms)]
+    for k in range(rounds):
+        for path, timings in pair if k % 2 == 0 else reversed(pair):
+            timings.append(target.benchmark(path, imgsz=imgsz).median_ms)
     measured = {
         "map50_95": accuracy.map50_95,
         "map50": accuracy.map50,
         "size_bytes": measure_size(model),
-        "latency_ms": latency.median_ms,
+        "latency_ms": statistics.median(ms),
+        "rounds": rounds,
     }
+    per_round = {"rounds_ms": ms}
     if reference is not None:
-        reference_ms = target.benchmark(reference, imgsz=imgsz).median_ms
-        measured.update(reference_ms=reference_ms, speedup=reference_ms / latency.median_ms)
-    return measured
+        paired = Retiming(reference_trial=-1, trials=(0,), complete=0, reference_ms=(*ref_ms,), timings={0: (*ms,)})
+        point = paired.point(0)  # the statistics `tune retime` gives: median per-round ratio, quartiles
+        assert point is not None
+        measured.update(
+            reference_ms=point.reference_ms, speedup=point.speedup, speedup_q1=point.q1, speedup_q3=point.q3
+        )
+        per_round["reference_rounds_ms"] = ref_ms
+    return measured, per_round

@@ -8,7 +8,7 @@ import optuna
 
 from yolotune.studies._retimed import RetimedPoint, Retiming, current_retiming
 
-__all__ = ["FrontRow", "fp32_reference", "pareto_front"]
+__all__ = ["FrontRow", "fp32_reference", "pareto_front", "speedup_of"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +47,24 @@ def fp32_reference(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return None
 
 
+def speedup_of(
+    trial: optuna.trial.FrozenTrial,
+    base: optuna.trial.FrozenTrial | None,
+    retiming: Retiming | None = None,
+) -> float | None:
+    """``trial``'s speed-up over the FP32 reference ``base``, as ``FrontRow.speedup`` gives it.
+
+    The median per-round ratio when ``retiming`` re-timed the trial; else the reference timed right
+    after it (``reference_ms``); else the reference trial's own timing; ``None`` without a reference.
+    """
+    point = retiming.point(trial.number) if retiming is not None else None
+    if point is not None:
+        return point.speedup
+    paired = trial.user_attrs.get("reference_ms")
+    reference_ms = float(paired) if paired else (base.values[2] if base else None)
+    return reference_ms / trial.values[2] if reference_ms else None
+
+
 def pareto_front(study: optuna.Study) -> list[FrontRow]:
     """The study's Pareto front, a plan's first trial only, fastest first.
 
@@ -63,9 +81,7 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
     for t in study.best_trials:
         if "duplicate_of" in t.user_attrs:  # the same plan as a trial listed already, its values reused
             continue
-        paired = t.user_attrs.get("reference_ms")
-        reference_ms = float(paired) if paired else (base.values[2] if base else None)
-        rows.append(_row(t, base, speedup=(reference_ms / t.values[2]) if reference_ms else None, paired=bool(paired)))
+        rows.append(_row(t, base, speedup=speedup_of(t, base), paired=bool(t.user_attrs.get("reference_ms"))))
     return sorted(rows, key=lambda r: r.latency_ms)
 
 
