@@ -190,6 +190,32 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
         ["run", "--data", "coco8", "--space", f"{space}:space", "--sensitivity-drop", "0.02", "--root", str(tmp_path)]
     )
     assert "a Python space chooses its own groups" in line
+    # options that change nothing without another: refused, not ignored
+    run = ["run", "--data", "coco8", "--root", str(tmp_path)]
+    assert _error([*run, "--promote-margin", "0.05"]) == (
+        "error: --promote-margin applies to a --multi-fidelity search; add that"
+    )
+    assert _error([*run, "--sensitivity-ratio", "0.5"]) == (
+        "error: --sensitivity-ratio applies with --sensitivity-drop; add --sensitivity-drop D"
+    )
+    assert _error([*run, "--sampler", "tpe", "--population", "4"]) == (
+        "error: --population sets NSGA-II's population; not --sampler tpe"
+    )
+    assert "the Python space " in _error([*run, "--space", f"{space}:space", "--fine"])
+
+
+def test_fine_units_apply_to_a_yaml_space_unless_it_sets_its_own(tmp_path: Path) -> None:
+    from yolotune.search import SearchConfig, search_spaces
+
+    (tmp_path / "narrow.yaml").write_text("max_ratio: 0.3\n")
+    (tmp_path / "units.yaml").write_text("units: {stem: [backbone.0, backbone.1]}\n")
+    base = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 1, "root": tmp_path}
+    fine, default = search_spaces(SearchConfig(space=str(tmp_path / "narrow.yaml"), fine=True, **base))
+    assert fine.units() == {g: (g,) for g in default.groups} and len(default.groups) == 22
+    coarse, _ = search_spaces(SearchConfig(space=str(tmp_path / "narrow.yaml"), **base))
+    assert len(coarse.units()) == 5
+    own, _ = search_spaces(SearchConfig(space=str(tmp_path / "units.yaml"), fine=True, **base))
+    assert own.units() == {"stem": ("backbone.0", "backbone.1")}
 
 
 def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str], tmp_path: Path) -> None:

@@ -176,6 +176,12 @@ def _run(label: str, **kwargs: Any) -> Any:
         return run_candidate(on_step=lambda step: progress.update(task, description=f"{label}: {step}"), **kwargs)
 
 
+def _needs(value: object, flag: str, applies: bool, why: str) -> None:
+    """Refuse ``flag`` given where it would change nothing (``why`` says what it needs)."""
+    if value is not None and not applies:
+        raise YolotuneError(f"{flag} {why}")
+
+
 def _settings(
     imgsz: int | None,
     target: str,
@@ -306,7 +312,7 @@ def run(
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
     root: Annotated[Path, typer.Option("--root", help="Studies directory.")] = Path("studies"),
     sampler: Annotated[str, typer.Option("--sampler", help="nsga2, tpe or random.")] = "nsga2",
-    population: Annotated[int, typer.Option("--population", help="NSGA-II population.")] = 8,
+    population: Annotated[int | None, typer.Option("--population", help="NSGA-II population [default: 8].")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     space: Annotated[
         str | None, typer.Option("--space", help="YAML file narrowing the default space, or module:callable.")
@@ -337,8 +343,11 @@ def run(
         int | None, typer.Option("--rung0-val", help="Validation images at rung 0 (default: all).")
     ] = None,
     promote_margin: Annotated[
-        float, typer.Option("--promote-margin", help="mAP50-95 margin within which a rung-0 candidate is promoted.")
-    ] = 0.02,
+        float | None,
+        typer.Option(
+            "--promote-margin", help="mAP50-95 margin within which a rung-0 candidate is promoted [default: 0.02]."
+        ),
+    ] = None,
     sensitivity_drop: Annotated[
         float | None,
         typer.Option(
@@ -347,11 +356,13 @@ def run(
         ),
     ] = None,
     sensitivity_ratio: Annotated[
-        float, typer.Option("--sensitivity-ratio", help="Share of channels the scan prunes from each group.")
-    ] = 0.25,
+        float | None,
+        typer.Option("--sensitivity-ratio", help="Share of channels the scan prunes from each group [default: 0.25]."),
+    ] = None,
     sensitivity_recovery: Annotated[
-        str, typer.Option("--sensitivity-recovery", help="Recovery of each scan probe: bn, bias or ls.")
-    ] = "bias",
+        str | None,
+        typer.Option("--sensitivity-recovery", help="Recovery of each scan probe: bn, bias or ls [default: bias]."),
+    ] = None,
     time_reference: Annotated[
         bool,
         typer.Option(
@@ -373,6 +384,21 @@ def run(
     from yolotune.search import SearchConfig, preflight, run_search
     from yolotune.studies import open_storage, pareto_front
 
+    # options that only mean something with another one: refused alone rather than ignored
+    _needs(population, "--population", sampler == "nsga2", "sets NSGA-II's population; not --sampler " + sampler)
+    _needs(promote_margin, "--promote-margin", multi_fidelity, "applies to a --multi-fidelity search; add that")
+    for value, flag in ((sensitivity_ratio, "--sensitivity-ratio"), (sensitivity_recovery, "--sensitivity-recovery")):
+        _needs(value, flag, sensitivity_drop is not None, "applies with --sensitivity-drop; add --sensitivity-drop D")
+    given: dict[str, Any] = {  # the rest take SearchConfig's defaults
+        k: v
+        for k, v in {
+            "population": population,
+            "promote_margin": promote_margin,
+            "sensitivity_ratio": sensitivity_ratio,
+            "sensitivity_recovery": sensitivity_recovery,
+        }.items()
+        if v is not None
+    }
     config = SearchConfig(
         model=model,
         data=data,
@@ -384,7 +410,6 @@ def run(
         storage=storage,
         root=root,
         sampler=sampler,
-        population=population,
         seed=seed,
         space=space,
         fine=fine,
@@ -396,12 +421,10 @@ def run(
         heartbeat_interval=heartbeat_interval,
         multi_fidelity=multi_fidelity,
         rung0_val=rung0_val,
-        promote_margin=promote_margin,
         sensitivity_drop=sensitivity_drop,
-        sensitivity_ratio=sensitivity_ratio,
-        sensitivity_recovery=sensitivity_recovery,
         time_reference=time_reference,
         retime_rounds=retime_rounds,
+        **given,
     )
     preflight(config)  # bad input fails here in one line, before any display
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
@@ -570,9 +593,10 @@ def _show(st: Any, *, where: str = "") -> None:
     disturbed: set[int] = set()
     if retiming is not None:
         caption += (
-            f" · re-timed: after the search, {len(retiming.trials)} trial(s) near the front timed in "
-            f"{retiming.rounds} rounds with the FP32 reference (median); front and speed: the median of "
-            "each round's ratio to the reference (half the rounds between the bracketed quartiles)"
+            " · re-timed after the search (tune run, tune retime): "
+            f"{len(retiming.trials)} trial(s) near the front timed in {retiming.rounds} rounds with the FP32 "
+            "reference (median); front and speed: the median of each round's ratio to the reference (half the "
+            "rounds between the bracketed quartiles)"
         )
         for number, reason in sorted(retiming.failed.items()):
             if number == retiming.reference_trial:

@@ -71,8 +71,10 @@ def test_user_targets_from_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     f.write_text(
         "my-board:\n  runtime: onnxruntime\n  agent: true\n  precisions: [int8]\n  imgsz: 256\n"
         "local-cpu:\n  runtime: onnxruntime\n  precisions: [fp32]\n  threads: 1\n"
+        "every-core:\n  runtime: onnxruntime\n  precisions: [fp32]\n  threads: all\n"  # as `tune targets` lists null
     )
-    assert add_target_file(f) == ["my-board", "local-cpu"]
+    assert add_target_file(f) == ["my-board", "local-cpu", "every-core"]
+    assert target_spec("every-core").threads is None
     assert target_spec("my-board") == TargetSpec(
         name="my-board", runtime="onnxruntime", precisions=("int8",), imgsz=256, agent=True
     )

@@ -230,8 +230,13 @@ def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_
     # another job: refused, naming only what differs
     with pytest.raises(YolotuneError, match=r"another job \(data: was 'coco8', now 'tiny_coco'\): run it with"):
         _open_study(SearchConfig(**{**same, "data": "tiny_coco"}, **base))
+    copy.write_text("# a comment, and the same option\nmax_ratio:   0.3\n")  # the same options: the same space
+    _open_study(SearchConfig(**same, **base))
     copy.write_text("max_ratio: 0.5\n")  # another file: named as such, not as the recorded one changed
-    with pytest.raises(YolotuneError, match=r"another job \(space: was '.*/space.yaml', now '.*/copy/space.yaml'\)"):
+    with pytest.raises(
+        YolotuneError,
+        match=r"another job \(space: was '.*/space.yaml', now '.*/copy/space.yaml', which defines another space\)",
+    ):
         _open_study(SearchConfig(**same, **base))
     space.write_text("max_ratio: 0.5\n")  # the recorded file, changed in place
     with pytest.raises(YolotuneError, match=r"another job \(space file .*/space.yaml has changed since\)"):
@@ -251,6 +256,60 @@ def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_
         r"give it `activations: \[uint8\]` \(--targets-file\) to resume the study",
     ):
         _open_study(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
+
+
+def test_a_python_space_edited_since_is_refused_and_older_records_still_resume(tmp_path: Path) -> None:
+    from yolotune.search._driver import _open_study, _space_digest
+
+    source = tmp_path / "my_space.py"
+    source.write_text(
+        "from yolotune.spaces import CompressionPlan, QuantizationConfig\n"
+        "def space(trial):\n"
+        "    n = trial.suggest_categorical('calib/n', [2, 4])\n"
+        "    return CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=n))\n"
+    )
+    base = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 2, "root": tmp_path, "study_name": "py"}
+    config = SearchConfig(space=f"{source}:space", settings=CandidateSettings(imgsz=160), **base)
+    study, _, _ = _open_study(config)
+    assert study.user_attrs["job"]["space_digest"] == _space_digest(config.space) is not None
+    source.write_text(source.read_text().replace("[2, 4]", "[2, 8]"))
+    with pytest.raises(YolotuneError, match=r"another job \(space file .*my_space.py:space has changed since\)"):
+        _open_study(config)
+    # a study recorded before Python spaces were digested resumes; so does one whose YAML space was digested by bytes
+    study.set_user_attr("job", {**study.user_attrs["job"], "space_digest": None})
+    _open_study(config)
+    yaml_space = tmp_path / "space.yaml"
+    yaml_space.write_text("max_ratio: 0.3  # by bytes\n")
+    narrowed = dataclasses.replace(config, space=str(yaml_space), study_name="yaml")
+    older, _, _ = _open_study(narrowed)
+    older.set_user_attr("job", {**older.user_attrs["job"], "space_digest": _space_digest(str(yaml_space), raw=True)})
+    _open_study(narrowed)
+    # --fine: one unit per group in a YAML space too; a Python space has its own parameters
+    with pytest.raises(YolotuneError, match=r"--fine makes one unit per layer group .* leave out --fine"):
+        dataclasses.replace(config, fine=True)
+
+
+def test_a_space_whose_choices_change_between_trials_stops_the_search_in_one_line(tmp_path: Path, coco8_search) -> None:
+    from yolotune.search._driver import _open_study
+
+    source = tmp_path / "drifting.py"  # the same file, other choices after its first call (the first draw)
+    source.write_text(
+        "import itertools\n"
+        "from yolotune.spaces import CompressionPlan, QuantizationConfig\n"
+        "_calls = itertools.count()\n"
+        "def space(trial):\n"
+        "    choices = [2, 4] if next(_calls) == 0 else [2, 8]\n"
+        "    n = trial.suggest_categorical('calib/n', choices)\n"
+        "    return CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=n))\n"
+    )
+    config = coco8_search(budget=3, space=f"{source}:space", study_name="drift")
+    study, _, _ = _open_study(config)
+    dist = {"calib/n": optuna.distributions.CategoricalDistribution([2, 4])}
+    study.add_trial(optuna.trial.create_trial(values=[0.3, 3.0, 5.0], params={"calib/n": 2}, distributions=dist))
+    with pytest.raises(YolotuneError, match=r"gives a parameter other choices than this study's earlier trials had"):
+        run_search(config)
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(failed) == 1 and "keep each parameter's choices fixed" in failed[0].user_attrs["fail_reason"]
 
 
 def test_a_study_resumes_from_another_directory_and_refuses_a_checkpoint_replaced_in_place(
@@ -330,6 +389,8 @@ def test_space_from_a_python_callable(tmp_path: Path) -> None:
     assert plan.quantization.default == "int8" and plan.quantization.calibration_images == 4
     with pytest.raises(YolotuneError, match="has no attribute 'nope'"):
         load_space(f"{source}:nope", default=default)
+    with pytest.raises(YolotuneError, match=r"No module named 'my_space' .*name its file, my_space.py:space\)$"):
+        load_space("my_space:space", default=default)  # a file elsewhere, named as a module
     # a space that returns something else, or fails, is found by one draw before any trial is recorded
     source.write_text(source.read_text() + "def as_dict(trial):\n    return {'quantization': {}}\n")
     source.write_text(source.read_text() + "def typo(trial):\n    return trial.suggest_int('n', 4)\n")

@@ -113,8 +113,13 @@ class TargetSpec:
             )
         if not _is_int(self.imgsz) or self.imgsz < 32 or self.imgsz % 32:
             raise YolotuneError(f"{where}: imgsz must be a multiple of 32; got {self.imgsz!r}")
+        threads: object = self.threads
+        if threads == "all":  # as `tune targets` lists null
+            object.__setattr__(self, "threads", None)
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise YolotuneError(f"{where}: threads must be a positive integer or null; got {self.threads!r}")
+            raise YolotuneError(
+                f"{where}: threads must be a positive integer, or null or all (every core); got {self.threads!r}"
+            )
         if not isinstance(self.agent, bool):
             raise YolotuneError(f"{where}: agent must be true or false (unquoted); got {self.agent!r}")
         if not isinstance(self.description, str):

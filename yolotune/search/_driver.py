@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import optuna
+import yaml
 
+from yolotune import _yaml
 from yolotune.compression import CALIBRATION_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import SearchStopped, StepError, YolotuneError
@@ -169,6 +172,11 @@ class SearchConfig:
             raise YolotuneError(
                 f"--sensitivity-ratio must be in (0, {MAX_PRUNING_RATIO}]; got {self.sensitivity_ratio}"
             )
+        if self.fine and self.space is not None and not self.space.endswith((".yaml", ".yml")):
+            raise YolotuneError(
+                f"--fine makes one unit per layer group in the default or a YAML space; the Python space {self.space} "
+                "asks for its own parameters: leave out --fine"
+            )
         if self.rung0_val is not None and not self.multi_fidelity:
             raise YolotuneError("--rung0-val only applies to a --multi-fidelity search; add --multi-fidelity")
         if self.rung0_val is not None and self.rung0_val < 1:
@@ -312,6 +320,7 @@ def _open_study(
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
         "space_digest": _space_digest(config.space),
+        "fine": config.fine,
         "export": adapter.EXPORT_FORMAT,
         "calibration": CALIBRATION_FORMAT,
         "activations": list(spec.activations),
@@ -760,6 +769,13 @@ def run_search(
                 except Exception as exc:
                     failures += 1
                     heartbeat.remove(trial._trial_id)
+                    if _dynamic_choices(exc):  # every later trial would fail the same way: stop here
+                        reason = (
+                            f"space {config.space} gives a parameter other choices than this study's earlier trials "
+                            f"had ({exc}); keep each parameter's choices fixed, or start another --study"
+                        )
+                        fail(trial, reason)
+                        raise YolotuneError(reason) from exc
                     fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
                     continue
                 if reference != "fp32" and _waits_for_baseline(study):
@@ -927,7 +943,7 @@ def run_search(
     if evaluated < config.budget:
         raise SearchStopped(
             f"stopped after {failures} failed candidate(s), {evaluated} of {config.budget} evaluated; the last failed "
-            f"with: {last_failure}. Fix that and run the same command to resume "
+            f"with: {last_failure.rstrip('.')}. Fix that and run the same command to resume "
             "(`tune show` lists the latest failures, `tune report` all)",
             study=study,
         )
@@ -1030,6 +1046,10 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
             continue
         if key in ("space", "model") and job[f"{key}_digest"] and recorded.get(f"{key}_digest") == job[f"{key}_digest"]:
             continue  # the same YAML space or checkpoint, named by another path
+        if key == "space" and _same_space_as_before(job, recorded):
+            continue
+        if key == "space_digest" and (was is None or _same_space_as_before(job, recorded)):
+            continue  # a study made before Python spaces were digested, or before YAML ones were parsed
         if key in resolvers:
             with contextlib.suppress(YolotuneError):  # gone since: compare the names
                 if resolvers[key](str(was)) == resolvers[key](str(now)):
@@ -1038,17 +1058,26 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
             changes.append(f"space file {job['space']} has changed since")
         elif key == "model_digest":
             changes.append(f"model file {job['model']} holds another checkpoint since (its SHA-256 differs)")
+        elif key == "space" and job["space_digest"] and recorded.get("space_digest"):
+            changes.append(f"space: was {was!r}, now {now!r}, which defines another space")
+            changed.add("space_digest")
         else:
             changes.append(f"{key}: was {was!r}, now {now!r}")
         changed.add(key)
     return changes
 
 
+def _same_space_as_before(job: dict[str, Any], recorded: dict[str, Any]) -> bool:
+    """A YAML space recorded by the bytes of its file (older studies), and those bytes are unchanged."""
+    space = str(job.get("space", ""))
+    return space.endswith((".yaml", ".yml")) and recorded.get("space_digest") == _space_digest(space, raw=True)
+
+
 #: Recorded target fields that do not change how a target times.
 _NOT_TIMING = frozenset({"device_url", "description", "name"})
 
 #: Job keys recorded since studies were first made; older studies lack them.
-_JOB_KEYS_ADDED = frozenset({"space_digest", "model_digest"})
+_JOB_KEYS_ADDED = frozenset({"space_digest", "model_digest", "fine"})
 
 
 def _absolute_files(config: SearchConfig) -> SearchConfig:
@@ -1076,11 +1105,48 @@ def _job_name(given: str, resolved: Path) -> str:
     return str(resolved) if Path(given).expanduser().exists() else given
 
 
-def _space_digest(space: str | None) -> str | None:
-    """SHA-256 of a YAML space file (a Python space is known by its import path only)."""
-    if not space or not space.endswith((".yaml", ".yml")) or not Path(space).is_file():
+def _dynamic_choices(exc: Exception) -> bool:
+    """Whether Optuna refused a categorical parameter whose choices differ from the study's earlier trials."""
+    return isinstance(exc, ValueError) and "does not support dynamic value space" in str(exc)
+
+
+def _space_digest(space: str | None, *, raw: bool = False) -> str | None:
+    """SHA-256 of a space's definition, or ``None`` for the default space.
+
+    A YAML space is digested by its options (comments, key order and layout do not count); with
+    ``raw``, by its bytes, as studies made before recorded it. A Python space is digested by the
+    source file that defines it (``file.py:attr``, or the module of ``module:attr``).
+    """
+    if not space:
         return None
-    return hashlib.sha256(Path(space).read_bytes()).hexdigest()
+    if space.endswith((".yaml", ".yml")):
+        path = Path(space)
+        if not path.is_file():
+            return None
+        if raw:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            options = _yaml.load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
+    source = _space_source(space)
+    return hashlib.sha256(source.read_bytes()).hexdigest() if source is not None else None
+
+
+def _space_source(space: str) -> Path | None:
+    """The source file of a Python space (``file.py:attr`` or ``module:attr``), when it can be found."""
+    module, _, _ = space.rpartition(":")
+    if module.endswith(".py"):
+        return Path(module) if Path(module).is_file() else None
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    origin = found.origin if found is not None else None
+    return Path(origin) if origin and Path(origin).is_file() else None
 
 
 def _device_words(timed_on: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from yolotune.spaces import CompressionPlan, DefaultSpace, Space
 __all__ = ["load_space"]
 
 logger = logging.getLogger(__name__)
+_SAID: set[tuple[str, tuple[int, ...], int]] = set()
 
 
 def _import_attr(spec: str) -> Any:
@@ -36,6 +37,12 @@ def _import_attr(spec: str) -> Any:
             module = importlib.import_module(module_name)
     except YolotuneError:
         raise
+    except ModuleNotFoundError as exc:
+        hint = f"; a file here? write {module_name}.py:{attr}" if Path(f"{module_name}.py").is_file() else ""
+        raise YolotuneError(
+            f"cannot import space '{spec}': {exc} (a module must be importable: on PYTHONPATH, or name its file, "
+            f"my_space.py:space){hint}"
+        ) from exc
     except Exception as exc:
         raise YolotuneError(f"cannot import space '{spec}': {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, attr):
@@ -69,6 +76,8 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
             raise YolotuneError(f"space file {path} is not valid YAML: {yaml_problem(exc)}") from exc
         if not isinstance(options, dict):
             raise YolotuneError(f"space file {path} must hold a mapping of options")
+        if default.fine:  # --fine: one unit per group, unless the file says otherwise
+            options = {"fine": True, **options}
         narrowed = DefaultSpace.from_options(
             options,
             groups=default.groups,
@@ -77,7 +86,8 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
             activations=default.activations,
             fine_tune=default.fine_tune,
         )
-        _warn_clamped(narrowed, path)
+        if "calibration_sizes" in options:
+            _warn_clamped(narrowed, path)
         return narrowed
     if ":" not in spec:
         raise YolotuneError(f"--space must be a .yaml file or module:callable (file.py:callable); got '{spec}'")
@@ -100,7 +110,9 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
 def _warn_clamped(space: DefaultSpace, path: Path) -> None:
     """Say so when a space file asks for more calibration images than the training split holds."""
     over = [n for n in space.calibration_sizes if n > space.max_calibration_images]
-    if over:
+    said = (str(path.resolve()), tuple(over), space.max_calibration_images)
+    if over and said not in _SAID:  # once per process: a run loads its space more than once
+        _SAID.add(said)
         logger.warning(
             "space file %s: calibration_sizes %s exceed the %d images calibration and recovery can use "
             "(the training split, at most 256); the search samples from %s",

@@ -88,7 +88,12 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
 def _retimed_front(
     complete: list[optuna.trial.FrozenTrial], base: optuna.trial.FrozenTrial | None, retiming: Retiming
 ) -> list[FrontRow]:
-    points = {t.number: (t, p) for t in complete if (p := retiming.point(t.number)) is not None}
+    # the reference trial is timed in every round whether or not it is feasible: fronts hold feasible trials only
+    points = {
+        t.number: (t, p)
+        for t in complete
+        if (p := retiming.point(t.number)) is not None and not any(v > 0 for v in t.constraints.values())
+    }
 
     def dominates(
         a: tuple[optuna.trial.FrozenTrial, RetimedPoint], b: tuple[optuna.trial.FrozenTrial, RetimedPoint]

@@ -208,10 +208,10 @@ def _front_table(front: Sequence[FrontRow]) -> str:
     if retimed:
         rounds = "/".join(str(n) for n in sorted({r.retimed.rounds for r in front if r.retimed}))
         table += _note(
-            f"Re-timed: after the search, the feasible trials near the front were timed again in {rounds} rounds, "
-            "once per round each, with the FP32 reference file (median). The front and the speed-ups are found "
-            "on the median of each round's ratio to the reference (in brackets: the quartiles of those ratios); "
-            "latency: the trial's own timing in the search."
+            "Re-timed after the search (tune run, tune retime): the feasible trials near the front were timed "
+            f"again in {rounds} rounds, once per round each, with the FP32 reference file (median). The front "
+            "and the speed-ups are found on the median of each round's ratio to the reference (in brackets: the "
+            "quartiles of those ratios); latency: the trial's own timing in the search."
         )
     elif any(r.paired for r in front):
         table += _note("Speed-up: against the FP32 reference file timed right after each trial.")
