@@ -180,3 +180,22 @@ def test_data_yaml_mistakes_are_named_in_one_line(tmp_path: Path) -> None:
     data.write_text("train: images/train\nval: images/val\nnames: person\n")
     with pytest.raises(YolotuneError, match=r"has no class 'names': add 'names:' as a list of class names"):
         prepare_dataset(data)
+
+
+def test_validation_images_that_are_training_images_too_are_refused(tmp_path: Path) -> None:
+    data = _coco8_copy(tmp_path / "linked", labels={"train": "linked", "val": "linked"})
+    prepare_dataset(data)  # coco8's splits are disjoint
+    # the same file listed in both splits
+    val = sorted((tmp_path / "linked" / "images" / "val").iterdir())
+    (tmp_path / "linked" / "train.txt").write_text(
+        "".join(f"{p}\n" for p in sorted((tmp_path / "linked" / "images" / "train").iterdir())) + f"{val[1]}\n"
+    )
+    data.write_text(data.read_text().replace("train: images/train", "train: train.txt"))
+    with pytest.raises(YolotuneError, match=r"1 'val' image\(s\) are 'train' images too \(e\.g\. .*\); calibration"):
+        prepare_dataset(data)
+    # a copy of a validation image under another name in the training folder
+    copied = _coco8_copy(tmp_path / "copied", labels={"train": "linked", "val": "linked"})
+    source = sorted((tmp_path / "copied" / "images" / "val").iterdir())[0]
+    (tmp_path / "copied" / "images" / "train" / "copy.jpg").write_bytes(source.read_bytes())
+    with pytest.raises(YolotuneError, match=r"the same image as .*copy\.jpg\).*take them out of one split"):
+        prepare_dataset(copied)

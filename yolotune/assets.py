@@ -233,6 +233,42 @@ def _check_labels(images: list[Path], classes: int, split: str, source: Path) ->
                 )
 
 
+def _check_disjoint(train: list[Path], val: list[Path], source: Path) -> None:
+    """Refuse validation images that are training images too: the same file, or a copy of it.
+
+    Calibration, post-training recovery and fine-tuning read the training split; an image in both
+    would inflate the mAP measured on the validation split. Files are compared by resolved path,
+    then by content where sizes match.
+    """
+    by_size: dict[int, list[Path]] = {}
+    for image in train:
+        by_size.setdefault(image.stat().st_size, []).append(image)
+    resolved = {image.resolve(): image for image in train}
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = hashlib.sha1(path.read_bytes()).hexdigest()
+        return digests[path]
+
+    both = []
+    for image in val:
+        if image.resolve() in resolved:
+            both.append((image, resolved[image.resolve()]))
+            continue
+        twin = next((t for t in by_size.get(image.stat().st_size, []) if digest(t) == digest(image)), None)
+        if twin is not None:
+            both.append((image, twin))
+    if both:
+        image, twin = both[0]
+        same = "" if image.resolve() == twin.resolve() else f", the same image as {twin}"
+        raise YolotuneError(
+            f"data yaml {source}: {len(both)} 'val' image(s) are 'train' images too (e.g. {image}{same}); "
+            "calibration, recovery and fine-tuning use 'train', so the mAP would be measured on images the "
+            "candidates were fitted to: take them out of one split"
+        )
+
+
 def _label_for(image: Path) -> Path:
     parts = list(image.parts)
     if "images" not in parts:  # no images/ folder: Ultralytics looks for labels beside the image
@@ -327,6 +363,7 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     key = listing.hexdigest()[:16]
     copy = workspace_dir() / "datasets" / key
     if not (copy / "data.yaml").exists():  # checked once per copy: a bad label makes none
+        _check_disjoint(splits["train"], splits["val"], source)
         for split, images in splits.items():
             _check_labels(images, len(names), split, source)
         tmp = copy.with_name(f"{key}.tmp{os.getpid()}")

@@ -37,6 +37,20 @@ def test_per_group_ratios_prune_exactly_the_named_groups(yolov8n) -> None:
     assert report.channels["neck.15"][1] < report.channels["neck.15"][0]
 
 
+def test_round_to_keeps_the_nearest_multiple_of_what_the_ratio_keeps(yolov8n) -> None:
+    ultralytics_adapter.make_prunable(yolov8n)
+    before = _widths(yolov8n)
+    named = {"backbone.1": 0.1, "backbone.7": 0.3, "neck.16": 0.4}
+    prune(yolov8n, PruningConfig(ratios=named, round_to=16), imgsz=160)
+    after = _widths(yolov8n)
+    for name, ratio in named.items():
+        for b, a in zip(before[name], after[name], strict=True):
+            # torch-pruning alone rounds down: 32 channels at 10% kept 16
+            assert a == max(16, round(b * (1 - ratio) / 16) * 16), (name, b, a)
+    assert after["backbone.1"] == before["backbone.1"]  # 28.8 of 32 kept: 32 is the nearest multiple
+    assert after["neck.16"] != before["neck.16"] and after["backbone.7"] != before["backbone.7"]
+
+
 def test_importance_criteria_choose_different_channels(_loaded) -> None:
     import copy
 

@@ -139,7 +139,9 @@ def test_finetune_trains_the_pruned_model_itself(yolov8n, coco8, tmp_path: Path)
     widths = [m.out_channels for m in yolov8n.modules() if isinstance(m, torch.nn.Conv2d)]
     before = copy.deepcopy(yolov8n.state_dict())
     ckpt = ultralytics_adapter.save_checkpoint(yolov8n, tmp_path / "pruned.pt")
-    tuned = ultralytics_adapter.finetune(ckpt, coco8, epochs=1, lr=1e-3, imgsz=160, out_dir=tmp_path)
+    tuned, report = ultralytics_adapter.finetune(ckpt, coco8, epochs=1, lr=1e-3, imgsz=160, out_dir=tmp_path)
+    # what ran: coco8's 4 training images, one batch, no mosaic, no teacher
+    assert (report.epochs, report.images, report.batch, report.mosaic, report.teacher) == (1, 4, 4, False, None)
     # same pruned architecture (not rebuilt from the yaml), and the weights moved
     assert [m.out_channels for m in tuned.modules() if isinstance(m, torch.nn.Conv2d)] == widths
     after = tuned.state_dict()
@@ -154,9 +156,10 @@ def test_finetune_distils_from_the_unpruned_teacher(weights, coco8, tmp_path) ->
     widths = [p.shape for p in net.parameters()]
 
     def tune(name: str, teacher=None):
-        out = ultralytics_adapter.finetune(
+        out, report = ultralytics_adapter.finetune(
             ckpt, coco8, epochs=1, lr=1e-4, imgsz=160, out_dir=tmp_path / name, seed=0, teacher=teacher
         )
+        assert report.teacher == (None if teacher is None else str(teacher))
         return dict(out.named_parameters())
 
     plain, again, distilled = tune("a"), tune("b"), tune("kd", teacher=weights)

@@ -55,6 +55,15 @@ def test_candidate_builds_and_measures_the_deployable_file(tmp_path: Path) -> No
     recorded = json.loads((tmp_path / "metrics.json").read_text())
     assert recorded["map50_95"] == result.accuracy.map50_95
     assert recorded["provenance"]["target"] == "local-cpu"
+    assert recorded["finetune"] == {  # what fine-tuning ran, beside the plan that asked for it
+        "epochs": 1,
+        "images": 4,
+        "batch": 4,
+        "lr": 1e-4,
+        "mosaic": False,
+        "device": "cpu",
+        "teacher": None,
+    }
     assert CompressionPlan.load(tmp_path / "plan.yaml") == plan
 
 

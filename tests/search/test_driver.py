@@ -158,6 +158,12 @@ _OLD_JOBS = {
         {"export": True, "calibration": True},
         r"searched uint8/int8 INT8 activations; target local-cpu now runs uint8.*another --study name",
     ),
+    # before round_to kept the nearest multiple: torch-pruning rounded the kept channels down
+    "round-down pruning": (
+        {"export": True, "calibration": True, "activations": True},
+        r"was pruned with torch-pruning's round_to \(kept channels rounded down.*keeps the nearest multiple "
+        r"\(round-nearest\).*another --study name",
+    ),
 }
 
 
@@ -179,6 +185,8 @@ def test_a_study_recorded_by_an_older_yolotune_is_not_resumed(tmp_path: Path, co
         job["export"] = ultralytics_adapter.EXPORT_FORMAT
     if keys.get("calibration"):
         job["calibration"] = CALIBRATION_FORMAT
+    if keys.get("activations"):
+        job["activations"] = ["uint8"]
     old.set_user_attr("job", job)
     with pytest.raises(YolotuneError, match=message):
         run_search(config)
@@ -425,6 +433,16 @@ def test_a_space_file_asking_for_more_calibration_images_than_there_are_says_wha
     with caplog.at_level("WARNING", logger="yolotune.search._spaces"):
         load_space(str(tmp_path / "calib.yaml"), default=default)
     assert not caplog.records
+    # a training split without labels: epochs a space file asks for are said to be dropped
+    unlabelled = DefaultSpace(groups=("backbone.0",), max_calibration_images=50, fine_tune=False)
+    (tmp_path / "epochs.yaml").write_text("epochs: [1]\n")
+    with caplog.at_level("WARNING", logger="yolotune.search._spaces"):
+        space = load_space(str(tmp_path / "epochs.yaml"), default=unlabelled)
+    assert isinstance(space, DefaultSpace) and space.epoch_choices() == (0,)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"space file {tmp_path / 'epochs.yaml'}: epochs [1] are not searched: the training split has no labels, "
+        "so no plan fine-tunes (epochs 0)"
+    ]
 
 
 def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path, coco8_search) -> None:

@@ -9,7 +9,7 @@ pruned model) and ONNX export are ``ultralytics_adapter.finetune`` and
 
 from __future__ import annotations
 
-from yolotune.compression._prune import KeptChannels, PruneReport, count_macs_params, prune
+from yolotune.compression._prune import PRUNING_FORMAT, KeptChannels, PruneReport, count_macs_params, prune
 from yolotune.compression._quantize import (
     CALIBRATION_FORMAT,
     DEFAULT_CALIBRATION_MEMORY_GB,
@@ -24,6 +24,7 @@ from yolotune.compression._recover import RecoverReport, recover, reestimate_bat
 __all__ = [
     "CALIBRATION_FORMAT",
     "DEFAULT_CALIBRATION_MEMORY_GB",
+    "PRUNING_FORMAT",
     "CalibrationEstimate",
     "KeptChannels",
     "PruneReport",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,11 @@ from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import StepError
 from yolotune.spaces import PruningConfig
 
-__all__ = ["KeptChannels", "PruneReport", "count_macs_params", "prune"]
+__all__ = ["PRUNING_FORMAT", "KeptChannels", "PruneReport", "count_macs_params", "prune"]
+
+#: How ``round_to`` rounds the kept channels (to the nearest multiple). A study records it: trials
+#: pruned by torch-pruning's own rounding (down to a multiple) do not compare with these.
+PRUNING_FORMAT = "round-nearest"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,7 +170,11 @@ def _out_channels(module: nn.Module) -> int:
 
 
 def _ratio_dict(model: nn.Module, groups: dict[str, nn.Module], config: PruningConfig) -> dict[nn.Module, float]:
-    """torch-pruning's per-layer ratios: each layer of a named group but the depthwise ones it borrows."""
+    """torch-pruning's per-layer ratios: each layer of a named group but the depthwise ones it borrows.
+
+    With ``round_to``, each layer's ratio is the one that keeps the multiple of ``round_to``
+    nearest to what the plan's ratio keeps (``_rounded_ratio``).
+    """
     borrowed = _borrowed(model)
     ratios: dict[nn.Module, float] = {}
     for name, _ in config.ratios:
@@ -173,8 +182,29 @@ def _ratio_dict(model: nn.Module, groups: dict[str, nn.Module], config: PruningC
         if ratio > 0:
             for m in groups[name].modules():
                 if not any(True for _ in m.children()) and m not in borrowed:
-                    ratios[m] = ratio
+                    channels = getattr(m, "out_channels", None) or getattr(m, "num_features", None)
+                    layer = _rounded_ratio(channels, ratio, config.round_to) if channels else ratio
+                    if layer > 0:
+                        ratios[m] = layer
     return ratios
+
+
+def _rounded_ratio(channels: int, ratio: float, round_to: int) -> float:
+    """The ratio that keeps the multiple of ``round_to`` nearest to ``channels × (1 - ratio)``.
+
+    torch-pruning rounds the kept channels *down* to a multiple of ``round_to``: 10% of 32
+    channels with ``round_to=16`` would keep 16, half of them. Here the nearest multiple (at least
+    ``round_to``, halves rounded up: the plan then removes at most the ratio asked for in such a
+    tie) is kept instead, and the ratio handed to torch-pruning keeps exactly that many. ``0``:
+    the nearest multiple is every channel.
+    """
+    if round_to <= 1:
+        return ratio
+    kept = max(round_to, math.floor(channels * (1 - ratio) / round_to + 0.5) * round_to)
+    if kept >= channels:
+        return 0.0
+    # torch-pruning keeps int(channels × (1 - ratio)): half a channel over ``kept`` floors to it exactly
+    return 1 - (kept + 0.5) / channels
 
 
 def prune(

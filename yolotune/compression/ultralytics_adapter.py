@@ -45,6 +45,7 @@ __all__ = [
     "EXPORT_FORMAT",
     "C2fSplitFree",
     "FastDFL",
+    "FinetuneReport",
     "ModelLayout",
     "activation_statistics",
     "calibration_images",
@@ -526,6 +527,30 @@ def _train_yaml(dataset: Dataset) -> Path:
     return path
 
 
+@dataclass(frozen=True, kw_only=True)
+class FinetuneReport:
+    """What a fine-tuning ran (``metrics.json``'s ``finetune``).
+
+    Attributes:
+        epochs: Epochs over the training split.
+        images: Training images (the labelled ones train; validation images never do).
+        batch: Batch size, and Ultralytics' ``nbs`` (one optimizer step per batch).
+        lr: AdamW's learning rate, constant (no warm-up).
+        mosaic: Whether Ultralytics' mosaic augmentation was on (off for 5 epochs or fewer).
+        device: Where it trained (Ultralytics' device string).
+        teacher: The checkpoint it distilled from (Ultralytics' ``DistillationModel`` wrapped the
+            student), or ``None``.
+    """
+
+    epochs: int
+    images: int
+    batch: int
+    lr: float
+    mosaic: bool
+    device: str
+    teacher: str | None
+
+
 def finetune(
     checkpoint: Path,
     dataset: Dataset,
@@ -539,7 +564,7 @@ def finetune(
     device: str = "cpu",
     teacher: Path | None = None,
     distill_weight: float = 6.0,
-) -> UltraModule:
+) -> tuple[UltraModule, FinetuneReport]:
     """Fine-tune the (pruned) model in ``checkpoint`` itself on the training split.
 
     Ultralytics' trainer rebuilds a model from its yaml, which would undo pruning; a trainer
@@ -555,7 +580,7 @@ def finetune(
     student comes back.
 
     Returns:
-        The fine-tuned model (EMA weights), fp32, eval mode, on the CPU.
+        The fine-tuned model (EMA weights), fp32, eval mode, on the CPU, and what ran.
     """
     _setup()
     from ultralytics.models.yolo.detect import DetectionTrainer
@@ -614,12 +639,23 @@ def finetune(
     model = trainer.ema.ema if trainer.ema is not None else trainer.model
     if isinstance(model, DistillationModel):
         model = model.student_model
+    elif teacher is not None:
+        raise StepError("finetune", "Ultralytics' trainer did not distil (no DistillationModel came back)")
     model = model.float().eval().cpu()
     for p in model.parameters():
         p.requires_grad_(True)
     if any(not torch.isfinite(p).all() for p in model.parameters()):
         raise StepError("finetune", "weights became NaN/inf; lower the learning rate")
-    return model
+    report = FinetuneReport(
+        epochs=epochs,
+        images=len(trainer.train_loader.dataset),
+        batch=batch,
+        lr=lr,
+        mosaic=bool(overrides["mosaic"]),
+        device=device,
+        teacher=None if teacher is None else str(teacher),
+    )
+    return model, report
 
 
 # --------------------------------------------------------------------------- export

@@ -31,6 +31,7 @@ from yolotune.compression import (
     unpruned_copy,
 )
 from yolotune.compression import ultralytics_adapter as adapter
+from yolotune.compression.ultralytics_adapter import FinetuneReport
 from yolotune.errors import PlanError, StepError, YolotuneError
 from yolotune.evaluators import (
     Accuracy,
@@ -150,6 +151,7 @@ class CandidateResult:
     fidelity: str = "full"
     stand_ins: dict[str, str] = field(default_factory=dict)
     reference_latency: LatencyStats | None = None
+    finetune: FinetuneReport | None = None
 
     @property
     def size_mb(self) -> float:
@@ -189,6 +191,7 @@ def _record(
         "provenance": provenance.to_dict() if provenance else None,
         "prune": asdict(c.prune) if c.prune else None,
         "recover": asdict(c.recover) if c.recover else None,
+        "finetune": asdict(c.finetune) if c.finetune else None,
         "quantize": asdict(c.quantize) if c.quantize else None,
         "macs_estimate": c.macs,
         "params": c.params,
@@ -304,6 +307,7 @@ class BuiltCandidate:
         fidelity: ``full``, or ``rung0`` (no fine-tuning yet, maybe a validation subset).
         proxy: At rung 0, the recovery that stood in for the plan's (``ls×8``: its method on fewer images).
         calibration_proxy: At rung 0, the calibration that stood in for the plan's slow one (``minmax``).
+        finetune: What fine-tuning ran, when it ran.
     """
 
     plan: CompressionPlan
@@ -324,6 +328,7 @@ class BuiltCandidate:
     fidelity: str = "full"
     proxy: str = ""
     calibration_proxy: str = ""
+    finetune: FinetuneReport | None = None
 
     @property
     def stand_ins(self) -> dict[str, str]:
@@ -499,9 +504,10 @@ def _finish(
     import socket
 
     imgsz = settings.imgsz
+    tuned = None
     if finetune and plan.recovery.epochs > 0:
         with steps("finetune"):
-            net = adapter.finetune(
+            net, tuned = adapter.finetune(
                 checkpoint,
                 dataset,
                 epochs=plan.recovery.epochs,
@@ -565,6 +571,7 @@ def _finish(
         versions=package_versions(),
         host=socket.gethostname(),
         fidelity=fidelity,
+        finetune=tuned,
     )
 
 
@@ -670,6 +677,7 @@ def time_candidate(
         fidelity=built.fidelity,
         stand_ins=built.stand_ins,
         reference_latency=reference_latency,
+        finetune=built.finetune,
     )
     _write_metrics(built.deployable.parent, result.to_dict())
     return result

@@ -28,7 +28,7 @@ import optuna
 import yaml
 
 from yolotune import _yaml
-from yolotune.compression import CALIBRATION_FORMAT
+from yolotune.compression import CALIBRATION_FORMAT, PRUNING_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import SearchStopped, StepError, YolotuneError
 from yolotune.evaluators import LatencyStats, needs_reduce_range, target_spec
@@ -323,6 +323,7 @@ def _open_study(
         "fine": config.fine,
         "export": adapter.EXPORT_FORMAT,
         "calibration": CALIBRATION_FORMAT,
+        "pruning": PRUNING_FORMAT,
         "activations": list(spec.activations),
         "sensitivity": None
         if config.sensitivity_drop is None
@@ -369,6 +370,12 @@ def _open_study(
         raise YolotuneError(  # before activation types were recorded: int8 ones were asymmetric then
             f"study '{config.name}' searched uint8/int8 INT8 activations; target {job['target']} now runs "
             f"{'/'.join(spec.activations)} (and int8 ones are quantized symmetrically): use another --study name"
+        )
+    if recorded.get("pruning") != job["pruning"]:
+        was = recorded.get("pruning", "torch-pruning's round_to (kept channels rounded down, 10% of 32 /16 kept 16)")
+        raise YolotuneError(
+            f"study '{config.name}' was pruned with {was}, this yolotune keeps the nearest multiple "
+            f"({job['pruning']}): pruned plans would not compare; use another --study name"
         )
     changed = _job_changes(recorded, job)
     if changed:

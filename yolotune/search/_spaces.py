@@ -18,7 +18,7 @@ from yolotune.spaces import CompressionPlan, DefaultSpace, Space
 __all__ = ["load_space"]
 
 logger = logging.getLogger(__name__)
-_SAID: set[tuple[str, tuple[int, ...], int]] = set()
+_SAID: set[str] = set()
 
 
 def _import_attr(spec: str) -> Any:
@@ -88,6 +88,11 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
         )
         if "calibration_sizes" in options:
             _warn_clamped(narrowed, path)
+        if "epochs" in options and not narrowed.fine_tune and any(e > 0 for e in narrowed.epochs):
+            _say_once(
+                f"space file {path}: epochs {list(narrowed.epochs)} are not searched: the training split has no "
+                "labels, so no plan fine-tunes (epochs 0)"
+            )
         return narrowed
     if ":" not in spec:
         raise YolotuneError(f"--space must be a .yaml file or module:callable (file.py:callable); got '{spec}'")
@@ -110,17 +115,19 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
 def _warn_clamped(space: DefaultSpace, path: Path) -> None:
     """Say so when a space file asks for more calibration images than the training split holds."""
     over = [n for n in space.calibration_sizes if n > space.max_calibration_images]
-    said = (str(path.resolve()), tuple(over), space.max_calibration_images)
-    if over and said not in _SAID:  # once per process: a run loads its space more than once
-        _SAID.add(said)
-        logger.warning(
-            "space file %s: calibration_sizes %s exceed the %d images calibration and recovery can use "
-            "(the training split, at most 256); the search samples from %s",
-            path,
-            ", ".join(map(str, over)),
-            space.max_calibration_images,
-            list(space.calibration_choices()),
+    if over:
+        _say_once(
+            f"space file {path}: calibration_sizes {', '.join(map(str, over))} exceed the "
+            f"{space.max_calibration_images} images calibration and recovery can use (the training split, at most "
+            f"256); the search samples from {list(space.calibration_choices())}"
         )
+
+
+def _say_once(message: str) -> None:
+    """A warning about a space file, once per process: a run loads its space more than once."""
+    if message not in _SAID:
+        _SAID.add(message)
+        logger.warning(message)
 
 
 def _first_draw(space: Space, spec: str) -> None:
