@@ -112,6 +112,9 @@ def test_rung0_runs_least_squares_on_fewer_images_and_promotion_on_the_plans(tmp
     assert full.fidelity == "full" and not full.proxy
     assert full.recover is not None and (full.recover.method, full.recover.images) == ("ls", 16)
     assert full.accuracy.images == 50  # every tiny_coco validation image
+    # rebuilt with the planned recovery: its steps come on top of rung 0's, as they do when a promotion continues
+    assert full.step_seconds["recover"] > rung0.step_seconds["recover"] > 0
+    assert all(full.step_seconds[k] > rung0.step_seconds[k] > 0 for k in ("load", "prune", "export"))
 
 
 def test_rung0_calibrates_with_minmax_in_place_of_percentile_and_promotion_calibrates_as_planned(

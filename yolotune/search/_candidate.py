@@ -394,9 +394,15 @@ def build_candidate(
     if stage == "promote":
         rebuild = previous is None or previous.proxy or not (Path(out_dir) / "model.pt").is_file()
         if rebuild:  # rung 0 stood in for the plan's recovery, or ran on another host
-            return build_candidate(
+            built = build_candidate(
                 model=model, data=data, plan=plan, out_dir=out_dir, settings=settings, target=target, on_step=on_step
             )
+            if previous is None:
+                return built
+            # what the candidate cost in all, as when a promotion continues: rung 0's steps, then these
+            spent = previous.step_seconds
+            total = {k: spent.get(k, 0.0) + built.step_seconds.get(k, 0.0) for k in {**spent, **built.step_seconds}}
+            return dataclasses.replace(built, step_seconds=total)
         assert previous is not None
         return _promote(previous, out=Path(out_dir), settings=settings, on_step=on_step)
     if stage == "rung0":
