@@ -182,20 +182,35 @@ def test_data_yaml_mistakes_are_named_in_one_line(tmp_path: Path) -> None:
         prepare_dataset(data)
 
 
-def test_validation_images_that_are_training_images_too_are_refused(tmp_path: Path) -> None:
+def test_validation_images_that_are_training_images_too_are_said_and_never_fine_tuned_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from yolotune.errors import PlanError
+    from yolotune.evaluators import target_spec
+    from yolotune.search import check_plan
+    from yolotune.spaces import CompressionPlan
+
     data = _coco8_copy(tmp_path / "linked", labels={"train": "linked", "val": "linked"})
-    prepare_dataset(data)  # coco8's splits are disjoint
+    assert prepare_dataset(data).shared == ()  # coco8's splits are disjoint
     # the same file listed in both splits
     val = sorted((tmp_path / "linked" / "images" / "val").iterdir())
     (tmp_path / "linked" / "train.txt").write_text(
         "".join(f"{p}\n" for p in sorted((tmp_path / "linked" / "images" / "train").iterdir())) + f"{val[1]}\n"
     )
     data.write_text(data.read_text().replace("train: images/train", "train: train.txt"))
-    with pytest.raises(YolotuneError, match=r"1 'val' image\(s\) are 'train' images too \(e\.g\. .*\); calibration"):
-        prepare_dataset(data)
-    # a copy of a validation image under another name in the training folder
+    with caplog.at_level("WARNING", logger="yolotune.assets"):
+        listed = prepare_dataset(data)
+    assert listed.shared == (val[1],)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data yaml {data}: 1 'val' image(s) are 'train' images too (e.g. {val[1]}): calibration and recovery see "
+        "them, so the mAP may read high, and no plan fine-tunes; take them out of one split to fine-tune"
+    ]
+    fine_tune = CompressionPlan.from_dict({"pruning": {"ratios": {"neck.16": 0.25}}, "recovery": {"epochs": 1}})
+    target = target_spec("local-cpu")
+    with pytest.raises(PlanError, match=r"fine-tuning would train on validation images: 1 'val' image\(s\)"):
+        check_plan(fine_tune, groups=("neck.16",), dataset=listed, target=target)
+    # a copy of a validation image under another name in the training folder: found by its bytes
     copied = _coco8_copy(tmp_path / "copied", labels={"train": "linked", "val": "linked"})
     source = sorted((tmp_path / "copied" / "images" / "val").iterdir())[0]
     (tmp_path / "copied" / "images" / "train" / "copy.jpg").write_bytes(source.read_bytes())
-    with pytest.raises(YolotuneError, match=r"the same image as .*copy\.jpg\).*take them out of one split"):
-        prepare_dataset(copied)
+    assert prepare_dataset(copied).shared == (source,)

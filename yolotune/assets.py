@@ -10,6 +10,7 @@ nothing is ever written next to the user's data.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from yolotune._env import workspace_dir
 from yolotune.errors import YolotuneError, yaml_problem
 
 __all__ = ["Dataset", "assets_dir", "prepare_dataset", "resolve_data", "resolve_model", "val_subset"]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _SPLITS = ("train", "val")
@@ -109,6 +112,8 @@ class Dataset:
         train_images: Training images (calibration and fine-tuning use only these).
         val_images: Validation images (scoring uses only these).
         train_labels: Training images with a non-empty label file (fine-tuning needs some).
+        shared: Validation images that are training images too (the same file, or equal bytes):
+            calibration and recovery see them, and plans do not fine-tune.
     """
 
     source: Path
@@ -117,6 +122,7 @@ class Dataset:
     train_images: tuple[Path, ...]
     val_images: tuple[Path, ...]
     train_labels: int
+    shared: tuple[Path, ...] = ()
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -233,39 +239,46 @@ def _check_labels(images: list[Path], classes: int, split: str, source: Path) ->
                 )
 
 
-def _check_disjoint(train: list[Path], val: list[Path], source: Path) -> None:
-    """Refuse validation images that are training images too: the same file, or a copy of it.
+def _shared_images(train: list[Path], val: list[Path]) -> list[Path]:
+    """Validation images that are training images too: the same file, or equal bytes under another name.
 
-    Calibration, post-training recovery and fine-tuning read the training split; an image in both
-    would inflate the mAP measured on the validation split. Files are compared by resolved path,
-    then by content where sizes match.
+    Files are compared by resolved path, then by content where sizes match (each file read once).
     """
+    resolved = {image.resolve() for image in train}
     by_size: dict[int, list[Path]] = {}
     for image in train:
         by_size.setdefault(image.stat().st_size, []).append(image)
-    resolved = {image.resolve(): image for image in train}
-    digests: dict[Path, str] = {}
+    digests: dict[int, set[str]] = {}  # per size, the training files' digests, made when first needed
 
     def digest(path: Path) -> str:
-        if path not in digests:
-            digests[path] = hashlib.sha1(path.read_bytes()).hexdigest()
-        return digests[path]
+        return hashlib.sha1(path.read_bytes()).hexdigest()
 
-    both = []
+    shared = []
     for image in val:
+        size = image.stat().st_size
         if image.resolve() in resolved:
-            both.append((image, resolved[image.resolve()]))
-            continue
-        twin = next((t for t in by_size.get(image.stat().st_size, []) if digest(t) == digest(image)), None)
-        if twin is not None:
-            both.append((image, twin))
-    if both:
-        image, twin = both[0]
-        same = "" if image.resolve() == twin.resolve() else f", the same image as {twin}"
-        raise YolotuneError(
-            f"data yaml {source}: {len(both)} 'val' image(s) are 'train' images too (e.g. {image}{same}); "
-            "calibration, recovery and fine-tuning use 'train', so the mAP would be measured on images the "
-            "candidates were fitted to: take them out of one split"
+            shared.append(image)
+        elif size in by_size:
+            if size not in digests:
+                digests[size] = {digest(t) for t in by_size[size]}
+            if digest(image) in digests[size]:
+                shared.append(image)
+    return shared
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_shared(source: Path, shared: tuple[Path, ...]) -> None:
+    """Say once per process that a dataset's splits share images, and what yolotune does about it."""
+    if shared and str(source) not in _WARNED:
+        _WARNED.add(str(source))
+        logger.warning(
+            "data yaml %s: %d 'val' image(s) are 'train' images too (e.g. %s): calibration and recovery see them, "
+            "so the mAP may read high, and no plan fine-tunes; take them out of one split to fine-tune",
+            source,
+            len(shared),
+            shared[0],
         )
 
 
@@ -363,11 +376,13 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     key = listing.hexdigest()[:16]
     copy = workspace_dir() / "datasets" / key
     if not (copy / "data.yaml").exists():  # checked once per copy: a bad label makes none
-        _check_disjoint(splits["train"], splits["val"], source)
         for split, images in splits.items():
             _check_labels(images, len(names), split, source)
         tmp = copy.with_name(f"{key}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shared_list = "".join(f"{image}\n" for image in _shared_images(splits["train"], splits["val"]))
+        (tmp / "shared.txt").write_text(shared_list)
         for split, images in splits.items():
             for i, image in enumerate(images):
                 # flat, unique names: <split>/<index>_<name>
@@ -386,6 +401,12 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
             tmp.rename(copy)
         except OSError:  # another process built it first
             shutil.rmtree(tmp, ignore_errors=True)
+    listed = copy / "shared.txt"  # a copy made before it was written: its splits are compared now
+    if listed.exists():
+        shared = tuple(Path(line) for line in listed.read_text().splitlines())
+    else:
+        shared = tuple(_shared_images(splits["train"], splits["val"]))
+    _warn_shared(source, shared)
     return Dataset(
         source=source,
         yaml_path=copy / "data.yaml",
@@ -393,6 +414,7 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
         train_images=tuple(splits["train"]),
         val_images=tuple(splits["val"]),
         train_labels=labelled["train"],
+        shared=shared,
     )
 
 
@@ -427,4 +449,5 @@ def val_subset(dataset: Dataset, count: int) -> Dataset:
         train_images=dataset.train_images,
         val_images=tuple(dataset.val_images[i] for i in picks),
         train_labels=dataset.train_labels,
+        shared=tuple(p for p in (dataset.val_images[i] for i in picks) if p in set(dataset.shared)),
     )

@@ -297,6 +297,47 @@ def test_a_python_space_edited_since_is_refused_and_older_records_still_resume(t
         dataclasses.replace(config, fine=True)
 
 
+def test_a_study_made_before_pruning_rounded_to_the_nearest_multiple_resumes_unless_it_rounded(
+    tmp_path: Path,
+) -> None:
+    from yolotune.search._driver import _open_study
+
+    base = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 2, "root": tmp_path}
+    config = SearchConfig(settings=CandidateSettings(imgsz=160), study_name="old", **base)
+    study, _, _ = _open_study(config)
+
+    def made_before() -> None:  # the job as the version before recorded it
+        study.set_user_attr("job", {k: v for k, v in study.user_attrs["job"].items() if k not in ("pruning", "fine")})
+
+    made_before()
+    _open_study(config)  # no plan was rounded: resumed, and recorded as this version's
+    assert study.user_attrs["job"]["pruning"] == "round-nearest"
+    made_before()
+    plan = {"pruning": {"ratios": {"neck.16": 0.3}, "round_to": 8}}
+    study.add_trial(optuna.trial.create_trial(values=[0.3, 3.0, 5.0], user_attrs={"plan": plan}))
+    with pytest.raises(YolotuneError, match=r"was pruned with torch-pruning's round_to \(kept channels rounded down"):
+        _open_study(config)
+    # --fine with a YAML space: ignored before, so a study made then did not search per group
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text("max_ratio: 0.3\n")
+    yaml_config = dataclasses.replace(config, space=str(narrow), fine=True, study_name="yaml")
+    older, _, _ = _open_study(yaml_config)
+    older.set_user_attr("job", {k: v for k, v in older.user_attrs["job"].items() if k != "fine"})
+    with pytest.raises(YolotuneError, match=r"another job \(fine: was False, now True\)"):
+        _open_study(yaml_config)
+    _open_study(dataclasses.replace(yaml_config, fine=False))
+    # one file, two Python spaces: another callable is another space
+    spaces = tmp_path / "spaces.py"
+    spaces.write_text(
+        "from yolotune.spaces import CompressionPlan\n"
+        "def small(trial):\n    return CompressionPlan()\n"
+        "def large(trial):\n    return CompressionPlan()\n"
+    )
+    _open_study(dataclasses.replace(config, space=f"{spaces}:small", study_name="py"))
+    with pytest.raises(YolotuneError, match=r"space: was '.*spaces.py:small', now '.*spaces.py:large', which defines"):
+        _open_study(dataclasses.replace(config, space=f"{spaces}:large", study_name="py"))
+
+
 def test_a_space_whose_choices_change_between_trials_stops_the_search_in_one_line(tmp_path: Path, coco8_search) -> None:
     from yolotune.search._driver import _open_study
 
@@ -440,8 +481,8 @@ def test_a_space_file_asking_for_more_calibration_images_than_there_are_says_wha
         space = load_space(str(tmp_path / "epochs.yaml"), default=unlabelled)
     assert isinstance(space, DefaultSpace) and space.epoch_choices() == (0,)
     assert [r.getMessage() for r in caplog.records] == [
-        f"space file {tmp_path / 'epochs.yaml'}: epochs [1] are not searched: the training split has no labels, "
-        "so no plan fine-tunes (epochs 0)"
+        f"space file {tmp_path / 'epochs.yaml'}: epochs [1] are not searched: no plan fine-tunes on this data "
+        "(its training split has no labels, or shares images with 'val')"
     ]
 
 

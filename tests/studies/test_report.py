@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -134,25 +135,37 @@ def test_rung0_table_names_the_stand_ins_and_what_was_not_timed(tmp_path: Path) 
     assert "bn recovery" in rows["2"]
 
 
-def test_the_speed_plot_shows_the_speed_ups_the_front_was_found_on(study: optuna.Study, tmp_path: Path) -> None:
-    # the INT8 reference's FP32 file timed 27 ms right after it: 3.0×, not 20 / 9 (the reference trial's own timing)
-    study.add_trial(
-        create_trial(
-            values=[0.36, 3.2, 9.0],
-            params={"x": 0.5},
-            distributions={"x": FloatDistribution(0.0, 1.0)},
-            user_attrs={"brief": "int8 paired", "reference_ms": 27.0},
-        )
-    )
-    text = write_report(study, tmp_path / "report.html").read_text(encoding="utf-8")
+def _figures(text: str) -> dict[str, list[dict[str, Any]]]:
+    """Each plotly figure's traces, by title."""
     figures = {}
     decoder = json.JSONDecoder()
     for call in re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*', text):
         data, end = decoder.raw_decode(text, call.end())
         layout, _ = decoder.raw_decode(text, re.compile(r",\s*").match(text, end).end())
         figures[layout["title"]["text"]] = data
+    return figures
+
+
+def test_the_front_is_plotted_on_what_it_was_found_on(study: optuna.Study, tmp_path: Path) -> None:
+    from yolotune.studies import Retiming
+    from yolotune.studies._retimed import RETIMED_ATTR
+
+    # before any re-timing the front is found on the trials' own latencies: plotted on them
+    figures = _figures(write_report(study, tmp_path / "before.html").read_text(encoding="utf-8"))
+    assert "mAP50-95 against latency ms" in figures and "mAP50-95 against speed vs FP32 ×" not in figures
+    # re-timed, the front is found on the median per-round speed-ups: plotted on those
+    retiming = Retiming(
+        reference_trial=0,
+        trials=(1, 3),
+        complete=7,
+        reference_ms=(20.0, 20.0),
+        timings={1: (9.0, 9.0), 3: (6.0, 7.0)},
+    )
+    study.set_user_attr(RETIMED_ATTR, retiming.to_dict())
+    figures = _figures(write_report(study, tmp_path / "after.html").read_text(encoding="utf-8"))
     speed = figures["mAP50-95 against speed vs FP32 ×"]
     plotted = {n: x for trace in speed for (n, _), x in zip(trace["customdata"], trace["x"], strict=True)}
-    assert plotted[8] == pytest.approx(3.0) and plotted[1] == pytest.approx(20 / 9)
-    assert set(plotted) == {0, 1, 2, 3, 4, 6, 7, 8}  # every COMPLETE trial, front ones twice
+    assert plotted[3] == pytest.approx(statistics.median([20 / 6, 20 / 7])) and plotted[1] == pytest.approx(20 / 9)
+    assert plotted[7] == pytest.approx(20 / 7.0)  # not re-timed: the reference trial's own timing
+    assert set(plotted) == {0, 1, 2, 3, 4, 6, 7}  # every COMPLETE trial
     assert "mAP50-95 against latency ms" not in figures and "mAP50-95 against size MB" in figures

@@ -246,6 +246,11 @@ def check_plan(
             labels, or precisions or INT8 activation types the target lacks.
     """
     plan.check(groups=groups, n_train_images=len(dataset.train_images))
+    if plan.recovery.epochs and dataset.shared:
+        raise PlanError(
+            f"fine-tuning would train on validation images: {len(dataset.shared)} 'val' image(s) of {dataset.source} "
+            f"are 'train' images too (e.g. {dataset.shared[0]}); take them out of one split, or set recovery.epochs: 0"
+        )
     if plan.recovery.epochs and not dataset.train_labels:
         raise PlanError(
             f"fine-tuning needs labels and the 'train' split of {dataset.source} has none: "

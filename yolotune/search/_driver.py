@@ -271,7 +271,9 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
         activations=target.activations,
         max_calibration_images=min(n_train, 256),
         fine=config.fine,
-        fine_tune=dataset.train_labels > 0,  # calibration and post-training recovery need images only
+        # calibration and post-training recovery need images only; fine-tuning needs labels, and
+        # no validation image among the training ones
+        fine_tune=dataset.train_labels > 0 and not dataset.shared,
     )
     return load_space(config.space, default=default), default
 
@@ -320,7 +322,7 @@ def _open_study(
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
         "space_digest": _space_digest(config.space),
-        "fine": config.fine,
+        "fine": config.fine and _fine_applies(config.space),
         "export": adapter.EXPORT_FORMAT,
         "calibration": CALIBRATION_FORMAT,
         "pruning": PRUNING_FORMAT,
@@ -372,11 +374,16 @@ def _open_study(
             f"{'/'.join(spec.activations)} (and int8 ones are quantized symmetrically): use another --study name"
         )
     if recorded.get("pruning") != job["pruning"]:
-        was = recorded.get("pruning", "torch-pruning's round_to (kept channels rounded down, 10% of 32 /16 kept 16)")
-        raise YolotuneError(
-            f"study '{config.name}' was pruned with {was}, this yolotune keeps the nearest multiple "
-            f"({job['pruning']}): pruned plans would not compare; use another --study name"
-        )
+        if recorded.get("pruning") is not None or _rounded_down(study):
+            was = recorded.get(
+                "pruning", "torch-pruning's round_to (kept channels rounded down, 10% of 32 /16 kept 16)"
+            )
+            raise YolotuneError(
+                f"study '{config.name}' was pruned with {was}, this yolotune keeps the nearest multiple "
+                f"({job['pruning']}): pruned plans would not compare; use another --study name"
+            )
+        recorded = {**recorded, "pruning": job["pruning"]}  # no plan of it was rounded: nothing differs
+        study.set_user_attr("job", recorded)
     changed = _job_changes(recorded, job)
     if changed:
         raise YolotuneError(
@@ -411,6 +418,16 @@ def _open_study(
                 f"study '{config.name}' was created {created_with}; use another --study name for {flag} {value}"
             )
     return study, created, storage
+
+
+def _rounded_down(study: optuna.Study) -> bool:
+    """Whether a trial of a study made before ``PRUNING_FORMAT`` pruned with ``round_to`` above 1."""
+    for t in study.get_trials(deepcopy=False):
+        plan = t.user_attrs.get("plan") or {}
+        pruning = plan.get("pruning") or {}
+        if any(r > 0 for r in (pruning.get("ratios") or {}).values()) and pruning.get("round_to", 1) > 1:
+            return True
+    return False
 
 
 def constraints_of(study: optuna.Study) -> dict[str, float | None]:
@@ -777,9 +794,16 @@ def run_search(
                     failures += 1
                     heartbeat.remove(trial._trial_id)
                     if _dynamic_choices(exc):  # every later trial would fail the same way: stop here
+                        python = config.space is not None and not config.space.endswith((".yaml", ".yml"))
+                        fix = (
+                            "keep each parameter's choices fixed"
+                            if python
+                            else "the training split changed size since (it bounds the calibration sizes): restore it"
+                        )
                         reason = (
-                            f"space {config.space} gives a parameter other choices than this study's earlier trials "
-                            f"had ({exc}); keep each parameter's choices fixed, or start another --study"
+                            f"{f'space {config.space}' if config.space else 'the default space'} gives a parameter "
+                            f"other choices than this study's earlier trials had ({exc}); {fix}, or start another "
+                            "--study"
                         )
                         fail(trial, reason)
                         raise YolotuneError(reason) from exc
@@ -1049,6 +1073,8 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
         if key.endswith("_digest") and key.removesuffix("_digest") in changed:
             continue
         was = recorded.get(key, now) if key in _JOB_KEYS_ADDED else recorded.get(key)
+        if key == "fine" and key not in recorded:  # before it was recorded, only the default space honoured --fine
+            was = recorded.get("space") == "default-fine"
         if was == now:
             continue
         if key in ("space", "model") and job[f"{key}_digest"] and recorded.get(f"{key}_digest") == job[f"{key}_digest"]:
@@ -1122,7 +1148,8 @@ def _space_digest(space: str | None, *, raw: bool = False) -> str | None:
 
     A YAML space is digested by its options (comments, key order and layout do not count); with
     ``raw``, by its bytes, as studies made before recorded it. A Python space is digested by the
-    source file that defines it (``file.py:attr``, or the module of ``module:attr``).
+    source file that defines it (``file.py:attr``, or the module of ``module:attr``) and the name
+    of the callable.
     """
     if not space:
         return None
@@ -1138,7 +1165,23 @@ def _space_digest(space: str | None, *, raw: bool = False) -> str | None:
             return hashlib.sha256(path.read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
     source = _space_source(space)
-    return hashlib.sha256(source.read_bytes()).hexdigest() if source is not None else None
+    if source is None:
+        return None
+    attr = space.rpartition(":")[2]  # the same file names several spaces
+    return hashlib.sha256(source.read_bytes() + f"\n:{attr}".encode()).hexdigest()
+
+
+def _fine_applies(space: str | None) -> bool:
+    """Whether ``--fine`` changes ``space``: the default one, or a YAML file setting neither ``fine`` nor ``units``."""
+    if not space:
+        return True
+    if not space.endswith((".yaml", ".yml")):
+        return False  # a Python space is refused with --fine
+    try:
+        options = _yaml.load(Path(space).read_text()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return True
+    return isinstance(options, dict) and not {"fine", "units"} & set(options)
 
 
 def _space_source(space: str) -> Path | None:

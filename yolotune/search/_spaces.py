@@ -90,8 +90,8 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
             _warn_clamped(narrowed, path)
         if "epochs" in options and not narrowed.fine_tune and any(e > 0 for e in narrowed.epochs):
             _say_once(
-                f"space file {path}: epochs {list(narrowed.epochs)} are not searched: the training split has no "
-                "labels, so no plan fine-tunes (epochs 0)"
+                f"space file {path}: epochs {list(narrowed.epochs)} are not searched: no plan fine-tunes on this "
+                "data (its training split has no labels, or shares images with 'val')"
             )
         return narrowed
     if ":" not in spec:

@@ -70,20 +70,21 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     front_trials = [by_number[r.number] for r in front if r.number in by_number]
     base, retiming = fp32_reference(study), current_retiming(study)
     speeds = {t.number: v for t in complete if (v := speedup_of(t, base, retiming)) is not None}
+    # once re-timed, the front is found on speed-ups: plotted on them; else on the latencies it was found on
     speed_plot = (
         _scatter_2d(complete, front, _SPEED, speeds)
         + _note(
             "Speed vs FP32 as the front table gives it: for trials re-timed after the search, the median of the "
-            "per-round ratios; else the FP32 reference timed right after the trial. One timing on a shared "
-            "machine can be off by 2×, so these, not the trials' own latencies, decide the front."
+            "per-round ratios (these decide the front); for the others, the FP32 reference timed right after the "
+            "trial, else the reference trial's own timing. One timing on a shared machine can be off by 2×."
         )
-        if speeds
+        if retiming is not None and speeds
         else _scatter_2d(complete, front, 2)
     )
     sections = [
         _header(study, trials),
         _section("Pareto front", "front", _front_table(front)),
-        _section("mAP against speed and size", "scatter", speed_plot + _scatter_2d(complete, front, 1)),
+        _section("mAP against speed or latency, and size", "scatter", speed_plot + _scatter_2d(complete, front, 1)),
         _section("Objectives in 3-D", "objectives-3d", _scatter_3d(complete, front)),
         _section("Hypervolume", "hypervolume", _hypervolume(study, complete)),
         _section("Per-group settings of the front", "groups", _group_heatmaps(front_trials)),
