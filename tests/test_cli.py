@@ -420,3 +420,27 @@ def test_suggested_commands_name_storage_files_absolutely(tmp_path: Path, monkey
     assert _where(Path("studies"), "postgresql+psycopg://u@h/db") == " --storage postgresql+psycopg://u@h/db"
     open_storage("journal:logs/j.log")  # its folder is made, as --root's is
     assert (tmp_path / "logs").is_dir()
+
+
+def test_a_study_database_deleted_under_a_command_is_named_in_one_line(tmp_path: Path, capsys) -> None:
+    import optuna
+    import typer
+
+    from yolotune.cli import _one_line_errors
+    from yolotune.studies import default_storage_url, open_storage
+
+    url = default_storage_url(tmp_path, "gone")
+    study = optuna.create_study(study_name="gone", storage=open_storage(url))
+    study.set_user_attr("job", {})
+
+    @_one_line_errors
+    def run() -> None:
+        (tmp_path / "gone.db").unlink()  # as `rm studies/gone.db` while a run writes to it
+        study.set_user_attr("job", {"again": True})
+
+    with pytest.raises(typer.Exit) as stopped:
+        run()
+    assert stopped.value.exit_code == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: the study's storage cannot be written (") and "readonly database" in line
+    assert line.endswith("its database is still there, then run the same command to resume")

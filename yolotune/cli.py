@@ -126,6 +126,12 @@ class _Interrupts:
                 signal.signal(s, handler)
 
 
+def _storage_failure(exc: Exception) -> bool:
+    """Whether Optuna's storage failed underneath (a database that became read-only, or was deleted)."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(exc, optuna.exceptions.StorageInternalError)
+
+
 def _one_line_errors(fn: F) -> F:
     """Report YolotuneError (and anything unexpected) as one line on stderr, exit code 2."""
 
@@ -142,6 +148,16 @@ def _one_line_errors(fn: F) -> F:
         except Exception as exc:
             if os.environ.get("YOLOTUNE_DEBUG"):
                 raise
+            if _storage_failure(exc):
+                cause = exc.__cause__ or exc.__context__ or exc
+                detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+                _consoles.err.print(
+                    f"[red]error:[/red] the study's storage cannot be written ({detail}): check that the studies "
+                    "folder is writable and its database is still there, then run the same command to resume",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(2) from None
             if isinstance(exc, OSError) and exc.filename:
                 # a path the user chose cannot be used (unwritable, a file where a folder goes, ...)
                 why = exc.strerror or type(exc).__name__

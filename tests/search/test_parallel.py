@@ -111,6 +111,22 @@ def test_a_killed_driver_leaves_nothing_lost_and_the_same_command_resumes(tmp_pa
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in after.trials]
 
 
+def test_two_drivers_started_together_on_one_new_sqlite_study_share_its_trials(tmp_path: Path) -> None:
+    tune = Path(sys.executable).parent / "tune"
+    args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "2", "--root", str(tmp_path)]
+    args += ["--retime-rounds", "0", "--study", "both"]
+    runs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (_, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err
+    study = load_study(study="both", root=tmp_path)
+    # the references were queued once, and no queued trial was taken by both drivers
+    references = [t.user_attrs.get("reference") for t in study.trials if t.user_attrs.get("reference")]
+    assert sorted(references) == ["fp32", "int8", "seeds"]
+    assert not study.get_trials(states=(FAIL,)), [t.user_attrs.get("fail_reason") for t in study.trials]
+    assert {"fp32", "int8"} <= {t.user_attrs.get("reference") for t in study.get_trials(states=(COMPLETE,))}
+
+
 def test_joining_an_existing_ray_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
     import tempfile

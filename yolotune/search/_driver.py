@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from yolotune.evaluators import Target
 from yolotune.spaces import MAX_PRUNING_RATIO, CompressionPlan, DefaultSpace, Space
 from yolotune.studies._front import fp32_reference
-from yolotune.studies._storage import artifact_dir, default_storage_url, open_storage, study_dir
+from yolotune.studies._storage import artifact_dir, default_storage_url, open_storage, storage_lock, study_dir
 
 __all__ = [
     "METRIC_NAMES",
@@ -728,16 +728,18 @@ def run_search(
         "device": target.provenance(imgsz=config.settings.imgsz).device,
         "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8,
     }
-    study, created, storage = _open_study(config, timed_on=timed_on)
-    spec = target_spec(config.settings.target)
     references = default.reference_plans()
-    # every study starts with its references, enqueued before any callback runs (also when a run
-    # stopped between creating the study and enqueueing them: it holds no trial)
-    if created or not study.get_trials(deepcopy=False):
-        # the default space expresses the references in its own params, so the sampler learns from them
-        params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
-        for name in references:
-            study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
+    # two drivers starting a study at once on one SQLite file: one creates it and queues its references
+    with storage_lock(config.storage_url):
+        study, created, storage = _open_study(config, timed_on=timed_on)
+        # every study starts with its references, enqueued before any callback runs (also when a run
+        # stopped between creating the study and enqueueing them: it holds no trial)
+        if created or not study.get_trials(deepcopy=False):
+            # the default space expresses the references in its own params, so the sampler learns from them
+            params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
+            for name in references:
+                study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
+    spec = target_spec(config.settings.target)
     if on_open is not None:
         on_open(study)
     if config.sensitivity_drop is not None:
@@ -782,7 +784,8 @@ def run_search(
                 and _complete(study) + executor.in_flight + collected < config.budget
                 and failures < limit
             ):
-                trial = study.ask()
+                with storage_lock(config.storage_url):  # SQLite: two drivers could both take a queued trial
+                    trial = study.ask()
                 heartbeat.add(trial._trial_id)
                 reference = str(trial.user_attrs.get("reference", ""))
                 try:

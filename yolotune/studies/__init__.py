@@ -13,6 +13,7 @@ from yolotune.studies._storage import (
     find_artifact_dir,
     load_study,
     open_storage,
+    storage_lock,
     study_dir,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "pareto_front",
     "serve_dashboard",
     "speedup_of",
+    "storage_lock",
     "study_dir",
     "study_target",
     "write_report",

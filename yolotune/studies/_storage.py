@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 
 from yolotune.errors import YolotuneError
 
-__all__ = ["artifact_dir", "default_storage_url", "find_artifact_dir", "load_study", "open_storage", "study_dir"]
+__all__ = [
+    "artifact_dir",
+    "default_storage_url",
+    "find_artifact_dir",
+    "load_study",
+    "open_storage",
+    "storage_lock",
+    "study_dir",
+]
 
 
 def study_dir(root: Path, study_name: str) -> Path:
@@ -40,6 +50,46 @@ def default_storage_url(root: Path, study_name: str) -> str:
     return f"sqlite:///{(Path(root) / f'{study_name}.db').resolve()}"
 
 
+_LOCKS: dict[str, object] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def storage_lock(url: str) -> Iterator[None]:
+    """Hold, across processes on this host, the lock of a SQLite study file (other storages: no lock).
+
+    SQLite lets two drivers both read a queued trial as WAITING and both mark it RUNNING, and both
+    create the same tables of a new file; drivers serialise those steps on ``<file>.lock``. Taking
+    it again in the same process while held is allowed (one lock object per file).
+    """
+    file = _sqlite_file(url)
+    if file is None:
+        yield
+        return
+    import filelock
+
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(str(file), filelock.FileLock(f"{file}.lock"))
+    assert isinstance(lock, filelock.FileLock)
+    try:
+        lock.acquire()
+    except OSError:  # a folder this user cannot write to: no run writes there either, nothing to serialise
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:///`` URL names (``None`` for other URLs and in-memory databases)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    file = url.removeprefix("sqlite:///").split("?")[0]
+    return Path(file).resolve() if file and file != ":memory:" else None
+
+
 def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.storages.BaseStorage:
     """Open an Optuna storage URL (RDB via SQLAlchemy, or ``journal:<file>``).
 
@@ -61,7 +111,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-        return _rdb(url, heartbeat_interval)
+        with storage_lock(url):  # two drivers making a new SQLite file would both create its tables
+            return _rdb(url, heartbeat_interval)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise YolotuneError(
