@@ -266,16 +266,20 @@ def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_
         _open_study(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
 
 
+#: A Python space drawing the calibration-set size from 2 or 4 images.
+CALIBRATION_SPACE = (
+    "from yolotune.spaces import CompressionPlan, QuantizationConfig\n"
+    "def space(trial):\n"
+    "    n = trial.suggest_categorical('calib/n', [2, 4])\n"
+    "    return CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=n))\n"
+)
+
+
 def test_a_python_space_edited_since_is_refused_and_older_records_still_resume(tmp_path: Path) -> None:
     from yolotune.search._driver import _open_study, _space_digest
 
     source = tmp_path / "my_space.py"
-    source.write_text(
-        "from yolotune.spaces import CompressionPlan, QuantizationConfig\n"
-        "def space(trial):\n"
-        "    n = trial.suggest_categorical('calib/n', [2, 4])\n"
-        "    return CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=n))\n"
-    )
+    source.write_text(CALIBRATION_SPACE)
     base = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 2, "root": tmp_path, "study_name": "py"}
     config = SearchConfig(space=f"{source}:space", settings=CandidateSettings(imgsz=160), **base)
     study, _, _ = _open_study(config)
@@ -426,12 +430,7 @@ def test_space_from_a_python_callable(tmp_path: Path) -> None:
     from yolotune.spaces import DefaultSpace
 
     source = tmp_path / "my_space.py"
-    source.write_text(
-        "from yolotune.spaces import CompressionPlan, QuantizationConfig\n"
-        "def space(trial):\n"
-        "    n = trial.suggest_categorical('calib/n', [2, 4])\n"
-        "    return CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=n))\n"
-    )
+    source.write_text(CALIBRATION_SPACE)
     default = DefaultSpace(groups=("backbone.0",))
     space = load_space(f"{source}:space", default=default)
     plan = space(optuna.trial.FixedTrial({"calib/n": 4}))
@@ -454,34 +453,32 @@ def test_space_from_a_python_callable(tmp_path: Path) -> None:
         load_space(str(tmp_path / "bad.yaml"), default=default)
 
 
-def test_a_space_file_asking_for_more_calibration_images_than_there_are_says_what_it_samples(
+def test_a_space_file_asking_for_what_the_data_cannot_give_says_what_it_samples(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from yolotune.search import load_space
     from yolotune.spaces import DefaultSpace
 
+    def load(text: str, default: DefaultSpace) -> tuple[DefaultSpace, list[str]]:
+        caplog.clear()
+        (tmp_path / "space.yaml").write_text(text)
+        with caplog.at_level("WARNING", logger="yolotune.search._spaces"):
+            space = load_space(str(tmp_path / "space.yaml"), default=default)
+        assert isinstance(space, DefaultSpace)
+        return space, [r.getMessage() for r in caplog.records]
+
     default = DefaultSpace(groups=("backbone.0",), max_calibration_images=50)
-    (tmp_path / "calib.yaml").write_text("calibration_sizes: [16, 64, 128]\n")
-    with caplog.at_level("WARNING", logger="yolotune.search._spaces"):
-        space = load_space(str(tmp_path / "calib.yaml"), default=default)
-    assert isinstance(space, DefaultSpace) and space.calibration_choices() == (16,)
-    assert [r.getMessage() for r in caplog.records] == [
-        f"space file {tmp_path / 'calib.yaml'}: calibration_sizes 64, 128 exceed the 50 images calibration and "
+    space, said = load("calibration_sizes: [16, 64, 128]\n", default)
+    assert space.calibration_choices() == (16,) and said == [
+        f"space file {tmp_path / 'space.yaml'}: calibration_sizes 64, 128 exceed the 50 images calibration and "
         "recovery can use (the training split, at most 256); the search samples from [16]"
     ]
-    caplog.clear()
-    (tmp_path / "calib.yaml").write_text("calibration_sizes: [16, 32]\n")
-    with caplog.at_level("WARNING", logger="yolotune.search._spaces"):
-        load_space(str(tmp_path / "calib.yaml"), default=default)
-    assert not caplog.records
+    assert load("calibration_sizes: [16, 32]\n", default)[1] == []
     # a training split without labels: epochs a space file asks for are said to be dropped
     unlabelled = DefaultSpace(groups=("backbone.0",), max_calibration_images=50, fine_tune=False)
-    (tmp_path / "epochs.yaml").write_text("epochs: [1]\n")
-    with caplog.at_level("WARNING", logger="yolotune.search._spaces"):
-        space = load_space(str(tmp_path / "epochs.yaml"), default=unlabelled)
-    assert isinstance(space, DefaultSpace) and space.epoch_choices() == (0,)
-    assert [r.getMessage() for r in caplog.records] == [
-        f"space file {tmp_path / 'epochs.yaml'}: epochs [1] are not searched: no plan fine-tunes on this data "
+    space, said = load("epochs: [1]\n", unlabelled)
+    assert space.epoch_choices() == (0,) and said == [
+        f"space file {tmp_path / 'space.yaml'}: epochs [1] are not searched: no plan fine-tunes on this data "
         "(its training split has no labels, or shares images with 'val')"
     ]
 
