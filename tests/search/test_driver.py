@@ -160,7 +160,7 @@ _OLD_JOBS = {
     ),
     # before round_to kept the nearest multiple: torch-pruning rounded the kept channels down
     "round-down pruning": (
-        {"export": True, "calibration": True, "activations": True},
+        {"export": True, "calibration": True, "activations": True, "rounded": True},
         r"was pruned with torch-pruning's round_to \(kept channels rounded down.*keeps the nearest multiple "
         r"\(round-nearest\).*another --study name",
     ),
@@ -188,9 +188,13 @@ def test_a_study_recorded_by_an_older_yolotune_is_not_resumed(tmp_path: Path, co
     if keys.get("activations"):
         job["activations"] = ["uint8"]
     old.set_user_attr("job", job)
+    if keys.get("rounded"):  # a plan it pruned with round_to: torch-pruning rounded it down
+        plan = {"pruning": {"ratios": {"neck.16": 0.3}, "round_to": 8}}
+        old.add_trial(optuna.trial.create_trial(values=[0.3, 3.0, 5.0], user_attrs={"plan": plan}))
+    held = len(old.get_trials())
     with pytest.raises(YolotuneError, match=message):
         run_search(config)
-    assert not old.get_trials()  # nothing was added to it
+    assert len(old.get_trials()) == held  # nothing was added to it
 
 
 def test_a_study_timed_on_one_device_is_not_resumed_on_another(coco8_search) -> None:
