@@ -257,15 +257,7 @@ def test_a_local_ray_link_left_by_a_deleted_study_is_removed_by_the_next_run(tmp
 
 def test_a_callback_that_raises_with_trials_in_flight_leaves_none_running(tmp_path: Path) -> None:
     optuna.logging.set_verbosity(optuna.logging.DEBUG)  # the caller's, whatever other tests left
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=3,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        workers=2,
-        retime_rounds=0,
-    )
+    config = _config(tmp_path, workers=2)
 
     def broken(outcome: object, study: optuna.Study) -> None:
         raise ValueError("my callback broke")
