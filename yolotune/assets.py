@@ -21,6 +21,7 @@ import yaml
 
 from yolotune import _yaml
 from yolotune._env import workspace_dir
+from yolotune._warn import warn_once
 from yolotune.errors import YolotuneError, yaml_problem
 
 __all__ = ["Dataset", "assets_dir", "prepare_dataset", "resolve_data", "resolve_model", "val_subset"]
@@ -266,14 +267,11 @@ def _shared_images(train: list[Path], val: list[Path]) -> list[Path]:
     return shared
 
 
-_WARNED: set[str] = set()
-
-
 def _warn_shared(source: Path, shared: tuple[Path, ...]) -> None:
     """Say once per process that a dataset's splits share images, and what yolotune does about it."""
-    if shared and str(source) not in _WARNED:
-        _WARNED.add(str(source))
-        logger.warning(
+    if shared:
+        warn_once(
+            logger,
             "data yaml %s: %d 'val' image(s) are 'train' images too (e.g. %s): calibration and recovery see them, "
             "so the mAP may read high, and no plan fine-tunes; take them out of one split to fine-tune",
             source,

@@ -69,6 +69,7 @@ _STOPPED = {
     "agent": "agent stopped",
     "dashboard": "dashboard stopped",
     "retime": "interrupted: the rounds done are kept; run the same command to go on",
+    "export": "interrupted: nothing of this export was kept; run the same command again",
 }
 
 

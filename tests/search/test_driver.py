@@ -487,6 +487,21 @@ def test_a_space_file_asking_for_what_the_data_cannot_give_says_what_it_samples(
     ]
 
 
+def test_a_rung0_subset_as_large_as_the_validation_split_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 1, "root": tmp_path, "multi_fidelity": True}
+    with caplog.at_level("WARNING", logger="yolotune.search._driver"):
+        search_spaces(SearchConfig(rung0_val=2, **base))  # coco8 validates on 4 images: 2 saves time
+        assert caplog.records == []
+        search_spaces(SearchConfig(rung0_val=9, **base))
+        search_spaces(SearchConfig(rung0_val=9, **base))  # a run loads its space more than once
+    assert [r.getMessage() for r in caplog.records] == [
+        "--rung0-val 9: the data has 4 validation images, so rung 0 validates on all of them and saves no "
+        "validation time; give fewer"
+    ]
+
+
 def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path, coco8_search) -> None:
     from yolotune.studies import pareto_front, study_dir
 

@@ -145,3 +145,25 @@ def test_an_export_over_an_earlier_one_leaves_none_of_its_files(
     export_trial(study, fp32, out, artifacts=artifact_dir(root, name), remeasure=False)
     assert {p.name for p in out.iterdir()} == {"model.onnx", "plan.yaml", "recipe.yaml"}  # no INT8 file, no old numbers
     assert yaml.safe_load((out / "recipe.yaml").read_text())["trial"] == fp32
+
+
+def test_an_export_interrupted_while_remeasuring_keeps_none_of_its_files(
+    small_study: tuple[Path, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from yolotune.studies import _export
+
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    int8 = next(t.number for t in study.trials if t.user_attrs.get("reference") == "int8")
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+
+    def ctrl_c(*args: object, **kwargs: object) -> None:  # the user presses Ctrl-C during the timing rounds
+        assert (out / "model.int8.onnx").is_file() and (out / "recipe.yaml").is_file()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_export, "_remeasure", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        export_trial(study, int8, out, artifacts=artifact_dir(root, name))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # no model and recipe that look like a whole export

@@ -28,6 +28,7 @@ import optuna
 import yaml
 
 from yolotune import _yaml
+from yolotune._warn import warn_once
 from yolotune.compression import CALIBRATION_FORMAT, PRUNING_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import SearchStopped, StepError, YolotuneError
@@ -63,6 +64,8 @@ __all__ = [
     "run_search",
     "search_spaces",
 ]
+
+logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ["mAP50-95", "size MB", "latency ms"]
 DIRECTIONS = [
@@ -265,6 +268,15 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
     ultralytics_adapter.check_classes(net, dataset.names, dataset.source)
     layout = ultralytics_adapter.model_layout(net)
     n_train = len(dataset.train_images)
+    n_val = len(dataset.val_images)
+    if config.multi_fidelity and config.rung0_val is not None and config.rung0_val >= n_val:
+        warn_once(
+            logger,
+            "--rung0-val %d: the data has %d validation images, so rung 0 validates on all of them and saves no "
+            "validation time; give fewer",
+            config.rung0_val,
+            n_val,
+        )
     default = DefaultSpace(
         groups=layout.groups,
         precisions=target.precisions,

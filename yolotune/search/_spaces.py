@@ -12,13 +12,13 @@ from typing import Any
 import yaml
 
 from yolotune import _yaml
+from yolotune._warn import warn_once
 from yolotune.errors import YolotuneError, yaml_problem
 from yolotune.spaces import CompressionPlan, DefaultSpace, Space
 
 __all__ = ["load_space"]
 
 logger = logging.getLogger(__name__)
-_SAID: set[str] = set()
 
 
 def _import_attr(spec: str) -> Any:
@@ -89,9 +89,10 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
         if "calibration_sizes" in options:
             _warn_clamped(narrowed, path)
         if "epochs" in options and not narrowed.fine_tune and any(e > 0 for e in narrowed.epochs):
-            _say_once(
+            warn_once(
+                logger,
                 f"space file {path}: epochs {list(narrowed.epochs)} are not searched: no plan fine-tunes on this "
-                "data (its training split has no labels, or shares images with 'val')"
+                "data (its training split has no labels, or shares images with 'val')",
             )
         return narrowed
     if ":" not in spec:
@@ -116,18 +117,12 @@ def _warn_clamped(space: DefaultSpace, path: Path) -> None:
     """Say so when a space file asks for more calibration images than the training split holds."""
     over = [n for n in space.calibration_sizes if n > space.max_calibration_images]
     if over:
-        _say_once(
+        warn_once(
+            logger,
             f"space file {path}: calibration_sizes {', '.join(map(str, over))} exceed the "
             f"{space.max_calibration_images} images calibration and recovery can use (the training split, at most "
-            f"256); the search samples from {list(space.calibration_choices())}"
+            f"256); the search samples from {list(space.calibration_choices())}",
         )
-
-
-def _say_once(message: str) -> None:
-    """A warning about a space file, once per process: a run loads its space more than once."""
-    if message not in _SAID:
-        _SAID.add(message)
-        logger.warning(message)
 
 
 def _first_draw(space: Space, spec: str) -> None:

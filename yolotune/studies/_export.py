@@ -143,61 +143,65 @@ def export_trial(
         for stale in (*_MODEL_FILES, "plan.yaml", "recipe.yaml", "remeasured.json"):
             (out_dir / stale).unlink(missing_ok=True)
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
-    model = out_dir / name
-    _fetch(trial, artifacts, model)
-    plan_path = plan.save(out_dir / "plan.yaml")
-    recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
-    if "size_bytes" in recorded:
-        recorded["size_bytes"] = int(recorded["size_bytes"])
-    retiming = current_retiming(study)
-    twin = trial.user_attrs.get("duplicate_of")  # the same plan measured before: its re-timing is this one's
-    retimed = retiming.point(int(twin) if twin is not None else number) if retiming else None
-    reference = fp32_reference(study)
-    constraints = {k: v for k, v in (study.user_attrs.get("constraints") or {}).items() if v is not None}
-    warnings = _broken_constraints(trial, reference, constraints)
-    recipe = out_dir / "recipe.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "study": study.study_name,
-                "trial": number,
-                "duplicate_of": twin,
-                "job": job,
-                "model_file": name,
-                "constraints": constraints or None,
-                "feasible": not warnings,
-                "deploy": _deploy_notes(model, imgsz=job.get("imgsz")),
-                "plan": plan.to_dict(),
-                "recorded": {
-                    **recorded,
-                    "fidelity": trial.user_attrs.get("fidelity", "full"),
-                    "rung0": trial.user_attrs.get("rung0"),  # what rung 0 measured, for a promoted trial
-                    "latency": trial.user_attrs.get("latency"),
-                    "provenance": trial.user_attrs.get("provenance"),
-                    "retimed": retimed.to_dict() if retimed else None,
+    model, recipe, plan_file = out_dir / name, out_dir / "recipe.yaml", out_dir / "plan.yaml"
+    try:
+        _fetch(trial, artifacts, model)
+        plan_path = plan.save(plan_file)
+        recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
+        if "size_bytes" in recorded:
+            recorded["size_bytes"] = int(recorded["size_bytes"])
+        retiming = current_retiming(study)
+        twin = trial.user_attrs.get("duplicate_of")  # the same plan measured before: its re-timing is this one's
+        retimed = retiming.point(int(twin) if twin is not None else number) if retiming else None
+        reference = fp32_reference(study)
+        constraints = {k: v for k, v in (study.user_attrs.get("constraints") or {}).items() if v is not None}
+        warnings = _broken_constraints(trial, reference, constraints)
+        recipe.write_text(
+            yaml.safe_dump(
+                {
+                    "study": study.study_name,
+                    "trial": number,
+                    "duplicate_of": twin,
+                    "job": job,
+                    "model_file": name,
+                    "constraints": constraints or None,
+                    "feasible": not warnings,
+                    "deploy": _deploy_notes(model, imgsz=job.get("imgsz")),
+                    "plan": plan.to_dict(),
+                    "recorded": {
+                        **recorded,
+                        "fidelity": trial.user_attrs.get("fidelity", "full"),
+                        "rung0": trial.user_attrs.get("rung0"),  # what rung 0 measured, for a promoted trial
+                        "latency": trial.user_attrs.get("latency"),
+                        "provenance": trial.user_attrs.get("provenance"),
+                        "retimed": retimed.to_dict() if retimed else None,
+                    },
+                    "versions": package_versions(),
                 },
-                "versions": package_versions(),
-            },
-            sort_keys=False,
+                sort_keys=False,
+            )
         )
-    )
-    # what `tune show` lists for this trial: the re-timed medians, else the search's paired timing
-    if retimed is not None:
-        recorded.update(latency_ms=retimed.latency_ms, speedup=retimed.speedup, retimed_rounds=retimed.rounds)
-    elif reference is not None and recorded.get("latency_ms"):
-        paired = trial.user_attrs.get("reference_ms") or reference.values[2]
-        recorded["speedup"] = float(paired) / recorded["latency_ms"]
-    measured: dict[str, float] = {}
-    if remeasure:
-        assert target is not None and dataset is not None
-        fp32 = None
-        if reference is not None and reference.number != number:
-            given = Path(str(reference.user_attrs.get("artifact", "")))
-            fp32 = given if given.is_file() else None
-        measured, per_round = _remeasure(
-            model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds
-        )
-        (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round}, indent=2))
+        # what `tune show` lists for this trial: the re-timed medians, else the search's paired timing
+        if retimed is not None:
+            recorded.update(latency_ms=retimed.latency_ms, speedup=retimed.speedup, retimed_rounds=retimed.rounds)
+        elif reference is not None and recorded.get("latency_ms"):
+            paired = trial.user_attrs.get("reference_ms") or reference.values[2]
+            recorded["speedup"] = float(paired) / recorded["latency_ms"]
+        measured: dict[str, float] = {}
+        if remeasure:
+            assert target is not None and dataset is not None
+            fp32 = None
+            if reference is not None and reference.number != number:
+                given = Path(str(reference.user_attrs.get("artifact", "")))
+                fp32 = given if given.is_file() else None
+            measured, per_round = _remeasure(
+                model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds
+            )
+            (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round}, indent=2))
+    except BaseException:  # Ctrl-C or a failed re-measurement: no half export passes for a whole one
+        for written in (model, plan_file, recipe, out_dir / "remeasured.json"):
+            written.unlink(missing_ok=True)
+        raise
     return ExportResult(
         trial=number,
         model=model,
