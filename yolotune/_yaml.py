@@ -1,5 +1,7 @@
 """YAML for the files users write: PyYAML's safe loader, refusing a key given twice in one mapping.
 
+It also reads ``1e-4`` as a number, as YAML 1.2 and JSON do (PyYAML's YAML 1.1 reads it as a string).
+
 PyYAML keeps the last of two equal keys without a word, so a plan with ``ratios:`` twice would
 silently lose the first. The error is PyYAML's own (``ConstructorError``), with the line and
 column of the second key, so every caller's ``yaml.YAMLError`` handling names it in one line.
@@ -7,6 +9,7 @@ column of the second key, so every caller's ``yaml.YAMLError`` handling names it
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -33,6 +36,12 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 reads 1e-4 as a number; PyYAML (YAML 1.1) wants a dot (1.0e-4) and reads it as a string
+_StrictLoader.add_implicit_resolver(  # type: ignore[no-untyped-call]
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def load(text: str) -> Any:

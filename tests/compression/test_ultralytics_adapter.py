@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +199,32 @@ def test_quiet_silences_only_its_own_thread_and_restores_the_streams(capsys: pyt
     out = capsys.readouterr()
     assert out.out == "from the main thread\n" and out.err == ""
     assert (sys.stdout, sys.stderr) == streams  # unwrapped once, by the last block out
+
+
+def test_a_program_that_imported_ultralytics_first_keeps_its_settings_file(tmp_path: Path) -> None:
+    # a pipeline that already uses Ultralytics imports it before yolotune: its own settings file
+    # (here in a fake home) must not be rewritten; yolotune's folders apply to this process only
+    config = tmp_path / "home" / "cfg"
+    code = (
+        "import json, sys\n"
+        "import ultralytics\n"
+        "from ultralytics.utils import SETTINGS\n"
+        "from yolotune.assets import resolve_model\n"
+        "from yolotune.compression import ultralytics_adapter\n"
+        "ultralytics_adapter.load_model(resolve_model('yolov8n-coco.pt'))\n"
+        "print(json.dumps({'file': str(SETTINGS.file_path), 'runs_dir': SETTINGS['runs_dir']}))\n"
+    )
+    env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")}
+    env["YOLO_CONFIG_DIR"] = str(config)
+    env["YOLOTUNE_TMP"] = str(tmp_path / "scratch")
+    if "YOLOTUNE_ASSETS" in os.environ:
+        env["YOLOTUNE_ASSETS"] = os.environ["YOLOTUNE_ASSETS"]
+    subprocess.run([sys.executable, "-c", "import ultralytics"], env=env, timeout=120, check=True)  # its own file
+    (settings,) = config.rglob("settings.json")
+    before = settings.read_text()
+    assert "scratch" not in before
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen == {"file": str(settings), "runs_dir": str(tmp_path / "scratch" / "runs")}
+    assert settings.read_text() == before

@@ -98,6 +98,11 @@ def test_bad_search_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         CandidateSettings(imgsz=160.0)  # type: ignore[arg-type]
     with pytest.raises(YolotuneError, match=r"space must be a YAML file or 'module:callable'"):
         SearchConfig(model="m.pt", data="coco8", budget=1, space=print)  # type: ignore[arg-type]
+    with pytest.raises(YolotuneError, match=r"--max-latency-ms must be positive; got nan"):
+        SearchConfig(model="m.pt", data="coco8", budget=1, max_latency_ms=float("nan"))
+    # a Path where a str is declared names the same study as the str
+    as_path = SearchConfig(model=Path("w") / "m.pt", data=Path("d") / "data.yaml", budget=1)  # type: ignore[arg-type]
+    assert (as_path.model, as_path.data, as_path.name) == ("w/m.pt", "d/data.yaml", "m-d-local-cpu-320")
     # a library caller's str root works, and naming the storage creates nothing
     monkeypatch.chdir(tmp_path)
     config = SearchConfig(model="m.pt", data="coco8", budget=1, root="here")  # type: ignore[arg-type]
@@ -450,6 +455,14 @@ def test_space_from_a_python_callable(tmp_path: Path) -> None:
         load_space(f"{source}:as_dict", default=default)
     with pytest.raises(YolotuneError, match=r"space '.*:typo' failed on a first draw: TypeError: "):
         load_space(f"{source}:typo", default=default)
+    source.write_text(
+        source.read_text() + "def other_model(trial):\n"
+        "    return CompressionPlan.from_dict({'pruning': {'ratios': {'model.22': 0.2}}})\n"
+    )
+    with pytest.raises(
+        YolotuneError, match=r"space '.*:other_model' drew a plan for another model: unknown pruning group 'model.22'"
+    ):
+        load_space(f"{source}:other_model", default=default)  # every trial would fail
     with pytest.raises(YolotuneError, match=r"space file .*missing\.yaml not found"):
         load_space(str(tmp_path / "missing.yaml"), default=default)
     (tmp_path / "bad.yaml").write_text("max_ratio: 0.3\nwidth: 2\n")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,3 +199,46 @@ def test_effective_plans_drop_settings_that_change_nothing_built() -> None:
         {"pruning": {"ratios": {"backbone.4": 0.2}, "importance": "activation"}, "recovery": {"images": 8}}
     )
     assert ranked.effective().recovery.images == 8  # activation ranking looks at them
+    # a group pruned by 0, or named with the precision it has unnamed, builds what leaving it out builds
+    named = CompressionPlan(
+        pruning=PruningConfig(ratios={"backbone.0": 0.0, "backbone.4": 0.2}),
+        quantization=QuantizationConfig(default="int8", precision={"neck.15": "int8", "head.decode": "fp32"}),
+    )
+    left_out = CompressionPlan(
+        pruning=PruningConfig(ratios={"backbone.4": 0.2}), quantization=QuantizationConfig(default="int8")
+    )
+    assert named != left_out and named.effective() == left_out.effective()
+    decode_int8 = QuantizationConfig(default="int8", precision={"head.decode": "int8"})
+    assert CompressionPlan(quantization=decode_int8).effective().quantization == decode_int8
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: PruningConfig(ratios="backbone.1"), "pruning ratios must map layer-group names to values"),
+        (lambda: PruningConfig(ratios=None), "pruning ratios must map layer-group names to values"),
+        (lambda: PruningConfig(ratios=[("backbone.1", 0.1, 2)]), "pruning ratios must map layer-group names"),
+        (lambda: QuantizationConfig(precision=["neck.12"]), "quantization precision must map layer-group names"),
+        (lambda: PruningConfig(ratios=[("neck.12", 0.1), ("neck.12", 0.5)]), "names 'neck.12' more than once"),
+        (lambda: CompressionPlan(pruning={"ratios": {"neck.12": 0.2}}), "pruning must be a PruningConfig"),
+        (lambda: CompressionPlan(recovery="bn"), "recovery must be a RecoveryConfig; got 'bn'"),
+        (lambda: RecoveryConfig(lr="1e-4"), "got the string '1e-4' (in YAML write 1.0e-4 or 0.0001)"),
+    ],
+)
+def test_sections_built_by_hand_are_checked_in_one_line(build: Any, message: str) -> None:
+    with pytest.raises(PlanError) as info:
+        build()
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_numpy_numbers_and_yaml_exponents_are_numbers() -> None:
+    import numpy as np
+
+    plan = CompressionPlan(
+        pruning=PruningConfig(ratios={"backbone.4": np.float32(0.25), "neck.15": np.float64(0.5)}),
+        recovery=RecoveryConfig(epochs=1, lr=np.float32(0.001)),
+    )
+    assert all(type(r) is float for _, r in plan.pruning.ratios) and type(plan.recovery.lr) is float
+    assert CompressionPlan.from_json(plan.to_json()) == plan
+    # YAML 1.2 (and JSON) read 1e-4 as a number; PyYAML's YAML 1.1 alone would read a string
+    assert CompressionPlan.from_yaml("recovery: {epochs: 1, lr: 1e-4}\n").recovery.lr == 1e-4

@@ -91,7 +91,11 @@ def _setup() -> None:
         openvino_msg=False,
     )
     if any(SETTINGS.get(k) != v for k, v in updates.items()):
-        SETTINGS.update(updates)
+        if SETTINGS.file_path.resolve().is_relative_to(scratch.resolve()):
+            SETTINGS.update(updates)  # yolotune's private settings file (configure_ultralytics ran first)
+        else:  # Ultralytics was imported before yolotune, with the user's own file: change this process only
+            with SETTINGS.lock:
+                dict.update(SETTINGS, updates)
     LOGGER.setLevel(logging.WARNING)
     _ULTRALYTICS_SET_UP = True
 

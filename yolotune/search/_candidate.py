@@ -391,6 +391,7 @@ def build_candidate(
     if stage not in ("full", "rung0", "promote"):
         raise ValueError(f"unknown stage {stage!r}")
     settings = settings or CandidateSettings()
+    out_dir = Path(out_dir).absolute()  # the files a result names stay found after a chdir
     # only the target's name and precisions matter here: its device is not needed to build (the
     # driver passes its TargetSpec, so workers need no registry or targets file of their own)
     runs_on: Target | TargetSpec = target or target_spec(settings.target)

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,6 +151,10 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # a str from a library caller works too
+        for name in ("model", "data", "storage", "space"):  # and a Path where a str is declared
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
         whole = {
             "budget": self.budget,
             "population": self.population,
@@ -194,7 +199,7 @@ class SearchConfig:
             raise YolotuneError(f"heartbeat interval must be ≥1 s; got {self.heartbeat_interval}")
         if self.max_map_drop is not None and not 0 <= self.max_map_drop <= 1:
             raise YolotuneError(f"--max-map-drop is an mAP50-95 difference in [0, 1]; got {self.max_map_drop}")
-        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:  # NaN too
             raise YolotuneError(f"--max-latency-ms must be positive; got {self.max_latency_ms}")
         if self.budget <= 0:
             raise YolotuneError(f"--budget must be a positive number of trials; got {self.budget}")

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def load_space(spec: str | None, *, default: DefaultSpace) -> Space:
     if params == ["default"]:
         obj = obj(default)
     space: Space = obj
-    _first_draw(space, spec)
+    _first_draw(space, spec, groups=default.groups)
     return space
 
 
@@ -125,8 +126,11 @@ def _warn_clamped(space: DefaultSpace, path: Path) -> None:
         )
 
 
-def _first_draw(space: Space, spec: str) -> None:
+def _first_draw(space: Space, spec: str, *, groups: Sequence[str]) -> None:
     """Draw one plan from a throwaway study, so a broken space is found before any trial is recorded.
+
+    The plan must name the model's layer groups only: a space that names another model's would
+    fail every trial.
 
     Spaces are pure (``trial.suggest_*`` only), so the draw builds and writes nothing.
     """
@@ -146,3 +150,7 @@ def _first_draw(space: Space, spec: str) -> None:
         optuna.logging.set_verbosity(verbosity)
     if not isinstance(plan, CompressionPlan):
         raise YolotuneError(f"space '{spec}' returned {type(plan).__name__}, not a CompressionPlan")
+    try:
+        plan.check_groups(groups)
+    except YolotuneError as exc:
+        raise YolotuneError(f"space '{spec}' drew a plan for another model: {exc}") from exc

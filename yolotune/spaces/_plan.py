@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -48,9 +49,27 @@ MAX_PRUNING_RATIO = 0.9
 DECODE_GROUP = "head.decode"
 
 
-def _pairs(value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
-    items = value.items() if isinstance(value, Mapping) else value
+def _pairs(name: str, value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """``value`` (a mapping, or (group, value) pairs) as sorted pairs; one line on anything else."""
+    how = f"{name} must map layer-group names to values ({{'backbone.1': ...}} or [('backbone.1', ...)])"
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise PlanError(f"{how}; got {value!r}")
+    else:
+        items = list(value)
+        if any(not isinstance(pair, tuple | list) or len(pair) != 2 for pair in items):
+            raise PlanError(f"{how}; got {value!r}")
+    keys = [str(k) for k, _ in items]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise PlanError(f"{name} names {', '.join(repr(k) for k in twice)} more than once; give each group once")
     return tuple(sorted((str(k), v) for k, v in items))
+
+
+def _real(value: Any) -> bool:
+    """A real number (numpy's too), not a bool and not NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -84,12 +103,13 @@ class PruningConfig:
         ) -> None: ...
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ratios", _pairs(self.ratios))
+        object.__setattr__(self, "ratios", _pairs("pruning ratios", self.ratios))
         for group, ratio in self.ratios:
-            if isinstance(ratio, bool) or not isinstance(ratio, int | float) or math.isnan(ratio):
+            if not _real(ratio):
                 raise PlanError(f"pruning ratio of '{group}' must be a number; got {ratio!r}")
             if not 0.0 <= ratio <= MAX_PRUNING_RATIO:
                 raise PlanError(f"pruning ratio of '{group}' is {ratio}; it must lie in [0, {MAX_PRUNING_RATIO}]")
+        object.__setattr__(self, "ratios", tuple((g, float(r)) for g, r in self.ratios))  # numpy's too, as JSON
         if DECODE_GROUP in dict(self.ratios):
             raise PlanError(f"'{DECODE_GROUP}' (DFL and box decode) cannot be pruned")
         _choice("pruning importance", self.importance, IMPORTANCE_CRITERIA)
@@ -151,7 +171,7 @@ class QuantizationConfig:
         ) -> None: ...
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", _pairs(self.precision))
+        object.__setattr__(self, "precision", _pairs("quantization precision", self.precision))
         _choice("default precision", self.default, PRECISIONS)
         for group, value in self.precision:
             _choice(f"precision of '{group}'", value, PRECISIONS)
@@ -216,8 +236,13 @@ class RecoveryConfig:
             raise PlanError(f"recovery images must be an integer ≥ 1; got {self.images!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise PlanError(f"fine-tune epochs must be an integer ≥ 0; got {self.epochs!r}")
-        if not isinstance(self.lr, int | float) or not 0 < self.lr < 1:
+        if isinstance(self.lr, str):  # YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string
+            raise PlanError(
+                f"fine-tune lr must be a number; got the string {self.lr!r} (in YAML write 1.0e-4 or 0.0001)"
+            )
+        if not _real(self.lr) or not 0 < self.lr < 1:
             raise PlanError(f"fine-tune lr must lie in (0, 1); got {self.lr!r}")
+        object.__setattr__(self, "lr", float(self.lr))
         if not isinstance(self.distill, bool):
             raise PlanError(f"recovery distill must be true or false; got {self.distill!r}")
         if self.distill and not self.epochs:
@@ -237,7 +262,36 @@ class CompressionPlan:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
+    def __post_init__(self) -> None:
+        for name, kind in (
+            ("pruning", PruningConfig),
+            ("quantization", QuantizationConfig),
+            ("recovery", RecoveryConfig),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                raise PlanError(
+                    f"CompressionPlan {name} must be a {kind.__name__}; got {value!r}: build it with "
+                    f"{kind.__name__}(...), or the whole plan with CompressionPlan.from_dict({{'{name}': ...}})"
+                )
+
     # ----------------------------------------------------------------- validation
+    def check_groups(self, groups: Sequence[str]) -> None:
+        """Check that every group the plan names is one of a model's layer groups.
+
+        Raises:
+            PlanError: Unknown group names; the message lists the valid ones.
+        """
+        valid = set(groups)
+        for kind, named in (("pruning", self.pruning.ratios), ("precision", self.quantization.precision)):
+            allowed = valid | ({DECODE_GROUP} if kind == "precision" else set())
+            unknown = sorted(g for g, _ in named if g not in allowed)
+            if unknown:
+                raise PlanError(
+                    f"unknown {kind} group {', '.join(repr(u) for u in unknown)}; valid groups: "
+                    + ", ".join(sorted(allowed, key=_group_sort_key))
+                )
+
     def check(self, *, groups: Sequence[str], n_train_images: int) -> None:
         """Check the plan against a model's layer groups and a dataset's training split.
 
@@ -250,15 +304,7 @@ class CompressionPlan:
                 calibration images (of a plan with INT8 layers) or post-training recovery images
                 (of a pruned plan) than the training split holds.
         """
-        valid = set(groups)
-        for kind, named in (("pruning", self.pruning.ratios), ("precision", self.quantization.precision)):
-            allowed = valid | ({DECODE_GROUP} if kind == "precision" else set())
-            unknown = sorted(g for g, _ in named if g not in allowed)
-            if unknown:
-                raise PlanError(
-                    f"unknown {kind} group {', '.join(repr(u) for u in unknown)}; valid groups: "
-                    + ", ".join(sorted(allowed, key=_group_sort_key))
-                )
+        self.check_groups(groups)
         if self.pruning.active and self.recovery.post_training and self.recovery.images > n_train_images:
             default = " (the default)" if self.recovery.images == RecoveryConfig().images else ""
             raise PlanError(
@@ -333,7 +379,7 @@ class CompressionPlan:
                 if key in values:
                     if not isinstance(values[key], Mapping):
                         raise PlanError(f"'{name}.{key}' must be a mapping of group name to value")
-                    values[key] = _pairs(values[key])
+                    values[key] = _pairs(f"'{name}.{key}'", values[key])
             kwargs[name] = section_cls(**values)
         return cls(**kwargs)
 
@@ -362,8 +408,9 @@ class CompressionPlan:
             raise PlanError(f"plan is not valid YAML: {yaml_problem(exc)}") from exc
 
     def save(self, path: str | Path) -> Path:
-        """Write the plan to ``path`` (JSON for ``.json``, YAML otherwise)."""
+        """Write the plan to ``path`` (JSON for ``.json``, YAML otherwise); missing folders are created."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
         return path
 
@@ -399,12 +446,17 @@ class CompressionPlan:
     def effective(self) -> CompressionPlan:
         """This plan with every setting that does not change what is built set to its default.
 
-        Without pruning, importance, rounding and post-training recovery do nothing (nor do the
+        A group pruned by 0, or named with the precision it gets unnamed, is left out. Without
+        pruning, importance, rounding and post-training recovery do nothing (nor do the
         recovery's images without a recovery, unless activations rank the channels); without
         fine-tuning, its learning rate and distillation; without INT8 layers, calibration. Two
         plans with the same ``effective()`` build the same model.
         """
         pruning, quant, recovery = self.pruning, self.quantization, self.recovery
+        # a group pruned by 0, or given the precision it would have anyway, is a group left out
+        pruning = replace(pruning, ratios=tuple((g, r) for g, r in pruning.ratios if r > 0))
+        unnamed = {g: "fp32" if g == DECODE_GROUP else quant.default for g, _ in quant.precision}
+        quant = replace(quant, precision=tuple((g, p) for g, p in quant.precision if p != unnamed[g]))
         if not pruning.active:
             pruning = PruningConfig()
         if not pruning.active:

@@ -66,6 +66,8 @@ _MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
 
 
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise YolotuneError(f"a trial number is a whole number (see `tune show`); got {number!r}")
     trials = study.get_trials(deepcopy=False)
     found = next((t for t in trials if t.number == number), None)
     if found is None:
@@ -104,7 +106,7 @@ def export_trial(
     number: int,
     out_dir: Path | str,
     *,
-    artifacts: Path | None = None,
+    artifacts: Path | str | None = None,
     remeasure: bool = True,
     rounds: int = 11,
     device_url: str | None = None,
@@ -145,7 +147,7 @@ def export_trial(
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
     model, recipe, plan_file = out_dir / name, out_dir / "recipe.yaml", out_dir / "plan.yaml"
     try:
-        _fetch(trial, artifacts, model)
+        _fetch(trial, None if artifacts is None else Path(artifacts), model)
         plan_path = plan.save(plan_file)
         recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
         if "size_bytes" in recorded:

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
-from yolotune.errors import PlanError
+from yolotune.errors import PlanError, YolotuneError
 from yolotune.spaces import CompressionPlan
 from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speedup_of
 from yolotune.studies._retimed import current_retiming
@@ -47,7 +47,7 @@ dt { font-weight: 600; } dd { margin: 0; }
 """
 
 
-def write_report(study: optuna.Study, path: Path) -> Path:
+def write_report(study: optuna.Study, path: Path | str) -> Path:
     """Write the study's report to ``path`` and return it.
 
     The page holds a header (name, trials by state, job, constraints), the Pareto front as a table, mAP
@@ -63,6 +63,10 @@ def write_report(study: optuna.Study, path: Path) -> Path:
         ``path``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise YolotuneError(
+            f"the report path {path} is a folder; name an .html file in it, e.g. {path / 'report.html'}"
+        )
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) == 3]
     front = pareto_front(study) if complete else []
