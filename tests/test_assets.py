@@ -147,6 +147,7 @@ def test_image_lists_in_txt_files_are_read_as_ultralytics_reads_them(tmp_path: P
         ("0 1.7 0.5 0.2 0.2", r"line 2 has coordinates outside 0–1"),
         ("person 0.5 0.5 0.2 0.2", r"line 2 is not numbers"),
         ("0 0.1 0.1 0.2 0.1 0.2 0.2", r"mixes boxes and polygons \(lines 1 and 2\)"),
+        ("0 0.5 0.5 0.2 0.2 0.9", r"line 2 has 6 values; a box is 'class x y w h'"),  # not a polygon
     ],
 )
 def test_a_label_line_ultralytics_would_drop_its_image_for_is_refused(tmp_path: Path, line: str, says: str) -> None:
@@ -159,6 +160,23 @@ def test_a_label_line_ultralytics_would_drop_its_image_for_is_refused(tmp_path: 
         prepare_dataset(data)
     assert "\n" not in str(info.value)
     label.write_text("\n".join(text) + "\n")  # fixed: accepted
+    assert len(prepare_dataset(data).val_images) == 4
+
+
+def test_an_image_ultralytics_would_skip_is_refused_and_a_jpeg_it_restores_is_not(tmp_path: Path) -> None:
+    data = _coco8_copy(tmp_path, labels={"train": "linked", "val": "linked"})
+    image = sorted((tmp_path / "images" / "val").iterdir())[0]
+    whole = image.read_bytes()
+    image.unlink()  # a file of its own, not the link to coco8's
+    for broken, says in (
+        (whole[:3000], "image file is truncated"),
+        (b"", "the file is empty"),
+        (b"GIF89a not really", "not an image format PIL can read"),
+    ):
+        image.write_bytes(broken)
+        with pytest.raises(YolotuneError, match=rf"image {image} \('val' split of {data}\) cannot be read: .*{says}"):
+            prepare_dataset(data)
+    image.write_bytes(whole + b"\0\0")  # bytes after the end marker: Ultralytics re-saves it and validates it
     assert len(prepare_dataset(data).val_images) == 4
 
 
@@ -180,6 +198,10 @@ def test_data_yaml_mistakes_are_named_in_one_line(tmp_path: Path) -> None:
     data.write_text("train: images/train\nval: images/val\nnames: person\n")
     with pytest.raises(YolotuneError, match=r"has no class 'names': add 'names:' as a list of class names"):
         prepare_dataset(data)
+    with pytest.raises(YolotuneError, match=rf"dataset folder {tmp_path / 'images'} has no data.yaml: pass the data"):
+        prepare_dataset(tmp_path / "images")
+    data.write_text("train: images/train\nval: images/val\nnc: 80\n")  # no names: Ultralytics makes them up
+    assert prepare_dataset(data).names[79] == "class_79"
 
 
 def test_validation_images_that_are_training_images_too_are_said_and_never_fine_tuned_on(

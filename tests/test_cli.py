@@ -162,6 +162,10 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
     assert "is timed on the device" in _error(["run", "--data", "coco8", "--target", "jetson-orin"])
     line = _error(["show", "--root", str(tmp_path)])
     assert "no study in" in line and "run `tune run` first" in line
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "demo.db").write_bytes(b"")  # --root given the project folder, not its studies
+    line = _error(["show", "--root", str(tmp_path)])
+    assert line.endswith(f"no study in {tmp_path}/; {tmp_path}/studies/ holds some: pass --root {tmp_path}/studies")
     assert "--max-map-drop is an mAP50-95 difference" in _error(
         ["run", "--data", "coco8", "--max-map-drop", "5", "--root", str(tmp_path)]
     )

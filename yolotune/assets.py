@@ -98,6 +98,10 @@ def resolve_data(name: str | os.PathLike[str]) -> Path:
         tried.append(candidate.resolve())
         if candidate.is_file():
             return candidate.resolve()
+    if path.is_dir():
+        raise YolotuneError(
+            f"dataset folder {path} has no data.yaml: pass the data yaml itself (train, val, names) as for Ultralytics"
+        )
     hint = "" if root is not None else " (no assets directory: set YOLOTUNE_ASSETS)"
     raise YolotuneError(f"dataset '{name}' not found; looked at {_looked(tried)}{hint}")
 
@@ -213,7 +217,7 @@ def _check_labels(images: list[Path], classes: int, split: str, source: Path) ->
             if not fields:
                 continue
             where = f"label file {label} line {n}"
-            kinds.setdefault(len(fields) > 5, n)
+            kinds.setdefault(len(fields) > 6, n)  # Ultralytics' test for a polygon; 6 values is neither
             if len(kinds) > 1:  # Ultralytics then reads every line as a polygon, a box as a 2-point one
                 raise YolotuneError(
                     f"label file {label} mixes boxes and polygons (lines {kinds[False]} and {kinds[True]}); "
@@ -238,6 +242,40 @@ def _check_labels(images: list[Path], classes: int, split: str, source: Path) ->
                     f"{where} has coordinates outside 0–1: {line.strip()[:60]!r}; "
                     "boxes are normalized by the image's width and height"
                 )
+
+
+def _check_images(images: list[Path], split: str, source: Path) -> None:
+    """Refuse an image Ultralytics would skip (it counts it corrupt and validates without it).
+
+    As Ultralytics checks: PIL's ``verify``, at least 10 pixels a side, and a JPEG without its end
+    marker must decode in full (Ultralytics re-saves such a file when it can, and skips it when not).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    for image in images:
+        try:
+            if image.stat().st_size == 0:
+                raise ValueError("the file is empty")
+            with Image.open(image) as im:
+                im.verify()
+                width, height = im.size
+            if min(width, height) < 10:
+                raise ValueError(f"{width}×{height} pixels, under Ultralytics' 10")
+            if image.suffix.lower() in (".jpg", ".jpeg"):
+                with image.open("rb") as f:
+                    f.seek(-2, os.SEEK_END)
+                    ended = f.read() == b"\xff\xd9"
+                if not ended:
+                    with Image.open(image) as im:
+                        im.load()
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, UnidentifiedImageError | ImportError):  # an opener plugin that is not there
+                reason = "not an image format PIL can read"
+            raise YolotuneError(
+                f"image {image} ('{split}' split of {source}) cannot be read: {reason[:120]}; Ultralytics would skip "
+                "it and change the mAP: replace it or take it out"
+            ) from None
 
 
 def _shared_images(train: list[Path], val: list[Path]) -> list[Path]:
@@ -330,6 +368,9 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     data = _load_yaml(source)
     root = _dataset_root(data, source)
     names = data.get("names")
+    nc = data.get("nc")
+    if names is None and isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
+        names = [f"class_{i}" for i in range(nc)]  # as Ultralytics names them
     if isinstance(names, list):
         names = dict(enumerate(names))
     if not isinstance(names, dict) or not names:
@@ -346,7 +387,6 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
             f"data yaml {source}: the 'names' keys must be the class indices 0–{len(names) - 1} with no gaps; "
             f"got {_keys(names)}"
         )
-    nc = data.get("nc")
     if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int)):
         raise YolotuneError(f"data yaml {source}: nc must be a whole number (unquoted); got {nc!r}")
     if nc is not None and nc != len(names):
@@ -375,6 +415,7 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     copy = workspace_dir() / "datasets" / key
     if not (copy / "data.yaml").exists():  # checked once per copy: a bad label makes none
         for split, images in splits.items():
+            _check_images(images, split, source)
             _check_labels(images, len(names), split, source)
         tmp = copy.with_name(f"{key}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -136,6 +136,43 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
         ultralytics_adapter.load_model(config)
 
 
+def test_checkpoints_of_other_kinds_say_what_they_are(weights, coco8, tmp_path: Path) -> None:
+    from ultralytics.nn.tasks import DetectionModel, OBBModel
+
+    # a module pickled with torch.save rather than by Ultralytics
+    module_only = tmp_path / "module_only.pt"
+    torch.save(torch.load(weights, map_location="cpu", weights_only=False)["model"], module_only)
+    with pytest.raises(
+        YolotuneError, match=r"module_only.pt holds a \w+, not an Ultralytics checkpoint: save .*\.save"
+    ):
+        ultralytics_adapter.load_model(module_only)
+    obb = tmp_path / "obb.pt"
+    torch.save({"model": OBBModel("yolov8n-obb.yaml", nc=2, verbose=False)}, obb)
+    with pytest.raises(YolotuneError, match=r"obb.pt is an OBBModel, not an Ultralytics detection model"):
+        ultralytics_adapter.load_model(obb)
+    # a detector trained with single_cls=True detects one class, whatever the data yaml names
+    single = DetectionModel("yolov8n.yaml", nc=1, verbose=False)
+    single.args = {"single_cls": True}
+    with pytest.raises(YolotuneError, match=r"trained with single_cls=True .*: give it a data yaml naming one class"):
+        ultralytics_adapter.check_classes(single, coco8.names, coco8.source)
+    single.args = {}
+    with pytest.raises(YolotuneError, match=r"names 80 class\(es\); the model detects 1: pass the dataset"):
+        ultralytics_adapter.check_classes(single, coco8.names, coco8.source)
+
+
+def test_a_data_yaml_naming_the_classes_otherwise_is_said(weights, coco8, caplog: pytest.LogCaptureFixture) -> None:
+    net = ultralytics_adapter.load_model(weights)
+    with caplog.at_level("WARNING", logger="yolotune.compression.ultralytics_adapter"):
+        ultralytics_adapter.check_classes(net, coco8.names, coco8.source)  # the names it was trained with
+        assert caplog.records == []
+        swapped = {**coco8.names, 0: coco8.names[2], 2: coco8.names[0]}
+        ultralytics_adapter.check_classes(net, swapped, coco8.source)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data yaml {coco8.source} names 2 of the model's 80 classes otherwise (class 0: 'car', the model's 'person'): "
+        "the mAP counts a box of one as the other; pass the data yaml the model was trained with"
+    ]
+
+
 def test_finetune_trains_the_pruned_model_itself(yolov8n, coco8, tmp_path: Path) -> None:
     prune(yolov8n, PruningConfig(ratios={"backbone.7": 0.5}, round_to=8), imgsz=160)
     widths = [m.out_channels for m in yolov8n.modules() if isinstance(m, torch.nn.Conv2d)]

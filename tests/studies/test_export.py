@@ -44,6 +44,11 @@ def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[P
         recipe = yaml.safe_load(res.recipe.read_text())
         assert recipe["constraints"] == {"max_map_drop": 0.05} and recipe["feasible"] and not res.warnings
         assert recipe["trial"] == row.number and recipe["job"]["data"] == "coco8"
+        # the versions of yolotune's steps are apart from the job: no "calibration" that is not the plan's
+        assert (
+            "calibration" not in recipe["job"]
+            and recipe["formats"]["calibration"] == study.user_attrs["job"]["calibration"]
+        )
         deploy = recipe["deploy"]  # what running the file needs, read from the file itself
         assert deploy["inputs"] == {"images": {"shape": [1, 3, 160, 160], "type": "float"}}
         assert (

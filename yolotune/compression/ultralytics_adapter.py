@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from yolotune._env import configure_ultralytics, workspace_dir
+from yolotune._warn import warn_once
 from yolotune.errors import StepError, YolotuneError
 
 configure_ultralytics()
@@ -65,6 +66,8 @@ __all__ = [
     "save_checkpoint",
     "validate_onnx",
 ]
+
+logger = logging.getLogger(__name__)
 
 _ULTRALYTICS_SET_UP = False
 #: What ``export_onnx`` writes. A study records it, so a resumed study never mixes trials measured
@@ -208,8 +211,15 @@ def load_model(path: str | Path) -> UltraModule:
     from ultralytics.nn.tasks import DetectionModel
 
     if not isinstance(model, DetectionModel) or type(model).__name__ != "DetectionModel":
+        kind = type(model).__name__
+        if not kind.endswith("Model"):  # e.g. a Sequential: a module saved with torch.save, not by Ultralytics
+            raise YolotuneError(
+                f"{path} holds a {kind}, not an Ultralytics checkpoint: save the model with Ultralytics "
+                "(YOLO(...).save('model.pt'), or the trainer's runs/detect/<name>/weights/best.pt)"
+            )
+        article = "an" if kind[0] in "AEIOU" else "a"
         raise YolotuneError(
-            f"{path} is a {type(model).__name__}, not an Ultralytics detection model: yolotune tunes detectors "
+            f"{path} is {article} {kind}, not an Ultralytics detection model: yolotune tunes detectors "
             "(task=detect); pass a YOLO detection checkpoint"
         )
     model = model.float().eval().cpu()
@@ -482,11 +492,34 @@ def check_classes(model: UltraModule, names: dict[int, str], source: Path) -> No
         YolotuneError: The class counts differ.
     """
     detects = int(model.model[-1].nc)
+    args = getattr(model, "args", None)
+    if len(names) != detects and detects == 1 and isinstance(args, dict) and args.get("single_cls"):
+        raise YolotuneError(
+            f"the model was trained with single_cls=True (every class of {source} as one) and yolotune validates "
+            "per class: give it a data yaml naming one class, with every label line's class set to 0"
+        )
     if len(names) != detects:
         raise YolotuneError(
             f"data yaml {source} names {len(names)} class(es); the model detects {detects}: "
             "pass the dataset the model was trained on (its data yaml's names)"
         )
+    own = getattr(model, "names", None)
+    if isinstance(own, dict) and len(own) == detects:
+        # Ultralytics' names for a data yaml that gives only nc (class_0, ...) are no names to compare
+        differ = [i for i in sorted(names) if str(own.get(i)) != str(names[i]) and names[i] != f"class_{i}"]
+        if differ:  # the same count of classes under other names: relabelled data, or another model's yaml
+            i = differ[0]
+            warn_once(
+                logger,
+                "data yaml %s names %d of the model's %d classes otherwise (class %d: %r, the model's %r): the mAP "
+                "counts a box of one as the other; pass the data yaml the model was trained with",
+                source,
+                len(differ),
+                detects,
+                i,
+                names[i],
+                own.get(i),
+            )
 
 
 def model_layout(model: UltraModule) -> ModelLayout:

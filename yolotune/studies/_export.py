@@ -65,6 +65,10 @@ class ExportResult:
 _MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
 
 
+#: Job keys that record the version of a yolotune step, not a setting of the trial.
+_FORMAT_KEYS = ("export", "calibration", "pruning")
+
+
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     if isinstance(number, bool) or not isinstance(number, int):
         raise YolotuneError(f"a trial number is a whole number (see `tune show`); got {number!r}")
@@ -164,7 +168,10 @@ def export_trial(
                     "study": study.study_name,
                     "trial": number,
                     "duplicate_of": twin,
-                    "job": job,
+                    # the study's job; the versions of how yolotune exports, calibrates and prunes apart,
+                    # so "calibration: entropy-kl512" is not read as the trial's calibration (that is the plan's)
+                    "job": {k: v for k, v in job.items() if k not in _FORMAT_KEYS},
+                    "formats": {k: job[k] for k in _FORMAT_KEYS if k in job},
                     "model_file": name,
                     "constraints": constraints or None,
                     "feasible": not warnings,

@@ -175,6 +175,10 @@ def load_study(
         found = sorted(p.stem for p in root.glob("*.db"))
         if not found:
             where = f"{root}/" if root.is_dir() else f"{root} (no such folder)"
+            if any((root / "studies").glob("*.db")):  # --root names the studies folder, not the project's
+                raise YolotuneError(
+                    f"no study in {where}; {root / 'studies'}/ holds some: pass --root {root / 'studies'}"
+                )
             raise YolotuneError(f"no study in {where}: run `tune run` first, or pass --root or --storage")
         if len(found) > 1:
             raise YolotuneError(f"{len(found)} studies in {root}/ ({', '.join(found)}); pass --study NAME")
