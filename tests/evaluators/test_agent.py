@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import itertools
 import json
@@ -69,6 +70,13 @@ def test_agent_answers_with_its_device_and_refuses_a_wrong_or_missing_token(agen
     orin = get_target("jetson-orin", device_url=agent.url, device_token=TOKEN)
     with pytest.raises(YolotuneError, match="runs onnxruntime; target jetson-orin needs tensorrt"):
         orin.check()
+    # a target asking for more threads than the device gives its agent: refused before any candidate is built
+    assert info["cpus"] >= 1
+    greedy = dataclasses.replace(BOARD, threads=info["cpus"] + 1)
+    with pytest.raises(
+        YolotuneError, match=rf"asks for {info['cpus'] + 1} threads but the device at .* gives its agent"
+    ):
+        get_target(greedy, device_url=agent.url, device_token=TOKEN).check()
 
 
 def test_a_checked_device_target_builds_int8_weights_for_the_agents_cpu(agent: AgentServer) -> None:
@@ -100,6 +108,8 @@ def test_uploads_are_size_limited_and_checked_and_the_agent_keeps_serving(agent:
     assert status == 400 and body["error"].startswith("not an ONNX model")
     status, body = _raw(agent.url, "POST", "/v1/benchmark", headers={**auth, "Content-Length": "0"})
     assert status == 400 and "imgsz" in body["error"]
+    status, body = _raw(agent.url, "POST", "/v1/benchmark?imgsz=32000", headers={**auth, "Content-Length": "0"})
+    assert status == 400 and "32 ≤ N ≤ 4096" in body["error"]  # a typo would allocate gigabytes
 
     # a model the runtime cannot run at that size: a clear failure, then a good request still works
     target = get_target(BOARD, device_url=agent.url, device_token=TOKEN)
@@ -169,6 +179,7 @@ def test_a_token_is_required_off_loopback_and_token_files_are_created_once(tmp_p
         ({"max_upload_bytes": 0}, "--max-upload-mb must be positive"),
         ({"host": "no-such-host.invalid", "token": "t"}, "cannot listen on no-such-host.invalid"),
         ({"host": "no-such-host.invalid"}, "cannot listen on no-such-host.invalid"),  # not "pass --token-file"
+        ({"threads": 4096}, r"--threads 4096 is more than the \d+ CPUs this machine gives the agent"),
     ],
 )
 def test_agent_settings_that_would_fail_every_request_are_refused(kwargs: dict, message: str) -> None:

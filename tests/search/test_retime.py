@@ -25,6 +25,9 @@ class _TableTarget:
         self.per_round = per_round
         self.timed: list[str] = []
 
+    def check(self) -> None:
+        """Still there: a target that is lost raises here."""
+
     def benchmark(self, model_path: Path, *, imgsz: int):
         from yolotune.evaluators import LatencyStats
 
@@ -118,3 +121,31 @@ def test_a_reference_that_cannot_be_timed_keeps_the_rounds_done(tmp_path: Path) 
     fresh = _TableTarget(target.true_ms, per_round=3)
     again = retime_front(study, target=fresh, imgsz=320, rounds=2)
     assert again is not None and again.rounds == 2 and not again.failed and len(fresh.timed) == 6
+
+
+def test_a_target_lost_while_re_timing_stops_with_the_rounds_done_and_drops_no_trial(tmp_path: Path) -> None:
+    from yolotune import YolotuneError
+    from yolotune.errors import StepError
+
+    study, _ = _study(tmp_path)
+
+    class _Lost(_TableTarget):  # a device agent killed in the second round
+        def check(self) -> None:
+            if len(self.timed) >= 4:
+                raise YolotuneError("device agent at http://pi:8765 unreachable (Connection refused)")
+
+        def benchmark(self, model_path: Path, *, imgsz: int):
+            if len(self.timed) >= 4:
+                raise StepError("latency", "device agent at http://pi:8765 unreachable (Connection refused)")
+            return super().benchmark(model_path, imgsz=imgsz)
+
+    lost = _Lost({"fp32.onnx": 13.0, "shared.onnx": 6.3, "separate.onnx": 6.8}, per_round=3)
+    with pytest.raises(YolotuneError, match=r"stopped timing during re-timing round 2 \(device agent .* unreachable"):
+        retime_front(study, target=lost, imgsz=320, rounds=3)
+    kept = current_retiming(study)
+    assert kept is not None and kept.rounds == 1 and not kept.failed  # no trial blamed for the device
+    assert [r.brief for r in pareto_front(study)] == ["shared", "separate", "fp32"]
+    # the agent back: the same call goes on from the rounds done
+    back = _TableTarget(lost.true_ms, per_round=3)
+    again = retime_front(study, target=back, imgsz=320, rounds=3)
+    assert again is not None and again.rounds == 3 and len(back.timed) == 6

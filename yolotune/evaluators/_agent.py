@@ -82,6 +82,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: Largest input size the agent times: a 4096² float input is 200 MB, and a typo like 32000 would be 12 GB.
+MAX_IMGSZ = 4096
+
+
 @dataclass(frozen=True, kw_only=True)
 class AgentConfig:
     """How the agent serves.
@@ -115,6 +119,14 @@ class AgentConfig:
         for name, value in limits.items():
             if value is not None and value <= 0:
                 raise YolotuneError(f"--{name} must be positive; got {value:g}")
+        if self.threads is not None and self.runtime == "onnxruntime":
+            from yolotune.evaluators._local_cpu import available_cpus
+
+            if self.threads > (cpus := available_cpus()):
+                raise YolotuneError(
+                    f"--threads {self.threads} is more than the {cpus} CPUs this machine gives the agent: every "
+                    f"timing would fail; pass --threads {cpus} or fewer"
+                )
         try:
             socket.getaddrinfo(self.host, None)
         except (OSError, UnicodeError) as exc:
@@ -251,8 +263,13 @@ class AgentServer:
         info["precisions"] = list(runtime_precisions(self.config.runtime))
         info["max_upload_bytes"] = self.config.max_upload_bytes
         info["timeout_s"] = self.config.timeout_s
+        info["max_imgsz"] = MAX_IMGSZ
         if self.config.runtime == "onnxruntime":
             import onnxruntime
+
+            from yolotune.evaluators._local_cpu import available_cpus
+
+            info["cpus"] = available_cpus()  # the most threads a target may ask this agent for
 
             info["runtime_version"] = onnxruntime.__version__
         else:
@@ -368,8 +385,8 @@ class AgentServer:
             threads = int(threads_q) if threads_q else self.config.threads
         except ValueError:
             raise _HTTPError(400, "imgsz and threads must be integers") from None
-        if imgsz < 32 or (threads is not None and threads < 1):
-            raise _HTTPError(400, "pass ?imgsz=N (N ≥ 32) and, optionally, threads ≥ 1")
+        if not 32 <= imgsz <= MAX_IMGSZ or (threads is not None and threads < 1):
+            raise _HTTPError(400, f"pass ?imgsz=N (32 ≤ N ≤ {MAX_IMGSZ}) and, optionally, threads ≥ 1")
         model = self._read_model(req)
         queued = time.time()
         with self._queue.turn():

@@ -129,6 +129,13 @@ class RemoteTarget(Target):
         missing = [p for p in self.precisions if p not in info.get("precisions", ())]
         if missing:
             raise YolotuneError(f"the agent at {self.url} cannot run {', '.join(missing)} for target {self.name}")
+        cpus = info.get("cpus")  # an older agent does not say: its own check refuses each timing
+        if self.spec.threads and isinstance(cpus, int) and self.spec.threads > cpus:
+            raise YolotuneError(
+                f"target {self.name} asks for {self.spec.threads} threads but the device at {self.url} gives its agent "
+                f"{cpus} CPUs: every timing would fail; define {self.name} with threads: {cpus} (or null: every CPU) "
+                "in a --targets-file"
+            )
         # the device's CPU decides whether INT8 weights need 7 bits (an older agent does not say: 8 bits)
         self.reduce_range = self.spec.runtime == "onnxruntime" and info.get("int8_saturates") is True
 

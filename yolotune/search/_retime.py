@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from yolotune.errors import YolotuneError
+from yolotune.errors import SearchStopped, YolotuneError
 from yolotune.search._candidate import file_digest
 from yolotune.studies._front import fp32_reference
 from yolotune.studies._retimed import NOISE_BAND, RETIMED_ATTR, Retiming, current_retiming, near_front
@@ -69,6 +69,10 @@ def retime_front(
         The re-timing (``failed`` names trials whose file is not on this host or whose timing
         failed: they are left out of it), or ``None`` when there is nothing to pair with (no FP32
         reference file on this host) or ``rounds`` is 0.
+
+    Raises:
+        SearchStopped: The target itself stopped timing (a device agent lost: its ``check()``
+            fails); the rounds done are recorded, and no trial is blamed for it.
     """
     if rounds < 1:
         return None
@@ -111,6 +115,14 @@ def retime_front(
             try:
                 timed[n] = target.benchmark(ref_path if n == ref_number else chosen[n], imgsz=imgsz).median_ms
             except YolotuneError as exc:
+                try:  # the target itself gone (a device agent lost): not this file's failure
+                    target.check()
+                except YolotuneError as lost:
+                    raise SearchStopped(
+                        f"the target stopped timing during re-timing round {k + 1} ({lost}); the {k} round(s) "
+                        "done are kept: run the same command again to go on",
+                        study=study,
+                    ) from exc
                 failed[n] = str(exc)
                 if n == ref_number:
                     break  # nothing to pair this round with: keep the rounds done
