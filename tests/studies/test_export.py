@@ -106,6 +106,28 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     assert not (tmp_path / "out").exists()
     with pytest.raises(YolotuneError, match="--rounds must be a whole number ≥1; got 0"):
         export_trial(study, 1, tmp_path / "out", rounds=0)
+    with pytest.raises(YolotuneError, match=r"a trial number is a whole number \(see `tune show`\); got '1'"):
+        export_trial(study, "1", tmp_path / "out")  # type: ignore[arg-type]
+
+
+def test_an_export_re_timed_on_another_device_says_so(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    elsewhere = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for key, value in study.user_attrs.items():
+        elsewhere.set_user_attr(key, value)
+    elsewhere.set_user_attr("timed_on", {**study.user_attrs["timed_on"], "device": "Raspberry Pi 5 Model B Rev 1.0"})
+    trial = study.trials[1]
+    elsewhere.add_trial(trial)
+    res = export_trial(elsewhere, 0, tmp_path / "out", artifacts=artifact_dir(root, name), rounds=1)
+    from yolotune.evaluators._device import cpu_name
+
+    assert list(res.warnings) == [
+        f"re-timed on {cpu_name()} ({json.loads((tmp_path / 'out' / 'remeasured.json').read_text())['host']}); the "
+        "study was timed on Raspberry Pi 5 Model B Rev 1.0: the re-measured latency and speed-up do not compare "
+        "with the recorded ones"
+    ]
+    assert json.loads((tmp_path / "out" / "remeasured.json").read_text())["device"] == cpu_name()
 
 
 def test_exporting_a_trial_that_breaks_the_study_constraints_says_so(

@@ -206,7 +206,16 @@ def export_trial(
             measured, per_round = _remeasure(
                 model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds
             )
-            (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round}, indent=2))
+            where = target.provenance(imgsz=int(job["imgsz"]))
+            searched_on = (study.user_attrs.get("timed_on") or {}).get("device")
+            if searched_on and searched_on != where.device:  # another agent's device: allowed, but said
+                warnings = (
+                    *warnings,
+                    f"re-timed on {where.device} ({where.host}); the study was timed on {searched_on}: the re-measured "
+                    "latency and speed-up do not compare with the recorded ones",
+                )
+            timed_on = {"device": where.device, "host": where.host}
+            (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round, **timed_on}, indent=2))
     except BaseException:  # Ctrl-C or a failed re-measurement: no half export passes for a whole one
         for written in (model, plan_file, recipe, out_dir / "remeasured.json"):
             written.unlink(missing_ok=True)
