@@ -152,6 +152,38 @@ def test_changing_constraints_of_an_existing_study_is_refused(small_study: tuple
         run_search(config)
 
 
+def test_resuming_on_the_same_device_under_another_setup_is_said(
+    small_study: tuple[Path, str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    root, name, _ = small_study
+    shutil.copy(root / f"{name}.db", tmp_path / f"{name}.db")  # a copy: the fixture's study stays as it is
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=4,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        retime_rounds=0,
+        study_name=name,
+        max_map_drop=0.05,
+    )
+    study = optuna.load_study(study_name=name, storage=config.storage_url)
+    setup = study.user_attrs["timed_setup"]  # recorded by the run that made it
+    assert setup["host"] and setup["runtime_version"]
+    with caplog.at_level("WARNING", logger="yolotune.search._driver"):
+        run_search(config)  # the budget is met: nothing runs, nothing said
+        assert caplog.records == []
+        study.set_user_attr("timed_setup", {**setup, "host": "other-box", "clocks_pinned": True})
+        run_search(config)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"study '{name}' was timed on the same device with another setup (host other-box → {setup['host']}, "
+        f"clocks pinned True → {setup['clocks_pinned']}): its latencies may not compare with this run's; "
+        "`tune retime --fresh` times the front again side by side"
+    ]
+
+
 # what older yolotunes recorded in a study's job, and how resuming one is refused
 _OLD_JOBS = {
     # before FastDFL: no "export" key

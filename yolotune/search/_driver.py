@@ -33,7 +33,7 @@ from yolotune._warn import warn_once
 from yolotune.compression import CALIBRATION_FORMAT, PRUNING_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.errors import SearchStopped, StepError, YolotuneError
-from yolotune.evaluators import LatencyStats, needs_reduce_range, target_spec
+from yolotune.evaluators import LatencyStats, Provenance, needs_reduce_range, target_spec
 from yolotune.search._candidate import (
     CandidateResult,
     CandidateSettings,
@@ -741,10 +741,8 @@ def run_search(
     if config.settings.int8_reduce_range is None:  # the checked target knows its device's CPU
         settings = dataclasses.replace(config.settings, int8_reduce_range=needs_reduce_range(target))
         config = dataclasses.replace(config, settings=settings)
-    timed_on = {
-        "device": target.provenance(imgsz=config.settings.imgsz).device,
-        "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8,
-    }
+    timing = target.provenance(imgsz=config.settings.imgsz)
+    timed_on = {"device": timing.device, "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8}
     references = default.reference_plans()
     # two drivers starting a study at once on one SQLite file: one creates it and queues its references
     with storage_lock(config.storage_url):
@@ -756,6 +754,7 @@ def run_search(
             params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
             for name in references:
                 study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
+    _say_setup_changes(study, timing)
     spec = target_spec(config.settings.target)
     if on_open is not None:
         on_open(study)
@@ -1217,6 +1216,43 @@ def _space_source(space: str) -> Path | None:
         return None
     origin = found.origin if found is not None else None
     return Path(origin) if origin and Path(origin).is_file() else None
+
+
+#: What else changes timings on the same device, said in a warning when a run differs from the first.
+_SETUP_WORDS = {
+    "host": "host",
+    "runtime_version": "runtime",
+    "power_mode": "power mode",
+    "clocks_pinned": "clocks pinned",
+}
+
+
+def _say_setup_changes(study: optuna.Study, timing: Provenance) -> None:
+    """Warn when this run times on the same device under another setup (host, runtime, power mode, clocks).
+
+    A study is refused on another device (``timed_on``); the same CPU or board on another host, or
+    a Jetson after a reboot that undid ``jetson_clocks``, is allowed but said, since its latencies
+    may not compare. The first run's setup is recorded (``timed_setup``); older studies start recording now.
+    """
+    now = {
+        "host": timing.host,
+        "runtime_version": timing.runtime_version,
+        "power_mode": timing.settings.get("power_mode"),
+        "clocks_pinned": timing.settings.get("clocks_pinned"),
+    }
+    was = study.user_attrs.get("timed_setup")
+    if not isinstance(was, dict):
+        study.set_user_attr("timed_setup", now)
+        return
+    changed = [f"{_SETUP_WORDS[k]} {was[k]} → {v}" for k, v in now.items() if k in was and was[k] != v]
+    if changed:
+        warn_once(
+            logger,
+            "study '%s' was timed on the same device with another setup (%s): its latencies may not compare with "
+            "this run's; `tune retime --fresh` times the front again side by side",
+            study.study_name,
+            ", ".join(changed),
+        )
 
 
 def _device_words(timed_on: dict[str, Any]) -> str:
