@@ -905,6 +905,13 @@ def agent(
         float, typer.Option("--timeout", help="Seconds one benchmark (engine build included) may take.")
     ] = 900,
     threads: Annotated[int | None, typer.Option("--threads", help="Intra-op threads of CPU runtimes.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="Where received models and built engines are kept [default: scratch dir]."),
+    ] = None,
+    cache_mb: Annotated[
+        int, typer.Option("--cache-mb", help="Models and engines kept at most; the least recently used go first.")
+    ] = 2048,
 ) -> None:
     """Serve this device's latency to `tune run --device-url` (run it on the device; Ctrl-C stops it)."""
     from yolotune.evaluators import AgentConfig, AgentServer, read_token
@@ -924,6 +931,8 @@ def agent(
         max_upload_bytes=max_upload_mb * 2**20,
         timeout_s=timeout,
         threads=threads,
+        cache_dir=cache_dir,
+        max_cache_bytes=cache_mb * 2**20,
     )
     server = AgentServer(config=config)
     info = server.info

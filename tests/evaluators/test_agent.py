@@ -57,7 +57,11 @@ def test_agent_answers_with_its_device_and_refuses_a_wrong_or_missing_token(agen
     status, body = _raw(agent.url, "GET", "/v1/info", headers={})
     assert status == 401 and "token" in body["error"]
     status, body = _raw(agent.url, "GET", "/v1/info", headers={"Authorization": "Bearer nope"})
+    assert status == 401 and "--device-token-file must hold the token of the agent's --token-file" in body["error"]
+    status, _ = _raw(agent.url, "GET", "/v1/info", headers={"Authorization": f"Basic {TOKEN}"})
     assert status == 401
+    status, _ = _raw(agent.url, "GET", "/v1/info", headers={"Authorization": f"bearer {TOKEN}"})  # RFC 7235
+    assert status == 200
     status, info = _raw(agent.url, "GET", "/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
     assert status == 200
     assert info["runtime"] == "onnxruntime" and info["precisions"] == ["int8", "fp32"]
@@ -168,6 +172,9 @@ def test_a_token_is_required_off_loopback_and_token_files_are_created_once(tmp_p
         read_token(tmp_path / "missing")
     with pytest.raises(YolotuneError, match="is a directory"):
         read_token(tmp_path, create=True)
+    (tmp_path / "binary.tok").write_bytes(b"\xff\xfe\x00token")
+    with pytest.raises(YolotuneError, match=r"token file .*binary.tok is not text"):
+        read_token(tmp_path / "binary.tok")
 
 
 @pytest.mark.parametrize(
@@ -272,3 +279,33 @@ def test_an_agent_that_freezes_during_a_benchmark_is_noticed_long_before_the_tim
         assert time.monotonic() - started < 10  # not the 600 s the answer could take
     finally:
         server.shutdown()
+
+
+def _tiny_onnx(path: Path, op: str) -> Path:
+    """A one-node model on a 160-px image: enough for the agent to check, store and time."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 160, 160])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 160, 160])
+    graph = helper.make_graph([helper.make_node(op, ["images"], ["out"])], "tiny", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_the_model_cache_keeps_the_most_recently_used_within_its_limit(tmp_path: Path) -> None:
+    files = [_tiny_onnx(tmp_path / f"{op}.onnx", op) for op in ("Relu", "Sigmoid", "Tanh")]
+    limit = sum(f.stat().st_size for f in files[:2])  # room for two
+    cache = tmp_path / "cache"
+    server = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=cache, max_cache_bytes=limit))
+    server.start()
+    try:
+        target = get_target(BOARD, device_url=server.url, device_token=TOKEN)
+        for f in (files[0], files[1], files[0], files[2]):  # Relu used again before Tanh arrives
+            assert target.benchmark(f, imgsz=160).median_ms > 0
+    finally:
+        server.stop()
+    import hashlib
+
+    kept = {p.name for p in (cache / "models").iterdir()}
+    assert kept == {hashlib.sha256(f.read_bytes()).hexdigest() + ".onnx" for f in (files[0], files[2])}

@@ -108,6 +108,8 @@ def test_user_targets_from_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  description: [a]\n", "description must be one line"),
         ("x:\n  runtime: tflite\n  precisions: [int8]\n", "runtime 'tflite' is not one of"),
         ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  imgsz: 300\n", "imgsz must be a multiple of 32"),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  imgsz: 99999968\n", "from 32 to 4096; got 99999968"),
+        ("x:\n  runtime: onnxruntime\n  precisions: [int8]\n  imgsz: '320'\n", r"whole number \(unquoted\)"),
         (
             "x:\n  runtime: onnxruntime\n  precisions: [int8]\n  activations: [int4]\n",
             "activations of runtime onnxruntime must",

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from yolotune import YolotuneError
+from yolotune import StepError, YolotuneError
 from yolotune.spaces import CompressionPlan
 from yolotune.studies import artifact_dir, export_trial, load_study, pareto_front
 
@@ -194,3 +194,11 @@ def test_an_export_interrupted_while_remeasuring_keeps_none_of_its_files(
     with pytest.raises(KeyboardInterrupt):
         export_trial(study, int8, out, artifacts=artifact_dir(root, name))
     assert [p.name for p in out.iterdir()] == ["notes.txt"]  # no model and recipe that look like a whole export
+
+    def agent_lost(*args: object, **kwargs: object) -> None:
+        raise StepError("latency", "device agent at http://pi:8765 unreachable (Connection refused)")
+
+    monkeypatch.setattr(_export, "_remeasure", agent_lost)
+    with pytest.raises(YolotuneError, match=r"unreachable \(Connection refused\) \(or export without re-measuring"):
+        export_trial(study, int8, tmp_path / "new", artifacts=artifact_dir(root, name))
+    assert not (tmp_path / "new").exists()  # the folder it made is gone too

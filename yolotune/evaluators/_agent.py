@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import signal
@@ -52,6 +53,9 @@ def runtime_precisions(runtime: str) -> tuple[str, ...]:
     return _RUNTIME_PRECISIONS[runtime]
 
 
+logger = logging.getLogger(__name__)
+
+
 def read_token(path: str | Path, *, create: bool = False) -> str:
     """Read a token file (first line); with ``create``, write a new random token when it is missing.
 
@@ -68,7 +72,12 @@ def read_token(path: str | Path, *, create: bool = False) -> str:
             f.write(secrets.token_urlsafe(32) + "\n")
     if not p.is_file():
         raise YolotuneError(f"token file {p} not found")
-    words = p.read_text().split()
+    try:
+        words = p.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError:
+        raise YolotuneError(f"token file {p} is not text: a token is one line (`tune agent` writes one)") from None
+    except OSError as exc:
+        raise YolotuneError(f"token file {p} cannot be read: {exc.strerror or exc}") from None
     token = words[0] if words else ""
     if not token:
         raise YolotuneError(f"token file {p} is empty")
@@ -99,6 +108,8 @@ class AgentConfig:
         timeout_s: Longest one benchmark (engine build included) may take.
         cache_dir: Where received models and built engines are kept, by content hash.
         threads: Default intra-op threads of CPU runtimes (``None``: every core).
+        max_cache_bytes: Received models and built engines kept at most; the least recently used
+            go first (a search sends a new file per candidate: an SD card would fill up).
     """
 
     host: str = "127.0.0.1"
@@ -109,13 +120,19 @@ class AgentConfig:
     timeout_s: float = 900.0
     cache_dir: Path | None = None
     threads: int | None = None
+    max_cache_bytes: int = 2 * 2**30
 
     def __post_init__(self) -> None:
         if self.runtime not in _RUNTIME_PRECISIONS:
             raise YolotuneError(f"agent runtime must be one of {', '.join(_RUNTIME_PRECISIONS)}; got '{self.runtime}'")
         if not 0 <= self.port <= 65535:
             raise YolotuneError(f"--port must be 0-65535 (0: any free port); got {self.port}")
-        limits = {"threads": self.threads, "timeout": self.timeout_s, "max-upload-mb": self.max_upload_bytes / 2**20}
+        limits = {
+            "threads": self.threads,
+            "timeout": self.timeout_s,
+            "max-upload-mb": self.max_upload_bytes / 2**20,
+            "cache-mb": self.max_cache_bytes / 2**20,
+        }
         for name, value in limits.items():
             if value is not None and value <= 0:
                 raise YolotuneError(f"--{name} must be positive; got {value:g}")
@@ -131,6 +148,12 @@ class AgentConfig:
             socket.getaddrinfo(self.host, None)
         except (OSError, UnicodeError) as exc:
             raise YolotuneError(f"cannot listen on {self.host}: {getattr(exc, 'strerror', None) or exc}") from None
+        if self.token and len(self.token) < 16 and not _is_loopback(self.host):
+            logger.warning(
+                "the token is %d characters long and the agent runs what it is sent: use a longer one "
+                "(delete the token file and `tune agent --token-file F` writes a random one)",
+                len(self.token),
+            )
         if not self.token and not _is_loopback(self.host):
             raise YolotuneError(
                 f"the agent runs what it is sent: pass --token-file F to listen on {self.host}, "
@@ -222,6 +245,8 @@ class AgentServer:
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else workspace_dir() / "agent"
         (self.cache_dir / "models").mkdir(parents=True, exist_ok=True)
         self._queue = _Fifo()
+        self._uploads = threading.Semaphore(1)  # one upload read and checked at a time: bounded memory
+        self._cache_lock = threading.Lock()
         self._children: set[subprocess.Popen[str]] = set()  # benchmark processes running
         self._children_lock = threading.Lock()
         self._stopping = False
@@ -339,10 +364,14 @@ class AgentServer:
     def _authorize(self, req: BaseHTTPRequestHandler) -> None:
         if not self.config.token:
             return
-        given = req.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.config.token}".encode()):
+        scheme, _, given = req.headers.get("Authorization", "").strip().partition(" ")
+        # the scheme's case does not matter (RFC 7235); the token is compared in constant time
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.config.token.encode()):
             req.close_connection = True  # do not read what an unauthorised client sends
-            raise _HTTPError(401, "missing or wrong token; pass the agent's token with --device-token-file")
+            raise _HTTPError(
+                401,
+                "missing or wrong token: --device-token-file must hold the token of the agent's --token-file",
+            )
 
     def _reply(self, req: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -365,18 +394,49 @@ class AgentServer:
         if size > limit:
             req.close_connection = True  # the body is not read
             raise _HTTPError(413, f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit")
-        body = req.rfile.read(size)
-        if len(body) != size:
-            req.close_connection = True
-            raise _HTTPError(400, f"upload cut short: {len(body)} of {size} bytes")
-        digest = hashlib.sha256(body).hexdigest()
-        path = self.cache_dir / "models" / f"{digest}.onnx"
-        if not path.is_file():
-            _check_onnx(body)
-            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-            tmp.write_bytes(body)
-            tmp.replace(path)
+        models = self.cache_dir / "models"
+        tmp = models / f"upload.{threading.get_ident()}.tmp"
+        with self._uploads:  # streamed to disk while hashed, then checked from there
+            digest = hashlib.sha256()
+            got = 0
+            with tmp.open("wb") as out:
+                while got < size:
+                    chunk = req.rfile.read(min(2**20, size - got))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+                    got += len(chunk)
+            if got != size:
+                tmp.unlink(missing_ok=True)
+                req.close_connection = True
+                raise _HTTPError(400, f"upload cut short: {got} of {size} bytes")
+            path = models / f"{digest.hexdigest()}.onnx"
+            if path.is_file():
+                tmp.unlink()
+                path.touch()  # recently used: the last the cache lets go
+            else:
+                try:
+                    _check_onnx(tmp)
+                except _HTTPError:
+                    tmp.unlink(missing_ok=True)
+                    raise
+                tmp.replace(path)
+                self._trim_cache(keep=path)
         return path
+
+    def _trim_cache(self, *, keep: Path) -> None:
+        """Delete the least recently used models and engines until the cache fits ``max_cache_bytes``."""
+        with self._cache_lock:
+            files = [p for p in self.cache_dir.rglob("*") if p.is_file() and p.suffix in (".onnx", ".engine")]
+            files.sort(key=lambda p: p.stat().st_mtime)
+            total = sum(p.stat().st_size for p in files)
+            for old in files:
+                if total <= self.config.max_cache_bytes:
+                    break
+                if old != keep:
+                    total -= old.stat().st_size
+                    old.unlink(missing_ok=True)
 
     def _benchmark(self, req: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> dict[str, Any]:
         try:
@@ -437,12 +497,12 @@ class AgentServer:
         return answer
 
 
-def _check_onnx(body: bytes) -> None:
+def _check_onnx(path: Path) -> None:
     """Accept only a well-formed ONNX model with one float image input."""
     import onnx
 
     try:
-        model = onnx.load_model_from_string(body)
+        model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:
         raise _HTTPError(400, f"not an ONNX model ({type(exc).__name__})") from None
     try:

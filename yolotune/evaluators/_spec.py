@@ -111,8 +111,12 @@ class TargetSpec:
                 f"{where}: activations of runtime {self.runtime} must be a non-empty list drawn from "
                 f"{', '.join(runs)} with no repeats; got {list(self.activations)}"
             )
-        if not _is_int(self.imgsz) or self.imgsz < 32 or self.imgsz % 32:
-            raise YolotuneError(f"{where}: imgsz must be a multiple of 32; got {self.imgsz!r}")
+        if not _is_int(self.imgsz):
+            raise YolotuneError(
+                f"{where}: imgsz must be a whole number (unquoted), a multiple of 32; got {self.imgsz!r}"
+            )
+        if not 32 <= self.imgsz <= 4096 or self.imgsz % 32:
+            raise YolotuneError(f"{where}: imgsz must be a multiple of 32 from 32 to 4096; got {self.imgsz!r}")
         threads: object = self.threads
         if threads == "all":  # as `tune targets` lists null
             object.__setattr__(self, "threads", None)

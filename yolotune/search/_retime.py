@@ -168,4 +168,6 @@ def retime_study(
             f"study '{study.study_name}' was timed on {_device_words(was)}, this target times on {now}: "
             "re-time it where it was searched"
         )
+    if device_url:  # an agent back at another address: export and the next retime find it there
+        study.set_user_attr("target", {**(study.user_attrs.get("target") or {}), "device_url": device_url})
     return retime_front(study, target=target, imgsz=imgsz, rounds=rounds, fresh=fresh, on_step=on_step)

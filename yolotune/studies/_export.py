@@ -144,6 +144,7 @@ def export_trial(
     target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None
     dataset = _dataset(job) if remeasure else None  # both checked before any file is written
     plan = CompressionPlan.from_dict(trial.user_attrs["plan"])
+    made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "recipe.yaml").is_file():  # an earlier export: none of its files may pass for this one's
         for stale in (*_MODEL_FILES, "plan.yaml", "recipe.yaml", "remeasured.json"):
@@ -216,9 +217,13 @@ def export_trial(
                 )
             timed_on = {"device": where.device, "host": where.host}
             (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round, **timed_on}, indent=2))
-    except BaseException:  # Ctrl-C or a failed re-measurement: no half export passes for a whole one
+    except BaseException as exc:  # Ctrl-C or a failed re-measurement: no half export passes for a whole one
         for written in (model, plan_file, recipe, out_dir / "remeasured.json"):
             written.unlink(missing_ok=True)
+        if made and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        if isinstance(exc, YolotuneError):  # e.g. the device agent lost while timing
+            raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from exc
         raise
     return ExportResult(
         trial=number,
