@@ -98,6 +98,10 @@ def test_bad_search_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         CandidateSettings(imgsz=160.0)  # type: ignore[arg-type]
     with pytest.raises(YolotuneError, match=r"space must be a YAML file or 'module:callable'"):
         SearchConfig(model="m.pt", data="coco8", budget=1, space=print)  # type: ignore[arg-type]
+    with pytest.raises(YolotuneError, match=r"calibration memory must be a positive number of GB; got -1"):
+        CandidateSettings(calibration_memory_gb=-1)
+    with pytest.raises(YolotuneError, match=r"seed must be a whole number from 0 to 2\*\*32 - 1; got -5"):
+        CandidateSettings(seed=-5)
     with pytest.raises(YolotuneError, match=r"--max-latency-ms must be positive; got nan"):
         SearchConfig(model="m.pt", data="coco8", budget=1, max_latency_ms=float("nan"))
     # a Path where a str is declared names the same study as the str

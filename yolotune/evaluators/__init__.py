@@ -10,11 +10,19 @@ from yolotune.evaluators._local_cpu import LocalCPUTarget, timing_lock
 from yolotune.evaluators._local_cuda import LocalCUDATarget
 from yolotune.evaluators._metrics import measure_map, measure_size
 from yolotune.evaluators._remote import RemoteTarget
-from yolotune.evaluators._spec import TargetSpec, add_target_file, builtin_target_names, target_spec, target_specs
+from yolotune.evaluators._spec import (
+    MAX_IMGSZ,
+    TargetSpec,
+    add_target_file,
+    builtin_target_names,
+    target_spec,
+    target_specs,
+)
 from yolotune.evaluators._target import Target, get_target, needs_reduce_range, register_runtime, target_names
 from yolotune.evaluators._tensorrt import TensorRTTarget
 
 __all__ = [
+    "MAX_IMGSZ",
     "Accuracy",
     "AgentConfig",
     "AgentServer",

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from yolotune.errors import YolotuneError
-from yolotune.evaluators._spec import RUNTIME_PRECISIONS
+from yolotune.evaluators._spec import MAX_IMGSZ, RUNTIME_PRECISIONS
 
 __all__ = ["API", "AgentConfig", "AgentServer", "read_token", "runtime_precisions"]
 
@@ -89,10 +89,6 @@ def _is_loopback(host: str) -> bool:
         return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
     except (OSError, ValueError):
         return False
-
-
-#: Largest input size the agent times: a 4096² float input is 200 MB, and a typo like 32000 would be 12 GB.
-MAX_IMGSZ = 4096
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ from yolotune.spaces import ACTIVATION_TYPES, PRECISIONS
 
 __all__ = [
     "DEFAULT_ACTIVATIONS",
+    "MAX_IMGSZ",
     "RUNTIMES",
     "RUNTIME_ACTIVATIONS",
     "RUNTIME_PRECISIONS",
@@ -37,6 +38,9 @@ __all__ = [
 #: below are the registry: a runtime is known when ``RUNTIME_PRECISIONS`` has it).
 RUNTIMES = ("onnxruntime", "onnxruntime-gpu", "tensorrt")
 _ENV = "YOLOTUNE_TARGETS"
+#: Largest image size accepted anywhere: one 4096-px image already needs gigabytes of activations per layer,
+#: and a typo like 32000 would ask a device for 12 GB.
+MAX_IMGSZ = 4096
 _FIELDS = ("runtime", "agent", "precisions", "activations", "imgsz", "threads", "description")
 #: INT8 activation types each runtime can run. TensorRT takes only signed INT8 with zero point 0
 #: (yolotune quantizes ``int8`` activations symmetrically).
@@ -115,8 +119,8 @@ class TargetSpec:
             raise YolotuneError(
                 f"{where}: imgsz must be a whole number (unquoted), a multiple of 32; got {self.imgsz!r}"
             )
-        if not 32 <= self.imgsz <= 4096 or self.imgsz % 32:
-            raise YolotuneError(f"{where}: imgsz must be a multiple of 32 from 32 to 4096; got {self.imgsz!r}")
+        if not 32 <= self.imgsz <= MAX_IMGSZ or self.imgsz % 32:
+            raise YolotuneError(f"{where}: imgsz must be a multiple of 32 from 32 to {MAX_IMGSZ}; got {self.imgsz!r}")
         threads: object = self.threads
         if threads == "all":  # as `tune targets` lists null
             object.__setattr__(self, "threads", None)

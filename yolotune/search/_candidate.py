@@ -34,6 +34,7 @@ from yolotune.compression import ultralytics_adapter as adapter
 from yolotune.compression.ultralytics_adapter import FinetuneReport
 from yolotune.errors import PlanError, StepError, YolotuneError
 from yolotune.evaluators import (
+    MAX_IMGSZ,
     Accuracy,
     LatencyStats,
     Provenance,
@@ -74,10 +75,6 @@ RUNG0_RECOVERY_IMAGES = 8
 _SLOW_CALIBRATION = ("entropy", "percentile")
 
 
-MAX_IMGSZ = 4096
-"""Largest image size accepted: one 4096-px image already needs gigabytes of activations per layer."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class CandidateSettings:
     """How candidates are built and measured (shared by every candidate of a study).
@@ -111,6 +108,11 @@ class CandidateSettings:
             raise YolotuneError(f"imgsz must be a multiple of 32 from 32 to {MAX_IMGSZ}; got {self.imgsz}")
         if self.train_device != "cpu" and not self.train_device.removeprefix("cuda:").isdigit():
             raise YolotuneError(f"--train-device must be cpu, N or cuda:N; got '{self.train_device}'")
+        gb = self.calibration_memory_gb
+        if isinstance(gb, bool) or not isinstance(gb, int | float) or not gb > 0:
+            raise YolotuneError(f"calibration memory must be a positive number of GB; got {gb!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise YolotuneError(f"seed must be a whole number from 0 to 2**32 - 1; got {self.seed!r}")
 
     @property
     def gpus(self) -> int:
