@@ -745,7 +745,7 @@ def retime(
     """Time the trials near a study's front again, in rounds with its FP32 reference; print the front."""
     from yolotune.evaluators import read_token
     from yolotune.search import retime_study
-    from yolotune.studies import current_retiming, load_study
+    from yolotune.studies import current_retiming, find_artifact_dir, fp32_reference, load_study
 
     if rounds < 1:
         raise YolotuneError(f"--rounds must be ≥1; got {rounds}")
@@ -768,11 +768,16 @@ def retime(
             device_url=device_url,
             device_token=read_token(device_token_file) if device_token_file else None,
             on_step=on_step,
+            artifacts=find_artifact_dir(st, root),
         )
     if retiming is None:
-        raise YolotuneError(
-            "nothing to re-time against: the study has no FP32 reference trial whose file is on this host"
+        why = (
+            "its FP32 reference trial has not completed yet: run `tune run` first"
+            if fp32_reference(st) is None
+            else "the file of its FP32 reference trial is neither in its trial folder nor in the study's artifact "
+            "store on this host: run it where the study's files are (--root)"
         )
+        raise YolotuneError(f"nothing to re-time against: {why}")
     if before is not None and retiming.rounds == before.rounds and not fresh:
         _consoles.err.print(
             f"the front was already timed in {before.rounds} rounds (≥ --rounds {rounds}): nothing added; "

@@ -37,7 +37,7 @@ class _TableTarget:
         return LatencyStats.from_samples([ms, ms], warmup=0, started_at=0.0, ended_at=0.0)
 
 
-def _study(tmp_path: Path) -> tuple[optuna.Study, dict[str, int]]:
+def _study(tmp_path: Path, *, store: Path | None = None) -> tuple[optuna.Study, dict[str, int]]:
     """The fp32 reference, two INT8 plans whose search timings ranked them wrongly, a slow one and an infeasible one."""
     study = optuna.create_study(
         study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", directions=["maximize", "minimize", "minimize"]
@@ -55,6 +55,10 @@ def _study(tmp_path: Path) -> tuple[optuna.Study, dict[str, int]]:
         path = tmp_path / f"{name}.onnx"
         path.write_bytes(name.encode())
         attrs = {"artifact": str(path), "brief": name, **({"reference": reference} if reference else {})}
+        if store is not None:  # a copy in an artifact store, under its id, as Optuna's file-system store keeps it
+            store.mkdir(exist_ok=True)
+            (store / f"id-{name}").write_bytes(name.encode())
+            attrs["artifacts"] = {path.name: f"id-{name}"}
         study.add_trial(
             optuna.trial.create_trial(values=values, user_attrs=attrs, constraints={"map_drop": drop}, **common)
         )
@@ -149,3 +153,18 @@ def test_a_target_lost_while_re_timing_stops_with_the_rounds_done_and_drops_no_t
     back = _TableTarget(lost.true_ms, per_round=3)
     again = retime_front(study, target=back, imgsz=320, rounds=3)
     assert again is not None and again.rounds == 3 and len(back.timed) == 6
+
+
+def test_a_trial_whose_folder_was_deleted_is_re_timed_from_the_artifact_store(tmp_path: Path) -> None:
+    study, _ = _study(tmp_path, store=tmp_path / "artifacts")
+    true_ms = {"fp32.onnx": 13.0, "shared.onnx": 6.3, "separate.onnx": 6.8}
+    first = retime_front(study, target=_TableTarget(true_ms, per_round=3), imgsz=320, rounds=2)
+    assert first is not None and first.rounds == 2
+    (tmp_path / "shared.onnx").unlink()  # its trial folder deleted by hand, or the study moved
+    (tmp_path / "fp32.onnx").unlink()
+    target = _TableTarget({**true_ms, "id-shared": 6.3, "id-fp32": 13.0}, per_round=3)
+    again = retime_front(study, target=target, imgsz=320, rounds=3, artifacts=tmp_path / "artifacts")
+    # the same bytes: the rounds done are kept, one more is timed, and no trial is left out
+    assert again is not None and again.rounds == 3 and not again.failed
+    assert sorted(target.timed) == ["id-fp32", "id-shared", "separate.onnx"]
+    assert [r.brief for r in pareto_front(study)] == ["shared", "separate", "fp32"]

@@ -11,7 +11,7 @@ import yaml
 
 from yolotune import StepError, YolotuneError
 from yolotune.spaces import CompressionPlan
-from yolotune.studies import artifact_dir, export_trial, load_study, pareto_front
+from yolotune.studies import artifact_dir, deployable_file, export_trial, find_artifact_dir, load_study, pareto_front
 
 
 def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
@@ -79,8 +79,19 @@ def test_export_falls_back_to_the_optuna_artifact_store(small_study: tuple[Path,
     try:
         res = export_trial(study, 1, tmp_path / "out", artifacts=artifact_dir(root, name), remeasure=False)
         assert res.model.read_bytes() == (moved / res.model.name).read_bytes()
-        with pytest.raises(YolotuneError, match="model is gone"):
-            export_trial(study, 1, tmp_path / "out2", artifacts=None, remeasure=False)
+        # the store the study recorded is found without being named, and re-timing finds the file there too
+        found = deployable_file(trial, find_artifact_dir(study))
+        assert (
+            found is not None
+            and found.parent == artifact_dir(root, name)
+            and found.read_bytes() == res.model.read_bytes()
+        )
+        assert export_trial(study, 1, tmp_path / "out1", remeasure=False).model.is_file()
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(
+            YolotuneError, match=r"model is gone .*; export from where the study's files are \(--root\)"
+        ):
+            export_trial(study, 1, tmp_path / "out2", artifacts=tmp_path / "empty", remeasure=False)
     finally:
         shutil.move(moved, Path(trial.user_attrs["artifact"]).parent)
 

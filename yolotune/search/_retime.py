@@ -22,6 +22,7 @@ from yolotune.errors import SearchStopped, YolotuneError
 from yolotune.search._candidate import file_digest
 from yolotune.studies._front import fp32_reference
 from yolotune.studies._retimed import NOISE_BAND, RETIMED_ATTR, Retiming, current_retiming, near_front
+from yolotune.studies._storage import deployable_file, find_artifact_dir
 
 if TYPE_CHECKING:
     from yolotune.evaluators import Target
@@ -29,13 +30,17 @@ if TYPE_CHECKING:
 __all__ = ["reference_file", "retime_front", "retime_study"]
 
 
-def reference_file(study: optuna.Study) -> tuple[int, Path] | None:
-    """The FP32 reference trial and its deployable file, when measured and still on this host."""
+def reference_file(study: optuna.Study, *, artifacts: Path | None = None) -> tuple[int, Path] | None:
+    """The FP32 reference trial and its deployable file, when measured and on this host.
+
+    ``artifacts``: the study's artifact store, where a file moved or deleted since is found too
+    (default: the store the study recorded).
+    """
     t = fp32_reference(study)
     if t is None:
         return None
-    path = Path(str(t.user_attrs.get("artifact", "")))
-    return (t.number, path) if path.is_file() else None
+    path = deployable_file(t, artifacts if artifacts is not None else find_artifact_dir(study))
+    return (t.number, path) if path is not None else None
 
 
 def retime_front(
@@ -47,6 +52,7 @@ def retime_front(
     band: float = NOISE_BAND,
     fresh: bool = False,
     on_step: Callable[[int, str], None] | None = None,
+    artifacts: Path | None = None,
 ) -> Retiming | None:
     """Time the trials near the front ``rounds`` times each, with the FP32 reference file, and record it.
 
@@ -64,6 +70,8 @@ def retime_front(
             by more than this (``near_front``).
         fresh: Start afresh even when the recorded re-timing could go on.
         on_step: Called with ``(trial number, "re-timing k/rounds")`` before each timing.
+        artifacts: The study's artifact store: a trial whose file was moved or deleted is timed
+            from its copy there (default: the store the study recorded).
 
     Returns:
         The re-timing (``failed`` names trials whose file is not on this host or whose timing
@@ -76,12 +84,14 @@ def retime_front(
     """
     if rounds < 1:
         return None
-    found = reference_file(study)
+    store = artifacts if artifacts is not None else find_artifact_dir(study)
+    found = reference_file(study, artifacts=store)
     if found is None:
         return None
     ref_number, ref_path = found
-    chosen = {t.number: Path(str(t.user_attrs.get("artifact", ""))) for t in near_front(study, band=band)}
-    chosen.pop(ref_number, None)
+    near = {t.number: t for t in near_front(study, band=band)}
+    near.pop(ref_number, None)
+    chosen = {n: deployable_file(t, store) or Path(str(t.user_attrs.get("artifact", ""))) for n, t in near.items()}
     digests = {n: file_digest(p) for n, p in chosen.items() if p.is_file()}
     digests[ref_number] = file_digest(ref_path)
     complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -148,8 +158,11 @@ def retime_study(
     device_url: str | None = None,
     device_token: str | None = None,
     on_step: Callable[[int, str], None] | None = None,
+    artifacts: Path | None = None,
 ) -> Retiming | None:
     """``retime_front`` on the target the study recorded, after the search (``tune retime``).
+
+    ``artifacts``: the study's artifact store, as ``retime_front`` takes it.
 
     Raises:
         YolotuneError: The target cannot time, or it is another device than the one that timed
@@ -170,4 +183,6 @@ def retime_study(
         )
     if device_url:  # an agent back at another address: export and the next retime find it there
         study.set_user_attr("target", {**(study.user_attrs.get("target") or {}), "device_url": device_url})
-    return retime_front(study, target=target, imgsz=imgsz, rounds=rounds, fresh=fresh, on_step=on_step)
+    return retime_front(
+        study, target=target, imgsz=imgsz, rounds=rounds, fresh=fresh, on_step=on_step, artifacts=artifacts
+    )

@@ -10,6 +10,7 @@ from yolotune.studies._retimed import NOISE_BAND, RetimedPoint, Retiming, curren
 from yolotune.studies._storage import (
     artifact_dir,
     default_storage_url,
+    deployable_file,
     find_artifact_dir,
     load_study,
     open_storage,
@@ -26,6 +27,7 @@ __all__ = [
     "artifact_dir",
     "current_retiming",
     "default_storage_url",
+    "deployable_file",
     "export_trial",
     "find_artifact_dir",
     "fp32_reference",

@@ -23,6 +23,7 @@ from yolotune._env import package_versions
 from yolotune.errors import YolotuneError
 from yolotune.studies._front import fp32_reference
 from yolotune.studies._retimed import Retiming, current_retiming
+from yolotune.studies._storage import deployable_file, find_artifact_dir
 
 if TYPE_CHECKING:
     from yolotune.assets import Dataset
@@ -86,23 +87,13 @@ def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
 
 def _fetch(trial: optuna.trial.FrozenTrial, artifacts: Path | None, dest: Path) -> None:
     """Copy the trial's deployable file to ``dest``: from its trial directory, else the artifact store."""
-    source = Path(str(trial.user_attrs.get("artifact", "")))
-    if source.is_file():
-        shutil.copy2(source, dest)
-        return
-    ids: dict[str, str] = trial.user_attrs.get("artifacts") or {}
-    artifact_id = ids.get(source.name)
-    if artifact_id and artifacts is not None and (artifacts / artifact_id).exists():
-        from optuna.artifacts import FileSystemArtifactStore, download_artifact
-
-        download_artifact(
-            artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(dest), artifact_id=artifact_id
+    found = deployable_file(trial, artifacts)
+    if found is None:
+        raise YolotuneError(
+            f"trial {trial.number}'s model is gone ({trial.user_attrs.get('artifact')} and the artifact store); "
+            "export from where the study's files are (--root), or rebuild it with `tune eval --plan` on its plan"
         )
-        return
-    raise YolotuneError(
-        f"trial {trial.number}'s model is gone ({source} and the artifact store); "
-        "rebuild it with `tune eval --plan` on the trial's plan"
-    )
+    shutil.copy2(found, dest)
 
 
 def export_trial(
@@ -149,10 +140,11 @@ def export_trial(
     if (out_dir / "recipe.yaml").is_file():  # an earlier export: none of its files may pass for this one's
         for stale in (*_MODEL_FILES, "plan.yaml", "recipe.yaml", "remeasured.json"):
             (out_dir / stale).unlink(missing_ok=True)
+    store = Path(artifacts) if artifacts is not None else find_artifact_dir(study)
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
     model, recipe, plan_file = out_dir / name, out_dir / "recipe.yaml", out_dir / "plan.yaml"
     try:
-        _fetch(trial, None if artifacts is None else Path(artifacts), model)
+        _fetch(trial, store, model)
         plan_path = plan.save(plan_file)
         recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
         if "size_bytes" in recorded:
@@ -202,11 +194,13 @@ def export_trial(
             assert target is not None and dataset is not None
             fp32 = None
             if reference is not None and reference.number != number:
-                given = Path(str(reference.user_attrs.get("artifact", "")))
-                fp32 = given if given.is_file() else None
-            measured, per_round = _remeasure(
-                model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds
-            )
+                fp32 = deployable_file(reference, store)
+            try:
+                measured, per_round = _remeasure(
+                    model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds
+                )
+            except YolotuneError as exc:  # e.g. the device agent lost while timing
+                raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from exc
             where = target.provenance(imgsz=int(job["imgsz"]))
             searched_on = (study.user_attrs.get("timed_on") or {}).get("device")
             if searched_on and searched_on != where.device:  # another agent's device: allowed, but said
@@ -217,13 +211,11 @@ def export_trial(
                 )
             timed_on = {"device": where.device, "host": where.host}
             (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round, **timed_on}, indent=2))
-    except BaseException as exc:  # Ctrl-C or a failed re-measurement: no half export passes for a whole one
+    except BaseException:  # Ctrl-C or a failed re-measurement: no half export passes for a whole one
         for written in (model, plan_file, recipe, out_dir / "remeasured.json"):
             written.unlink(missing_ok=True)
         if made and not any(out_dir.iterdir()):
             out_dir.rmdir()
-        if isinstance(exc, YolotuneError):  # e.g. the device agent lost while timing
-            raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from exc
         raise
     return ExportResult(
         trial=number,

@@ -17,6 +17,7 @@ from yolotune.errors import YolotuneError
 __all__ = [
     "artifact_dir",
     "default_storage_url",
+    "deployable_file",
     "find_artifact_dir",
     "load_study",
     "open_storage",
@@ -37,11 +38,30 @@ def artifact_dir(root: Path, study_name: str) -> Path:
     return path
 
 
-def find_artifact_dir(study: optuna.Study, root: Path) -> Path | None:
+def find_artifact_dir(study: optuna.Study, root: Path | None = None) -> Path | None:
     """A study's artifact store, wherever it is opened from: the one it recorded, else ``<root>/<study>``."""
-    for path in (study.user_attrs.get("artifact_store"), study_dir(root, study.study_name) / "artifacts"):
+    beside = study_dir(root, study.study_name) / "artifacts" if root is not None else None
+    for path in (study.user_attrs.get("artifact_store"), beside):
         if path and Path(path).is_dir():
             return Path(path)
+    return None
+
+
+def deployable_file(trial: optuna.trial.FrozenTrial, artifacts: Path | None = None) -> Path | None:
+    """A trial's deployable file on this host: where its search wrote it, else its copy in the artifact store.
+
+    Args:
+        trial: A measured trial (user attributes ``artifact`` and ``artifacts``).
+        artifacts: The study's artifact store (``find_artifact_dir``); a study folder moved or a
+            trial folder deleted still has its files there.
+    """
+    source = Path(str(trial.user_attrs.get("artifact", "")))
+    if source.is_file():
+        return source
+    ids: dict[str, str] = trial.user_attrs.get("artifacts") or {}
+    artifact_id = ids.get(source.name)
+    if artifact_id and artifacts is not None and (Path(artifacts) / artifact_id).is_file():
+        return Path(artifacts) / artifact_id  # Optuna's file-system store keeps each file under its id
     return None
 
 
