@@ -66,6 +66,14 @@ def test_refused_candidates_are_recorded_as_failed_and_the_search_goes_on(tmp_pa
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 1 and complete[0].user_attrs["reference"] == "fp32"
     assert len(failed) == 2 and all("over the 0.01 GB budget" in t.user_attrs["fail_reason"] for t in failed)
+    assert [t.user_attrs["reference"] for t in failed] == ["int8", "seeds"]
+    # the budget fixed, the same command again: the failed references run first, even past the budget
+    fixed = dataclasses.replace(config, settings=CandidateSettings(imgsz=160), retime_rounds=0)
+    study = run_search(fixed)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "int8", "seeds"]
+    # and not again once they have completed: the budget is met
+    assert len(run_search(fixed).get_trials(deepcopy=False)) == len(study.get_trials(deepcopy=False))
 
 
 def test_a_model_that_detects_nothing_stops_the_search_after_its_fp32_reference(tmp_path: Path, coco8_search) -> None:

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -693,6 +693,33 @@ def _optuna_warnings_only(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+def _queue_failed_references(study: optuna.Study, references: Sequence[str], params: dict[str, dict[str, Any]]) -> int:
+    """Queue again each reference trial that failed and has not completed since, unless queued or running.
+
+    Speed-ups divide by the FP32 reference, and the INT8 and seeds references anchor the front: a
+    reference that failed (a bad setting since fixed) or was lost (a killed run whose trial went
+    stale) runs again on the next run, even once the budget is met. A reference never tried (a
+    budget smaller than the references) counts toward the budget as before. Returns how many
+    failed references wait to run.
+    """
+    trials = study.get_trials(deepcopy=False)
+    state = optuna.trial.TrialState
+
+    def named(*states: optuna.trial.TrialState) -> set[str]:
+        return {str(t.user_attrs["reference"]) for t in trials if t.state in states and t.user_attrs.get("reference")}
+
+    done, failed = named(state.COMPLETE), named(state.FAIL)
+    waiting, running = named(state.WAITING), named(state.RUNNING)
+    queued = 0
+    for name in references:
+        if name not in failed or name in done or name in running:
+            continue
+        if name not in waiting:
+            study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name}, skip_if_exists=False)
+        queued += 1
+    return queued
+
+
 def _retry(
     study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str, *, always: bool = False
 ) -> bool:
@@ -749,9 +776,9 @@ def run_search(
         study, created, storage = _open_study(config, timed_on=timed_on)
         # every study starts with its references, enqueued before any callback runs (also when a run
         # stopped between creating the study and enqueueing them: it holds no trial)
+        # the default space expresses the references in its own params, so the sampler learns from them
+        params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
         if created or not study.get_trials(deepcopy=False):
-            # the default space expresses the references in its own params, so the sampler learns from them
-            params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
             for name in references:
                 study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
     _say_setup_changes(study, timing)
@@ -876,6 +903,10 @@ def run_search(
                 _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
 
         reap()  # also when the budget is already met: nothing stays RUNNING for good
+        with storage_lock(config.storage_url):  # a reference that failed or was lost runs again, budget met or not
+            waiting = _queue_failed_references(study, list(references), params)
+        if waiting:
+            config = dataclasses.replace(config, budget=max(config.budget, _complete(study) + waiting))
         try:
             while _complete(study) < config.budget and failures < limit:
                 reap()
