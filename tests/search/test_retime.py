@@ -168,3 +168,22 @@ def test_a_trial_whose_folder_was_deleted_is_re_timed_from_the_artifact_store(tm
     assert again is not None and again.rounds == 3 and not again.failed
     assert sorted(target.timed) == ["id-fp32", "id-shared", "separate.onnx"]
     assert [r.brief for r in pareto_front(study)] == ["shared", "separate", "fp32"]
+
+
+def test_a_trial_a_few_bytes_smaller_but_worse_is_not_on_the_front(tmp_path: Path) -> None:
+    study, _ = _study(tmp_path)
+    common = {"params": {"x": 0.4}, "distributions": {"x": FloatDistribution(0.0, 1.0)}}
+    # "separate" less 1 byte, 5 points worse and slower: two INT8 graphs differ by quantization parameters
+    path = tmp_path / "bytes.onnx"
+    path.write_bytes(b"bytes")
+    attrs = {"artifact": str(path), "brief": "bytes"}
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[0.300, 3.5 - 1e-6, 9.0], user_attrs=attrs, constraints={"map_drop": 0.0}, **common
+        )
+    )
+    assert [r.brief for r in pareto_front(study)] == ["separate", "fp32"]  # Optuna's own front holds "bytes" too
+    assert "bytes" in [t.user_attrs["brief"] for t in study.best_trials]
+    target = _TableTarget({"fp32.onnx": 13.0, "shared.onnx": 6.3, "separate.onnx": 6.8, "bytes.onnx": 7.5}, per_round=4)
+    retime_front(study, target=target, imgsz=320, rounds=2)
+    assert [r.brief for r in pareto_front(study)] == ["shared", "separate", "fp32"]

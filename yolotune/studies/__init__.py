@@ -6,7 +6,14 @@ from yolotune.studies._dashboard import serve_dashboard
 from yolotune.studies._export import ExportResult, export_trial, study_target
 from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speedup_of
 from yolotune.studies._report import write_report
-from yolotune.studies._retimed import NOISE_BAND, RetimedPoint, Retiming, current_retiming, near_front
+from yolotune.studies._retimed import (
+    NOISE_BAND,
+    SIZE_TOLERANCE,
+    RetimedPoint,
+    Retiming,
+    current_retiming,
+    near_front,
+)
 from yolotune.studies._storage import (
     artifact_dir,
     default_storage_url,
@@ -20,6 +27,7 @@ from yolotune.studies._storage import (
 
 __all__ = [
     "NOISE_BAND",
+    "SIZE_TOLERANCE",
     "ExportResult",
     "FrontRow",
     "RetimedPoint",

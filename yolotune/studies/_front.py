@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import optuna
 
-from yolotune.studies._retimed import RetimedPoint, Retiming, current_retiming
+from yolotune.studies._retimed import SIZE_TOLERANCE, RetimedPoint, Retiming, current_retiming
 
-__all__ = ["FrontRow", "fp32_reference", "pareto_front", "speedup_of"]
+__all__ = ["SIZE_TOLERANCE", "FrontRow", "fp32_reference", "pareto_front", "speedup_of"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,12 +77,32 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
     retiming = current_retiming(study)
     if retiming is not None:
         return _retimed_front(complete, base, retiming)
-    rows = []
-    for t in study.best_trials:
-        if "duplicate_of" in t.user_attrs:  # the same plan as a trial listed already, its values reused
-            continue
-        rows.append(_row(t, base, speedup=speedup_of(t, base), paired=bool(t.user_attrs.get("reference_ms"))))
+    # Optuna's front (feasible trials only), less the trials another beats but for a few bytes of size
+    best = [t for t in study.best_trials if "duplicate_of" not in t.user_attrs]  # a duplicate reuses listed values
+    points = [(t, t.values[0], t.values[1], -t.values[2]) for t in best]
+    rows = [
+        _row(t, base, speedup=speedup_of(t, base), paired=bool(t.user_attrs.get("reference_ms")))
+        for t, *_ in _undominated(points)
+    ]
     return sorted(rows, key=lambda r: r.latency_ms)
+
+
+def _undominated(
+    points: list[tuple[optuna.trial.FrozenTrial, float, float, float]],
+) -> list[tuple[optuna.trial.FrozenTrial, float, float, float]]:
+    """Points ``(trial, mAP, size, speed)`` that no other dominates, sizes within ``SIZE_TOLERANCE`` counting as equal.
+
+    mAP and speed are better higher, size smaller.
+    """
+
+    def dominates(a: tuple[object, float, float, float], b: tuple[object, float, float, float]) -> bool:
+        _, map_a, size_a, speed_a = a
+        _, map_b, size_b, speed_b = b
+        no_worse = map_a >= map_b and size_a <= size_b * (1 + SIZE_TOLERANCE) and speed_a >= speed_b
+        better = map_a > map_b or size_a < size_b * (1 - SIZE_TOLERANCE) or speed_a > speed_b
+        return no_worse and better
+
+    return [a for a in points if not any(dominates(b, a) for b in points)]
 
 
 def _retimed_front(
@@ -95,18 +115,11 @@ def _retimed_front(
         if (p := retiming.point(t.number)) is not None and not any(v > 0 for v in t.constraints.values())
     }
 
-    def dominates(
-        a: tuple[optuna.trial.FrozenTrial, RetimedPoint], b: tuple[optuna.trial.FrozenTrial, RetimedPoint]
-    ) -> bool:
-        (ta, pa), (tb, pb) = a, b
-        no_worse = ta.values[0] >= tb.values[0] and ta.values[1] <= tb.values[1] and pa.speedup >= pb.speedup
-        better = ta.values[0] > tb.values[0] or ta.values[1] < tb.values[1] or pa.speedup > pb.speedup
-        return no_worse and better
-
-    front = [a for a in points.values() if not any(dominates(b, a) for b in points.values())]
-    rows = [
-        _row(t, base, speedup=p.speedup, paired=bool(t.user_attrs.get("reference_ms")), retimed=p) for t, p in front
-    ]
+    front = _undominated([(t, t.values[0], t.values[1], p.speedup) for t, p in points.values()])
+    rows = []
+    for t, *_ in front:
+        p = points[t.number][1]
+        rows.append(_row(t, base, speedup=p.speedup, paired=bool(t.user_attrs.get("reference_ms")), retimed=p))
     return sorted(rows, key=lambda r: -(r.speedup or 0.0))
 
 

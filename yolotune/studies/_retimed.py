@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-__all__ = ["NOISE_BAND", "RETIMED_ATTR", "RetimedPoint", "Retiming", "current_retiming", "near_front"]
+__all__ = ["NOISE_BAND", "RETIMED_ATTR", "SIZE_TOLERANCE", "RetimedPoint", "Retiming", "current_retiming", "near_front"]
 
 #: The study user attribute holding the re-timing (``Retiming.to_dict()``).
 RETIMED_ATTR = "retimed"
@@ -23,6 +23,11 @@ RETIMED_ATTR = "retimed"
 #: spreads about ±15% (p90/p10 1.36 for a pair; BENCHMARKS.md, "Timing the FP32 reference
 #: alongside each trial"), so a trial is re-timed unless another is faster by more than this.
 NOISE_BAND = 0.3
+
+#: Sizes within this share of each other count as equal on the front: two INT8 plans of one graph
+#: differ by a few bytes of quantization parameters, and a plan 1 byte smaller but worse in mAP
+#: and speed would otherwise stay on it beside the better one (both read "3.50 MB").
+SIZE_TOLERANCE = 0.001
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +148,8 @@ def current_retiming(study: optuna.Study) -> Retiming | None:
 def near_front(study: optuna.Study, *, band: float = NOISE_BAND) -> list[optuna.trial.FrozenTrial]:
     """Feasible COMPLETE trials that timing noise could put on the front.
 
-    A trial is left out when another feasible trial is at least as accurate and as small, and
+    A trial is left out when another feasible trial is at least as accurate and as small (within
+    ``SIZE_TOLERANCE``), and
     faster by more than ``band`` (its latency times ``1 + band`` is at most this one's). Trials
     that reuse another's measurements (``duplicate_of``) are left out too.
     """
@@ -158,7 +164,7 @@ def near_front(study: optuna.Study, *, band: float = NOISE_BAND) -> list[optuna.
         if not any(
             o.number != t.number
             and o.values[0] >= t.values[0]
-            and o.values[1] <= t.values[1]
+            and o.values[1] <= t.values[1] * (1 + SIZE_TOLERANCE)  # a few bytes apart: as small
             and o.values[2] * (1 + band) <= t.values[2]
             for o in feasible
         )
