@@ -186,6 +186,8 @@ def test_finetune_trains_the_pruned_model_itself(yolov8n, coco8, tmp_path: Path)
     after = tuned.state_dict()
     moved = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
     assert moved
+    # the trainer's own checkpoints are not kept: the model came back in memory
+    assert (tmp_path / "finetune" / "args.yaml").is_file() and not (tmp_path / "finetune" / "weights").exists()
 
 
 def test_finetune_distils_from_the_unpruned_teacher(weights, coco8, tmp_path) -> None:

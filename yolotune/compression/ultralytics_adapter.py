@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -655,7 +656,7 @@ def finetune(
         "val": False,
         "seed": seed,
         "deterministic": True,
-        "project": str(out_dir),
+        "project": str(Path(out_dir).absolute()),  # a relative one, Ultralytics would put under its runs_dir
         "name": "finetune",
         "exist_ok": True,
         "verbose": False,
@@ -674,6 +675,9 @@ def finetune(
     from ultralytics.nn.distill_model import DistillationModel
 
     model = trainer.ema.ema if trainer.ema is not None else trainer.model
+    # the model comes from memory; the trainer's best.pt and last.pt (equal here, since it does not
+    # validate) would add twice the checkpoint's size to every fine-tuned trial
+    shutil.rmtree(Path(trainer.save_dir) / "weights", ignore_errors=True)
     if isinstance(model, DistillationModel):
         model = model.student_model
     elif teacher is not None:
