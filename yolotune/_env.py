@@ -5,13 +5,15 @@ Import this module before ``ultralytics``: Ultralytics reads its environment at 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["configure_ultralytics", "package_versions", "workspace_dir"]
+__all__ = ["configure_ultralytics", "package_versions", "temporary_dir", "workspace_dir"]
 
 _PACKAGES = ("yolotune", "ultralytics", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxslim", "optuna")
 
@@ -37,6 +39,33 @@ def workspace_dir() -> Path:
     path = Path(root) if root else Path(tempfile.gettempdir()) / f"yolotune-{os.getuid()}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def temporary_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder in yolotune's scratch dir, removed afterwards, named by this process's id.
+
+    A process killed (``kill -9``, out of memory) cannot remove its folder: the next one with the
+    same ``prefix`` removes every folder whose process is gone, so they do not pile up.
+    """
+    parent = workspace_dir() / "tmp"
+    parent.mkdir(exist_ok=True)
+    for left in parent.glob(f"{prefix}-*"):
+        pid = left.name.removeprefix(f"{prefix}-").split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}-", dir=parent) as tmp:
+        yield Path(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def configure_ultralytics() -> None:

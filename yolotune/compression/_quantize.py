@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from yolotune._artifact import FloatPrecision, with_float_precision
+from yolotune._env import temporary_dir
 from yolotune.errors import PlanError, StepError
 from yolotune.spaces import QuantizationConfig
 
@@ -196,7 +196,7 @@ def _quantize_static(
     reader: _Reader,
     reduce_range: bool,
 ) -> None:
-    with tempfile.TemporaryDirectory(prefix="yolotune-q-") as tmp:
+    with temporary_dir("quantize") as tmp:
         pre = Path(tmp) / "pre.onnx"
         ranges: Path | None = None
         try:

@@ -16,12 +16,11 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 from yolotune._artifact import FloatPrecision, read_float_precision
-from yolotune._env import workspace_dir
+from yolotune._env import temporary_dir, workspace_dir
 from yolotune.errors import StepError, YolotuneError
 from yolotune.evaluators._base import LatencyStats, Provenance
 from yolotune.evaluators._lease import timing_lease
@@ -128,7 +127,7 @@ class TensorRTTarget(Target):
         """Build (cached) and time the engine; latencies include host-device copies (``latencyMs``)."""
         engine = self.engine(model_path)
         assert self.trtexec is not None
-        with tempfile.TemporaryDirectory(prefix="yolotune-trt-") as tmp, timing_lease():
+        with temporary_dir("trtexec") as tmp, timing_lease():
             times = Path(tmp) / "times.json"
             cmd = [
                 self.trtexec,

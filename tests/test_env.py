@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from yolotune._env import temporary_dir
+
+
+def test_temporary_folders_a_killed_process_left_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("YOLOTUNE_TMP", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / "tmp" / f"quantize-{gone.stdout.strip()}-abc"  # its process has exited: a kill -9 left it
+    mine = tmp_path / "tmp" / f"quantize-{os.getpid()}-def"  # this process's, in use by another thread
+    other = tmp_path / "tmp" / f"trtexec-{gone.stdout.strip()}-ghi"  # another kind: swept by its own kind
+    for folder in (dead, mine, other):
+        (folder / "pre.onnx").parent.mkdir(parents=True)
+        (folder / "pre.onnx").write_bytes(b"13 MB in real life")
+    with temporary_dir("quantize") as tmp:
+        assert tmp.is_dir() and tmp.parent == tmp_path / "tmp" and tmp.name.startswith(f"quantize-{os.getpid()}-")
+        assert not dead.exists() and mine.exists() and other.exists()
+    assert not tmp.exists()
