@@ -166,6 +166,8 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
     (tmp_path / "studies" / "demo.db").write_bytes(b"")  # --root given the project folder, not its studies
     line = _error(["show", "--root", str(tmp_path)])
     assert line.endswith(f"no study in {tmp_path}/; {tmp_path}/studies/ holds some: pass --root {tmp_path}/studies")
+    line = _error(["show", "--root", str(tmp_path / "studies"), "--study", "Demo"])
+    assert line.endswith("no study 'Demo' in " + f"{tmp_path}/studies/ (it holds demo); did you mean 'demo'?")
     assert "--max-map-drop is an mAP50-95 difference" in _error(
         ["run", "--data", "coco8", "--max-map-drop", "5", "--root", str(tmp_path)]
     )

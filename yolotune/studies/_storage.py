@@ -206,6 +206,13 @@ def load_study(
     if storage is None:
         assert study is not None
         if not (root / f"{study}.db").is_file():
+            held = sorted(p.stem for p in root.glob("*.db"))
+            if held:
+                import difflib
+
+                near = [h for h in held if h.lower() == study.lower()] or difflib.get_close_matches(study, held, n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else ""
+                raise YolotuneError(f"no study '{study}' in {root}/ (it holds {', '.join(held)}){hint}")
             raise YolotuneError(
                 f"no study '{study}' in {root}/ (run `tune run --study {shlex.quote(study)}` first, or pass --root)"
             )
