@@ -247,6 +247,13 @@ def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str]
     assert (
         "re-timed ms" in shown.stdout and f"{len(retiming.trials)} trial(s) near the front timed in 2" in shown.stdout
     )
+    # an 80-column terminal: the table fits, no number is cut off, and the plans follow it
+    narrow = runner.invoke(app, ["show", "--root", str(root)], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0 and "…" not in narrow.stdout
+    lines = narrow.stdout.splitlines()
+    caption = next(k for k, line in enumerate(lines) if " complete, " in line)  # one long line: rich wraps it
+    assert all(len(line) <= 80 for line in lines[:caption])
+    assert [int(line.split()[1].rstrip(":")) for line in lines if line.startswith("  trial ")] == front
 
     html = tmp_path / "report.html"
     reported = runner.invoke(app, ["report", "--root", str(root), "-o", str(html)])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -36,8 +37,9 @@ class _Consoles:
     def out(self) -> Console:
         import sys
 
-        # a pipe or file gets wide lines rather than rich's 80-column default
-        return Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
+        # a pipe or file gets wide lines rather than rich's 80-column default, unless COLUMNS says otherwise
+        wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+        return Console(width=None if wide else 160, soft_wrap=True)
 
     @property
     def err(self) -> Console:
@@ -468,8 +470,8 @@ def run(
             evaluated = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             done = len(st.get_trials(deepcopy=False, states=evaluated))
             front = pareto_front(st) if done else []
-            best_map = max((r.map50_95 for r in front), default=float("nan"))
-            best_ms = min((r.latency_ms for r in front), default=float("nan"))
+            best_map = max((r.map50_95 for r in front), default=None)
+            best_ms = min((r.latency_ms for r in front), default=None)
             if outcome.state == "FAIL":
                 progress.console.print(f"trial {outcome.number} failed: {outcome.reason}", highlight=False)
             elif outcome.state == "COMPLETE" and outcome.reason:
@@ -480,7 +482,9 @@ def run(
             progress.update(
                 task,
                 completed=done,
-                status=f"front {len(front)} · best mAP {best_map:.3f} · fastest {best_ms:.2f} ms",
+                status=f"front {len(front)} · best mAP {best_map:.3f} · fastest {best_ms:.2f} ms"
+                if best_map is not None and best_ms is not None
+                else "front 0 (no feasible trial yet)",
             )
 
         def on_step(number: int, step: str) -> None:
@@ -591,7 +595,7 @@ def _show(st: Any, *, where: str = "") -> None:
     running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
     waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
     if running:
-        caption += f", {running} running (a killed run's are queued again once their heartbeats stop)"
+        caption += f", {running} running (if their run was killed, the next run queues them again)"
     if waiting:
         caption += f", {waiting} queued for the next run"
     if limits:
@@ -646,28 +650,51 @@ def _show(st: Any, *, where: str = "") -> None:
         caption += f" · the front's re-timing is out of date (trials completed since): `{retime}` re-times it"
     if front:
         caption += f" · export with `tune export --study {shlex.quote(st.study_name)}{where} --trial N`"
-    table = Table(title=f"Pareto front of {st.study_name}", caption=caption, header_style="bold")
+    out = _consoles.out
+    # under ~140 columns the plans go below the table, and cells wrap at spaces rather than be cut off
+    wide = out.width >= 140
+    table = Table(
+        title=f"Pareto front of {st.study_name}",
+        caption=caption,
+        header_style="bold",
+        **({} if wide else {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False}),  # type: ignore[arg-type]
+    )
     columns = ("trial", "mAP50-95", "ΔmAP", "latency ms", *(("re-timed ms",) if retimed else ()), "speed")
-    for col in (*columns, "size MB", "smaller", "plan"):
-        table.add_column(col, justify="left" if col == "plan" else "right", no_wrap=col != "plan")
+    columns = (*columns, "size MB", "smaller", *(("plan",) if wide else ()))
+    rows = []
     for r in front:
         again = (("–" if r.retimed_ms is None else f"{r.retimed_ms:.2f}"),) if retimed else ()
-        table.add_row(
-            f"{r.number}" + (f" ({r.reference})" if r.reference else ""),
-            f"{r.map50_95:.3f}",
-            "–" if r.map_drop is None else f"{0.0 - r.map_drop:+.3f}",
-            f"{r.latency_ms:.2f}",
-            *again,
-            "–"
-            if r.speedup is None
-            else f"{r.speedup:.2f}×"
-            + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else "")
-            + ("‡" if r.number in disturbed else "†" if r.number in unpaired else ""),
-            f"{r.size_mb:.2f}",
-            "–" if r.size_ratio is None else f"{r.size_ratio:.2f}×",
-            r.brief,
+        rows.append(
+            (
+                f"{r.number}" + (f" ({r.reference})" if r.reference else ""),
+                f"{r.map50_95:.3f}",
+                "–" if r.map_drop is None else f"{0.0 - r.map_drop:+.3f}",
+                f"{r.latency_ms:.2f}",
+                *again,
+                "–"
+                if r.speedup is None
+                else f"{r.speedup:.2f}×"
+                + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else "")
+                + ("‡" if r.number in disturbed else "†" if r.number in unpaired else ""),
+                f"{r.size_mb:.2f}",
+                "–" if r.size_ratio is None else f"{r.size_ratio:.2f}×",
+                *((r.brief,) if wide else ()),
+            )
         )
-    _consoles.out.print(table)
+    for k, col in enumerate(columns):
+        words = [w for text in (col, *(row[k] for row in rows)) for w in text.split()]
+        table.add_column(
+            col,
+            justify="left" if col == "plan" else "right",
+            no_wrap=wide and col != "plan",
+            width=None if wide else max(map(len, words)),  # wrapped at spaces, a number never cut
+        )
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    if not wide:
+        for r in front:
+            out.print(f"  trial {r.number}: {r.brief}", highlight=False)
     failures = [t for t in trials if t.state == optuna.trial.TrialState.FAIL][-_FAILURES_SHOWN:]
     for t in failures:  # `tune report` lists them all
         reason = str(t.user_attrs.get("fail_reason", "no reason recorded"))

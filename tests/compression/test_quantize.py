@@ -118,6 +118,7 @@ def test_calibration_memory_budget_refuses_with_a_message(fp32_onnx_320) -> None
         check_calibration_budget(fp32_onnx_320, big, budget_gb=4.0)
     msg = str(info.value)
     assert "entropy calibration on 200 images needs" in msg and "over the 4 GB budget" in msg
+    assert msg.endswith(", minmax, or raise YOLOTUNE_CALIB_MEMORY_GB")
     fits = int(msg.split("use ≤")[1].split()[0])
     assert 0 < fits < 200
     ok = QuantizationConfig(default="int8", calibration_method="entropy", calibration_images=fits)
@@ -125,6 +126,10 @@ def test_calibration_memory_budget_refuses_with_a_message(fp32_onnx_320) -> None
     # MinMax keeps only ranges: its estimate does not grow with the image count
     mm = QuantizationConfig(default="int8", calibration_method="minmax", calibration_images=200)
     assert check_calibration_budget(fp32_onnx_320, mm, budget_gb=4.0).peak_gb < 2.0
+    # a budget MinMax itself does not fit: no advice to use what is already used, nor ≤0 images
+    with pytest.raises(PlanError) as info:
+        check_calibration_budget(fp32_onnx_320, mm, budget_gb=0.01)
+    assert str(info.value).endswith("over the 0.01 GB budget; raise YOLOTUNE_CALIB_MEMORY_GB")
 
 
 def test_float_precision_is_recorded_for_runtimes_that_choose_it_per_layer(

@@ -161,10 +161,14 @@ def check_calibration_budget(model_path: Path, config: QuantizationConfig, *, bu
     if est.peak_gb > budget_gb:
         per = est.bytes_per_image * _OVERHEAD
         fits = max(0, int((budget_gb * 2**30 - _BASE_BYTES) // per))
+        ways = [f"use ≤{fits} images"] if fits else []
+        if config.calibration_method != "minmax":
+            ways.append("minmax")
+        ways.append("raise YOLOTUNE_CALIB_MEMORY_GB")
         raise PlanError(
             f"{config.calibration_method} calibration on {config.calibration_images} images needs "
             f"≈{est.peak_gb:.1f} GB ({per / 2**20:.0f} MB per image), over the {budget_gb:g} GB "
-            f"budget; use ≤{fits} images or minmax, or raise YOLOTUNE_CALIB_MEMORY_GB"
+            f"budget; {' or '.join(ways) if len(ways) < 3 else ', '.join(ways[:-1]) + ', or ' + ways[-1]}"
         )
     return est
 
