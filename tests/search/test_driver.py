@@ -110,6 +110,10 @@ def test_bad_search_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         CandidateSettings(calibration_memory_gb=-1)
     with pytest.raises(YolotuneError, match=r"seed must be a whole number from 0 to 2\*\*32 - 1; got -5"):
         CandidateSettings(seed=-5)
+    import numpy as np
+
+    numpy_made = CandidateSettings(seed=np.int64(3), calibration_memory_gb=np.float32(2))  # from a dataframe, say
+    assert (numpy_made.seed, numpy_made.calibration_memory_gb) == (3, 2.0) and type(numpy_made.seed) is int
     with pytest.raises(YolotuneError, match=r"--max-latency-ms must be positive; got nan"):
         SearchConfig(model="m.pt", data="coco8", budget=1, max_latency_ms=float("nan"))
     # a Path where a str is declared names the same study as the str

@@ -119,6 +119,9 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
         export_trial(study, 1, tmp_path / "out", rounds=0)
     with pytest.raises(YolotuneError, match=r"a trial number is a whole number \(see `tune show`\); got '1'"):
         export_trial(study, "1", tmp_path / "out")  # type: ignore[arg-type]
+    import numpy as np
+
+    assert export_trial(study, np.int64(1), tmp_path / "np", remeasure=False).trial == 1  # type: ignore[arg-type]
 
 
 def test_an_export_re_timed_on_another_device_says_so(small_study: tuple[Path, str, str], tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from yolotune import _yaml
+from yolotune._numbers import is_whole
 from yolotune.errors import YolotuneError, yaml_problem
 from yolotune.spaces import ACTIVATION_TYPES, PRECISIONS
 
@@ -115,7 +116,7 @@ class TargetSpec:
                 f"{where}: activations of runtime {self.runtime} must be a non-empty list drawn from "
                 f"{', '.join(runs)} with no repeats; got {list(self.activations)}"
             )
-        if not _is_int(self.imgsz):
+        if not is_whole(self.imgsz):
             raise YolotuneError(
                 f"{where}: imgsz must be a whole number (unquoted), a multiple of 32; got {self.imgsz!r}"
             )
@@ -124,7 +125,7 @@ class TargetSpec:
         threads: object = self.threads
         if threads == "all":  # as `tune targets` lists null
             object.__setattr__(self, "threads", None)
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+        if self.threads is not None and (not is_whole(self.threads) or self.threads < 1):
             raise YolotuneError(
                 f"{where}: threads must be a positive integer, or null or all (every core); got {self.threads!r}"
             )
@@ -200,10 +201,6 @@ def add_runtime(
         return  # a known runtime keeps its default activation type (ONNX Runtime CPU's uint8, say)
     RUNTIME_ACTIVATIONS[runtime] = checked["activations"]
     DEFAULT_ACTIVATIONS[runtime] = checked["activations"][:1]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 _SPECS: dict[str, TargetSpec] = {}

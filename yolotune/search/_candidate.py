@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from yolotune._env import package_versions
+from yolotune._numbers import is_real, is_whole
 from yolotune.assets import Dataset, prepare_dataset, resolve_model, val_subset
 from yolotune.compression import (
     DEFAULT_CALIBRATION_MEMORY_GB,
@@ -109,10 +110,12 @@ class CandidateSettings:
         if self.train_device != "cpu" and not self.train_device.removeprefix("cuda:").isdigit():
             raise YolotuneError(f"--train-device must be cpu, N or cuda:N; got '{self.train_device}'")
         gb = self.calibration_memory_gb
-        if isinstance(gb, bool) or not isinstance(gb, int | float) or not gb > 0:
+        if not is_real(gb) or not gb > 0:
             raise YolotuneError(f"calibration memory must be a positive number of GB; got {gb!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise YolotuneError(f"seed must be a whole number from 0 to 2**32 - 1; got {self.seed!r}")
+        if not is_whole(self.seed) or not 0 <= self.seed < 2**32:
+            raise YolotuneError(f"--seed must be a whole number from 0 to 2**32 - 1; got {self.seed!r}")
+        object.__setattr__(self, "calibration_memory_gb", float(gb))  # numpy's too: the settings go to JSON
+        object.__setattr__(self, "seed", int(self.seed))
 
     @property
     def gpus(self) -> int:

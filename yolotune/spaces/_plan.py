@@ -7,8 +7,6 @@ Steps never change a plan; they refuse it with a reason.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from yolotune import _yaml
+from yolotune._numbers import is_real
 from yolotune.errors import PlanError, yaml_problem
 
 __all__ = [
@@ -67,11 +66,6 @@ def _pairs(name: str, value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> t
     return tuple(sorted((str(k), v) for k, v in items))
 
 
-def _real(value: Any) -> bool:
-    """A real number (numpy's too), not a bool and not NaN."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-
-
 def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise PlanError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
@@ -105,7 +99,7 @@ class PruningConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", _pairs("pruning ratios", self.ratios))
         for group, ratio in self.ratios:
-            if not _real(ratio):
+            if not is_real(ratio):
                 raise PlanError(f"pruning ratio of '{group}' must be a number; got {ratio!r}")
             if not 0.0 <= ratio <= MAX_PRUNING_RATIO:
                 raise PlanError(f"pruning ratio of '{group}' is {ratio}; it must lie in [0, {MAX_PRUNING_RATIO}]")
@@ -240,7 +234,7 @@ class RecoveryConfig:
             raise PlanError(
                 f"fine-tune lr must be a number; got the string {self.lr!r} (in YAML write 1.0e-4 or 0.0001)"
             )
-        if not _real(self.lr) or not 0 < self.lr < 1:
+        if not is_real(self.lr) or not 0 < self.lr < 1:
             raise PlanError(f"fine-tune lr must lie in (0, 1); got {self.lr!r}")
         object.__setattr__(self, "lr", float(self.lr))
         if not isinstance(self.distill, bool):

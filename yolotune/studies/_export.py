@@ -20,6 +20,7 @@ import optuna
 import yaml
 
 from yolotune._env import package_versions
+from yolotune._numbers import is_whole
 from yolotune.errors import YolotuneError
 from yolotune.studies._front import fp32_reference
 from yolotune.studies._retimed import Retiming, current_retiming
@@ -71,8 +72,9 @@ _FORMAT_KEYS = ("export", "calibration", "pruning")
 
 
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
-    if isinstance(number, bool) or not isinstance(number, int):
+    if not is_whole(number):
         raise YolotuneError(f"a trial number is a whole number (see `tune show`); got {number!r}")
+    number = int(number)  # a numpy integer from trials_dataframe() too
     trials = study.get_trials(deepcopy=False)
     found = next((t for t in trials if t.number == number), None)
     if found is None:
