@@ -297,6 +297,10 @@ def test_the_model_cache_keeps_the_most_recently_used_within_its_limit(tmp_path:
     files = [_tiny_onnx(tmp_path / f"{op}.onnx", op) for op in ("Relu", "Sigmoid", "Tanh")]
     limit = sum(f.stat().st_size for f in files[:2])  # room for two
     cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    mine = _tiny_onnx(cache / "my_model.onnx", "Relu")  # --cache-dir shared with the user's own files
+    theirs = _tiny_onnx(cache / "models" / "best.onnx", "Relu")
+    (cache / "models" / "upload.1234.tmp").write_bytes(b"half an upload a killed agent left")
     server = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=cache, max_cache_bytes=limit))
     server.start()
     try:
@@ -308,4 +312,22 @@ def test_the_model_cache_keeps_the_most_recently_used_within_its_limit(tmp_path:
     import hashlib
 
     kept = {p.name for p in (cache / "models").iterdir()}
-    assert kept == {hashlib.sha256(f.read_bytes()).hexdigest() + ".onnx" for f in (files[0], files[2])}
+    assert kept == {hashlib.sha256(f.read_bytes()).hexdigest() + ".onnx" for f in (files[0], files[2])} | {"best.onnx"}
+    assert mine.is_file() and theirs.is_file()  # only the agent's own files are ever deleted
+
+
+def test_an_upload_cut_short_leaves_no_partial_file(agent: AgentServer, fp32_onnx_160) -> None:
+    import socket
+
+    body = fp32_onnx_160.read_bytes()
+    parts = urllib.parse.urlsplit(agent.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as sock:
+        head = (
+            f"POST /v1/benchmark?imgsz=160 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[: len(body) // 2])
+        sock.shutdown(socket.SHUT_WR)  # the client goes away halfway
+        answer = sock.recv(4096).decode(errors="replace")
+    assert " 400 " in answer.splitlines()[0] and "upload cut short" in answer
+    assert not list((agent.cache_dir / "models").glob("upload.*"))

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -243,6 +244,9 @@ class AgentServer:
         self._queue = _Fifo()
         self._uploads = threading.Semaphore(1)  # one upload read and checked at a time: bounded memory
         self._cache_lock = threading.Lock()
+        self._in_use: set[Path] = set()  # models requests hold, from upload to the end of their timing
+        for left in (self.cache_dir / "models").glob("upload.*.tmp"):  # a killed agent's partial uploads
+            left.unlink(missing_ok=True)
         self._children: set[subprocess.Popen[str]] = set()  # benchmark processes running
         self._children_lock = threading.Lock()
         self._stopping = False
@@ -393,46 +397,53 @@ class AgentServer:
         models = self.cache_dir / "models"
         tmp = models / f"upload.{threading.get_ident()}.tmp"
         with self._uploads:  # streamed to disk while hashed, then checked from there
-            digest = hashlib.sha256()
-            got = 0
-            with tmp.open("wb") as out:
-                while got < size:
-                    chunk = req.rfile.read(min(2**20, size - got))
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
-                    got += len(chunk)
-            if got != size:
-                tmp.unlink(missing_ok=True)
-                req.close_connection = True
-                raise _HTTPError(400, f"upload cut short: {got} of {size} bytes")
-            path = models / f"{digest.hexdigest()}.onnx"
-            if path.is_file():
-                tmp.unlink()
-                path.touch()  # recently used: the last the cache lets go
-            else:
-                try:
+            try:
+                digest = hashlib.sha256()
+                got = 0
+                with tmp.open("wb") as out:
+                    while got < size:
+                        chunk = req.rfile.read(min(2**20, size - got))
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        out.write(chunk)
+                        got += len(chunk)
+                if got != size:
+                    req.close_connection = True
+                    raise _HTTPError(400, f"upload cut short: {got} of {size} bytes")
+                path = models / f"{digest.hexdigest()}.onnx"
+                if path.is_file():
+                    path.touch()  # recently used: the last the cache lets go
+                else:
                     _check_onnx(tmp)
-                except _HTTPError:
-                    tmp.unlink(missing_ok=True)
-                    raise
-                tmp.replace(path)
-                self._trim_cache(keep=path)
+                    tmp.replace(path)
+            finally:  # a reset connection or a full disk leaves no partial upload behind
+                tmp.unlink(missing_ok=True)
+            self._in_use.add(path)
+            self._trim_cache()
         return path
 
-    def _trim_cache(self, *, keep: Path) -> None:
-        """Delete the least recently used models and engines until the cache fits ``max_cache_bytes``."""
+    def _trim_cache(self) -> None:
+        """Delete the least recently used models and engines until the cache fits ``max_cache_bytes``.
+
+        Only the agent's own files count (``models/<sha256>.onnx``, ``engines/<hash>.engine``), so a
+        ``--cache-dir`` shared with other files never loses them; a model a request holds (queued or
+        timing) and engines used within the last ``timeout_s`` are kept.
+        """
         with self._cache_lock:
-            files = [p for p in self.cache_dir.rglob("*") if p.is_file() and p.suffix in (".onnx", ".engine")]
+            files = [*self.cache_dir.glob("models/*.onnx"), *self.cache_dir.glob("engines/*.engine")]
+            files = [p for p in files if _CACHED.fullmatch(p.name)]
             files.sort(key=lambda p: p.stat().st_mtime)
             total = sum(p.stat().st_size for p in files)
+            recent = time.time() - self.config.timeout_s
             for old in files:
                 if total <= self.config.max_cache_bytes:
                     break
-                if old != keep:
-                    total -= old.stat().st_size
-                    old.unlink(missing_ok=True)
+                # an engine is used by the model's timing: kept while one could still be running
+                if old in self._in_use or (old.suffix == ".engine" and old.stat().st_mtime > recent):
+                    continue
+                total -= old.stat().st_size
+                old.unlink(missing_ok=True)
 
     def _benchmark(self, req: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> dict[str, Any]:
         try:
@@ -444,10 +455,13 @@ class AgentServer:
         if not 32 <= imgsz <= MAX_IMGSZ or (threads is not None and threads < 1):
             raise _HTTPError(400, f"pass ?imgsz=N (32 ≤ N ≤ {MAX_IMGSZ}) and, optionally, threads ≥ 1")
         model = self._read_model(req)
-        queued = time.time()
-        with self._queue.turn():
-            started = time.time()
-            answer = self._run_child(model, imgsz=imgsz, threads=threads)
+        try:
+            queued = time.time()
+            with self._queue.turn():
+                started = time.time()
+                answer = self._run_child(model, imgsz=imgsz, threads=threads)
+        finally:
+            self._in_use.discard(model)  # a model two requests hold: kept while either waits (rare; both uploaded it)
         return {**answer, "queued_s": started - queued, "model_sha256": model.stem}
 
     def _run_child(self, model: Path, *, imgsz: int, threads: int | None) -> dict[str, Any]:
@@ -491,6 +505,10 @@ class AgentServer:
         if "error" in answer:
             raise _HTTPError(422, f"benchmark failed: {answer['error']}")
         return answer
+
+
+#: The names of the agent's own cached files: a model by its sha256, an engine by its build hash.
+_CACHED = re.compile(r"[0-9a-f]{64}\.onnx|[0-9a-f]{32}\.engine")
 
 
 def _check_onnx(path: Path) -> None:

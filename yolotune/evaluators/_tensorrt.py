@@ -109,6 +109,7 @@ class TensorRTTarget(Target):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         engine = self.cache_dir / f"{digest.hexdigest()[:32]}.engine"
         if engine.is_file():
+            engine.touch()  # recently used: an agent's cache lets it go last
             return engine
         partial = engine.with_suffix(f".{os.getpid()}.partial")
         cmd = build_command(self.trtexec, Path(model_path), partial, precision)
