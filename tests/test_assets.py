@@ -168,10 +168,18 @@ def test_an_image_ultralytics_would_skip_is_refused_and_a_jpeg_it_restores_is_no
     image = sorted((tmp_path / "images" / "val").iterdir())[0]
     whole = image.read_bytes()
     image.unlink()  # a file of its own, not the link to coco8's
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buffer, format="GIF")
+    gif = buffer.getvalue()
     for broken, says in (
         (whole[:3000], "image file is truncated"),
         (b"", "the file is empty"),
         (b"GIF89a not really", "not an image format PIL can read"),
+        (gif, "a GIF image, which Ultralytics does not read"),  # named .jpg, but a GIF
     ):
         image.write_bytes(broken)
         with pytest.raises(YolotuneError, match=rf"image {image} \('val' split of {data}\) cannot be read: .*{says}"):

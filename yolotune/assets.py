@@ -244,11 +244,16 @@ def _check_labels(images: list[Path], classes: int, split: str, source: Path) ->
                 )
 
 
+#: The image formats Ultralytics reads, as PIL names them (its ``IMG_FORMATS``, and JPEG 2000).
+_IMAGE_FORMATS = frozenset({"bmp", "dng", "jpeg", "jpeg2000", "mpo", "pfm", "png", "tiff", "webp", "heic", "heif"})
+
+
 def _check_images(images: list[Path], split: str, source: Path) -> None:
     """Refuse an image Ultralytics would skip (it counts it corrupt and validates without it).
 
-    As Ultralytics checks: PIL's ``verify``, at least 10 pixels a side, and a JPEG without its end
-    marker must decode in full (Ultralytics re-saves such a file when it can, and skips it when not).
+    As Ultralytics checks: PIL's ``verify``, at least 10 pixels a side, a format it reads (by the
+    file's content, not its name), and a JPEG without its end marker must decode in full
+    (Ultralytics re-saves such a file when it can, and skips it when not).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -259,9 +264,12 @@ def _check_images(images: list[Path], split: str, source: Path) -> None:
             with Image.open(image) as im:
                 im.verify()
                 width, height = im.size
+                kind = str(im.format or "").lower()
+            if kind not in _IMAGE_FORMATS:
+                raise ValueError(f"a {kind.upper() or 'unknown'} image, which Ultralytics does not read")
             if min(width, height) < 10:
                 raise ValueError(f"{width}×{height} pixels, under Ultralytics' 10")
-            if image.suffix.lower() in (".jpg", ".jpeg"):
+            if kind in ("jpeg", "mpo"):
                 with image.open("rb") as f:
                     f.seek(-2, os.SEEK_END)
                     ended = f.read() == b"\xff\xd9"
