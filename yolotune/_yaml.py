@@ -1,6 +1,6 @@
 """YAML for the files users write: PyYAML's safe loader, refusing a key given twice in one mapping.
 
-It also reads ``1e-4`` as a number, as YAML 1.2 and JSON do (PyYAML's YAML 1.1 reads it as a string).
+It can also read ``1e-4`` as a number, as YAML 1.2 and JSON do (PyYAML's YAML 1.1 reads it as a string).
 
 PyYAML keeps the last of two equal keys without a word, so a plan with ``ratios:`` twice would
 silently lose the first. The error is PyYAML's own (``ConstructorError``), with the line and
@@ -38,16 +38,29 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# YAML 1.2 reads 1e-4 as a number; PyYAML (YAML 1.1) wants a dot (1.0e-4) and reads it as a string
-_StrictLoader.add_implicit_resolver(  # type: ignore[no-untyped-call]
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+class _ExponentLoader(_StrictLoader):
+    """``_StrictLoader`` reading ``1e-4`` and ``1.0e4`` as numbers, as YAML 1.2 and JSON do.
+
+    PyYAML (YAML 1.1) reads an exponent as a number only with a dot and a signed exponent (``1.0e-4``).
+    """
+
+
+_ExponentLoader.add_implicit_resolver(  # type: ignore[no-untyped-call]
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 
-def load(text: str) -> Any:
+def load(text: str, *, exponents: bool = True) -> Any:
     """Parse one YAML document like ``yaml.safe_load``, refusing duplicate keys.
+
+    Args:
+        text: The document.
+        exponents: Read ``1e-4`` as a number (plans, spaces, targets). Off for files another
+            tool reads too (a data yaml: Ultralytics reads ``1e5`` in its names as text).
 
     Raises:
         yaml.YAMLError: Invalid YAML, or a key given twice in one mapping.
     """
-    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: safe
+    return yaml.load(text, Loader=_ExponentLoader if exponents else _StrictLoader)  # SafeLoader subclasses: safe

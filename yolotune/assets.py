@@ -132,7 +132,7 @@ class Dataset:
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = _yaml.load(path.read_text())
+        data = _yaml.load(path.read_text(), exponents=False)  # as Ultralytics reads it
     except yaml.YAMLError as exc:
         raise YolotuneError(f"data yaml {path} is not valid YAML: {yaml_problem(exc)}") from exc
     except (OSError, UnicodeDecodeError) as exc:

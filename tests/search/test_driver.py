@@ -198,6 +198,7 @@ def test_resuming_on_the_same_device_under_another_setup_is_said(
         f"clocks pinned True → {setup['clocks_pinned']}): its latencies may not compare with this run's; "
         "`tune retime --fresh` times the front again side by side"
     ]
+    assert study.user_attrs["timed_setup"] == setup  # this run's setup now: the change is said once
 
 
 # what older yolotunes recorded in a study's job, and how resuming one is refused

@@ -128,7 +128,7 @@ def test_a_reference_that_cannot_be_timed_keeps_the_rounds_done(tmp_path: Path) 
 
 
 def test_a_target_lost_while_re_timing_stops_with_the_rounds_done_and_drops_no_trial(tmp_path: Path) -> None:
-    from yolotune import YolotuneError
+    from yolotune import SearchStopped, YolotuneError
     from yolotune.errors import StepError
 
     study, _ = _study(tmp_path)
@@ -144,7 +144,7 @@ def test_a_target_lost_while_re_timing_stops_with_the_rounds_done_and_drops_no_t
             return super().benchmark(model_path, imgsz=imgsz)
 
     lost = _Lost({"fp32.onnx": 13.0, "shared.onnx": 6.3, "separate.onnx": 6.8}, per_round=3)
-    with pytest.raises(YolotuneError, match=r"stopped timing during re-timing round 2 \(device agent .* unreachable"):
+    with pytest.raises(SearchStopped, match=r"stopped timing during re-timing round 2 \(device agent .* unreachable"):
         retime_front(study, target=lost, imgsz=320, rounds=3)
     kept = current_retiming(study)
     assert kept is not None and kept.rounds == 1 and not kept.failed  # no trial blamed for the device

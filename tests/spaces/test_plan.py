@@ -222,7 +222,7 @@ def test_effective_plans_drop_settings_that_change_nothing_built() -> None:
         (lambda: PruningConfig(ratios=[("neck.12", 0.1), ("neck.12", 0.5)]), "names 'neck.12' more than once"),
         (lambda: CompressionPlan(pruning={"ratios": {"neck.12": 0.2}}), "pruning must be a PruningConfig"),
         (lambda: CompressionPlan(recovery="bn"), "recovery must be a RecoveryConfig; got 'bn'"),
-        (lambda: RecoveryConfig(lr="1e-4"), "got the string '1e-4' (in YAML write 1.0e-4 or 0.0001)"),
+        (lambda: RecoveryConfig(lr="1e-4"), "got the string '1e-4' (write it as a number: 1e-4 or 0.0001)"),
     ],
 )
 def test_sections_built_by_hand_are_checked_in_one_line(build: Any, message: str) -> None:
@@ -242,3 +242,5 @@ def test_numpy_numbers_and_yaml_exponents_are_numbers() -> None:
     assert CompressionPlan.from_json(plan.to_json()) == plan
     # YAML 1.2 (and JSON) read 1e-4 as a number; PyYAML's YAML 1.1 alone would read a string
     assert CompressionPlan.from_yaml("recovery: {epochs: 1, lr: 1e-4}\n").recovery.lr == 1e-4
+    assert CompressionPlan.from_yaml("recovery: {epochs: 1, lr: 1.0e-4}\n").recovery.lr == 1e-4
+    assert CompressionPlan.from_yaml("recovery: {epochs: 1, lr: .5E-3}\n").recovery.lr == 5e-4

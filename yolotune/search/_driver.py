@@ -1263,7 +1263,8 @@ def _say_setup_changes(study: optuna.Study, timing: Provenance) -> None:
 
     A study is refused on another device (``timed_on``); the same CPU or board on another host, or
     a Jetson after a reboot that undid ``jetson_clocks``, is allowed but said, since its latencies
-    may not compare. The first run's setup is recorded (``timed_setup``); older studies start recording now.
+    may not compare. The setup is recorded (``timed_setup``) by the first run and again after a
+    change, so each change is said once; older studies start recording now.
     """
     now = {
         "host": timing.host,
@@ -1277,6 +1278,7 @@ def _say_setup_changes(study: optuna.Study, timing: Provenance) -> None:
         return
     changed = [f"{_SETUP_WORDS[k]} {was[k]} → {v}" for k, v in now.items() if k in was and was[k] != v]
     if changed:
+        study.set_user_attr("timed_setup", now)  # said once per change, not on every resume after it
         warn_once(
             logger,
             "study '%s' was timed on the same device with another setup (%s): its latencies may not compare with "

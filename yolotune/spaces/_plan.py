@@ -232,7 +232,7 @@ class RecoveryConfig:
             raise PlanError(f"fine-tune epochs must be an integer ≥ 0; got {self.epochs!r}")
         if isinstance(self.lr, str):  # YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string
             raise PlanError(
-                f"fine-tune lr must be a number; got the string {self.lr!r} (in YAML write 1.0e-4 or 0.0001)"
+                f"fine-tune lr must be a number; got the string {self.lr!r} (write it as a number: 1e-4 or 0.0001)"
             )
         if not is_real(self.lr) or not 0 < self.lr < 1:
             raise PlanError(f"fine-tune lr must lie in (0, 1); got {self.lr!r}")
