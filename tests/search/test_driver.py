@@ -818,16 +818,28 @@ def test_the_search_ends_by_timing_the_trials_near_its_front_again(
     assert target.timed[9:] == [cand, ref] and current_retiming(again).rounds == 4
 
 
-def test_a_trial_whose_file_is_gone_is_left_out_of_the_re_timing(coco8_search, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trial_whose_file_is_gone_is_re_timed_from_the_artifact_store_else_left_out(
+    coco8_search, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from yolotune.studies import deployable_file, find_artifact_dir
+
     target = _SizeTarget()
     monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
     config = coco8_search(budget=2)
     study = run_search(config)
     int8 = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[1]
-    Path(int8.user_attrs["artifact"]).unlink()  # moved away after the search
+    Path(int8.user_attrs["artifact"]).unlink()  # its trial folder cleaned up by hand after the search
     failed: list[tuple[int, str]] = []
-    run_search(dataclasses.replace(config, retime_rounds=2), on_retime_failed=lambda n, why: failed.append((n, why)))
-    assert failed == [(int8.number, f"its file {int8.user_attrs['artifact']} is not on this host")]
+    retime = dataclasses.replace(config, retime_rounds=2)
+    run_search(retime, on_retime_failed=lambda n, why: failed.append((n, why)))
+    assert failed == [] and "int8" in [r.reference for r in pareto_front(study)]  # timed from the store's copy
+    stored = deployable_file(int8, find_artifact_dir(study))
+    assert stored is not None and stored.parent == find_artifact_dir(study)
+    stored.unlink()  # and the copy too: nothing left to time
+    run_search(dataclasses.replace(retime, retime_rounds=3), on_retime_failed=lambda n, why: failed.append((n, why)))
+    assert failed == [
+        (int8.number, f"its file {int8.user_attrs['artifact']} is not on this host, nor in the study's artifact store")
+    ]
     assert [r.reference for r in pareto_front(study)] == ["fp32"]  # re-timed: the reference alone
     with pytest.raises(YolotuneError, match=r"--retime-rounds must be ≥0 \(0: no re-timing\); got -1"):
         dataclasses.replace(config, retime_rounds=-1)

@@ -104,7 +104,11 @@ def retime_front(
         or retiming.digests != digests
         or ref_number in retiming.failed
     ):
-        missing = {n: f"its file {p} is not on this host" for n, p in chosen.items() if n not in digests}
+        missing = {
+            n: f"its file {p} is not on this host, nor in the study's artifact store"
+            for n, p in chosen.items()
+            if n not in digests
+        }
         retiming = Retiming(
             reference_trial=ref_number,
             trials=tuple(chosen),
