@@ -74,7 +74,6 @@ _FORMAT_KEYS = ("export", "calibration", "pruning")
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     if not is_whole(number):
         raise YolotuneError(f"a trial number is a whole number (see `tune show`); got {number!r}")
-    number = int(number)  # a numpy integer from trials_dataframe() too
     trials = study.get_trials(deepcopy=False)
     found = next((t for t in trials if t.number == number), None)
     if found is None:
@@ -133,6 +132,7 @@ def export_trial(
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise YolotuneError(f"--rounds must be a whole number ≥1; got {rounds!r}")
     trial = _find_trial(study, number)
+    number = trial.number  # an int, also for a numpy integer from trials_dataframe()
     job: dict[str, Any] = study.user_attrs.get("job") or {}
     target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None
     dataset = _dataset(job) if remeasure else None  # both checked before any file is written
