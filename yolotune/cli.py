@@ -735,6 +735,32 @@ def report(
 
 @app.command()
 @_one_line_errors
+def delete(
+    study: Annotated[str, typer.Option("--study", "-s", help="The study to delete (always named).")],
+    storage: StorageOpt = None,
+    root: RootOpt = Path("studies"),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
+) -> None:
+    """Delete a study: its trials, its folder of trial files, and its SQLite file when it holds no other."""
+    import optuna
+
+    from yolotune.studies import delete_study, load_study, study_dir
+
+    st = load_study(study=study, storage=storage, root=root)
+    folder = study_dir(root, st.study_name)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    running = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    what = f"study '{st.study_name}' ({len(st.trials)} trials, {size / 2**20:.0f} MB in {folder}/)"
+    if running:
+        what += f", {running} of its trials RUNNING (stop its `tune run` first, unless that run was killed)"
+    if not yes and not typer.confirm(f"delete {what}?", default=False):
+        raise typer.Exit(1)
+    for path in delete_study(study=st.study_name, storage=storage, root=root):
+        _consoles.out.print(f"removed {path}", highlight=False)
+
+
+@app.command()
+@_one_line_errors
 def dashboard(
     study: StudyOpt = None,
     storage: StorageOpt = None,

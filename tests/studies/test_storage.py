@@ -5,7 +5,13 @@ import sys
 import time
 from pathlib import Path
 
-from yolotune.studies import default_storage_url, storage_lock
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from yolotune import YolotuneError
+from yolotune.cli import app
+from yolotune.studies import default_storage_url, delete_study, open_storage, storage_lock, study_dir
 
 
 def test_a_sqlite_study_file_is_locked_across_processes_and_again_within_one(tmp_path: Path) -> None:
@@ -34,3 +40,39 @@ def test_a_sqlite_study_file_is_locked_across_processes_and_again_within_one(tmp
     start = time.monotonic()
     with storage_lock("journal:/tmp/x.log"):  # other storages have locks of their own
         assert time.monotonic() - start < 0.5
+
+
+def _study_with_files(root: Path, name: str, storage: str | None = None) -> Path:
+    """A study with one trial, and the folder of trial files and artifacts a search leaves."""
+    study = optuna.create_study(study_name=name, storage=open_storage(storage or default_storage_url(root, name)))
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    folder = study_dir(root, name)
+    (folder / "trials" / "0").mkdir(parents=True)
+    (folder / "trials" / "0" / "model.onnx").write_bytes(b"onnx")
+    (folder / "artifacts").mkdir()
+    return folder
+
+
+def test_deleting_a_study_removes_its_trials_files_and_its_own_sqlite_file(tmp_path: Path) -> None:
+    keep = _study_with_files(tmp_path, "keep")
+    gone = _study_with_files(tmp_path, "gone")
+    assert delete_study(study="gone", root=tmp_path) == [gone, tmp_path / "gone.db"]
+    assert not gone.exists() and not (tmp_path / "gone.db").exists() and not (tmp_path / "gone.db.lock").exists()
+    assert keep.is_dir() and (tmp_path / "keep.db").is_file()
+    with pytest.raises(YolotuneError, match=r"no study 'gone' in .* \(it holds keep\)"):
+        delete_study(study="gone", root=tmp_path)
+    # two studies in one storage: the file stays for the other
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    _study_with_files(tmp_path, "a", shared)
+    _study_with_files(tmp_path, "b", shared)
+    delete_study(study="a", storage=shared, root=tmp_path)
+    assert (tmp_path / "shared.db").is_file() and optuna.get_all_study_names(storage=shared) == ["b"]
+
+
+def test_tune_delete_asks_first_unless_told_not_to(tmp_path: Path) -> None:
+    folder = _study_with_files(tmp_path, "s")
+    runner = CliRunner()
+    asked = runner.invoke(app, ["delete", "--study", "s", "--root", str(tmp_path)], input="n\n")
+    assert asked.exit_code == 1 and "delete study 's' (1 trials, 0 MB in" in asked.output and folder.is_dir()
+    done = runner.invoke(app, ["delete", "--study", "s", "--root", str(tmp_path), "--yes"])
+    assert done.exit_code == 0 and f"removed {folder}" in done.output and not folder.exists()

@@ -17,6 +17,7 @@ from yolotune.studies._retimed import (
 from yolotune.studies._storage import (
     artifact_dir,
     default_storage_url,
+    delete_study,
     deployable_file,
     find_artifact_dir,
     load_study,
@@ -35,6 +36,7 @@ __all__ = [
     "artifact_dir",
     "current_retiming",
     "default_storage_url",
+    "delete_study",
     "deployable_file",
     "export_trial",
     "find_artifact_dir",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import shutil
 import threading
 import time
 import warnings
@@ -17,6 +18,7 @@ from yolotune.errors import YolotuneError
 __all__ = [
     "artifact_dir",
     "default_storage_url",
+    "delete_study",
     "deployable_file",
     "find_artifact_dir",
     "load_study",
@@ -231,3 +233,36 @@ def load_study(
         return optuna.load_study(study_name=study, storage=opened)
     except KeyError as exc:
         raise YolotuneError(f"no study '{study}' in {storage}") from exc
+
+
+def delete_study(*, study: str, storage: str | None = None, root: Path | str = Path("studies")) -> list[Path]:
+    """Delete a study: its trials, its folder of trial files and artifacts, and its SQLite file when empty.
+
+    Args:
+        study: The study's name (never guessed: deleting needs it spelt out).
+        storage: Its storage URL (default: the study's SQLite file under ``root``).
+        root: Studies directory of the default storage and of trial files.
+
+    Returns:
+        The files and folders removed.
+
+    Raises:
+        YolotuneError: No such study.
+    """
+    root = Path(root)
+    found = load_study(study=study, storage=storage, root=root)  # says what is there when the name is wrong
+    url = storage or default_storage_url(root, study)
+    with storage_lock(url):
+        optuna.delete_study(study_name=found.study_name, storage=open_storage(url))
+        removed: list[Path] = []
+        folder = study_dir(root, study)
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            removed.append(folder)
+        db = root / f"{study}.db"
+        if storage is None and not optuna.get_all_study_names(storage=open_storage(url)):
+            db.unlink(missing_ok=True)  # the default file held this study only
+            removed.append(db)
+    if storage is None:
+        Path(f"{db}.lock").unlink(missing_ok=True)
+    return removed
