@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -152,18 +153,15 @@ def test_constraints_keep_infeasible_trials_visible_but_off_the_front(small_stud
     assert front and not front & set(infeasible)
 
 
+def _small_study_config(root: Path, name: str, **fields: Any) -> SearchConfig:
+    """The config of the ``small_study`` fixture's run (coco8 at 160 px, budget 4), without re-timing."""
+    base: dict[str, Any] = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 4, "study_name": name}
+    return SearchConfig(settings=CandidateSettings(imgsz=160), root=root, retime_rounds=0, **{**base, **fields})
+
+
 def test_changing_constraints_of_an_existing_study_is_refused(small_study: tuple[Path, str, str]) -> None:
     root, name, _ = small_study
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=4,
-        settings=CandidateSettings(imgsz=160),
-        root=root,
-        retime_rounds=0,  # re-timing is tested apart
-        study_name=name,
-        max_map_drop=0.2,
-    )
+    config = _small_study_config(root, name, max_map_drop=0.2)
     with pytest.raises(YolotuneError, match=r"created with --max-map-drop 0\.05; use another --study name"):
         run_search(config)
 
@@ -175,16 +173,7 @@ def test_resuming_on_the_same_device_under_another_setup_is_said(
 
     root, name, _ = small_study
     shutil.copy(root / f"{name}.db", tmp_path / f"{name}.db")  # a copy: the fixture's study stays as it is
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=4,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        retime_rounds=0,
-        study_name=name,
-        max_map_drop=0.05,
-    )
+    config = _small_study_config(tmp_path, name, max_map_drop=0.05)
     study = optuna.load_study(study_name=name, storage=config.storage_url)
     setup = study.user_attrs["timed_setup"]  # recorded by the run that made it
     assert setup["host"] and setup["runtime_version"]
