@@ -457,3 +457,22 @@ def test_a_study_database_deleted_under_a_command_is_named_in_one_line(tmp_path:
     line = capsys.readouterr().err.strip()
     assert line.startswith("error: the study's storage cannot be written (") and "readonly database" in line
     assert line.endswith("its database is still there, then run the same command to resume")
+
+
+def test_a_study_no_trial_of_which_meets_its_constraints_says_so(tmp_path: Path) -> None:
+    import optuna
+
+    from yolotune.studies import default_storage_url
+
+    study = optuna.create_study(
+        study_name="s", storage=default_storage_url(tmp_path, "s"), directions=["maximize", "minimize", "minimize"]
+    )
+    study.set_user_attr("constraints", {"max_map_drop": None, "max_latency_ms": 0.001})
+    for values in ([0.35, 12.0, 14.0], [0.34, 3.5, 7.0]):
+        study.add_trial(optuna.trial.create_trial(values=values, constraints={"latency": values[2] - 0.001}))
+    shown = runner.invoke(app, ["show", "--root", str(tmp_path)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert "no trial meets max_latency_ms 0.001: every one of the 2 measured breaks it" in shown.stdout
+    html = tmp_path / "r.html"
+    reported = runner.invoke(app, ["report", "--root", str(tmp_path), "-o", str(html)])
+    assert reported.exit_code == 0 and "nothing to take the hypervolume of" in html.read_text()

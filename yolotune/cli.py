@@ -695,6 +695,12 @@ def _show(st: Any, *, where: str = "") -> None:
     if not wide:
         for r in front:
             out.print(f"  trial {r.number}: {r.brief}", highlight=False)
+    if not front and complete and limits and infeasible == len(complete):
+        out.print(
+            f"no trial meets {', '.join(f'{k} {v}' for k, v in limits.items())}: every one of the {len(complete)} "
+            "measured breaks it (`tune report` plots them all)",
+            highlight=False,
+        )
     failures = [t for t in trials if t.state == optuna.trial.TrialState.FAIL][-_FAILURES_SHOWN:]
     for t in failures:  # `tune report` lists them all
         reason = str(t.user_attrs.get("fail_reason", "no reason recorded"))

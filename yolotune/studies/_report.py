@@ -325,6 +325,8 @@ def _scatter_3d(complete: Sequence[FrozenTrial], front: Sequence[FrontRow]) -> s
 def _hypervolume(study: optuna.Study, complete: Sequence[FrozenTrial]) -> str:
     if len(complete) < 2:
         return _note("Needs at least 2 COMPLETE trials.")
+    if all(any(v > 0 for v in t.constraints.values()) for t in complete):  # Optuna would only log a warning
+        return _note("No trial meets the study's constraints: nothing to take the hypervolume of.")
     reference_point = (0.0, 1.1 * max(t.values[1] for t in complete), 1.1 * max(t.values[2] for t in complete))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
