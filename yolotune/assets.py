@@ -21,6 +21,7 @@ import yaml
 
 from yolotune import _yaml
 from yolotune._env import workspace_dir
+from yolotune._numbers import is_whole
 from yolotune._warn import warn_once
 from yolotune.errors import YolotuneError, yaml_problem
 
@@ -253,7 +254,9 @@ def _check_images(images: list[Path], split: str, source: Path) -> None:
 
     As Ultralytics checks: PIL's ``verify``, at least 10 pixels a side, a format it reads (by the
     file's content, not its name), and a JPEG without its end marker must decode in full
-    (Ultralytics re-saves such a file when it can, and skips it when not).
+    (Ultralytics re-saves such a file when it can, and skips it when not). Ultralytics'
+    ``check_image`` is not called: it rewrites such a JPEG where it lies, and these are the user's
+    files (or ``../shared``), and this module does not import Ultralytics.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -376,9 +379,9 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
     data = _load_yaml(source)
     root = _dataset_root(data, source)
     names = data.get("names")
-    nc = data.get("nc")
-    if names is None and isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
-        names = [f"class_{i}" for i in range(nc)]  # as Ultralytics names them
+    nc: Any = data.get("nc")
+    if names is None and is_whole(nc) and int(nc) > 0:
+        names = [f"class_{i}" for i in range(int(nc))]  # as Ultralytics names them
     if isinstance(names, list):
         names = dict(enumerate(names))
     if not isinstance(names, dict) or not names:
@@ -395,7 +398,7 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
             f"data yaml {source}: the 'names' keys must be the class indices 0–{len(names) - 1} with no gaps; "
             f"got {_keys(names)}"
         )
-    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int)):
+    if nc is not None and not is_whole(nc):
         raise YolotuneError(f"data yaml {source}: nc must be a whole number (unquoted); got {nc!r}")
     if nc is not None and nc != len(names):
         raise YolotuneError(f"data yaml {source} says nc: {nc} but 'names' lists {len(names)}: make them agree")

@@ -657,7 +657,9 @@ def _show(st: Any, *, where: str = "") -> None:
         title=f"Pareto front of {st.study_name}",
         caption=caption,
         header_style="bold",
-        **({} if wide else {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False}),  # type: ignore[arg-type]
+        box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
+        show_edge=wide,
+        pad_edge=wide,
     )
     columns = ("trial", "mAP50-95", "ΔmAP", "latency ms", *(("re-timed ms",) if retimed else ()), "speed")
     columns = (*columns, "size MB", "smaller", *(("plan",) if wide else ()))

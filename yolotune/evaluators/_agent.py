@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -244,7 +245,7 @@ class AgentServer:
         self._queue = _Fifo()
         self._uploads = threading.Semaphore(1)  # one upload read and checked at a time: bounded memory
         self._cache_lock = threading.Lock()
-        self._in_use: set[Path] = set()  # models requests hold, from upload to the end of their timing
+        self._in_use: Counter[Path] = Counter()  # models requests hold, from upload to the end of their timing
         for left in (self.cache_dir / "models").glob("upload.*.tmp"):  # a killed agent's partial uploads
             left.unlink(missing_ok=True)
         self._children: set[subprocess.Popen[str]] = set()  # benchmark processes running
@@ -419,7 +420,7 @@ class AgentServer:
                     tmp.replace(path)
             finally:  # a reset connection or a full disk leaves no partial upload behind
                 tmp.unlink(missing_ok=True)
-            self._in_use.add(path)
+            self._in_use[path] += 1
             self._trim_cache()
         return path
 
@@ -440,7 +441,7 @@ class AgentServer:
                 if total <= self.config.max_cache_bytes:
                     break
                 # an engine is used by the model's timing: kept while one could still be running
-                if old in self._in_use or (old.suffix == ".engine" and old.stat().st_mtime > recent):
+                if self._in_use[old] > 0 or (old.suffix == ".engine" and old.stat().st_mtime > recent):
                     continue
                 total -= old.stat().st_size
                 old.unlink(missing_ok=True)
@@ -461,7 +462,9 @@ class AgentServer:
                 started = time.time()
                 answer = self._run_child(model, imgsz=imgsz, threads=threads)
         finally:
-            self._in_use.discard(model)  # a model two requests hold: kept while either waits (rare; both uploaded it)
+            self._in_use[model] -= 1  # kept while any request that sent it waits
+            if self._in_use[model] <= 0:
+                del self._in_use[model]
         return {**answer, "queued_s": started - queued, "model_sha256": model.stem}
 
     def _run_child(self, model: Path, *, imgsz: int, threads: int | None) -> dict[str, Any]:

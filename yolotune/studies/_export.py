@@ -126,8 +126,6 @@ def export_trial(
         YolotuneError: No such trial, not COMPLETE, its model cannot be found, or the target
             cannot time it (a device target whose agent is unreachable).
     """
-    from yolotune.spaces import CompressionPlan
-
     out_dir = Path(out_dir)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise YolotuneError(f"--rounds must be a whole number ≥1; got {rounds!r}")
@@ -136,7 +134,6 @@ def export_trial(
     job: dict[str, Any] = study.user_attrs.get("job") or {}
     target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None
     dataset = _dataset(job) if remeasure else None  # both checked before any file is written
-    plan = CompressionPlan.from_dict(trial.user_attrs["plan"])
     made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "recipe.yaml").is_file():  # an earlier export: none of its files may pass for this one's
@@ -144,81 +141,102 @@ def export_trial(
             (out_dir / stale).unlink(missing_ok=True)
     store = Path(artifacts) if artifacts is not None else find_artifact_dir(study)
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
-    model, recipe, plan_file = out_dir / name, out_dir / "recipe.yaml", out_dir / "plan.yaml"
     try:
-        _fetch(trial, store, model)
-        plan_path = plan.save(plan_file)
-        recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
-        if "size_bytes" in recorded:
-            recorded["size_bytes"] = int(recorded["size_bytes"])
-        retiming = current_retiming(study)
-        twin = trial.user_attrs.get("duplicate_of")  # the same plan measured before: its re-timing is this one's
-        retimed = retiming.point(int(twin) if twin is not None else number) if retiming else None
-        reference = fp32_reference(study)
-        constraints = {k: v for k, v in (study.user_attrs.get("constraints") or {}).items() if v is not None}
-        warnings = _broken_constraints(trial, reference, constraints)
-        recipe.write_text(
-            yaml.safe_dump(
-                {
-                    "study": study.study_name,
-                    "trial": number,
-                    "duplicate_of": twin,
-                    # the study's job; the versions of how yolotune exports, calibrates and prunes apart,
-                    # so "calibration: entropy-kl512" is not read as the trial's calibration (that is the plan's)
-                    "job": {k: v for k, v in job.items() if k not in _FORMAT_KEYS},
-                    "formats": {k: job[k] for k in _FORMAT_KEYS if k in job},
-                    "model_file": name,
-                    "constraints": constraints or None,
-                    "feasible": not warnings,
-                    "deploy": _deploy_notes(model, imgsz=job.get("imgsz")),
-                    "plan": plan.to_dict(),
-                    "recorded": {
-                        **recorded,
-                        "fidelity": trial.user_attrs.get("fidelity", "full"),
-                        "rung0": trial.user_attrs.get("rung0"),  # what rung 0 measured, for a promoted trial
-                        "latency": trial.user_attrs.get("latency"),
-                        "provenance": trial.user_attrs.get("provenance"),
-                        "retimed": retimed.to_dict() if retimed else None,
-                    },
-                    "versions": package_versions(),
-                },
-                sort_keys=False,
-            )
+        return _export_files(
+            study, trial, out_dir, name=name, store=store, target=target, dataset=dataset, rounds=rounds
         )
-        # what `tune show` lists for this trial: the re-timed medians, else the search's paired timing
-        if retimed is not None:
-            recorded.update(latency_ms=retimed.latency_ms, speedup=retimed.speedup, retimed_rounds=retimed.rounds)
-        elif reference is not None and recorded.get("latency_ms"):
-            paired = trial.user_attrs.get("reference_ms") or reference.values[2]
-            recorded["speedup"] = float(paired) / recorded["latency_ms"]
-        measured: dict[str, float] = {}
-        if remeasure:
-            assert target is not None and dataset is not None
-            fp32 = None
-            if reference is not None and reference.number != number:
-                fp32 = deployable_file(reference, store)
-            try:
-                measured, per_round = _remeasure(
-                    model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds
-                )
-            except YolotuneError as exc:  # e.g. the device agent lost while timing
-                raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from exc
-            where = target.provenance(imgsz=int(job["imgsz"]))
-            searched_on = (study.user_attrs.get("timed_on") or {}).get("device")
-            if searched_on and searched_on != where.device:  # another agent's device: allowed, but said
-                warnings = (
-                    *warnings,
-                    f"re-timed on {where.device} ({where.host}); the study was timed on {searched_on}: the re-measured "
-                    "latency and speed-up do not compare with the recorded ones",
-                )
-            timed_on = {"device": where.device, "host": where.host}
-            (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round, **timed_on}, indent=2))
     except BaseException:  # Ctrl-C or a failed re-measurement: no half export passes for a whole one
-        for written in (model, plan_file, recipe, out_dir / "remeasured.json"):
-            written.unlink(missing_ok=True)
+        for written in (name, "plan.yaml", "recipe.yaml", "remeasured.json"):
+            (out_dir / written).unlink(missing_ok=True)
         if made and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
+
+
+def _export_files(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    out_dir: Path,
+    *,
+    name: str,
+    store: Path | None,
+    target: Target | None,
+    dataset: Dataset | None,
+    rounds: int,
+) -> ExportResult:
+    """``export_trial``'s files: the model, ``plan.yaml``, ``recipe.yaml`` and, re-measured, ``remeasured.json``."""
+    from yolotune.spaces import CompressionPlan
+
+    number = trial.number
+    job: dict[str, Any] = study.user_attrs.get("job") or {}
+    plan = CompressionPlan.from_dict(trial.user_attrs["plan"])
+    model, recipe = out_dir / name, out_dir / "recipe.yaml"
+    _fetch(trial, store, model)
+    plan_path = plan.save(out_dir / "plan.yaml")
+    recorded = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
+    if "size_bytes" in recorded:
+        recorded["size_bytes"] = int(recorded["size_bytes"])
+    retiming = current_retiming(study)
+    twin = trial.user_attrs.get("duplicate_of")  # the same plan measured before: its re-timing is this one's
+    retimed = retiming.point(int(twin) if twin is not None else number) if retiming else None
+    reference = fp32_reference(study)
+    constraints = {k: v for k, v in (study.user_attrs.get("constraints") or {}).items() if v is not None}
+    warnings = _broken_constraints(trial, reference, constraints)
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "study": study.study_name,
+                "trial": number,
+                "duplicate_of": twin,
+                # the study's job; the versions of how yolotune exports, calibrates and prunes apart,
+                # so "calibration: entropy-kl512" is not read as the trial's calibration (that is the plan's)
+                "job": {k: v for k, v in job.items() if k not in _FORMAT_KEYS},
+                "formats": {k: job[k] for k in _FORMAT_KEYS if k in job},
+                "model_file": name,
+                "constraints": constraints or None,
+                "feasible": not warnings,
+                "deploy": _deploy_notes(model, imgsz=job.get("imgsz")),
+                "plan": plan.to_dict(),
+                "recorded": {
+                    **recorded,
+                    "fidelity": trial.user_attrs.get("fidelity", "full"),
+                    "rung0": trial.user_attrs.get("rung0"),  # what rung 0 measured, for a promoted trial
+                    "latency": trial.user_attrs.get("latency"),
+                    "provenance": trial.user_attrs.get("provenance"),
+                    "retimed": retimed.to_dict() if retimed else None,
+                },
+                "versions": package_versions(),
+            },
+            sort_keys=False,
+        )
+    )
+    # what `tune show` lists for this trial: the re-timed medians, else the search's paired timing
+    if retimed is not None:
+        recorded.update(latency_ms=retimed.latency_ms, speedup=retimed.speedup, retimed_rounds=retimed.rounds)
+    elif reference is not None and recorded.get("latency_ms"):
+        paired = trial.user_attrs.get("reference_ms") or reference.values[2]
+        recorded["speedup"] = float(paired) / recorded["latency_ms"]
+    measured: dict[str, float] = {}
+    if target is not None and dataset is not None:
+        fp32 = None
+        if reference is not None and reference.number != number:
+            fp32 = deployable_file(reference, store)
+        try:
+            measured, per_round = _remeasure(
+                model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds
+            )
+        except YolotuneError as exc:  # e.g. the device agent lost while timing
+            raise YolotuneError(f"{exc} (or export without re-measuring: --no-remeasure)") from exc
+        where = target.provenance(imgsz=int(job["imgsz"]))
+        searched_on = (study.user_attrs.get("timed_on") or {}).get("device")
+        if searched_on and searched_on != where.device:  # another agent's device: allowed, but said
+            warnings = (
+                *warnings,
+                f"re-timed on {where.device} ({where.host}); the study was timed on {searched_on}: the re-measured "
+                "latency and speed-up do not compare with the recorded ones",
+            )
+        timed_on = {"device": where.device, "host": where.host}
+        (out_dir / "remeasured.json").write_text(json.dumps({**measured, **per_round, **timed_on}, indent=2))
     return ExportResult(
         trial=number,
         model=model,

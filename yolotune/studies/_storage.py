@@ -260,9 +260,10 @@ def delete_study(*, study: str, storage: str | None = None, root: Path | str = P
             shutil.rmtree(folder)
             removed.append(folder)
         db = root / f"{study}.db"
-        if storage is None and not optuna.get_all_study_names(storage=open_storage(url)):
+        emptied = storage is None and not optuna.get_all_study_names(storage=open_storage(url))
+        if emptied:
             db.unlink(missing_ok=True)  # the default file held this study only
             removed.append(db)
-    if storage is None:
+    if emptied:
         Path(f"{db}.lock").unlink(missing_ok=True)
     return removed
