@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import shlex
@@ -164,8 +165,10 @@ def _one_line_errors(fn: F) -> F:
             if isinstance(exc, OSError) and exc.filename:
                 # a path the user chose cannot be used (unwritable, a file where a folder goes, ...)
                 why = exc.strerror or type(exc).__name__
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 _consoles.err.print(
-                    f"[red]error:[/red] cannot use {exc.filename}: {why}; pass another path",
+                    f"[red]error:[/red] cannot use {exc.filename}: {why}; "
+                    + ("free some space there, or pass a path on another disk" if full else "pass another path"),
                     highlight=False,
                     soft_wrap=True,
                 )

@@ -77,6 +77,29 @@ def test_refused_candidates_are_recorded_as_failed_and_the_search_goes_on(tmp_pa
     assert len(run_search(fixed).get_trials(deepcopy=False)) == len(study.get_trials(deepcopy=False))
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_stops_the_search_at_once_and_the_same_command_resumes(coco8_search) -> None:
+    from yolotune.studies._storage import study_dir
+
+    config = coco8_search(budget=3)
+    # the INT8 reference's first file lands on a full disk (writes to /dev/full fail with ENOSPC)
+    plan_file = study_dir(config.root, config.name) / "trials" / "1" / "plan.yaml"
+    plan_file.parent.mkdir(parents=True)
+    plan_file.symlink_to("/dev/full")
+    with pytest.raises(SearchStopped, match=r"a disk is full \(.*No space left on device.*\): free some space") as info:
+        run_search(config)
+    study = info.value.study
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    # one failure, not the whole budget spent failing the same way; its plan is queued again
+    assert [t.number for t in failed] == [1]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs.get("reference") for t in waiting) == ["int8", "seeds"]
+    plan_file.unlink()  # space freed: the same command resumes and runs the INT8 reference
+    study = run_search(config)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.user_attrs.get("reference") for t in complete) == ["fp32", "int8", "seeds"]
+
+
 def test_a_model_that_detects_nothing_stops_the_search_after_its_fp32_reference(tmp_path: Path, coco8_search) -> None:
     import torch
     from ultralytics.nn.tasks import DetectionModel

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -485,6 +486,14 @@ class _WaitsForBaseline(YolotuneError):
 
 _QUEUED_BEHIND_FP32 = "queued again behind the FP32 reference: --max-map-drop needs its mAP"
 
+#: how a full disk reads in a failure's reason, whichever process or library met it
+_DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "database or disk is full")
+
+
+def _disk_full(reason: str) -> bool:
+    """Whether a candidate failed because a disk filled up: not the plan's fault, and every later one would too."""
+    return any(text in reason for text in _DISK_FULL)
+
 
 def _waits_for_baseline(study: optuna.Study, *, running: bool = False) -> bool:
     """Whether trials should wait for the FP32 reference: needed, not complete, and still to come.
@@ -806,6 +815,14 @@ def run_search(
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if on_trial:
             on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), study)
+        if _disk_full(reason):  # stop rather than fail every later plan the same way; nothing is lost
+            _retry(study, trial, reason, always=True)
+            abandon("stopped: a disk is full")
+            raise SearchStopped(
+                f"a disk is full ({reason}): free some space, or point --root (trial files, about 25 MB per "
+                "trial for a YOLOv8n) or YOLOTUNE_TMP (scratch) at a larger disk, then run the same command to resume",
+                study=study,
+            )
 
     def defer(trial: optuna.Trial) -> None:
         """Queue a trial's plan behind the FP32 reference (a retry after Ctrl-C put it last): not a failure."""
