@@ -108,7 +108,10 @@ def test_eval_refuses_a_plan_before_building_the_baseline(plan_file, tmp_path: P
     out = tmp_path / "out"
     too_many = plan_file({"quantization": {"default": "int8"}})  # the default count, 32, which the user never wrote
     line = _error(["eval", "--data", "coco8", "--plan", too_many, "--out", str(out)])
-    assert "quantization.calibration_images is 32 (the default) but the training split holds 4 images; " in line
+    assert (
+        "quantization.calibration_images is 32 (also the default when unset) but the training split holds 4 images; "
+        in line
+    )
     assert line.endswith("set quantization.calibration_images to at most 4 in the plan")
     assert not (out / "baseline").exists()  # refused before any work
     empty = tmp_path / "empty.yaml"

@@ -149,6 +149,8 @@ def _one_line_errors(fn: F) -> F:
         except KeyboardInterrupt:
             _consoles.err.print(_STOPPED.get(fn.__name__, "interrupted"))
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):  # a command's own exit: not an error
+            raise
         except Exception as exc:
             if os.environ.get("YOLOTUNE_DEBUG"):
                 raise
@@ -334,7 +336,7 @@ def run(
     storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
     root: Annotated[Path, typer.Option("--root", help="Studies directory.")] = Path("studies"),
     sampler: Annotated[str, typer.Option("--sampler", help="nsga2, tpe or random.")] = "nsga2",
-    population: Annotated[int | None, typer.Option("--population", help="NSGA-II population [default: 8].")] = None,
+    population: Annotated[int | None, typer.Option("--population", help="NSGA-II population (default: 8).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     space: Annotated[
         str | None, typer.Option("--space", help="YAML file narrowing the default space, or module:callable.")
@@ -367,7 +369,7 @@ def run(
     promote_margin: Annotated[
         float | None,
         typer.Option(
-            "--promote-margin", help="mAP50-95 margin within which a rung-0 candidate is promoted [default: 0.02]."
+            "--promote-margin", help="mAP50-95 margin within which a rung-0 candidate is promoted (default: 0.02)."
         ),
     ] = None,
     sensitivity_drop: Annotated[
@@ -379,11 +381,11 @@ def run(
     ] = None,
     sensitivity_ratio: Annotated[
         float | None,
-        typer.Option("--sensitivity-ratio", help="Share of channels the scan prunes from each group [default: 0.25]."),
+        typer.Option("--sensitivity-ratio", help="Share of channels the scan prunes from each group (default: 0.25)."),
     ] = None,
     sensitivity_recovery: Annotated[
         str | None,
-        typer.Option("--sensitivity-recovery", help="Recovery of each scan probe: bn, bias or ls [default: bias]."),
+        typer.Option("--sensitivity-recovery", help="Recovery of each scan probe: bn, bias or ls (default: bias)."),
     ] = None,
     time_reference: Annotated[
         bool,
@@ -720,7 +722,7 @@ RootOpt = Annotated[Path, typer.Option("--root", help="Studies directory.")]
 @app.command()
 @_one_line_errors
 def show(study: StudyOpt = None, storage: StorageOpt = None, root: RootOpt = Path("studies")) -> None:
-    """Print a study's Pareto front, sorted by latency."""
+    """Print a study's Pareto front, fastest first (by paired speed-up once re-timed, else by latency)."""
     from yolotune.studies import load_study
 
     _show(load_study(study=study, storage=storage, root=root), where=_where(root, storage))
@@ -764,7 +766,12 @@ def delete(
     what = f"study '{st.study_name}' ({len(st.trials)} trials, {size / 2**20:.0f} MB in {folder}/)"
     if running:
         what += f", {running} of its trials RUNNING (stop its `tune run` first, unless that run was killed)"
-    if not yes and not typer.confirm(f"delete {what}?", default=False):
+    try:
+        sure = yes or typer.confirm(f"delete {what}?", default=False)
+    except typer.Abort:  # no answer: stdin closed, or Ctrl-D
+        sure = False
+    if not sure:
+        _consoles.err.print("nothing deleted (--yes deletes without asking)")
         raise typer.Exit(1)
     for path in delete_study(study=st.study_name, storage=storage, root=root):
         _consoles.out.print(f"removed {path}", highlight=False)
@@ -976,7 +983,10 @@ def agent(
     threads: Annotated[int | None, typer.Option("--threads", help="Intra-op threads of CPU runtimes.")] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option("--cache-dir", help="Where received models and built engines are kept [default: scratch dir]."),
+        typer.Option(
+            "--cache-dir",
+            help="Where received models and built engines are kept (default: agent/ in yolotune's scratch dir).",
+        ),
     ] = None,
     cache_mb: Annotated[
         int, typer.Option("--cache-mb", help="Models and engines kept at most; the least recently used go first.")

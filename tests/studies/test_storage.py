@@ -74,5 +74,9 @@ def test_tune_delete_asks_first_unless_told_not_to(tmp_path: Path) -> None:
     runner = CliRunner()
     asked = runner.invoke(app, ["delete", "--study", "s", "--root", str(tmp_path)], input="n\n")
     assert asked.exit_code == 1 and "delete study 's' (1 trials, 0 MB in" in asked.output and folder.is_dir()
+    assert asked.output.splitlines()[-1] == "nothing deleted (--yes deletes without asking)"
+    unanswered = runner.invoke(app, ["delete", "--study", "s", "--root", str(tmp_path)], input="")  # stdin closed
+    assert unanswered.exit_code == 1 and "nothing deleted" in unanswered.output and folder.is_dir()
+    assert "error" not in asked.output + unanswered.output
     done = runner.invoke(app, ["delete", "--study", "s", "--root", str(tmp_path), "--yes"])
     assert done.exit_code == 0 and f"removed {folder}" in done.output and not folder.exists()

@@ -300,14 +300,14 @@ class CompressionPlan:
         """
         self.check_groups(groups)
         if self.pruning.active and self.recovery.post_training and self.recovery.images > n_train_images:
-            default = " (the default)" if self.recovery.images == RecoveryConfig().images else ""
+            default = " (also the default when unset)" if self.recovery.images == RecoveryConfig().images else ""
             raise PlanError(
                 f"recovery.images is {self.recovery.images}{default} but the training split holds {n_train_images} "
                 f"images; set recovery.images to at most {n_train_images} in the plan"
             )
         n = self.quantization.calibration_images
         if "int8" in self.quantization.precisions and n > n_train_images:  # only INT8 layers calibrate
-            default = " (the default)" if n == QuantizationConfig().calibration_images else ""
+            default = " (also the default when unset)" if n == QuantizationConfig().calibration_images else ""
             raise PlanError(
                 f"quantization.calibration_images is {n}{default} but the training split holds {n_train_images} "
                 f"images; set quantization.calibration_images to at most {n_train_images} in the plan"
