@@ -157,9 +157,14 @@ def _one_line_errors(fn: F) -> F:
             if _storage_failure(exc):
                 cause = exc.__cause__ or exc.__context__ or exc
                 detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+                fix = (
+                    "free some space on its disk"
+                    if "disk is full" in detail
+                    else "check that the studies folder is writable and its database is still there"
+                )
                 _consoles.err.print(
-                    f"[red]error:[/red] the study's storage cannot be written ({detail}): check that the studies "
-                    "folder is writable and its database is still there, then run the same command to resume",
+                    f"[red]error:[/red] the study's storage cannot be written ({detail}): {fix}, then run the same "
+                    "command to resume",
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -169,7 +174,7 @@ def _one_line_errors(fn: F) -> F:
                 why = exc.strerror or type(exc).__name__
                 full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 _consoles.err.print(
-                    f"[red]error:[/red] cannot use {exc.filename}: {why}; "
+                    f"[red]error:[/red] cannot use {exc.filename2 or exc.filename}: {why}; "
                     + ("free some space there, or pass a path on another disk" if full else "pass another path"),
                     highlight=False,
                     soft_wrap=True,

@@ -77,6 +77,17 @@ def test_refused_candidates_are_recorded_as_failed_and_the_search_goes_on(tmp_pa
     assert len(run_search(fixed).get_trials(deepcopy=False)) == len(study.get_trials(deepcopy=False))
 
 
+def test_failures_of_the_machine_not_the_plan_are_told_apart_by_their_reason() -> None:
+    from yolotune.search._driver import _environment_failure
+
+    # as a Ray worker's failure arrives: text only
+    unwritable = _environment_failure("load failed: [Errno 13] Permission denied: '/s/trials/4/plan.yaml'")
+    assert unwritable is not None
+    assert unwritable.startswith("a folder cannot be written (load failed: [Errno 13] Permission denied")
+    assert _environment_failure("validate failed: (sqlite3.OperationalError) database or disk is full")
+    assert _environment_failure("quantize failed: calibration needs 3.1 GB, over the 2 GB budget") is None
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_a_full_disk_stops_the_search_at_once_and_the_same_command_resumes(coco8_search) -> None:
     from yolotune.studies._storage import study_dir
@@ -94,7 +105,8 @@ def test_a_full_disk_stops_the_search_at_once_and_the_same_command_resumes(coco8
     assert [t.number for t in failed] == [1]
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert sorted(t.user_attrs.get("reference") for t in waiting) == ["int8", "seeds"]
-    plan_file.unlink()  # space freed: the same command resumes and runs the INT8 reference
+    assert not plan_file.parent.exists()  # its partial files went: they only took space on the full disk
+    # (the "space freed" here); the same command resumes and runs the INT8 reference
     study = run_search(config)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.user_attrs.get("reference") for t in complete) == ["fp32", "int8", "seeds"]

@@ -111,6 +111,49 @@ def test_a_killed_driver_leaves_nothing_lost_and_the_same_command_resumes(tmp_pa
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in after.trials]
 
 
+def test_a_reference_of_a_driver_killed_seconds_ago_still_runs_when_the_budget_is_met(tmp_path: Path) -> None:
+    tune = Path(sys.executable).parent / "tune"
+    args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
+    args += ["--retime-rounds", "0", "--study", "s", "--heartbeat-interval", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(tmp_path / "s" / "trials" / "1" / "plan.yaml")  # the INT8 reference is running
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    # at once, before its heartbeat goes stale: the run starts with the trial still RUNNING, finds it
+    # stale while it builds the seeds reference, and runs it again although that meets its budget
+    met = [*args]
+    met[met.index("--budget") + 1] = "2"
+    resumed = subprocess.run(met, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    study = load_study(study="s", root=tmp_path)
+    done = [t.user_attrs.get("reference") for t in study.get_trials(states=(COMPLETE,))]
+    assert sorted(done) == ["fp32", "int8", "seeds"]
+    assert {t.state for t in study.trials} == {COMPLETE, FAIL}  # nothing RUNNING or left WAITING
+
+
+def test_sigterm_stops_a_search_with_ray_workers_as_cleanly_as_one_without(tmp_path: Path) -> None:
+    tune = Path(sys.executable).parent / "tune"
+    args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
+    args += ["--retime-rounds", "0", "--study", "s", "--workers", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "s" / "trials" / "1" / "plan.yaml")  # Ray started, candidates building
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    # Ray's own SIGTERM handler (sys.exit, then a core dump and abort) is not the one that runs
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: what was measured is kept")
+    study = load_study(study="s", root=tmp_path)
+    reasons = {t.user_attrs.get("fail_reason") for t in study.get_trials(states=(FAIL,))}
+    assert reasons == {"interrupted"}
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in study.trials]
+
+
 def test_two_drivers_started_together_on_one_new_sqlite_study_share_its_trials(tmp_path: Path) -> None:
     tune = Path(sys.executable).parent / "tune"
     args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "2", "--root", str(tmp_path)]

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -486,13 +487,28 @@ class _WaitsForBaseline(YolotuneError):
 
 _QUEUED_BEHIND_FP32 = "queued again behind the FP32 reference: --max-map-drop needs its mAP"
 
-#: how a full disk reads in a failure's reason, whichever process or library met it
+#: how a full disk, or a folder that cannot be written, reads in a failure's reason, whichever
+#: process or library met it (a Ray worker's exception arrives as text)
 _DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "database or disk is full")
+_UNWRITABLE = (os.strerror(errno.EACCES), os.strerror(errno.EROFS))
 
 
-def _disk_full(reason: str) -> bool:
-    """Whether a candidate failed because a disk filled up: not the plan's fault, and every later one would too."""
-    return any(text in reason for text in _DISK_FULL)
+def _environment_failure(reason: str) -> str | None:
+    """How to fix a candidate's failure that is the machine's, not the plan's, or ``None``.
+
+    Every later candidate would fail the same way, so the search stops rather than spend its budget.
+    """
+    if any(text in reason for text in _DISK_FULL):
+        return (
+            f"a disk is full ({reason}): free some space, or point --root (trial files, about 25 MB per trial "
+            "for a YOLOv8n) or YOLOTUNE_TMP (scratch) at a larger disk, then run the same command to resume"
+        )
+    if any(text in reason for text in _UNWRITABLE):
+        return (
+            f"a folder cannot be written ({reason}): make it writable, or point --root or YOLOTUNE_TMP elsewhere, "
+            "then run the same command to resume"
+        )
+    return None
 
 
 def _waits_for_baseline(study: optuna.Study, *, running: bool = False) -> bool:
@@ -815,14 +831,12 @@ def run_search(
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if on_trial:
             on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), study)
-        if _disk_full(reason):  # stop rather than fail every later plan the same way; nothing is lost
-            _retry(study, trial, reason, always=True)
-            abandon("stopped: a disk is full")
-            raise SearchStopped(
-                f"a disk is full ({reason}): free some space, or point --root (trial files, about 25 MB per "
-                "trial for a YOLOv8n) or YOLOTUNE_TMP (scratch) at a larger disk, then run the same command to resume",
-                study=study,
-            )
+        if why := _environment_failure(reason):  # stop rather than fail every later plan the same way
+            _retry(study, trial, reason, always=True)  # nothing is lost: the plan runs on resume
+            if any(text in reason for text in _DISK_FULL):  # its partial files only take space on the full disk
+                shutil.rmtree(root / str(trial.number), ignore_errors=True)
+            abandon(f"stopped: {why.split(' (')[0]}")
+            raise SearchStopped(why, study=study)
 
     def defer(trial: optuna.Trial) -> None:
         """Queue a trial's plan behind the FP32 reference (a retry after Ctrl-C put it last): not a failure."""
@@ -916,8 +930,14 @@ def run_search(
 
         def reap() -> None:
             """Fail and queue again the trials a killed driver left RUNNING (their heartbeats stopped)."""
+            nonlocal config
+            references_lost = 0
             for stale in fail_stale_trials(study, storage):
                 _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
+                references_lost += bool(stale.user_attrs.get("reference"))
+            if references_lost:  # found stale mid-run (the last run ended under 2 heartbeats ago): still run first
+                wanted = _complete(study) + executor.in_flight + references_lost
+                config = dataclasses.replace(config, budget=max(config.budget, wanted))
 
         reap()  # also when the budget is already met: nothing stays RUNNING for good
         with storage_lock(config.storage_url):  # a reference that failed or was lost runs again, budget met or not
@@ -925,8 +945,10 @@ def run_search(
         if waiting:
             config = dataclasses.replace(config, budget=max(config.budget, _complete(study) + waiting))
         try:
-            while _complete(study) < config.budget and failures < limit:
-                reap()
+            while True:
+                reap()  # before the budget check: a reference found stale now raises the budget
+                if not (_complete(study) < config.budget and failures < limit):
+                    break
                 refill(0)
                 if executor.in_flight == 0:
                     break

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,9 @@ class RayExecutor:
             "logging_level": logging.WARNING,
             "configure_logging": False,
         }
+        # ray.init replaces the SIGTERM handler with sys.exit (a SystemExit mid-step, then Ray's core
+        # dumps and aborts): the caller's handler, the CLI's clean stop, is put back
+        sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         try:
             if self._address is None:
                 ray.init(num_cpus=os.cpu_count() or 1, _temp_dir=str(local_dir), **common)
@@ -218,6 +223,9 @@ class RayExecutor:
         except Exception as exc:
             where = self._address or "a local instance"
             raise YolotuneError(f"cannot start Ray ({where}): {_reason(exc)}") from exc
+        finally:
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
         self._started = True
         self._check_resources(ray)
         self._remote = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_retries=0)(_build)

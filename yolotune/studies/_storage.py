@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import shlex
 import shutil
 import threading
@@ -137,6 +139,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
             return _rdb(url, heartbeat_interval)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "disk is full" in reason or os.strerror(errno.ENOSPC) in reason:
+            raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}; free some space on its disk") from exc
         raise YolotuneError(
             f"cannot open storage '{url}': {reason[:200]}; use an SQLAlchemy URL (sqlite:///path.db, "
             "postgresql+psycopg://user@host/db) or journal:/path/file.log"
@@ -253,17 +257,18 @@ def delete_study(*, study: str, storage: str | None = None, root: Path | str = P
     found = load_study(study=study, storage=storage, root=root)  # says what is there when the name is wrong
     url = storage or default_storage_url(root, study)
     with storage_lock(url):
-        optuna.delete_study(study_name=found.study_name, storage=open_storage(url))
+        db = root / f"{study}.db"
+        emptied = storage is None and optuna.get_all_study_names(storage=open_storage(url)) == [found.study_name]
         removed: list[Path] = []
         folder = study_dir(root, study)
-        if folder.is_dir():
+        if folder.is_dir():  # first: on a full disk, the database needs the space to write a deletion
             shutil.rmtree(folder)
             removed.append(folder)
-        db = root / f"{study}.db"
-        emptied = storage is None and not optuna.get_all_study_names(storage=open_storage(url))
         if emptied:
-            db.unlink(missing_ok=True)  # the default file held this study only
+            db.unlink(missing_ok=True)  # the default file held this study only: nothing to write in it
             removed.append(db)
+        else:
+            optuna.delete_study(study_name=found.study_name, storage=open_storage(url))
     if emptied:
         Path(f"{db}.lock").unlink(missing_ok=True)
     return removed
