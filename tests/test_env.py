@@ -23,3 +23,16 @@ def test_temporary_folders_a_killed_process_left_are_swept(tmp_path: Path, monke
         assert tmp.is_dir() and tmp.parent == tmp_path / "tmp" and tmp.name.startswith(f"quantize-{os.getpid()}-")
         assert not dead.exists() and mine.exists() and other.exists()
     assert not tmp.exists()
+
+
+def test_a_fallback_font_cut_short_by_a_full_disk_is_copied_again(tmp_path: Path) -> None:
+    import matplotlib
+
+    from yolotune._env import _install_fallback_fonts
+
+    source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    (tmp_path / "Arial.ttf").write_bytes(source.read_bytes()[:1000])  # what an interrupted copy leaves
+    _install_fallback_fonts(tmp_path)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        assert (tmp_path / name).read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Arial.Unicode.ttf", "Arial.ttf"]  # no partial copies

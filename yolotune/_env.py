@@ -91,15 +91,19 @@ def configure_ultralytics() -> None:
 
 
 def _install_fallback_fonts(config_dir: Path) -> None:
-    wanted = [config_dir / "Arial.ttf", config_dir / "Arial.Unicode.ttf"]
-    if all(p.exists() for p in wanted):
-        return
     try:
         import matplotlib
 
         source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     except ImportError:  # pragma: no cover - matplotlib is an Ultralytics dependency
         return
-    for target in wanted:
-        if not target.exists() and source.exists():
-            shutil.copyfile(source, target)
+    if not source.exists():
+        return
+    for target in (config_dir / "Arial.ttf", config_dir / "Arial.Unicode.ttf"):
+        if not target.exists() or target.stat().st_size != source.stat().st_size:  # a copy cut short: again
+            partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            try:
+                shutil.copyfile(source, partial)
+                os.replace(partial, target)  # whole or not at all
+            finally:
+                partial.unlink(missing_ok=True)

@@ -35,12 +35,26 @@ def _int8_weights(path: Path) -> list[np.ndarray]:
     return [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
 
 
-def test_reduce_range_quantizes_weights_to_7_bits(fp32_onnx_320, coco8, _loaded, tmp_path) -> None:
+def test_reduce_range_quantizes_weights_to_7_bits(fp32_onnx_320, coco8, _loaded, tmp_path, monkeypatch) -> None:
+    import tempfile
+
+    system_tmp, scratch = tmp_path / "system-tmp", tmp_path / "scratch"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))  # as TMPDIR would
+    monkeypatch.setenv("YOLOTUNE_TMP", str(scratch))
+    made: list[Path] = []  # every temporary folder made, by yolotune or ONNX Runtime (a spy, not a fake)
+    real_mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(Path(real_mkdtemp(*a, **k))) or str(made[-1]))
     config = QuantizationConfig(default="int8", calibration_images=2)
     full = _quantize(fp32_onnx_320, tmp_path / "s8.onnx", config, coco8, _loaded, reduce_range=False)
     reduced = _quantize(fp32_onnx_320, tmp_path / "s7.onnx", config, coco8, _loaded, reduce_range=True)
     assert max(int(np.abs(w).max()) for w in _int8_weights(full)) == 127
     assert max(int(np.abs(w).max()) for w in _int8_weights(reduced)) == 64
+    # ONNX Runtime's temporary models (pre.quant.*, ort.quant.*) went to yolotune's scratch, and went with it
+    assert {p.name.split(".")[0] for p in made} >= {"pre", "ort"}
+    assert all(p.is_relative_to(scratch) for p in made), made
+    assert not list(system_tmp.iterdir()) and not list((scratch / "tmp").iterdir())
+    assert tempfile.gettempdir() == str(system_tmp)
 
 
 @pytest.mark.skipif(not int8_saturates(), reason="this CPU has VNNI: ONNX Runtime's INT8 kernels do not saturate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,6 +198,7 @@ def test_joining_an_existing_ray_cluster(tmp_path: Path, monkeypatch: pytest.Mon
         assert not (tmp_path / "s" / "ray").exists()  # no local instance was started
     finally:
         subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_a_program_that_started_ray_itself_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,12 +214,8 @@ def test_a_program_that_started_ray_itself_keeps_it(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     import ray
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=tempfile.mkdtemp(prefix="yt-ray-"),  # short: Ray's socket paths
-    )
+    temp = tempfile.mkdtemp(prefix="yt-ray-")  # short: Ray's socket paths
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
     try:
         study = run_search(_config(tmp_path, budget=2, workers=2))
         complete = study.get_trials(states=(COMPLETE,))
@@ -232,6 +230,7 @@ def test_a_program_that_started_ray_itself_keeps_it(tmp_path: Path, monkeypatch:
                 run_search(_config(tmp_path, budget=3, workers=2, ray_address=address))
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_a_killed_driver_with_ray_workers_is_resumed_too(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
+from yolotune import YolotuneError
 from yolotune.studies import pareto_front, write_report
 
 DIRECTIONS = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE, StudyDirection.MINIMIZE]
@@ -72,7 +73,9 @@ def test_report_is_one_self_contained_page(study: optuna.Study, tmp_path: Path) 
     out = write_report(study, tmp_path / "nested" / "dir" / "report.html")
 
     assert out == tmp_path / "nested" / "dir" / "report.html"
-    assert out.is_file()
+    assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["report.html"]  # no partial file left
+    with pytest.raises(YolotuneError, match=r"cannot write the report to .*/report.html/r.html: File exists; pass"):
+        write_report(study, out / "r.html")
     text = out.read_text(encoding="utf-8")
     assert text.count(BANNER) == 1
     assert "<script src" not in text  # nothing fetched when the page opens

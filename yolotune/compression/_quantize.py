@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from yolotune._artifact import FloatPrecision, with_float_precision
 from yolotune._env import temporary_dir
-from yolotune.errors import PlanError, StepError
+from yolotune.errors import PlanError, StepError, YolotuneError
 from yolotune.spaces import QuantizationConfig
 
 __all__ = [
@@ -56,8 +57,20 @@ __all__ = [
     "quantize",
 ]
 
+
 #: Default memory budget of one calibration (``YOLOTUNE_CALIB_MEMORY_GB`` overrides it).
-DEFAULT_CALIBRATION_MEMORY_GB = float(os.environ.get("YOLOTUNE_CALIB_MEMORY_GB", "6"))
+def _memory_gb_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise YolotuneError(f"{name} must be a positive number of GB; got {text!r} (or leave it unset: {default:g})")
+    return value
+
+
+DEFAULT_CALIBRATION_MEMORY_GB = _memory_gb_from_env("YOLOTUNE_CALIB_MEMORY_GB", 6.0)
 #: Bytes a histogram calibrator holds per image, relative to the model's float intermediate
 #: tensors (it records only the tensors it quantizes). Measured on yolov8n at 320 px: 56 MB held
 #: per image for 119 MB of intermediates (0.47); 0.6 keeps a margin. Base: the process itself.
@@ -191,6 +204,22 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
         self._it = iter(self._make())
 
 
+@contextlib.contextmanager
+def _library_temp_files_in(folder: Path) -> Iterator[None]:
+    """Point ``tempfile`` at ``folder`` while ONNX Runtime quantizes.
+
+    ``quant_pre_process`` and ``quantize_static`` write their models (``pre.quant.*``,
+    ``ort.quant.*``, 13 MB for a YOLOv8n) to the system temp dir, past ``YOLOTUNE_TMP``; a killed
+    process left them there for good. In ``folder`` they go with it, or with the next sweep.
+    """
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
 def _quantize_static(
     fp32_path: Path,
     out_path: Path,
@@ -200,7 +229,7 @@ def _quantize_static(
     reader: _Reader,
     reduce_range: bool,
 ) -> None:
-    with temporary_dir("quantize") as tmp:
+    with temporary_dir("quantize") as tmp, _library_temp_files_in(tmp):
         pre = Path(tmp) / "pre.onnx"
         ranges: Path | None = None
         try:
