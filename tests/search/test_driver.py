@@ -967,6 +967,35 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     rung0_section = page.split('id="rung0"')[1].split("</section>")[0]
     assert f'data-trial="{stopped.number}"' in rung0_section
     assert "Stand-ins" in rung0_section and '<td class="text">none</td>' in rung0_section  # its plan needed none
+    # proposed again to a run without multi-fidelity, the stopped plan is evaluated at full fidelity
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=4,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        retime_rounds=0,
+        space=f"{tmp_path / 'plans.py'}:space",
+    )
+    study.enqueue_trial({"k": "pruned-fp32-ft"})
+    again = run_search(config).trials[-1]
+    assert again.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in again.user_attrs
+    assert again.user_attrs["fidelity"] == "full"
+
+
+def test_rung0_maps_on_a_subset_are_shifted_by_what_fp32_scores_on_it_before_promotion(coco8_search) -> None:
+    from yolotune.assets import prepare_dataset, val_subset
+    from yolotune.evaluators import measure_map
+
+    # a subset scores otherwise than the whole split: compared raw with full-fidelity mAPs and the
+    # --max-map-drop baseline, good plans were stopped (FP32 itself: 0.161 on 10 tiny_coco images, 0.196 on 50)
+    study = run_search(coco8_search(budget=4, multi_fidelity=True, rung0_val=2))
+    fp32 = next(t for t in study.trials if t.user_attrs.get("reference") == "fp32")
+    on_two = measure_map(Path(fp32.user_attrs["artifact"]), val_subset(prepare_dataset("coco8"), 2), imgsz=160)
+    assert study.user_attrs["fp32_rung0_map"] == {"2": pytest.approx(on_two.map50_95)}  # validated once
+    searched = study.trials[3].user_attrs["rung0"]
+    shift = fp32.values[0] - on_two.map50_95
+    assert searched["map50_95_estimate"] == pytest.approx(searched["map50_95"] + shift)
 
 
 def test_a_candidate_timed_at_rung0_and_promoted_unchanged_keeps_that_timing(

@@ -79,6 +79,14 @@ def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     if found is None:
         held = f"trials 0–{len(trials) - 1}" if trials else "no trials yet: run `tune run` first"
         raise YolotuneError(f"study '{study.study_name}' has no trial {number} ({held})")
+    if found.state == optuna.trial.TrialState.PRUNED and found.user_attrs.get("fidelity") == "rung0":
+        store = study.user_attrs.get("artifact_store")  # <root>/<study>/artifacts, beside trials/
+        plan = Path(str(store)).parent / "trials" / str(number) / "plan.yaml" if store else Path("-")
+        where = f" --plan {plan}" if plan.is_file() else ""
+        raise YolotuneError(
+            f"trial {number} stopped at rung 0 of a multi-fidelity search: it was never evaluated in full; "
+            f"export a COMPLETE trial (see `tune show`), or evaluate its plan with `tune eval{where}`"
+        )
     if found.state != optuna.trial.TrialState.COMPLETE:
         reason = found.user_attrs.get("fail_reason")
         detail = f" ({reason})" if reason else ""
