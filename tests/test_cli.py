@@ -414,9 +414,15 @@ def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) 
         study.add_trial(optuna.trial.create_trial(values=values, user_attrs=attrs))
     failed = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"fail_reason": "quantize: NaN"})
     study.add_trial(failed)
+    # interrupted twice, then run to the end: done with, not listed among the latest failures
+    for n in (5, 6):
+        attrs = {"fail_reason": "interrupted", **({"retry_of": 5} if n == 6 else {})}
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
+    study.add_trial(optuna.trial.create_trial(values=[0.1, 20.0, 20.0], user_attrs={"retry_of": 6}))
     shown = runner.invoke(app, ["show", "--root", str(tmp_path)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
     assert "trial 4 failed: quantize: NaN" in shown.stdout  # why, not only how many
+    assert "interrupted" not in shown.stdout
     rows = [r.split("│") for r in shown.stdout.splitlines() if r[:1] == "│"]
     speeds = {int(r[1].split()[0]): r[5].strip() for r in rows}
     assert speeds == {0: "1.00×", 1: "2.00×†", 2: "2.50×", 3: "20.00×‡"}

@@ -713,8 +713,17 @@ def _show(st: Any, *, where: str = "") -> None:
             "measured breaks it (`tune report` plots them all)",
             highlight=False,
         )
-    failures = [t for t in trials if t.state == optuna.trial.TrialState.FAIL][-_FAILURES_SHOWN:]
-    for t in failures:  # `tune report` lists them all
+    # a failure whose plan ran again to the end (a retry after Ctrl-C, a lost worker) is done with
+    retry_of = {t.number: t.user_attrs.get("retry_of") for t in trials}
+    redone: set[int] = set()
+    for t in trials:
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+            n = retry_of.get(t.number)
+            while isinstance(n, int) and n not in redone:
+                redone.add(n)
+                n = retry_of.get(n)
+    failures = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.number not in redone]
+    for t in failures[-_FAILURES_SHOWN:]:  # `tune report` lists them all
         reason = str(t.user_attrs.get("fail_reason", "no reason recorded"))
         _consoles.out.print(f"trial {t.number} failed: {reason[:300]}", highlight=False, soft_wrap=True)
 
