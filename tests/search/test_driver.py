@@ -1101,3 +1101,31 @@ def test_promotion_rule() -> None:
     study.set_user_attr("constraints", {"max_map_drop": 0.05, "max_latency_ms": None})
     assert not _promote(study, rung0(0.0, 1.0, 3.0), 0.02)  # ... unless a constraint rules it out
     assert _promote(study, rung0(0.29, 1.0, 3.0), 0.02)  # 0.06 below fp32, within drop + margin
+
+
+def test_an_artifact_upload_cut_short_leaves_no_partial_file(tmp_path: Path) -> None:
+    import errno
+    import io
+
+    from yolotune.search._driver import _whole_file_store
+
+    class FillsTheDisk(io.RawIOBase):  # the first megabyte arrives, then the disk is full
+        sent = False
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+            if self.sent:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.sent = True
+            buffer[: len(buffer)] = b"x" * len(buffer)
+            return len(buffer)
+
+    store = _whole_file_store(tmp_path / "artifacts")
+    with pytest.raises(OSError, match="No space left"):
+        store.write("an-id", io.BufferedReader(FillsTheDisk()))
+    assert not list((tmp_path / "artifacts").iterdir())
+    store.write("an-id", io.BytesIO(b"whole"))
+    assert (tmp_path / "artifacts" / "an-id").read_bytes() == b"whole"
+    assert [p.name for p in (tmp_path / "artifacts").iterdir()] == ["an-id"]

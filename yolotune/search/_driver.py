@@ -535,11 +535,30 @@ def _set_constraints(study: optuna.Study, trial: optuna.Trial, result: Candidate
         trial.set_constraint("latency", result.latency.median_ms - limits["max_latency_ms"])
 
 
+def _whole_file_store(base: Path) -> Any:
+    """Optuna's ``FileSystemArtifactStore`` whose writes leave a whole file or none (a full disk cut one short)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    class WholeFileStore(FileSystemArtifactStore):
+        def write(self, artifact_id: str, content_body: Any) -> None:
+            partial = base / f".{artifact_id}.partial"
+            try:
+                with open(partial, "wb") as f:
+                    shutil.copyfileobj(content_body, f)
+                os.replace(partial, base / artifact_id)
+            finally:
+                with contextlib.suppress(OSError):
+                    partial.unlink(missing_ok=True)
+
+    base.mkdir(parents=True, exist_ok=True)
+    return WholeFileStore(str(base))
+
+
 def _register_artifacts(config: SearchConfig, trial: optuna.Trial, result: CandidateResult) -> dict[str, str]:
     """Upload the deployable model, plan and metrics to the study's Optuna artifact store."""
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    from optuna.artifacts import upload_artifact
 
-    store = FileSystemArtifactStore(str(artifact_dir(config.root, config.name)))
+    store = _whole_file_store(artifact_dir(config.root, config.name))
     out = result.deployable.parent
     ids = {}
     for path in (result.deployable, out / "plan.yaml", out / "metrics.json"):
