@@ -325,7 +325,9 @@ def test_show_and_export_keep_rung0_stops_apart_from_the_front(tmp_path: Path) -
     assert "1 complete, 0 failed, 1 stopped at rung 0" in shown.stdout
     line = _error(["export", "--root", str(tmp_path), "--trial", "1", "--out", str(tmp_path / "x")])
     assert line.startswith("error: trial 1 stopped at rung 0 of a multi-fidelity search: it was never evaluated in")
-    assert line.endswith("export a COMPLETE trial (see `tune show`), or evaluate its plan with `tune eval`")
+    assert line.endswith(
+        "export a COMPLETE trial (see `tune show`), or evaluate its plan with `tune eval --plan PLAN.yaml`"
+    )
 
 
 def test_a_study_timed_on_another_device_is_refused_in_one_line(tmp_path: Path, coco8_search) -> None:

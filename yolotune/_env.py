@@ -10,10 +10,11 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["configure_ultralytics", "package_versions", "temporary_dir", "workspace_dir"]
+__all__ = ["configure_ultralytics", "library_temp_files_in", "package_versions", "temporary_dir", "workspace_dir"]
 
 _PACKAGES = ("yolotune", "ultralytics", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxslim", "optuna")
 
@@ -33,10 +34,14 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+_library_temp_lock = threading.Lock()
+_system_temp: str | None = None  # the temp dir before ``library_temp_files_in`` pointed it elsewhere
+
+
 def workspace_dir() -> Path:
     """Return yolotune's private scratch directory (``YOLOTUNE_TMP`` or a per-user temp dir)."""
     root = os.environ.get("YOLOTUNE_TMP")
-    path = Path(root) if root else Path(tempfile.gettempdir()) / f"yolotune-{os.getuid()}"
+    path = Path(root) if root else Path(_system_temp or tempfile.gettempdir()) / f"yolotune-{os.getuid()}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -56,6 +61,28 @@ def temporary_dir(prefix: str) -> Iterator[Path]:
             shutil.rmtree(left, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}-", dir=parent) as tmp:
         yield Path(tmp)
+
+
+@contextlib.contextmanager
+def library_temp_files_in(folder: Path) -> Iterator[None]:
+    """Point ``tempfile`` at ``folder`` while a library writes its own temporary files.
+
+    ONNX Runtime's ``quant_pre_process`` and ``quantize_static`` write their models (``pre.quant.*``,
+    ``ort.quant.*``, 13 MB for a YOLOv8n) to the system temp dir, past ``YOLOTUNE_TMP``; a killed
+    process left them there for good. In ``folder`` (a ``temporary_dir``) they go with it, or with
+    the next sweep. ``tempfile.tempdir`` is the process's: one block at a time, and
+    ``workspace_dir`` keeps to the system temp dir meanwhile.
+    """
+    global _system_temp
+    with _library_temp_lock:
+        _system_temp = tempfile.gettempdir()
+        before = tempfile.tempdir
+        tempfile.tempdir = str(folder)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = before
+            _system_temp = None
 
 
 def _alive(pid: int) -> bool:

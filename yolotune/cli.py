@@ -159,7 +159,7 @@ def _one_line_errors(fn: F) -> F:
                 detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
                 fix = (
                     "free some space on its disk"
-                    if "disk is full" in detail
+                    if "disk is full" in detail or os.strerror(errno.ENOSPC) in detail
                     else "check that the studies folder is writable and its database is still there"
                 )
                 _consoles.err.print(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def test_failures_of_the_machine_not_the_plan_are_told_apart_by_their_reason() -
     # as a Ray worker's failure arrives: text only
     unwritable = _environment_failure("load failed: [Errno 13] Permission denied: '/s/trials/4/plan.yaml'")
     assert unwritable is not None
-    assert unwritable.startswith("a folder cannot be written (load failed: [Errno 13] Permission denied")
+    assert unwritable.startswith("a file or folder cannot be accessed (load failed: [Errno 13] Permission denied")
     assert _environment_failure("validate failed: (sqlite3.OperationalError) database or disk is full")
     assert _environment_failure("quantize failed: calibration needs 3.1 GB, over the 2 GB budget") is None
 
@@ -967,6 +968,13 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     rung0_section = page.split('id="rung0"')[1].split("</section>")[0]
     assert f'data-trial="{stopped.number}"' in rung0_section
     assert "Stand-ins" in rung0_section and '<td class="text">none</td>' in rung0_section  # its plan needed none
+    # exporting the stop names the command that evaluates its plan on this study's job
+    from yolotune.studies import export_trial
+
+    plan_file = tmp_path / study.study_name / "trials" / str(stopped.number) / "plan.yaml"
+    command = f"tune eval --model yolov8n-coco.pt --data coco8 --imgsz 160 --target local-cpu --plan {plan_file}"
+    with pytest.raises(YolotuneError, match=re.escape(f"evaluate its plan with `{command}`")):
+        export_trial(study, stopped.number, tmp_path / "x")
     # proposed again to a run without multi-fidelity, the stopped plan is evaluated at full fidelity
     config = SearchConfig(
         model="yolov8n-coco.pt",

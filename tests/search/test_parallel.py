@@ -112,7 +112,8 @@ def test_a_killed_driver_leaves_nothing_lost_and_the_same_command_resumes(tmp_pa
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in after.trials]
 
 
-def test_a_reference_of_a_driver_killed_seconds_ago_still_runs_when_the_budget_is_met(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wait_s", [0.0, 3.5], ids=["at-once", "after-grace"])
+def test_a_reference_of_a_killed_driver_still_runs_when_the_budget_is_met(tmp_path: Path, wait_s: float) -> None:
     tune = Path(sys.executable).parent / "tune"
     args = [str(tune), "run", "--data", "coco8", "--imgsz", "160", "--budget", "3", "--root", str(tmp_path)]
     args += ["--retime-rounds", "0", "--study", "s", "--heartbeat-interval", "1"]
@@ -124,7 +125,9 @@ def test_a_reference_of_a_driver_killed_seconds_ago_still_runs_when_the_budget_i
     finally:
         proc.kill()
     # at once, before its heartbeat goes stale: the run starts with the trial still RUNNING, finds it
-    # stale while it builds the seeds reference, and runs it again although that meets its budget
+    # stale while it builds the seeds reference, and runs it again although that meets its budget;
+    # after the grace period: found at start, queued behind the seeds reference, and still run
+    time.sleep(wait_s)
     met = [*args]
     met[met.index("--budget") + 1] = "2"
     resumed = subprocess.run(met, capture_output=True, text=True, timeout=600)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from yolotune._artifact import FloatPrecision, with_float_precision
-from yolotune._env import temporary_dir
+from yolotune._env import library_temp_files_in, temporary_dir
 from yolotune.errors import PlanError, StepError, YolotuneError
 from yolotune.spaces import QuantizationConfig
 
@@ -204,22 +203,6 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
         self._it = iter(self._make())
 
 
-@contextlib.contextmanager
-def _library_temp_files_in(folder: Path) -> Iterator[None]:
-    """Point ``tempfile`` at ``folder`` while ONNX Runtime quantizes.
-
-    ``quant_pre_process`` and ``quantize_static`` write their models (``pre.quant.*``,
-    ``ort.quant.*``, 13 MB for a YOLOv8n) to the system temp dir, past ``YOLOTUNE_TMP``; a killed
-    process left them there for good. In ``folder`` they go with it, or with the next sweep.
-    """
-    before = tempfile.tempdir
-    tempfile.tempdir = str(folder)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = before
-
-
 def _quantize_static(
     fp32_path: Path,
     out_path: Path,
@@ -229,7 +212,7 @@ def _quantize_static(
     reader: _Reader,
     reduce_range: bool,
 ) -> None:
-    with temporary_dir("quantize") as tmp, _library_temp_files_in(tmp):
+    with temporary_dir("quantize") as tmp, library_temp_files_in(tmp):
         pre = Path(tmp) / "pre.onnx"
         ranges: Path | None = None
         try:

@@ -505,8 +505,8 @@ def _environment_failure(reason: str) -> str | None:
         )
     if any(text in reason for text in _UNWRITABLE):
         return (
-            f"a folder cannot be written ({reason}): make it writable, or point --root or YOLOTUNE_TMP elsewhere, "
-            "then run the same command to resume"
+            f"a file or folder cannot be accessed ({reason}): fix its permissions (or point --root or YOLOTUNE_TMP "
+            "elsewhere), then run the same command to resume"
         )
     return None
 
@@ -596,26 +596,43 @@ def _rung0_shift(config: SearchConfig, study: optuna.Study, images: int) -> tupl
     A subset scores differently from the whole split (tiny_coco's FP32 at 320: 0.289 on 10 images,
     0.353 on 50), and promotion compares rung-0 mAPs with full-fidelity ones and with ``--max-map-drop``'s
     FP32 baseline. The FP32 reference is validated once on rung 0's subset (recorded in the
-    study's ``fp32_rung0_map``), and its difference is the shift: an estimate, said in the note
-    returned with it. ``(0.0, "")`` when rung 0 validated every image, or before FP32 completed.
+    study's ``fp32_rung0_map``; the whole split is recorded as its own score), and the difference
+    is the shift: an estimate, said in the note returned with it. ``(0.0, "")`` when rung 0
+    validated every image, before FP32 completed, or (with a warning) when FP32 cannot be validated.
     """
-    from yolotune.assets import prepare_dataset, val_subset
-    from yolotune.evaluators import compute_lease, measure_map
-
-    found = reference_file(study)
     base = fp32_reference(study)
-    if found is None or base is None or config.rung0_val is None:
+    if base is None or config.rung0_val is None:
         return 0.0, ""
-    dataset = prepare_dataset(config.data)
-    if images >= len(dataset.val_images):
-        return 0.0, ""
+    full = float(base.values[0])
     known: dict[str, float] = dict(study.user_attrs.get("fp32_rung0_map", {}))
     if str(images) not in known:
-        with compute_lease():
-            subset = measure_map(found[1], val_subset(dataset, images), imgsz=config.settings.imgsz)
-        known[str(images)] = subset.map50_95
+        from yolotune.assets import prepare_dataset, val_subset
+        from yolotune.evaluators import compute_lease, measure_map
+
+        found = reference_file(study)
+        try:
+            if found is None:
+                raise YolotuneError("its file is not on this host")
+            dataset = prepare_dataset(config.data)
+            if images >= len(dataset.val_images):
+                known[str(images)] = full
+            else:
+                with compute_lease():
+                    subset = measure_map(found[1], val_subset(dataset, images), imgsz=config.settings.imgsz)
+                known[str(images)] = subset.map50_95
+        except Exception as exc:  # the candidate is not at fault: it is compared unshifted
+            warn_once(
+                logger,
+                "rung 0's mAPs on %d images are compared unshifted: the FP32 reference cannot be validated on them "
+                "(%s)",
+                images,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            return 0.0, ""
         study.set_user_attr("fp32_rung0_map", known)
-    full, part = float(base.values[0]), known[str(images)]
+    part = known[str(images)]
+    if part == full:
+        return 0.0, ""
     return full - part, f"rung 0's {images} images shifted by FP32's {part:.3f} → {full:.3f}"
 
 
@@ -794,6 +811,18 @@ def _queue_failed_references(study: optuna.Study, references: Sequence[str], par
     return queued
 
 
+def _waiting_through_references(study: optuna.Study) -> int:
+    """How many queued trials Optuna hands out before the last queued reference, that one included.
+
+    Optuna takes the oldest queued trial first: a budget raised for a lost reference must also
+    cover the trials queued before it, or they take its place and it waits for good.
+    """
+    waiting = sorted(
+        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)), key=lambda t: t.number
+    )
+    return max((i + 1 for i, t in enumerate(waiting) if t.user_attrs.get("reference")), default=0)
+
+
 def _retry(
     study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial, reason: str, *, always: bool = False
 ) -> bool:
@@ -875,15 +904,19 @@ def run_search(
     def fail(trial: optuna.Trial, reason: str) -> None:
         nonlocal last_failure
         last_failure = reason
+        why = _environment_failure(reason)  # the machine's fault: stop rather than fail every later plan
+        if why and any(text in reason for text in _DISK_FULL):
+            # first, before the database writes that need the space: the partial files of this trial
+            # and of those stopped with it (their plans run again) only take space on the full disk
+            for number in {trial.number, *open_trials}:
+                shutil.rmtree(root / str(number), ignore_errors=True)
         open_trials.pop(trial.number, None)
         trial.set_user_attr("fail_reason", reason)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if on_trial:
             on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), study)
-        if why := _environment_failure(reason):  # stop rather than fail every later plan the same way
+        if why:
             _retry(study, trial, reason, always=True)  # nothing is lost: the plan runs on resume
-            if any(text in reason for text in _DISK_FULL):  # its partial files only take space on the full disk
-                shutil.rmtree(root / str(trial.number), ignore_errors=True)
             abandon(f"stopped: {why.split(' (')[0]}")
             raise SearchStopped(why, study=study)
 
@@ -985,14 +1018,15 @@ def run_search(
                 _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
                 references_lost += bool(stale.user_attrs.get("reference"))
             if references_lost:  # found stale mid-run (the last run ended under 2 heartbeats ago): still run first
-                wanted = _complete(study) + executor.in_flight + references_lost
+                wanted = _complete(study) + executor.in_flight + _waiting_through_references(study)
                 config = dataclasses.replace(config, budget=max(config.budget, wanted))
 
         reap()  # also when the budget is already met: nothing stays RUNNING for good
         with storage_lock(config.storage_url):  # a reference that failed or was lost runs again, budget met or not
             waiting = _queue_failed_references(study, list(references), params)
         if waiting:
-            config = dataclasses.replace(config, budget=max(config.budget, _complete(study) + waiting))
+            wanted = _complete(study) + _waiting_through_references(study)
+            config = dataclasses.replace(config, budget=max(config.budget, wanted))
         try:
             while True:
                 reap()  # before the budget check: a reference found stale now raises the budget

@@ -45,6 +45,9 @@ Build = BuiltCandidate | Failed | Crashed
 
 
 def _reason(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)  # a RayTaskError: its first line is Ray's header, the error is its cause
+    if isinstance(cause, BaseException) and type(exc).__name__.startswith("RayTaskError"):
+        exc = cause
     if isinstance(exc, YolotuneError):
         return str(exc)
     first = str(exc).splitlines()[0] if str(exc) else ""

@@ -71,6 +71,22 @@ _MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
 _FORMAT_KEYS = ("export", "calibration", "pruning")
 
 
+def _eval_command(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """``tune eval`` of a trial's plan on the study's job (model, data, size, target), as far as recorded."""
+    import shlex
+
+    store = study.user_attrs.get("artifact_store")  # <root>/<study>/artifacts, beside trials/
+    owner = trial.user_attrs.get("duplicate_of", trial.number)  # a duplicate's plan file is its twin's
+    plan = Path(str(store)).parent / "trials" / str(owner) / "plan.yaml" if store else None
+    job = study.user_attrs.get("job") or {}
+    words = ["tune", "eval"]
+    for flag, key in (("--model", "model"), ("--data", "data"), ("--imgsz", "imgsz"), ("--target", "target")):
+        if isinstance(job.get(key), str | int):
+            words += [flag, str(job[key])]
+    words += ["--plan", str(plan) if plan is not None and plan.is_file() else "PLAN.yaml"]
+    return shlex.join(words)
+
+
 def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     if not is_whole(number):
         raise YolotuneError(f"a trial number is a whole number (see `tune show`); got {number!r}")
@@ -80,12 +96,9 @@ def _find_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
         held = f"trials 0–{len(trials) - 1}" if trials else "no trials yet: run `tune run` first"
         raise YolotuneError(f"study '{study.study_name}' has no trial {number} ({held})")
     if found.state == optuna.trial.TrialState.PRUNED and found.user_attrs.get("fidelity") == "rung0":
-        store = study.user_attrs.get("artifact_store")  # <root>/<study>/artifacts, beside trials/
-        plan = Path(str(store)).parent / "trials" / str(number) / "plan.yaml" if store else Path("-")
-        where = f" --plan {plan}" if plan.is_file() else ""
         raise YolotuneError(
             f"trial {number} stopped at rung 0 of a multi-fidelity search: it was never evaluated in full; "
-            f"export a COMPLETE trial (see `tune show`), or evaluate its plan with `tune eval{where}`"
+            f"export a COMPLETE trial (see `tune show`), or evaluate its plan with `{_eval_command(study, found)}`"
         )
     if found.state != optuna.trial.TrialState.COMPLETE:
         reason = found.user_attrs.get("fail_reason")
