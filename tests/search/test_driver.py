@@ -904,7 +904,7 @@ def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str]) -> optuna.Study:
 
 
 def test_multi_fidelity_promotes_only_candidates_near_the_front(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, coco8_search
 ) -> None:
 
     from yolotune.studies import pareto_front
@@ -976,15 +976,7 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     with pytest.raises(YolotuneError, match=re.escape(f"evaluate its plan with `{command}`")):
         export_trial(study, stopped.number, tmp_path / "x")
     # proposed again to a run without multi-fidelity, the stopped plan is evaluated at full fidelity
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=4,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        retime_rounds=0,
-        space=f"{tmp_path / 'plans.py'}:space",
-    )
+    config = coco8_search(budget=4, space=f"{tmp_path / 'plans.py'}:space")
     study.enqueue_trial({"k": "pruned-fp32-ft"})
     again = run_search(config).trials[-1]
     assert again.state == optuna.trial.TrialState.COMPLETE and "duplicate_of" not in again.user_attrs
