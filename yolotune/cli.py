@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from yolotune.errors import SearchStopped, YolotuneError
+from yolotune.errors import SearchStopped, YolotuneError, disk_full
 
 app = typer.Typer(
     name="tune",
@@ -159,7 +159,7 @@ def _one_line_errors(fn: F) -> F:
                 detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
                 fix = (
                     "free some space on its disk"
-                    if "disk is full" in detail or os.strerror(errno.ENOSPC) in detail
+                    if disk_full(detail)
                     else "check that the studies folder is writable and its database is still there"
                 )
                 _consoles.err.print(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from typing import Any
 
-__all__ = ["PlanError", "SearchStopped", "StepError", "YolotuneError", "yaml_problem"]
+__all__ = ["PlanError", "SearchStopped", "StepError", "YolotuneError", "disk_full", "yaml_problem"]
 
 
 #: Terminal colour codes (``ESC[...m``).
@@ -54,3 +56,13 @@ def yaml_problem(exc: Exception) -> str:
     if problem and mark is not None:
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+#: how a full disk reads in an error's text, whichever process or library met it (SQLite says
+#: "database or disk is full"; a Ray worker's exception arrives as text)
+_DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "database or disk is full")
+
+
+def disk_full(text: str) -> bool:
+    """Whether an error's text says a disk is full (``ENOSPC``, ``EDQUOT``, SQLite's wording)."""
+    return any(words in text for words in _DISK_FULL)

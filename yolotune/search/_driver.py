@@ -34,7 +34,7 @@ from yolotune import _yaml
 from yolotune._warn import warn_once
 from yolotune.compression import CALIBRATION_FORMAT, PRUNING_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
-from yolotune.errors import SearchStopped, StepError, YolotuneError
+from yolotune.errors import SearchStopped, StepError, YolotuneError, disk_full
 from yolotune.evaluators import LatencyStats, Provenance, needs_reduce_range, target_spec
 from yolotune.search._candidate import (
     CandidateResult,
@@ -489,7 +489,6 @@ _QUEUED_BEHIND_FP32 = "queued again behind the FP32 reference: --max-map-drop ne
 
 #: how a full disk, or a folder that cannot be written, reads in a failure's reason, whichever
 #: process or library met it (a Ray worker's exception arrives as text)
-_DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "database or disk is full")
 _UNWRITABLE = (os.strerror(errno.EACCES), os.strerror(errno.EROFS))
 
 
@@ -498,7 +497,7 @@ def _environment_failure(reason: str) -> str | None:
 
     Every later candidate would fail the same way, so the search stops rather than spend its budget.
     """
-    if any(text in reason for text in _DISK_FULL):
+    if disk_full(reason):
         return (
             f"a disk is full ({reason}): free some space, or point --root (trial files, about 25 MB per trial "
             "for a YOLOv8n) or YOLOTUNE_TMP (scratch) at a larger disk, then run the same command to resume"
@@ -905,7 +904,7 @@ def run_search(
         nonlocal last_failure
         last_failure = reason
         why = _environment_failure(reason)  # the machine's fault: stop rather than fail every later plan
-        if why and any(text in reason for text in _DISK_FULL):
+        if why and disk_full(reason):
             # first, before the database writes that need the space: the partial files of this trial
             # and of those stopped with it (their plans run again) only take space on the full disk
             for number in {trial.number, *open_trials}:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 import shlex
 import shutil
 import threading
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import optuna
 
-from yolotune.errors import YolotuneError
+from yolotune.errors import YolotuneError, disk_full
 
 __all__ = [
     "artifact_dir",
@@ -139,7 +137,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
             return _rdb(url, heartbeat_interval)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "disk is full" in reason or os.strerror(errno.ENOSPC) in reason:
+        if disk_full(reason):
             raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}; free some space on its disk") from exc
         raise YolotuneError(
             f"cannot open storage '{url}': {reason[:200]}; use an SQLAlchemy URL (sqlite:///path.db, "
