@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +77,38 @@ def test_two_drivers_share_one_study_and_lose_nothing(postgres_url: str, tmp_pat
     assert all(Path(t.user_attrs["artifact"]).is_file() for t in complete)
     numbers = [t.number for t in study.trials]
     assert numbers == list(range(len(numbers)))
+
+
+_HOLD = """
+import sys, time
+from yolotune.studies import storage_lock
+with storage_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(url: str, seconds: float) -> subprocess.Popen[str]:
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, url, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_the_storage_lock_serialises_drivers_and_a_dead_holder_releases_it(postgres_url: str) -> None:
+    from yolotune.studies import storage_lock
+
+    child = _holder(postgres_url, 3)
+    start = time.monotonic()
+    with storage_lock(postgres_url), storage_lock(postgres_url):  # re-entrant within one process
+        waited = time.monotonic() - start
+    child.wait(timeout=60)
+    assert waited > 1.5  # it waited for the other process to let go
+    child = _holder(postgres_url, 600)
+    child.kill()  # a driver killed while holding the lock: its session ends, and the lock with it
+    child.wait(timeout=60)
+    start = time.monotonic()
+    with storage_lock(postgres_url):
+        assert time.monotonic() - start < 30
+    # no server: no lock, and the open that follows says what is wrong
+    with storage_lock("postgresql+psycopg://yolotune@127.0.0.1:1/postgres"):
+        pass

@@ -873,7 +873,8 @@ def run_search(
     timing = target.provenance(imgsz=config.settings.imgsz)
     timed_on = {"device": timing.device, "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8}
     references = default.reference_plans()
-    # two drivers starting a study at once on one SQLite file: one creates it and queues its references
+    # two drivers starting a study at once on one SQLite file or PostgreSQL database: one creates it and queues
+    # its references
     with storage_lock(config.storage_url):
         study, created, storage = _open_study(config, timed_on=timed_on)
         # every study starts with its references, enqueued before any callback runs (also when a run

@@ -8,8 +8,10 @@ import shutil
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -74,16 +76,26 @@ def default_storage_url(root: Path, study_name: str) -> str:
 
 _LOCKS: dict[str, object] = {}
 _LOCKS_GUARD = threading.Lock()
+_ADVISORY_KEY = zlib.crc32(b"yolotune.storage_lock")  # one key per PostgreSQL database, every study
 
 
 @contextlib.contextmanager
 def storage_lock(url: str) -> Iterator[None]:
-    """Hold, across processes on this host, the lock of a SQLite study file (other storages: no lock).
+    """Hold, across processes, the lock of a SQLite study file or a PostgreSQL database (others: no lock).
 
     SQLite lets two drivers both read a queued trial as WAITING and both mark it RUNNING, and both
-    create the same tables of a new file; drivers serialise those steps on ``<file>.lock``. Taking
-    it again in the same process while held is allowed (one lock object per file).
+    create the same tables of a new file; drivers serialise those steps on ``<file>.lock``. On
+    PostgreSQL two drivers starting a new study could both queue its reference trials; they
+    serialise on a session advisory lock, which the server releases if a driver dies holding it.
+    Taking it again in the same process while held is allowed (one lock object per file or URL).
     """
+    if url.startswith(("postgresql:", "postgresql+")):
+        with _LOCKS_GUARD:
+            server = _LOCKS.setdefault(url, _AdvisoryLock(url))
+        assert isinstance(server, _AdvisoryLock)
+        with server.held():
+            yield
+        return
     file = _sqlite_file(url)
     if file is None:
         yield
@@ -102,6 +114,47 @@ def storage_lock(url: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+class _AdvisoryLock:
+    """A PostgreSQL session advisory lock on a connection of its own, re-entrant within this process."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._guard = threading.RLock()
+        self._depth = 0
+        self._connection: Any = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._guard:
+            if self._depth == 0:
+                self._connection = self._lock()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._connection is not None:
+                    with contextlib.suppress(Exception):  # closing the session releases its lock
+                        self._connection.close()
+                    self._connection = None
+
+    def _lock(self) -> Any:
+        """A connection holding the lock, or ``None`` when the server cannot be reached (the open reports it)."""
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        try:
+            connection = sqlalchemy.create_engine(self._url, poolclass=NullPool).connect()
+        except Exception:
+            return None
+        try:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_KEY})
+        except Exception:
+            connection.close()
+            return None
+        return connection
 
 
 def _sqlite_file(url: str) -> Path | None:
