@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from yolotune._files import whole_file
+
 __all__ = ["configure_ultralytics", "library_temp_files_in", "package_versions", "temporary_dir", "workspace_dir"]
 
 _PACKAGES = ("yolotune", "ultralytics", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxslim", "optuna")
@@ -128,9 +130,5 @@ def _install_fallback_fonts(config_dir: Path) -> None:
         return
     for target in (config_dir / "Arial.ttf", config_dir / "Arial.Unicode.ttf"):
         if not target.exists() or target.stat().st_size != source.stat().st_size:  # a copy cut short: again
-            partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-            try:
+            with whole_file(target) as partial:
                 shutil.copyfile(source, partial)
-                os.replace(partial, target)  # whole or not at all
-            finally:
-                partial.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ import yaml
 
 from yolotune import _yaml
 from yolotune._env import workspace_dir
+from yolotune._files import whole_file
 from yolotune._numbers import is_whole
 from yolotune._warn import warn_once
 from yolotune.errors import YolotuneError, yaml_problem
@@ -485,13 +486,11 @@ def val_subset(dataset: Dataset, count: int) -> Dataset:
     listing = root / f"val-{count}.txt"
     yaml_path = root / f"data-val{count}.yaml"
     if not yaml_path.exists():
-        tmp = listing.with_name(f"{listing.name}.{os.getpid()}")
-        tmp.write_text("".join(f"{links[i]}\n" for i in picks))
-        tmp.replace(listing)
+        with whole_file(listing) as partial:
+            partial.write_text("".join(f"{links[i]}\n" for i in picks))
         spec = {**_load_yaml(dataset.yaml_path), "val": str(listing)}
-        tmp_yaml = yaml_path.with_name(f"{yaml_path.name}.{os.getpid()}")
-        tmp_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
-        tmp_yaml.replace(yaml_path)
+        with whole_file(yaml_path) as partial:
+            partial.write_text(yaml.safe_dump(spec, sort_keys=False))
     return Dataset(
         source=dataset.source,
         yaml_path=yaml_path,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from yolotune._env import configure_ultralytics, workspace_dir
+from yolotune._files import whole_file
 from yolotune._warn import warn_once
 from yolotune.errors import StepError, YolotuneError
 
@@ -249,9 +250,8 @@ def save_checkpoint(model: UltraModule, path: str | Path, *, note: str = "") -> 
         "version": __version__,
         "yolotune": note,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    with whole_file(path) as partial:
+        torch.save(ckpt, partial)
     return path
 
 

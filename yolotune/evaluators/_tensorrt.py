@@ -21,6 +21,7 @@ from pathlib import Path
 
 from yolotune._artifact import FloatPrecision, read_float_precision
 from yolotune._env import temporary_dir, workspace_dir
+from yolotune._files import whole_file
 from yolotune.errors import StepError, YolotuneError
 from yolotune.evaluators._base import LatencyStats, Provenance
 from yolotune.evaluators._lease import timing_lease
@@ -111,17 +112,15 @@ class TensorRTTarget(Target):
         if engine.is_file():
             engine.touch()  # recently used: an agent's cache lets it go last
             return engine
-        partial = engine.with_suffix(f".{os.getpid()}.partial")
-        cmd = build_command(self.trtexec, Path(model_path), partial, precision)
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=self.build_timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            partial.unlink(missing_ok=True)
-            raise StepError("latency", f"TensorRT engine build took over {self.build_timeout_s} s") from None
-        if done.returncode != 0 or not partial.is_file():
-            partial.unlink(missing_ok=True)
-            raise StepError("latency", f"trtexec could not build the engine: {_one_line(done.stdout + done.stderr)}")
-        partial.replace(engine)
+        with whole_file(engine) as partial:  # a failed or timed-out build leaves no engine behind
+            cmd = build_command(self.trtexec, Path(model_path), partial, precision)
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=self.build_timeout_s, check=False)
+            except subprocess.TimeoutExpired:
+                raise StepError("latency", f"TensorRT engine build took over {self.build_timeout_s} s") from None
+            if done.returncode != 0 or not partial.is_file():
+                reason = _one_line(done.stdout + done.stderr)
+                raise StepError("latency", f"trtexec could not build the engine: {reason}")
         return engine
 
     def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from yolotune._env import package_versions
+from yolotune._files import whole_file
 from yolotune._numbers import is_real, is_whole
 from yolotune.assets import Dataset, prepare_dataset, resolve_model, val_subset
 from yolotune.compression import (
@@ -209,9 +210,8 @@ def _record(
 
 
 def _write_metrics(out: Path, record: dict[str, Any]) -> None:
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out / "metrics.json")
+    with whole_file(out / "metrics.json") as partial:
+        partial.write_text(json.dumps(record, indent=2))
 
 
 class _Steps:

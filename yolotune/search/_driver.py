@@ -31,6 +31,7 @@ import optuna
 import yaml
 
 from yolotune import _yaml
+from yolotune._files import whole_file
 from yolotune._warn import warn_once
 from yolotune.compression import CALIBRATION_FORMAT, PRUNING_FORMAT
 from yolotune.compression import ultralytics_adapter as adapter
@@ -540,14 +541,8 @@ def _whole_file_store(base: Path) -> Any:
 
     class WholeFileStore(FileSystemArtifactStore):
         def write(self, artifact_id: str, content_body: Any) -> None:
-            partial = base / f".{artifact_id}.partial"
-            try:
-                with open(partial, "wb") as f:
-                    shutil.copyfileobj(content_body, f)
-                os.replace(partial, base / artifact_id)
-            finally:
-                with contextlib.suppress(OSError):
-                    partial.unlink(missing_ok=True)
+            with whole_file(base / artifact_id) as partial, open(partial, "wb") as f:
+                shutil.copyfileobj(content_body, f)
 
     base.mkdir(parents=True, exist_ok=True)
     return WholeFileStore(str(base))

@@ -6,10 +6,8 @@ with its own small script, so nothing is fetched when the page is opened.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import math
-import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +19,7 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
+from yolotune._files import whole_file
 from yolotune.errors import PlanError, YolotuneError
 from yolotune.spaces import CompressionPlan
 from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speedup_of
@@ -104,16 +103,12 @@ def write_report(study: optuna.Study, path: Path | str) -> Path:
         f'<style>{_CSS}</style>\n<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>\n'
         f"</head>\n<body>\n{''.join(sections)}\n</body>\n</html>\n"
     )
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(page, encoding="utf-8")
-        os.replace(partial, path)  # a full disk leaves no half page, and an older report stays whole
+        with whole_file(path) as partial:  # a full disk leaves no half page, and an older report stays whole
+            partial.write_text(page, encoding="utf-8")
     except OSError as exc:
         raise YolotuneError(f"cannot write the report to {path}: {exc.strerror or exc}; pass another -o") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
     return path
 
 

@@ -1,0 +1,34 @@
+"""Files written whole or not at all: a full disk or a killed process never leaves half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["whole_file"]
+
+
+@contextlib.contextmanager
+def whole_file(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` to write; it becomes ``target`` when the block ends without error.
+
+    The rename is atomic, so readers see the old file or the new one, never part of it. When the
+    block raises (a full disk, a failed build), the temporary file is removed and ``target`` is
+    left as it was. The temporary name is hidden and unique per process and thread.
+
+    Args:
+        target: The file to write.
+
+    Yields:
+        Where to write it.
+    """
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        yield partial
+        os.replace(partial, target)
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
