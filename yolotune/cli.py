@@ -587,7 +587,7 @@ def _show(st: Any, *, where: str = "") -> None:
     import optuna
 
     from yolotune.search import constraints_of
-    from yolotune.studies import current_retiming, fp32_reference, pareto_front
+    from yolotune.studies import Retiming, current_retiming, fp32_reference, pareto_front
 
     sensitivity = _sensitivity_table(st)
     if sensitivity is not None:
@@ -655,9 +655,13 @@ def _show(st: Any, *, where: str = "") -> None:
                 ", ‡ its FP32 reference took under half or over twice the reference trial's own time "
                 f"(a disturbed machine): `{retime}` times them again"
             )
-    if retiming is None and st.user_attrs.get("retimed"):
+    if retiming is None and isinstance(recorded := st.user_attrs.get("retimed"), dict) and "trials" in recorded:
         retime = f"tune retime --study {shlex.quote(st.study_name)}{where}"
-        caption += f" · the front's re-timing is out of date (trials completed since): `{retime}` re-times it"
+        started = Retiming.from_dict(recorded)
+        if started.complete == len(complete) and (why := started.failed.get(started.reference_trial)):
+            caption += f" · the front's re-timing has no round yet (its FP32 reference failed: {why}): `{retime}`"
+        else:
+            caption += f" · the front's re-timing is out of date (trials completed since): `{retime}` re-times it"
     if front:
         caption += f" · export with `tune export --study {shlex.quote(st.study_name)}{where} --trial N`"
     out = _consoles.out
@@ -753,10 +757,11 @@ def report(
     ] = None,
 ) -> None:
     """Write a self-contained HTML report of a study (plotly)."""
-    from yolotune.studies import load_study, study_dir, write_report
+    from yolotune.studies import load_study, study_dir, study_folder, write_report
 
     st = load_study(study=study, storage=storage, root=root)
-    path = write_report(st, out or study_dir(root, st.study_name) / "report.html")
+    folder = study_folder(st, root, default_storage=storage is None) or study_dir(root, st.study_name)
+    path = write_report(st, out or folder / "report.html")
     _consoles.out.print(f"report: {path}")
 
 
@@ -771,13 +776,14 @@ def delete(
     """Delete a study: its trials, its folder of trial files, and its SQLite file when it holds no other."""
     import optuna
 
-    from yolotune.studies import delete_study, load_study, study_dir
+    from yolotune.studies import delete_study, load_study, study_folder
 
     st = load_study(study=study, storage=storage, root=root)
-    folder = study_dir(root, st.study_name)
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    folder = study_folder(st, root, default_storage=storage is None)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder is not None else 0
     running = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-    what = f"study '{st.study_name}' ({len(st.trials)} trials, {size / 2**20:.0f} MB in {folder}/)"
+    files = f"{size / 2**20:.0f} MB in {folder}/" if folder is not None else "no folder of trial files found"
+    what = f"study '{st.study_name}' ({len(st.trials)} trials, {files})"
     if running:
         what += f", {running} of its trials RUNNING (stop its `tune run` first, unless that run was killed)"
     try:
@@ -863,7 +869,13 @@ def retime(
             "store on this host: run it where the study's files are (--root)"
         )
         raise YolotuneError(f"nothing to re-time against: {why}")
-    if before is not None and retiming.rounds == before.rounds and not fresh:
+    if (reason := retiming.failed.get(retiming.reference_trial)) is not None:
+        _consoles.err.print(
+            f"the FP32 reference trial {retiming.reference_trial} could not be timed ({reason}): the "
+            f"{retiming.rounds} round(s) done are kept; the same command goes on from there",
+            highlight=False,
+        )
+    elif before is not None and retiming.rounds == before.rounds and before.rounds >= rounds and not fresh:
         _consoles.err.print(
             f"the front was already timed in {before.rounds} rounds (≥ --rounds {rounds}): nothing added; "
             f"--rounds {before.rounds + rounds} adds {rounds}, --fresh starts again"
@@ -897,7 +909,10 @@ def export(
 
     st = load_study(study=study, storage=storage, root=root)
     dest = out or Path("export") / f"{st.study_name}-{trial}"
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=_consoles.err, transient=True) as bar:
+    with (
+        _Interrupts().installed(),  # `kill` too leaves no half export (export_trial cleans up on KeyboardInterrupt)
+        Progress(SpinnerColumn(), TextColumn("{task.description}"), console=_consoles.err, transient=True) as bar,
+    ):
         bar.add_task(f"exporting trial {trial}" + (" and re-measuring it" if remeasure else ""))
         res = export_trial(
             st,

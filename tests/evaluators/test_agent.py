@@ -230,6 +230,32 @@ def test_a_server_that_is_not_the_agent_is_named_as_such(tmp_path: Path) -> None
         server.shutdown()
 
 
+def test_a_server_of_another_protocol_or_an_answer_broken_off_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    replies: list[bytes] = []
+
+    def serve() -> None:  # answers each connection with the next canned reply, then hangs up
+        while replies:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(replies.pop(0))
+
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    replies += [b"SSH-2.0-OpenSSH_9.6p1 Debian\r\n"]  # --device-url pointing at the SSH port
+    threading.Thread(target=serve, daemon=True).start()
+    with pytest.raises(YolotuneError, match=rf"server at {url} is not a `tune agent`.*does not speak HTTP"):
+        get_target(BOARD, device_url=url).check()
+    # an agent killed while sending its answer: the headers promise more than comes
+    replies += [b'HTTP/1.0 200 OK\r\nContent-Length: 400\r\n\r\n{"agent": ']
+    threading.Thread(target=serve, daemon=True).start()
+    with pytest.raises(YolotuneError, match=rf"device agent at {url} broke off its answer \(IncompleteRead\)"):
+        get_target(BOARD, device_url=url).check()
+    listener.close()
+
+
 def test_an_agent_without_its_runtime_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from yolotune.evaluators._tensorrt import find_trtexec
 

@@ -121,10 +121,35 @@ def test_a_reference_that_cannot_be_timed_keeps_the_rounds_done(tmp_path: Path) 
     assert retiming is not None and retiming.rounds == 1
     assert retiming.failed == {n["fp32"]: "latency failed: the device went away"}
     assert current_retiming(study) == retiming  # one round done: the front is found on it
-    # the next call starts afresh: the reference failed in the round it left
+    # the next call goes on from the round done: it times one more, and the reference is no longer failed
     fresh = _TableTarget(target.true_ms, per_round=3)
     again = retime_front(study, target=fresh, imgsz=320, rounds=2)
-    assert again is not None and again.rounds == 2 and not again.failed and len(fresh.timed) == 6
+    assert again is not None and again.rounds == 2 and not again.failed and len(fresh.timed) == 3
+    assert again.timings[n["shared"]][0] == retiming.timings[n["shared"]][0]  # the first round is kept
+
+
+def test_a_reference_that_fails_in_the_first_round_is_named_by_tune_show(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+    from yolotune.errors import StepError
+
+    study, _ = _study(tmp_path)
+
+    class _Failing(_TableTarget):
+        def benchmark(self, model_path: Path, *, imgsz: int):
+            if model_path.name == "fp32.onnx":
+                raise StepError("latency", "the device went away")
+            return super().benchmark(model_path, imgsz=imgsz)
+
+    target = _Failing({"fp32.onnx": 13.0, "shared.onnx": 6.3, "separate.onnx": 6.8}, per_round=3)
+    retiming = retime_front(study, target=target, imgsz=320, rounds=3)
+    assert retiming is not None and retiming.rounds == 0 and current_retiming(study) is None
+    shown = CliRunner().invoke(app, ["show", "--study", "s", "--storage", f"sqlite:///{tmp_path / 's.db'}"])
+    caption = " ".join(shown.output.split())
+    assert shown.exit_code == 0, shown.output
+    assert "re-timing has no round yet (its FP32 reference failed: latency failed: the device went away)" in caption
+    assert "out of date" not in caption
 
 
 def test_a_target_lost_while_re_timing_stops_with_the_rounds_done_and_drops_no_trial(tmp_path: Path) -> None:

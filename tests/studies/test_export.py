@@ -122,6 +122,13 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     import numpy as np
 
     assert export_trial(study, np.int64(1), tmp_path / "np", remeasure=False).trial == 1  # type: ignore[arg-type]
+    # the study's own folders: the export would overwrite (then, failing, delete) the trials' files
+    own = Path(study.trials[1].user_attrs["artifact"]).parent
+    before = sorted(p.name for p in own.iterdir())
+    for into in (own, own.parent / "0", artifact_dir(root, name)):
+        with pytest.raises(YolotuneError, match=r"--out .* is inside the study's own files .*; pass another folder"):
+            export_trial(study, 1, into, remeasure=False)
+    assert sorted(p.name for p in own.iterdir()) == before
 
 
 def test_an_export_re_timed_on_another_device_says_so(small_study: tuple[Path, str, str], tmp_path: Path) -> None:

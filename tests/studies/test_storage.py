@@ -80,3 +80,34 @@ def test_tune_delete_asks_first_unless_told_not_to(tmp_path: Path) -> None:
     assert "error" not in asked.output + unanswered.output
     done = runner.invoke(app, ["delete", "--study", "s", "--root", str(tmp_path), "--yes"])
     assert done.exit_code == 0 and f"removed {folder}" in done.output and not folder.exists()
+
+
+def _searched(url: str, name: str, store: Path, artifact_id: str) -> None:
+    """A study as `tune run --storage URL` leaves it: its artifact store and its trial's file ids recorded."""
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    study.set_user_attr("artifact_store", str(store))
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"artifacts": {"model.onnx": artifact_id}}))
+
+
+def test_a_study_opened_by_url_deletes_its_own_folder_never_another_of_the_same_name(tmp_path: Path) -> None:
+    own, other = tmp_path / "a" / "studies" / "S", tmp_path / "b" / "studies" / "S"
+    url = f"sqlite:///{tmp_path / 'a' / 'studies' / 'S.db'}"
+    _searched(url, "S", own / "artifacts", "id-1")
+    (own / "artifacts").mkdir(parents=True)
+    (own / "artifacts" / "id-1").write_bytes(b"onnx")
+    _study_with_files(tmp_path / "b" / "studies", "S")  # another project's study of the same name
+    # run from b's project folder: --root defaults to its studies/, which holds the other S
+    args = ["delete", "--study", "S", "--storage", url, "--root", str(tmp_path / "b" / "studies")]
+    asked = CliRunner().invoke(app, args, input="n\n")
+    assert f"0 MB in {own}/" in asked.output
+    assert delete_study(study="S", storage=url, root=tmp_path / "b" / "studies") == [own]
+    assert not own.exists() and (other / "trials" / "0" / "model.onnx").is_file()
+    # a study folder moved since its search: found under --root by a file of its own
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    _searched(url, "M", tmp_path / "gone" / "M" / "artifacts", "id-2")
+    moved = _study_with_files(tmp_path / "c", "M")
+    (moved / "artifacts" / "id-2").write_bytes(b"onnx")
+    _searched(url, "N", tmp_path / "gone" / "N" / "artifacts", "id-3")
+    unrelated = _study_with_files(tmp_path / "c", "N")  # same name, none of N's files
+    assert delete_study(study="M", storage=url, root=tmp_path / "c") == [moved] and not moved.exists()
+    assert delete_study(study="N", storage=url, root=tmp_path / "c") == [] and unrelated.is_dir()

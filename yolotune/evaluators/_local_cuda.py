@@ -74,9 +74,13 @@ class LocalCUDATarget(LocalCPUTarget):
 
     def benchmark(self, model_path: Path, *, imgsz: int) -> LatencyStats:
         """Time on the GPU; fail (rather than time the CPU) when the GPU provider did not start."""
-        providers = self._providers(model_path)
+        providers = self._providers(model_path)  # checks first: a machine without the GPU is no file's failure
         wanted_name = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-        session = ort.InferenceSession(str(model_path), self._options(), providers=providers)
+        try:  # a model the provider rejects fails this trial (re-timing and export drop it), not the whole run
+            session = ort.InferenceSession(str(model_path), self._options(), providers=providers)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StepError("latency", f"ONNX Runtime could not load the model with {wanted_name}: {reason}") from None
         if wanted_name not in session.get_providers():
             raise StepError(
                 "latency", f"{wanted_name} did not start (ONNX Runtime fell back to {session.get_providers()})"

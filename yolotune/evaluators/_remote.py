@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import threading
 import time
@@ -87,6 +88,10 @@ class RemoteTarget(Target):
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             why = getattr(exc, "reason", None) or exc
             raise _AgentError(f"device agent at {self.url} unreachable ({why})") from None
+        except http.client.BadStatusLine as exc:  # another protocol on that port (SSH, a database)
+            raise _AgentError(f"{self._not_an_agent} (it does not speak HTTP: {str(exc)[:60]!r})") from None
+        except http.client.HTTPException as exc:  # an answer broken off (the agent killed while sending it)
+            raise _AgentError(f"device agent at {self.url} broke off its answer ({type(exc).__name__})") from None
         except ValueError:  # JSON or the URL itself
             raise _AgentError(f"{self._not_an_agent} (its answer is not JSON)") from None
         if not isinstance(answer, dict):
@@ -169,6 +174,8 @@ class RemoteTarget(Target):
                 outcome["answer"] = self._request(path, data=body, timeout=self.timeout_s)
             except _AgentError as exc:
                 outcome["error"] = exc
+            except Exception as exc:  # anything else: this thread must not die with a traceback and no answer
+                outcome["error"] = _AgentError(f"device agent at {self.url}: unexpected {type(exc).__name__}: {exc}")
 
         # a daemon thread: one stuck on a dead agent never holds up the process's exit
         poster = threading.Thread(target=post, daemon=True, name="yolotune-benchmark")

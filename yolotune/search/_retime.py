@@ -59,7 +59,8 @@ def retime_front(
     Each round times the reference and every chosen trial once, in reversed order every other
     round. The record (study user attribute ``retimed``) is written after every round, so an
     interrupted re-timing keeps its rounds and the next call goes on from there while no trial has
-    completed since; otherwise the trials are chosen and timed afresh.
+    completed since; otherwise the trials are chosen and timed afresh. A round whose reference
+    timing fails ends the call; the rounds done are kept, and the next call goes on from them.
 
     Args:
         study: A yolotune study.
@@ -102,7 +103,6 @@ def retime_front(
         or retiming.reference_trial != ref_number
         or retiming.trials != tuple(chosen)
         or retiming.digests != digests
-        or ref_number in retiming.failed
     ):
         missing = {
             n: f"its file {p} is not on this host, nor in the study's artifact store"
@@ -117,6 +117,10 @@ def retime_front(
             digests=digests,
             target=target.name,
             failed=missing,
+        )
+    elif ref_number in retiming.failed:  # the reference's last timing failed: its rounds done still pair
+        retiming = dataclasses.replace(
+            retiming, failed={n: why for n, why in retiming.failed.items() if n != ref_number}
         )
     for k in range(retiming.rounds, rounds):
         alive = [n for n in retiming.trials if n not in retiming.failed]

@@ -24,6 +24,7 @@ from yolotune.studies._storage import (
     open_storage,
     storage_lock,
     study_dir,
+    study_folder,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "speedup_of",
     "storage_lock",
     "study_dir",
+    "study_folder",
     "study_target",
     "write_report",
 ]

@@ -153,6 +153,8 @@ def export_trial(
     trial = _find_trial(study, number)
     number = trial.number  # an int, also for a numpy integer from trials_dataframe()
     job: dict[str, Any] = study.user_attrs.get("job") or {}
+    store = Path(artifacts) if artifacts is not None else find_artifact_dir(study)
+    _refuse_study_files(out_dir, trial, store)
     target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None
     dataset = _dataset(job) if remeasure else None  # both checked before any file is written
     made = not out_dir.exists()
@@ -160,7 +162,6 @@ def export_trial(
     if (out_dir / "recipe.yaml").is_file():  # an earlier export: none of its files may pass for this one's
         for stale in (*_MODEL_FILES, "plan.yaml", "recipe.yaml", "remeasured.json"):
             (out_dir / stale).unlink(missing_ok=True)
-    store = Path(artifacts) if artifacts is not None else find_artifact_dir(study)
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
     try:
         return _export_files(
@@ -172,6 +173,20 @@ def export_trial(
         if made and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
+
+
+def _refuse_study_files(out_dir: Path, trial: optuna.trial.FrozenTrial, store: Path | None) -> None:
+    """Refuse an ``out_dir`` among the study's own trial folders or artifact store: the export would overwrite them."""
+    own = [store] if store is not None else []
+    if trial.user_attrs.get("artifact"):
+        own.append(Path(str(trial.user_attrs["artifact"])).parent.parent)  # <root>/<study>/trials
+    where = out_dir.resolve()
+    for folder in own:
+        if where == folder.resolve() or folder.resolve() in where.parents:
+            raise YolotuneError(
+                f"--out {out_dir} is inside the study's own files ({folder}), which the export would overwrite; "
+                "pass another folder"
+            )
 
 
 def _export_files(
@@ -394,9 +409,10 @@ def _remeasure(
     Returns:
         The metrics, and the per-round timings (``rounds_ms``, ``reference_rounds_ms``).
     """
-    from yolotune.evaluators import measure_map, measure_size
+    from yolotune.evaluators import compute_lease, measure_map, measure_size
 
-    accuracy = measure_map(model, dataset, imgsz=imgsz)
+    with compute_lease():  # a search's timings on this host wait for it, as for its own validations
+        accuracy = measure_map(model, dataset, imgsz=imgsz)
     ms: list[float] = []
     ref_ms: list[float] = []
     pair = [(model, ms)] if reference is None else [(model, ms), (reference, ref_ms)]

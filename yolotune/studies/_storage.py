@@ -27,6 +27,7 @@ __all__ = [
     "open_storage",
     "storage_lock",
     "study_dir",
+    "study_folder",
 ]
 
 
@@ -40,6 +41,37 @@ def artifact_dir(root: Path, study_name: str) -> Path:
     path = study_dir(root, study_name) / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def study_folder(study: optuna.Study, root: Path, *, default_storage: bool) -> Path | None:
+    """The folder of a study's trial files on this host, or ``None`` when none is found that is surely its own.
+
+    Args:
+        study: The study.
+        root: The studies directory the command was given (``--root``).
+        default_storage: The study was opened from its default SQLite file under ``root``, so
+            ``<root>/<study>`` is its folder by construction.
+
+    The folder its last search recorded comes first (a study opened through ``--storage`` from
+    another directory). ``<root>/<study>`` counts otherwise only with the default storage, or when
+    its artifact store holds one of this study's files: a folder of the same name may belong to
+    another study.
+    """
+    beside = study_dir(root, study.study_name)
+    recorded = study.user_attrs.get("artifact_store")
+    if recorded:
+        folder = Path(str(recorded)).parent
+        if folder.name == study.study_name and folder.is_dir():
+            return folder
+    if not beside.is_dir():
+        return None
+    if default_storage:
+        return beside
+    for trial in study.get_trials(deepcopy=False):
+        ids: dict[str, str] = trial.user_attrs.get("artifacts") or {}
+        if any((beside / "artifacts" / artifact_id).is_file() for artifact_id in ids.values()):
+            return beside
+    return None
 
 
 def find_artifact_dir(study: optuna.Study, root: Path | None = None) -> Path | None:
@@ -311,8 +343,8 @@ def delete_study(*, study: str, storage: str | None = None, root: Path | str = P
         db = root / f"{study}.db"
         emptied = storage is None and optuna.get_all_study_names(storage=open_storage(url)) == [found.study_name]
         removed: list[Path] = []
-        folder = study_dir(root, study)
-        if folder.is_dir():  # first: on a full disk, the database needs the space to write a deletion
+        folder = study_folder(found, root, default_storage=storage is None)
+        if folder is not None:  # first: on a full disk, the database needs the space to write a deletion
             shutil.rmtree(folder)
             removed.append(folder)
         if emptied:
