@@ -155,6 +155,21 @@ def test_trtexec_flags_follow_the_models_precision_record() -> None:
     assert {"--int8", "--fp16", "--layerPrecisions=b:fp32,c:fp32", "--precisionConstraints=obey"} <= set(mixed)
 
 
+def test_the_tensorrt_version_is_read_from_trtexec_when_its_python_module_is_missing(tmp_path: Path) -> None:
+    from yolotune.evaluators._tensorrt import trtexec_version
+
+    for banner, version in (
+        ("&&&& RUNNING TensorRT.trtexec [TensorRT v8602] # trtexec --help", "8.6.2"),  # JetPack 6.0
+        ("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help", "10.3.0"),  # JetPack 6.1
+        ("trtexec: something else", "unknown"),
+    ):
+        fake = tmp_path / f"trtexec-{version}"
+        fake.write_text(f"#!/bin/sh\necho '{banner}'\necho '=== Model Options ==='\n")
+        fake.chmod(0o755)
+        assert trtexec_version(str(fake)) == version
+    assert trtexec_version(str(tmp_path / "gone")) == "unknown"
+
+
 def test_gpu_runtimes_say_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 

@@ -10,9 +10,11 @@ and the TensorRT version, so a plan timed again is not rebuilt.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -54,6 +56,22 @@ def build_command(trtexec: str, onnx_path: Path, engine_path: Path, precision: F
     return cmd
 
 
+@functools.cache
+def trtexec_version(trtexec: str) -> str:
+    """The TensorRT version ``trtexec`` names in its banner (``[TensorRT v8602]`` → ``8.6.2``), or ``unknown``."""
+    try:
+        done = subprocess.run([trtexec, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    found = re.search(r"TensorRT v(\d+)", done.stdout + done.stderr)
+    if found is None:
+        return "unknown"
+    code = int(found.group(1))  # major * 1000 + minor * 100 + patch (8.6.2: 8602; 10.3.0: 100300 in TensorRT 10)
+    if code >= 100000:
+        return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
+    return f"{code // 1000}.{code // 100 % 10}.{code % 100}"
+
+
 def _one_line(output: str) -> str:
     lines = [ln.strip() for ln in output.splitlines() if "error" in ln.lower()] or output.strip().splitlines()[-1:]
     return (lines[0] if lines else "no output")[:300]
@@ -92,12 +110,13 @@ class TensorRTTarget(Target):
             )
 
     def _version(self) -> str:
+        """TensorRT's version: its Python module's, else the one ``trtexec`` prints (JetPack venvs lack the module)."""
         try:
             import tensorrt
 
             return str(tensorrt.__version__)
         except ImportError:
-            return "unknown"
+            return trtexec_version(self.trtexec) if self.trtexec else "unknown"
 
     def engine(self, model_path: Path) -> Path:
         """Build (or reuse from the cache) the engine of ``model_path``; return its path."""
