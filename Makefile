@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/tune run --model yolov8n-coco.pt --data tiny_coco --imgsz 320 --target local-cpu --budget 12 --study demo --workers 2 --max-map-drop 0.05
 	$(BIN)/tune report --study demo
-	@echo "study: studies/demo.db, trials in studies/demo/trials/ (tune show / dashboard / export --study demo)"
+	@echo "study: studies/demo.db, trials in studies/demo/trials/ (.venv/bin/tune show / dashboard / export --study demo)"
 
 test: $(STAMP)
 	./scripts/system-deps.sh

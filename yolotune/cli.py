@@ -337,14 +337,20 @@ def run(
     budget: Annotated[
         int, typer.Option("--budget", "-b", help="Candidates the study should hold (rung-0 stops count).")
     ] = 12,
-    study: Annotated[str | None, typer.Option("--study", "-s", help="Study name.")] = None,
-    storage: Annotated[str | None, typer.Option("--storage", help="Optuna storage URL.")] = None,
+    study: Annotated[
+        str | None,
+        typer.Option("--study", "-s", help="Study name (default: made of the model, data, target and size)."),
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna storage URL (default: SQLite <root>/<study>.db).")
+    ] = None,
     root: Annotated[Path, typer.Option("--root", help="Studies directory.")] = Path("studies"),
     sampler: Annotated[str, typer.Option("--sampler", help="nsga2, tpe or random.")] = "nsga2",
     population: Annotated[int | None, typer.Option("--population", help="NSGA-II population (default: 8).")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
     space: Annotated[
-        str | None, typer.Option("--space", help="YAML file narrowing the default space, or module:callable.")
+        str | None,
+        typer.Option("--space", help="YAML file narrowing the default space, or module:callable / file.py:callable."),
     ] = None,
     fine: Annotated[bool, typer.Option("--fine", help="One search unit per layer group.")] = False,
     max_map_drop: Annotated[
@@ -369,7 +375,8 @@ def run(
         ),
     ] = False,
     rung0_val: Annotated[
-        int | None, typer.Option("--rung0-val", help="Validation images at rung 0 (default: all).")
+        int | None,
+        typer.Option("--rung0-val", help="Validation images at rung 0 (with --multi-fidelity; default: all)."),
     ] = None,
     promote_margin: Annotated[
         float | None,

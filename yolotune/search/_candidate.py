@@ -82,7 +82,8 @@ class CandidateSettings:
     """How candidates are built and measured (shared by every candidate of a study).
 
     Attributes:
-        imgsz: Square input size of the exported model, validation and timing.
+        imgsz: Square input size of the exported model, validation and timing (default 320 whatever the
+            target; `tune` defaults to the target's own, ``target_spec(name).imgsz``).
         target: Registered target name that times the deployable model.
         calibration_memory_gb: Memory budget of one INT8 calibration.
         seed: Seed of fine-tuning.

@@ -2,7 +2,8 @@
 
 One Optuna study holds every trial. The driver is the only writer of the storage; a failed
 candidate is told as FAIL with its reason (``fail_reason`` user attribute) and the search goes
-on. ``budget`` counts COMPLETE trials, earlier runs included, so the same command resumes.
+on. ``budget`` counts evaluated candidates (COMPLETE, and PRUNED rung-0 stops of a multi-fidelity
+search), earlier runs included, so the same command resumes.
 
 Constraints (``max_map_drop`` against the FP32 reference trial, ``max_latency_ms``) are set with
 ``Trial.set_constraint``, so Optuna's samplers prefer feasible plans and ``Study.best_trials``
@@ -845,7 +846,10 @@ def run_search(
     on_retime_failed: Callable[[int, str], None] | None = None,
     max_failures: int | None = None,
 ) -> optuna.Study:
-    """Run trials until the study holds ``config.budget`` COMPLETE trials.
+    """Run trials until the study holds ``config.budget`` evaluated candidates (COMPLETE, and PRUNED rung-0 stops).
+
+    Stops with ``SearchStopped`` once ``max_failures`` candidates have failed in this run (default
+    ``max(3, budget)``): a setting that fails every plan stops early, with its reason.
 
     Reference trials (FP32, INT8 only, the seeds' recipe) are enqueued when the study is new.
     With ``sensitivity_drop`` set, the study's sensitivity scan runs first (once per study;

@@ -1,4 +1,7 @@
-"""Search spaces: turn an Optuna trial into a ``CompressionPlan``. Pure: no torch, no I/O."""
+"""Search spaces: turn an Optuna trial into a ``CompressionPlan``.
+
+Pure: no torch; the only I/O is ``CompressionPlan.load`` / ``save``.
+"""
 
 from __future__ import annotations
 
