@@ -70,10 +70,11 @@ def test_a_killed_worker_fails_its_trial_which_is_retried_once(tmp_path: Path) -
     assert all(t.user_attrs["provenance"]["host"] == os.uname().nodename for t in complete)
 
 
-def test_more_workers_than_the_cluster_has_cpus_is_a_clear_error(tmp_path: Path) -> None:
+def test_more_workers_than_the_machine_has_cpus_is_refused_before_anything_runs(tmp_path: Path) -> None:
     cpus = os.cpu_count() or 1
-    with pytest.raises(YolotuneError, match=rf"--workers {cpus + 1} needs {cpus + 1} CPUs; the Ray cluster has {cpus}"):
+    with pytest.raises(YolotuneError, match=rf"--workers {cpus + 1} needs {cpus + 1} CPUs; this machine has {cpus}"):
         run_search(_config(tmp_path, workers=cpus + 1))
+    assert not list(tmp_path.iterdir())  # no study file, no scan, no Ray session
 
 
 def test_a_killed_driver_leaves_nothing_lost_and_the_same_command_resumes(tmp_path: Path) -> None:

@@ -105,3 +105,60 @@ def test_no_scan_when_the_space_never_prunes(tmp_path: Path, monkeypatch) -> Non
     study = run_search(config)
     assert "sensitivity" not in study.user_attrs
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 1
+
+
+def test_a_space_of_explicit_units_scans_only_the_groups_in_them(tmp_path: Path, monkeypatch) -> None:
+    scanned: list[tuple[str, ...]] = []
+
+    class Scanned(Exception):
+        pass
+
+    def record(**kwargs: object) -> None:  # the scan itself is tested above: here, which groups it is given
+        scanned.append(tuple(kwargs["groups"]))  # type: ignore[arg-type]
+        raise Scanned
+
+    monkeypatch.setattr(_driver, "scan_sensitivity", record)
+    space = tmp_path / "space.yaml"
+    space.write_text("units:\n  stem: [backbone.0, backbone.1]\n  sppf: [backbone.9]\n")
+    config = SearchConfig(
+        model="yolov8n-coco.pt",
+        data="coco8",
+        budget=1,
+        settings=CandidateSettings(imgsz=160),
+        root=tmp_path,
+        space=str(space),
+        sensitivity_drop=0.03,
+    )
+    with pytest.raises(Scanned):
+        run_search(config)
+    assert scanned == [("backbone.0", "backbone.1", "backbone.9")]  # groups in no unit stay fp32, unpruned
+
+
+def test_a_scan_cut_short_goes_on_where_it_stopped_and_a_machine_failure_stops_it(tmp_path: Path) -> None:
+    from yolotune.search import Sensitivity
+
+    common = {"model": "yolov8n-coco.pt", "data": "coco8", "settings": CandidateSettings(imgsz=160), "images": 4}
+    recorded: list[Sensitivity] = []
+
+    def ctrl_c_after_one_group(so_far: Sensitivity) -> None:
+        recorded.append(so_far)
+        if so_far.groups:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scan_sensitivity(groups=["backbone.9", "neck.21"], out_dir=tmp_path, on_row=ctrl_c_after_one_group, **common)
+    partial = Sensitivity.from_dict(recorded[-1].to_dict())  # as the study keeps it
+    assert [g.group for g in partial.groups] == ["backbone.9"] and not (tmp_path / "neck.21").exists()
+    (tmp_path / "unpruned").rename(tmp_path / "unpruned.first")
+    scan = scan_sensitivity(groups=["backbone.9", "neck.21"], out_dir=tmp_path, resume=partial, **common)
+    assert [g.group for g in scan.groups] == ["backbone.9", "neck.21"]
+    assert scan.groups[0] == partial.groups[0] and scan.baseline_map == partial.baseline_map
+    assert not (tmp_path / "unpruned").exists()  # the baseline was not measured again
+    assert 0.9 < scan.groups[1].macs_ratio < 1.0
+    # a probe that fails for the machine's reason (here: any) stops the scan rather than drop the group
+    with pytest.raises(YolotuneError, match=r"the sensitivity scan stopped at backbone.99: free some space"):
+        scan_sensitivity(
+            groups=["backbone.99"], out_dir=tmp_path, resume=scan, fatal=lambda exc: "free some space", **common
+        )
+    # without that, the group is left out
+    assert scan_sensitivity(groups=["backbone.99"], out_dir=tmp_path, resume=scan, **common).groups == scan.groups

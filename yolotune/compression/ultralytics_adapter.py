@@ -560,8 +560,9 @@ def _train_yaml(dataset: Dataset) -> Path:
     spec = yaml.safe_load(dataset.yaml_path.read_text())
     spec["val"] = spec["train"]
     path = dataset.yaml_path.with_name("train_only.yaml")
-    if not path.exists():
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    if not path.exists():  # whole: two workers fine-tuning at once may both write it
+        with whole_file(path) as partial:
+            partial.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -696,6 +697,13 @@ def preflight(config: SearchConfig) -> tuple[Space, DefaultSpace, Target]:
     """
     if config.ray_address is not None:
         check_ray_address(config.ray_address)
+    elif config.workers > 1 and not ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        cpus = os.cpu_count() or 1  # the local Ray instance gets every CPU of this machine
+        if config.workers * config.cpus_per_worker > cpus:
+            raise YolotuneError(
+                f"--workers {config.workers} needs {config.workers * config.cpus_per_worker} CPUs; this machine "
+                f"has {cpus} (use fewer workers or --cpus-per-worker, or a Ray cluster: --ray-address)"
+            )
     space, default = search_spaces(config)
     if config.settings.gpus and config.workers == 1 and config.ray_address is None:
         import torch
@@ -719,12 +727,17 @@ def _sensitive_space(
     study: optuna.Study,
     space: DefaultSpace,
     on_scan: Callable[[int, int, GroupSensitivity | None, str], None] | None,
+    *,
+    target: Target,
 ) -> DefaultSpace:
     """``space`` pruning only the groups the study's sensitivity scan found tolerant, up to its ratio.
 
     The scan runs once per study (its result is a study user attribute, ``sensitivity``), on the
-    groups the space may prune; a resumed run reuses it. Pruned plans recover with the scan's
-    method or ``ls`` (the tolerance was measured with that recovery; ``ls`` is the strongest for
+    groups the space may prune; a resumed run reuses it. The scan so far is recorded after each group
+    (``sensitivity_partial``), so a scan cut short goes on where it stopped; a probe that failed
+    because of the machine (a full disk, a lost target) stops the run rather than leave its group
+    unpruned for good, and a model that detects nothing stops it after the baseline. Pruned plans
+    recover with the scan's method or ``ls`` (the tolerance was measured with that recovery; ``ls`` is the strongest for
     several groups at once), where the space allows them.
     """
     assert config.sensitivity_drop is not None
@@ -732,16 +745,36 @@ def _sensitive_space(
         return space  # the space never prunes: nothing to scan
     recorded = study.user_attrs.get("sensitivity")
     if recorded is None:
+        partial = study.user_attrs.get("sensitivity_partial")  # a scan cut short: its rows done are kept
+
+        def record(so_far: Sensitivity) -> None:
+            study.set_user_attr("sensitivity_partial", so_far.to_dict())
+            if why := untrained(so_far.baseline_map):  # before probing 20-odd groups of a model that detects nothing
+                raise SearchStopped(why, study=study)
+
+        def fatal(exc: YolotuneError) -> str | None:
+            if fix := _environment_failure(str(exc)):
+                return fix
+            if isinstance(exc, StepError) and exc.step == "latency" and (lost := _lost(target)):
+                return f"the target stopped timing ({lost}); run the same command to go on from there"
+            return None
+
+        in_units = {g for members in space.units().values() for g in members}  # groups in no unit stay unpruned
         scan = scan_sensitivity(
             model=config.model,
             data=config.data,
-            groups=space.prune_groups if space.prune_groups is not None else space.groups,
+            groups=space.prune_groups
+            if space.prune_groups is not None
+            else tuple(g for g in space.groups if g in in_units),
             out_dir=study_dir(config.root, config.name) / "sensitivity",
             settings=config.settings,
             ratio=config.sensitivity_ratio,
             recovery=config.sensitivity_recovery,
             images=min(32, space.max_calibration_images),
             on_group=on_scan,
+            resume=Sensitivity.from_dict(partial) if isinstance(partial, dict) else None,
+            on_row=record,
+            fatal=fatal,
         )
         study.set_user_attr("sensitivity", scan.to_dict())
     else:
@@ -889,7 +922,7 @@ def run_search(
         on_open(study)
     if config.sensitivity_drop is not None:
         assert isinstance(space, DefaultSpace)  # preflight
-        space = _sensitive_space(config, study, space, on_scan)
+        space = _sensitive_space(config, study, space, on_scan, target=target)
     if why := _untrained_study(study):  # a resumed study whose model detects nothing: no more work
         raise SearchStopped(why, study=study)
     failures = 0
@@ -1013,7 +1046,7 @@ def run_search(
             """Fail and queue again the trials a killed driver left RUNNING (their heartbeats stopped)."""
             nonlocal config
             references_lost = 0
-            for stale in fail_stale_trials(study, storage):
+            for stale in fail_stale_trials(study, storage, keep=heartbeat.beat_now()):
                 _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
                 references_lost += bool(stale.user_attrs.get("reference"))
             if references_lost:  # found stale mid-run (the last run ended under 2 heartbeats ago): still run first
@@ -1296,16 +1329,17 @@ _JOB_KEYS_ADDED = frozenset({"space_digest", "model_digest", "fine"})
 
 
 def _absolute_files(config: SearchConfig) -> SearchConfig:
-    """``config`` naming its model and data as its job records them, its study name kept.
+    """``config`` naming its model and data as its job records them, its study name kept, its root absolute.
 
-    Candidates then find the files wherever they run (a Ray worker's working directory is not
-    the driver's).
+    Candidates then find the files, and write theirs, wherever they run (a Ray worker's working
+    directory is not the driver's).
     """
     from yolotune.assets import resolve_data, resolve_model
 
     return dataclasses.replace(
         config,
         study_name=config.name,
+        root=Path(config.root).resolve(),
         model=_job_name(config.model, resolve_model(config.model)),
         data=_job_name(config.data, resolve_data(config.data)),
     )

@@ -308,10 +308,11 @@ class RayExecutor:
             return Crashed(f"worker failed: {_reason(exc)}")
         if isinstance(built, Failed) or payload is None:
             return built
-        # built on another host: bring the deployable file to the target host
+        # built on another host: bring the deployable file, and the plan beside it, to the target host
         local = Path(key.out_dir) / built.deployable.name
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_bytes(payload)
+        built.plan.save(local.parent / "plan.yaml")  # the driver uploads it to the artifact store
         return replace(built, deployable=local)
 
     def cancel_all(self) -> list[Any]:

@@ -50,6 +50,18 @@ class Heartbeat:
             self._trial_ids.add(trial_id)
         self._beat({trial_id})
 
+    def beat_now(self) -> frozenset[int]:
+        """Beat for every trial this driver runs, now; return their ids.
+
+        Called before looking for stale trials: the thread waits on the monotonic clock, which
+        stands still while the machine is suspended, and the storage compares wall-clock times,
+        so after a suspend this driver's own trials would look stale until the thread wakes.
+        """
+        with self._lock:
+            ids = frozenset(self._trial_ids)
+        self._beat(set(ids))
+        return ids
+
     def remove(self, trial_id: int) -> None:
         """Stop beating for a finished trial."""
         with self._lock:
@@ -70,7 +82,9 @@ class Heartbeat:
             self._beat(ids)
 
 
-def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[optuna.trial.FrozenTrial]:
+def fail_stale_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, *, keep: frozenset[int] = frozenset()
+) -> list[optuna.trial.FrozenTrial]:
     """Fail RUNNING trials whose driver stopped beating; return them (still holding their params).
 
     Each gets ``fail_reason`` before it is failed. The caller queues the retries.
@@ -78,6 +92,7 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage)
     Args:
         study: The study.
         storage: Its storage as opened (``open_storage``), not the study's cached wrapper.
+        keep: Trial ids (``_trial_id``) of the caller's own running trials: never stale to it.
     """
     interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
     if not isinstance(storage, RDBStorage) or interval is None:
@@ -86,6 +101,8 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage)
     failed = []
     # Optuna's own fail_stale_trials cannot record a reason: a FAIL trial's attributes are frozen
     for trial_id in storage._get_stale_trial_ids(study._study_id):
+        if trial_id in keep:
+            continue
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", f"its driver stopped (no heartbeat for {grace} s)")
             if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):

@@ -12,6 +12,7 @@ only those (``DefaultSpace.prune_groups``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class Sensitivity:
         baseline_map: mAP50-95 of the unpruned FP32 model.
         baseline_latency_ms: Its median latency on the target.
         groups: One row per scanned group, in model order.
+        baseline_macs: The unpruned model's MACs (an estimate), for the rows a resumed scan adds.
     """
 
     ratio: float
@@ -66,6 +68,7 @@ class Sensitivity:
     baseline_map: float
     baseline_latency_ms: float
     groups: tuple[GroupSensitivity, ...]
+    baseline_macs: float = 0.0
 
     def tolerant_groups(self, max_drop: float) -> tuple[str, ...]:
         """Groups whose mAP50-95 drop stays within ``max_drop``, in model order."""
@@ -85,6 +88,7 @@ class Sensitivity:
             baseline_map=float(data["baseline_map"]),
             baseline_latency_ms=float(data["baseline_latency_ms"]),
             groups=rows,
+            baseline_macs=float(data.get("baseline_macs", 0.0)),
         )
 
 
@@ -106,6 +110,9 @@ def scan_sensitivity(
     recovery: str = "bias",
     images: int = 32,
     on_group: Callable[[int, int, GroupSensitivity | None, str], None] | None = None,
+    resume: Sensitivity | None = None,
+    on_row: Callable[[Sensitivity], None] | None = None,
+    fatal: Callable[[YolotuneError], str | None] | None = None,
 ) -> Sensitivity:
     """Prune each group alone by ``ratio`` and measure it against the unpruned model.
 
@@ -119,46 +126,73 @@ def scan_sensitivity(
         recovery: Post-training recovery of each probe: ``bn``, ``bias`` (default) or ``ls``.
         images: Training images the recovery sees (capped at the training split).
         on_group: Progress: ``(done, total, row, group)``; ``row`` is None for the baseline.
+        resume: A scan cut short (what ``on_row`` was last given, same ratio and recovery): its
+            baseline and rows are kept, and only the groups it lacks are probed.
+        on_row: Called with the scan so far after the baseline and after each group, to record
+            it; an exception it raises stops the scan.
+        fatal: Says, for a probe's failure, how to fix it when it is the machine's (a full disk,
+            a lost target) rather than the group's; the scan then stops with that message
+            instead of leaving the group out for good.
 
     Raises:
-        YolotuneError: The unpruned model could not be measured. A group whose probe fails (a
-            group too small to prune, say) is left out of the result, so it is never pruned.
+        YolotuneError: The unpruned model could not be measured, or ``fatal`` named a failure. A
+            group whose probe fails otherwise (a group too small to prune, say) is left out of the
+            result, so it is never pruned.
     """
     if recovery not in SENSITIVITY_RECOVERY:
         raise PlanError(f"sensitivity recovery must be one of {', '.join(SENSITIVITY_RECOVERY)}; got {recovery!r}")
     groups = list(groups)
     total = len(groups) + 1
     images = max(1, min(images, len(prepare_dataset(data).train_images)))
-    unpruned = CompressionPlan()
-    base = run_candidate(model=model, data=data, plan=unpruned, out_dir=out_dir / "unpruned", settings=settings)
+    if resume is not None and (resume.ratio, resume.recovery) == (ratio, recovery):
+        scan, base_macs = resume, resume.baseline_macs
+    else:
+        base = run_candidate(
+            model=model, data=data, plan=CompressionPlan(), out_dir=out_dir / "unpruned", settings=settings
+        )
+        scan = Sensitivity(
+            ratio=ratio,
+            recovery=recovery,
+            baseline_map=base.accuracy.map50_95,
+            baseline_latency_ms=base.latency.median_ms,
+            groups=(),
+            baseline_macs=base.macs,
+        )
+        base_macs = base.macs
     if on_group:
         on_group(1, total, None, "unpruned")
-    rows: list[GroupSensitivity] = []
+    if on_row:
+        on_row(scan)
+    done = {g.group: g for g in scan.groups}
     for k, group in enumerate(groups, start=2):
+        if group in done:
+            if on_group:
+                on_group(k, total, done[group], group)
+            continue
         try:
             probe = _probe(group, ratio, recovery, images)
             r: CandidateResult = run_candidate(
                 model=model, data=data, plan=probe, out_dir=out_dir / group, settings=settings
             )
         except YolotuneError as exc:
+            if fatal is not None and (fix := fatal(exc)):
+                raise YolotuneError(f"the sensitivity scan stopped at {group}: {fix}") from exc
             if on_group:
                 on_group(k, total, None, f"{group}: {exc}")
             continue
         row = GroupSensitivity(
             group=group,
             map50_95=r.accuracy.map50_95,
-            map_drop=base.accuracy.map50_95 - r.accuracy.map50_95,
+            map_drop=scan.baseline_map - r.accuracy.map50_95,
             latency_ms=r.latency.median_ms,
-            macs_ratio=r.macs / base.macs if base.macs else 1.0,
+            macs_ratio=r.macs / base_macs if base_macs else 1.0,
             seconds=sum(r.step_seconds.values()),
         )
-        rows.append(row)
+        order = {g: i for i, g in enumerate(groups)}  # model order, whichever run probed them
+        rows = sorted([*scan.groups, row], key=lambda g: order.get(g.group, len(order)))
+        scan = dataclasses.replace(scan, groups=tuple(rows))
+        if on_row:
+            on_row(scan)
         if on_group:
             on_group(k, total, row, group)
-    return Sensitivity(
-        ratio=ratio,
-        recovery=recovery,
-        baseline_map=base.accuracy.map50_95,
-        baseline_latency_ms=base.latency.median_ms,
-        groups=tuple(rows),
-    )
+    return scan

@@ -1,0 +1,30 @@
+"""Heartbeats of a driver's own trials, and failing the trials of a driver that died."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+
+from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
+from yolotune.studies import open_storage
+
+
+def test_a_driver_never_fails_its_own_trials_as_stale_even_after_a_suspend(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1)
+    study = optuna.create_study(study_name="s", storage=storage)
+    with Heartbeat(storage) as heartbeat:
+        mine, theirs = study.ask(), study.ask()
+        heartbeat.add(mine._trial_id)
+        storage.record_heartbeat(theirs._trial_id)  # another driver's trial, which then dies
+        heartbeat._stop.set()  # the machine sleeps: this driver's thread beats no more
+        time.sleep(4.5)  # past the grace period (3 intervals; SQLite counts whole seconds) for both
+        failed = fail_stale_trials(study, storage, keep=heartbeat.beat_now())
+    assert [t.number for t in failed] == [theirs.number]
+    assert failed[0].user_attrs["fail_reason"] == "its driver stopped (no heartbeat for 3 s)"
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {mine.number: optuna.trial.TrialState.RUNNING, theirs.number: optuna.trial.TrialState.FAIL}
+    # without the beat, its own trial would have looked stale too
+    time.sleep(4.5)
+    assert [t.number for t in fail_stale_trials(study, storage)] == [mine.number]
