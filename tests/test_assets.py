@@ -244,3 +244,24 @@ def test_validation_images_that_are_training_images_too_are_said_and_never_fine_
     source = sorted((tmp_path / "copied" / "images" / "val").iterdir())[0]
     (tmp_path / "copied" / "images" / "train" / "copy.jpg").write_bytes(source.read_bytes())
     assert prepare_dataset(copied).shared == (source,)
+
+
+def test_a_validation_subset_is_a_split_of_its_own_with_its_own_label_cache(fp32_onnx_160: Path) -> None:
+    import yaml
+
+    from yolotune.assets import val_subset
+    from yolotune.evaluators import measure_map
+
+    whole = prepare_dataset("coco8")
+    subset = val_subset(whole, 2)
+    root = whole.yaml_path.parent
+    assert yaml.safe_load(subset.yaml_path.read_text())["val"] == "images/val2"
+    assert len(subset.val_images) == 2 and len(list((root / "images" / "val2").iterdir())) == 2
+    assert len(list((root / "labels" / "val2").glob("*.txt"))) == 2
+    measure_map(fp32_onnx_160, whole, imgsz=160)
+    cache = root / "labels" / "val.cache"
+    before = cache.stat().st_mtime_ns
+    on_two = measure_map(fp32_onnx_160, subset, imgsz=160)
+    # Ultralytics cached the subset's labels apart: the whole split's cache was neither rescanned nor rewritten
+    assert (root / "labels" / "val2.cache").is_file() and cache.stat().st_mtime_ns == before
+    assert 0 < on_two.map50_95 <= 1 and val_subset(whole, 2).yaml_path == subset.yaml_path  # made once

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,17 @@ def test_temporary_folders_a_killed_process_left_are_swept(tmp_path: Path, monke
     dead = tmp_path / "tmp" / f"quantize-{gone.stdout.strip()}-abc"  # its process has exited: a kill -9 left it
     mine = tmp_path / "tmp" / f"quantize-{os.getpid()}-def"  # this process's, in use by another thread
     other = tmp_path / "tmp" / f"trtexec-{gone.stdout.strip()}-ghi"  # another kind: swept by its own kind
-    for folder in (dead, mine, other):
+    host = socket.gethostname().replace("-", "_")
+    dead_here = tmp_path / "tmp" / f"quantize-{gone.stdout.strip()}@{host}-jkl"
+    # a Ray worker on another host sharing YOLOTUNE_TMP: that process id means nothing here
+    elsewhere = tmp_path / "tmp" / f"quantize-{gone.stdout.strip()}@worker_7-mno"
+    for folder in (dead, mine, other, dead_here, elsewhere):
         (folder / "pre.onnx").parent.mkdir(parents=True)
         (folder / "pre.onnx").write_bytes(b"13 MB in real life")
     with temporary_dir("quantize") as tmp:
-        assert tmp.is_dir() and tmp.parent == tmp_path / "tmp" and tmp.name.startswith(f"quantize-{os.getpid()}-")
-        assert not dead.exists() and mine.exists() and other.exists()
+        assert tmp.is_dir() and tmp.parent == tmp_path / "tmp"
+        assert tmp.name.startswith(f"quantize-{os.getpid()}@{host}-")
+        assert not dead.exists() and not dead_here.exists() and mine.exists() and other.exists() and elsewhere.exists()
     assert not tmp.exists()
 
 

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -50,18 +51,22 @@ def workspace_dir() -> Path:
 
 @contextlib.contextmanager
 def temporary_dir(prefix: str) -> Iterator[Path]:
-    """A temporary folder in yolotune's scratch dir, removed afterwards, named by this process's id.
+    """A temporary folder in yolotune's scratch dir, removed afterwards, named by this process's id and host.
 
     A process killed (``kill -9``, out of memory) cannot remove its folder: the next one with the
-    same ``prefix`` removes every folder whose process is gone, so they do not pile up.
+    same ``prefix`` on the same host removes every folder whose process is gone, so they do not
+    pile up. Folders of other hosts (Ray workers sharing ``YOLOTUNE_TMP`` on a network disk) are
+    left alone: their process ids mean nothing here.
     """
     parent = workspace_dir() / "tmp"
     parent.mkdir(exist_ok=True)
+    host = socket.gethostname().replace("-", "_")
     for left in parent.glob(f"{prefix}-*"):
-        pid = left.name.removeprefix(f"{prefix}-").split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        owner = left.name.removeprefix(f"{prefix}-").split("-")[0]  # "<pid>@<host>", or "<pid>" before hosts
+        pid, _, where = owner.partition("@")
+        if pid.isdigit() and where in ("", host) and not _alive(int(pid)):
             shutil.rmtree(left, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}-", dir=parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}@{host}-", dir=parent) as tmp:
         yield Path(tmp)
 
 

@@ -9,6 +9,7 @@ nothing is ever written next to the user's data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -473,7 +474,10 @@ def val_subset(dataset: Dataset, count: int) -> Dataset:
     """The same dataset validated on ``count`` of its validation images (evenly spaced, deterministic).
 
     Used by the cheap rung of multi-fidelity search; ``count`` at or above the split's size
-    returns ``dataset`` itself.
+    returns ``dataset`` itself. The subset is a split of its own (``images/val<count>`` and
+    ``labels/val<count>``, links to the same files), so Ultralytics keeps its own label cache for it
+    (``labels/val<count>.cache``): with a list of the split's own images it would share
+    ``labels/val.cache`` with the whole split, and rescan and rewrite it at every switch between them.
     """
     n = len(dataset.val_images)
     if count >= n:
@@ -483,12 +487,20 @@ def val_subset(dataset: Dataset, count: int) -> Dataset:
     picks = sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(count)})
     root = dataset.yaml_path.parent
     links = sorted((root / "images" / "val").iterdir())
-    listing = root / f"val-{count}.txt"
-    yaml_path = root / f"data-val{count}.yaml"
-    if not yaml_path.exists():
-        with whole_file(listing) as partial:
-            partial.write_text("".join(f"{links[i]}\n" for i in picks))
-        spec = {**_load_yaml(dataset.yaml_path), "val": str(listing)}
+    split = f"val{count}"
+    yaml_path = root / f"data-{split}.yaml"
+    # written last: once it is there, so are the links (one naming a list of images is from an older yolotune)
+    if not yaml_path.exists() or _load_yaml(yaml_path).get("val") != f"images/{split}":
+        for i in picks:
+            label = (root / "labels" / "val" / links[i].name).with_suffix(".txt")
+            pairs = [(root / "images" / split / links[i].name, links[i])]
+            if label.exists():
+                pairs.append(((root / "labels" / split / links[i].name).with_suffix(".txt"), label))
+            for link, source in pairs:
+                link.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):  # another process made the same link
+                    link.symlink_to(source.resolve())
+        spec = {**_load_yaml(dataset.yaml_path), "val": f"images/{split}"}
         with whole_file(yaml_path) as partial:
             partial.write_text(yaml.safe_dump(spec, sort_keys=False))
     return Dataset(

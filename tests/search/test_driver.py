@@ -13,7 +13,7 @@ from yolotune import SearchStopped, YolotuneError
 from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search, search_spaces
 from yolotune.search._candidate import file_digest
 from yolotune.spaces import CompressionPlan
-from yolotune.studies import pareto_front
+from yolotune.studies import load_study, pareto_front
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
@@ -788,6 +788,33 @@ class _DriftingTarget(_SizeTarget):
         self.timed.append(Path(model_path))
         ms = model_path.stat().st_size / 1e6 * 2 ** (len(set(self.timed)) - 1)
         return LatencyStats.from_samples([ms, ms * 1.01], warmup=0, started_at=0.0, ended_at=0.0)
+
+
+class _NoFP32Target(_SizeTarget):
+    """Times INT8 files; an FP32 file (``model.onnx``) fails, as on a device whose runtime lacks an op."""
+
+    def benchmark(self, model_path: Path, *, imgsz: int):
+        from yolotune.errors import StepError
+
+        if Path(model_path).name == "model.onnx":
+            raise StepError("latency", "the runtime cannot run this model")
+        return super().benchmark(model_path, imgsz=imgsz)
+
+
+def test_an_fp32_reference_failed_for_good_stops_a_search_under_max_map_drop(
+    coco8_search, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: _NoFP32Target())
+    with pytest.raises(
+        SearchStopped,
+        match=r"the FP32 reference trial \d+ failed \(latency failed: the runtime cannot run this model\), and "
+        r"--max-map-drop measures every plan against its mAP: fix that and run the same command",
+    ):
+        run_search(coco8_search(budget=3, max_map_drop=0.05, sampler="random"))
+    study = load_study(study=coco8_search().name, root=coco8_search().root)
+    reasons = [str(t.user_attrs.get("fail_reason")) for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))]
+    assert not any("has not completed" in r for r in reasons)  # no plan was built only to fail for want of it
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
 @pytest.mark.parametrize("time_reference", [True, False])

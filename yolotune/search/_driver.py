@@ -525,6 +525,25 @@ def _waits_for_baseline(study: optuna.Study, *, running: bool = False) -> bool:
     return any(t.user_attrs.get("reference") == "fp32" for t in study.get_trials(deepcopy=False, states=states))
 
 
+def _baseline_failed(study: optuna.Study) -> str:
+    """Why ``--max-map-drop`` cannot be applied in this run (one line), or ``""``.
+
+    The FP32 reference trial failed and no run of it is queued or running: every later candidate
+    would be built, timed and then failed for want of its mAP, each naming the wrong cause.
+    """
+    if constraints_of(study)["max_map_drop"] is None or _baseline_map(study) is not None:
+        return ""
+    fp32 = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("reference") == "fp32"]
+    state = optuna.trial.TrialState
+    if not fp32 or any(t.state in (state.WAITING, state.RUNNING) for t in fp32) or fp32[-1].state != state.FAIL:
+        return ""
+    reason = str(fp32[-1].user_attrs.get("fail_reason", "no reason recorded")).rstrip(".")
+    return (
+        f"the FP32 reference trial {fp32[-1].number} failed ({reason}), and --max-map-drop measures every plan "
+        "against its mAP: fix that and run the same command (the reference runs first), or leave out --max-map-drop"
+    )
+
+
 def _set_constraints(study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
     limits = constraints_of(study)
     if limits["max_map_drop"] is not None:
@@ -1064,6 +1083,9 @@ def run_search(
                 reap()  # before the budget check: a reference found stale now raises the budget
                 if not (_complete(study) < config.budget and failures < limit):
                     break
+                if why := _baseline_failed(study):
+                    abandon("the FP32 reference failed: --max-map-drop has no baseline")
+                    raise SearchStopped(why, study=study)
                 refill(0)
                 if executor.in_flight == 0:
                     break
