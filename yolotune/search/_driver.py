@@ -544,13 +544,20 @@ def _baseline_failed(study: optuna.Study) -> str:
     )
 
 
+def _check_baseline(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Raise ``_WaitsForBaseline`` when ``trial``'s ``--max-map-drop`` constraint needs an FP32 mAP not measured yet."""
+    needed = constraints_of(study)["max_map_drop"] is not None and trial.user_attrs.get("reference") != "fp32"
+    if needed and _baseline_map(study) is None:
+        raise _WaitsForBaseline("--max-map-drop needs the FP32 reference trial, which has not completed")
+
+
 def _set_constraints(study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
     limits = constraints_of(study)
+    _check_baseline(study, trial)
     if limits["max_map_drop"] is not None:
         is_baseline = trial.user_attrs.get("reference") == "fp32"
         base = result.accuracy.map50_95 if is_baseline else _baseline_map(study)
-        if base is None:
-            raise _WaitsForBaseline("--max-map-drop needs the FP32 reference trial, which has not completed")
+        assert base is not None  # _check_baseline
         trial.set_constraint("map_drop", (base - result.accuracy.map50_95) - limits["max_map_drop"])
     if limits["max_latency_ms"] is not None:
         trial.set_constraint("latency", result.latency.median_ms - limits["max_latency_ms"])
@@ -1154,6 +1161,7 @@ def run_search(
                                     )
                                     on_trial(outcome, study)
                                 continue
+                            _check_baseline(study, trial)  # before timing what would wait for the FP32 reference
                             result = time_candidate(
                                 built,
                                 target=target,
@@ -1289,8 +1297,8 @@ def _record(config: SearchConfig, study: optuna.Study, trial: optuna.Trial, resu
     trial.set_user_attr("latency", record["latency"])
     trial.set_user_attr("provenance", record["provenance"])
     trial.set_user_attr("artifact", str(result.deployable.resolve()))  # found from any working directory
+    _set_constraints(study, trial, result)  # first: a trial that must wait for the FP32 reference uploads nothing
     trial.set_user_attr("artifacts", _register_artifacts(config, trial, result))
-    _set_constraints(study, trial, result)
 
 
 def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
