@@ -760,15 +760,22 @@ def report(
     storage: StorageOpt = None,
     root: RootOpt = Path("studies"),
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="HTML file (default: <root>/<study>/report.html).")
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="HTML file (default: report.html in the study's folder, else ./<study>-report.html)."
+        ),
     ] = None,
 ) -> None:
     """Write a self-contained HTML report of a study (plotly)."""
     from yolotune.studies import load_study, study_dir, study_folder, write_report
 
     st = load_study(study=study, storage=storage, root=root)
-    folder = study_folder(st, root, default_storage=storage is None) or study_dir(root, st.study_name)
-    path = write_report(st, out or folder / "report.html")
+    folder = study_folder(st, root, default_storage=storage is None)
+    if folder is None:  # none surely its own: <root>/<study> may be another study's (a --storage study elsewhere)
+        folder = study_dir(root, st.study_name) if storage is None else Path(".")
+    path = write_report(
+        st, out or folder / ("report.html" if folder.name == st.study_name else f"{st.study_name}-report.html")
+    )
     _consoles.out.print(f"report: {path}")
 
 

@@ -678,6 +678,7 @@ def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(tmp_path: Pa
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
     assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted"]
     assert failed[0].number in (1, 2)
+    assert not (tmp_path / "s" / "trials" / str(failed[0].number)).exists()  # half built: its retry builds it again
     # the same command again picks up: the interrupted reference is queued again and completes
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -20,7 +20,10 @@ def test_a_driver_never_fails_its_own_trials_as_stale_even_after_a_suspend(tmp_p
         storage.record_heartbeat(theirs._trial_id)  # another driver's trial, which then dies
         heartbeat._stop.set()  # the machine sleeps: this driver's thread beats no more
         time.sleep(4.5)  # past the grace period (3 intervals; SQLite counts whole seconds) for both
-        failed = fail_stale_trials(study, storage, keep=heartbeat.beat_now())
+        keep = heartbeat.beat_now()
+        # its beat is recorded: another driver looking for stale trials now finds only the dead one's
+        assert storage._get_stale_trial_ids(study._study_id) == [theirs._trial_id]
+        failed = fail_stale_trials(study, storage, keep=keep)
     assert [t.number for t in failed] == [theirs.number]
     assert failed[0].user_attrs["fail_reason"] == "its driver stopped (no heartbeat for 3 s)"
     states = {t.number: t.state for t in study.get_trials()}

@@ -101,6 +101,7 @@ def test_a_killed_driver_leaves_nothing_lost_and_the_same_command_resumes(tmp_pa
     reaped = load_study(study="s", root=tmp_path)
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in reaped.trials]
     assert [t.state for t in reaped.trials if t.user_attrs.get("retry_of") == 1] == [COMPLETE]
+    assert not (tmp_path / "s" / "trials" / "1").exists()  # the killed driver's half-built files went with it
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     after = load_study(study="s", root=tmp_path)

@@ -127,6 +127,29 @@ def test_a_reference_that_cannot_be_timed_keeps_the_rounds_done(tmp_path: Path) 
     assert again is not None and again.rounds == 2 and not again.failed and len(fresh.timed) == 3
     assert again.timings[n["shared"]][0] == retiming.timings[n["shared"]][0]  # the first round is kept
 
+    # a round dropped because the reference failed drops the trials' failures met in it too: in the
+    # second round (reversed) "separate" fails, then the reference
+    class _FlakyRound(_TableTarget):
+        def benchmark(self, model_path: Path, *, imgsz: int):
+            if len(self.timed) >= 3 and model_path.name in ("fp32.onnx", "separate.onnx"):
+                self.timed.append(model_path.name)
+                raise StepError("latency", "the device hiccuped")
+            return super().benchmark(model_path, imgsz=imgsz)
+
+    (tmp_path / "other").mkdir()
+    other, m = _study(tmp_path / "other")
+    flaky_target = _FlakyRound(target.true_ms, per_round=3)
+    flaky = retime_front(other, target=flaky_target, imgsz=320, rounds=3)
+    assert flaky_target.timed[3:] == ["separate.onnx", "shared.onnx", "fp32.onnx"]
+    assert flaky is not None and flaky.rounds == 1 and set(flaky.failed) == {m["fp32"]}
+    # asked for no more rounds than are done: nothing timed, and the record no longer blames the reference
+    steady = _TableTarget(target.true_ms, per_round=3)
+    kept = retime_front(other, target=steady, imgsz=320, rounds=1)
+    assert kept is not None and kept.rounds == 1 and not kept.failed and not steady.timed
+    assert current_retiming(other) == kept
+    more = retime_front(other, target=steady, imgsz=320, rounds=2)  # both trials are timed again
+    assert more is not None and more.rounds == 2 and all(len(ms) == 2 for ms in more.timings.values())
+
 
 def test_a_reference_that_fails_in_the_first_round_is_named_by_tune_show(tmp_path: Path) -> None:
     from typer.testing import CliRunner

@@ -111,3 +111,27 @@ def test_a_study_opened_by_url_deletes_its_own_folder_never_another_of_the_same_
     unrelated = _study_with_files(tmp_path / "c", "N")  # same name, none of N's files
     assert delete_study(study="M", storage=url, root=tmp_path / "c") == [moved] and not moved.exists()
     assert delete_study(study="N", storage=url, root=tmp_path / "c") == [] and unrelated.is_dir()
+
+
+def test_a_copied_studies_folder_deletes_its_own_copy_never_the_original(tmp_path: Path) -> None:
+    import shutil
+
+    original = _study_with_files(tmp_path / "a", "S")
+    study = optuna.load_study(study_name="S", storage=default_storage_url(tmp_path / "a", "S"))
+    study.set_user_attr("artifact_store", str(original / "artifacts"))  # recorded by its search, in a/
+    shutil.copytree(tmp_path / "a", tmp_path / "backup")
+    copy = tmp_path / "backup" / "S"
+    assert delete_study(study="S", root=tmp_path / "backup") == [copy, tmp_path / "backup" / "S.db"]
+    assert (original / "trials" / "0" / "model.onnx").is_file() and (tmp_path / "a" / "S.db").is_file()
+
+
+def test_a_report_of_a_study_opened_by_url_never_lands_in_another_studys_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    optuna.create_study(study_name="S", storage=open_storage(url)).add_trial(optuna.trial.create_trial(value=1.0))
+    other = _study_with_files(tmp_path / "b" / "studies", "S")  # same name, another project's
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["report", "--study", "S", "--storage", url, "--root", "b/studies"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "S-report.html").is_file() and not (other / "report.html").exists()

@@ -540,7 +540,8 @@ def _baseline_failed(study: optuna.Study) -> str:
     reason = str(fp32[-1].user_attrs.get("fail_reason", "no reason recorded")).rstrip(".")
     return (
         f"the FP32 reference trial {fp32[-1].number} failed ({reason}), and --max-map-drop measures every plan "
-        "against its mAP: fix that and run the same command (the reference runs first), or leave out --max-map-drop"
+        "against its mAP: fix that and run the same command (the reference runs first), or start another --study "
+        "without --max-map-drop"
     )
 
 
@@ -983,6 +984,7 @@ def run_search(
         open_trials.pop(trial.number, None)
         trial.set_user_attr("fail_reason", _QUEUED_BEHIND_FP32)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        shutil.rmtree(root / str(trial.number), ignore_errors=True)  # its retry builds it again
         _retry(study, trial, _QUEUED_BEHIND_FP32, always=True)
 
     # the driver beats for its trials itself (Heartbeat), so Optuna's optimize-only note does not apply
@@ -1066,6 +1068,7 @@ def run_search(
                     pending.trial.set_user_attr("fail_reason", reason)
                     study.tell(pending.trial, state=optuna.trial.TrialState.FAIL)
                     _retry(study, pending.trial, reason, always=True)
+                shutil.rmtree(pending.out_dir, ignore_errors=True)  # half built; its retry builds it again
             open_trials.clear()
 
         def reap() -> None:
@@ -1074,6 +1077,7 @@ def run_search(
             references_lost = 0
             for stale in fail_stale_trials(study, storage, keep=heartbeat.beat_now()):
                 _retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
+                shutil.rmtree(root / str(stale.number), ignore_errors=True)  # a killed driver's half-built files
                 references_lost += bool(stale.user_attrs.get("reference"))
             if references_lost:  # found stale mid-run (the last run ended under 2 heartbeats ago): still run first
                 wanted = _complete(study) + executor.in_flight + _waiting_through_references(study)

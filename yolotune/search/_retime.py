@@ -122,6 +122,7 @@ def retime_front(
         retiming = dataclasses.replace(
             retiming, failed={n: why for n, why in retiming.failed.items() if n != ref_number}
         )
+        study.set_user_attr(RETIMED_ATTR, retiming.to_dict())
     for k in range(retiming.rounds, rounds):
         alive = [n for n in retiming.trials if n not in retiming.failed]
         order = [ref_number, *alive]
@@ -144,8 +145,8 @@ def retime_front(
                 failed[n] = str(exc)
                 if n == ref_number:
                     break  # nothing to pair this round with: keep the rounds done
-        if ref_number in failed:
-            retiming = dataclasses.replace(retiming, failed=failed)
+        if ref_number in failed:  # the round is dropped, and with it the other failures met in it
+            retiming = dataclasses.replace(retiming, failed={**retiming.failed, ref_number: failed[ref_number]})
             study.set_user_attr(RETIMED_ATTR, retiming.to_dict())
             break
         retiming = dataclasses.replace(

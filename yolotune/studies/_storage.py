@@ -52,12 +52,14 @@ def study_folder(study: optuna.Study, root: Path, *, default_storage: bool) -> P
         default_storage: The study was opened from its default SQLite file under ``root``, so
             ``<root>/<study>`` is its folder by construction.
 
-    The folder its last search recorded comes first (a study opened through ``--storage`` from
-    another directory). ``<root>/<study>`` counts otherwise only with the default storage, or when
-    its artifact store holds one of this study's files: a folder of the same name may belong to
-    another study.
+    With the default storage, ``<root>/<study>`` beside the study's file (a studies folder copied
+    elsewhere holds its own copy). Else the folder its last search recorded (a study opened through
+    ``--storage`` from another directory), and ``<root>/<study>`` only when its artifact store
+    holds one of this study's files: a folder of the same name may belong to another study.
     """
     beside = study_dir(root, study.study_name)
+    if default_storage and beside.is_dir():  # a copied or moved studies folder: its own copy, never the original
+        return beside
     recorded = study.user_attrs.get("artifact_store")
     if recorded:
         folder = Path(str(recorded)).parent
@@ -108,7 +110,7 @@ def default_storage_url(root: Path, study_name: str) -> str:
 
 _LOCKS: dict[str, object] = {}
 _LOCKS_GUARD = threading.Lock()
-_ADVISORY_KEY = zlib.crc32(b"yolotune.storage_lock")  # one key per PostgreSQL database, every study
+_KEY = zlib.crc32(b"yolotune.storage_lock")  # one key per PostgreSQL database, every study
 
 
 @contextlib.contextmanager
@@ -149,13 +151,18 @@ def storage_lock(url: str) -> Iterator[None]:
 
 
 class _AdvisoryLock:
-    """A PostgreSQL session advisory lock on a connection of its own, re-entrant within this process."""
+    """A PostgreSQL session advisory lock on a connection of its own, re-entrant within this process.
+
+    The connection is in autocommit (no transaction idles while the lock is held, which servers
+    with ``idle_in_transaction_session_timeout`` would end) and comes from one engine's pool.
+    """
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._guard = threading.RLock()
         self._depth = 0
         self._connection: Any = None
+        self._engine: Any = None
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -168,21 +175,26 @@ class _AdvisoryLock:
             finally:
                 self._depth -= 1
                 if self._depth == 0 and self._connection is not None:
-                    with contextlib.suppress(Exception):  # closing the session releases its lock
+                    import sqlalchemy
+
+                    with contextlib.suppress(Exception):  # a session lost meanwhile took its lock with it
+                        self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _KEY})
+                    with contextlib.suppress(Exception):
                         self._connection.close()
                     self._connection = None
 
     def _lock(self) -> Any:
         """A connection holding the lock, or ``None`` when the server cannot be reached (the open reports it)."""
         import sqlalchemy
-        from sqlalchemy.pool import NullPool
 
         try:
-            connection = sqlalchemy.create_engine(self._url, poolclass=NullPool).connect()
+            if self._engine is None:  # autocommit: the session never idles in a transaction while it holds
+                self._engine = sqlalchemy.create_engine(self._url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+            connection = self._engine.connect()
         except Exception:
             return None
         try:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_KEY})
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _KEY})
         except Exception:
             connection.close()
             return None
