@@ -85,29 +85,19 @@ def test_search_prunes_only_tolerant_groups_and_scans_once(tmp_path: Path, monke
     assert 'data-group="backbone.2" data-searched="0"' in section
 
 
-def test_no_scan_when_the_space_never_prunes(tmp_path: Path, monkeypatch) -> None:
+def test_no_scan_when_the_space_never_prunes(tmp_path: Path, monkeypatch, coco8_search) -> None:
     def no_scan(**_: object) -> None:
         raise AssertionError("scanned a space that never prunes")
 
     monkeypatch.setattr(_driver, "scan_sensitivity", no_scan)
     space = tmp_path / "space.yaml"
     space.write_text("max_ratio: 0.0\n")
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=1,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        retime_rounds=0,  # re-timing is tested apart
-        space=str(space),
-        sensitivity_drop=0.03,
-    )
-    study = run_search(config)
+    study = run_search(coco8_search(space=str(space), sensitivity_drop=0.03))
     assert "sensitivity" not in study.user_attrs
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 1
 
 
-def test_a_space_of_explicit_units_scans_only_the_groups_in_them(tmp_path: Path, monkeypatch) -> None:
+def test_a_space_of_explicit_units_scans_only_the_groups_in_them(tmp_path: Path, monkeypatch, coco8_search) -> None:
     scanned: list[tuple[str, ...]] = []
 
     class Scanned(Exception):
@@ -120,17 +110,8 @@ def test_a_space_of_explicit_units_scans_only_the_groups_in_them(tmp_path: Path,
     monkeypatch.setattr(_driver, "scan_sensitivity", record)
     space = tmp_path / "space.yaml"
     space.write_text("units:\n  stem: [backbone.0, backbone.1]\n  sppf: [backbone.9]\n")
-    config = SearchConfig(
-        model="yolov8n-coco.pt",
-        data="coco8",
-        budget=1,
-        settings=CandidateSettings(imgsz=160),
-        root=tmp_path,
-        space=str(space),
-        sensitivity_drop=0.03,
-    )
     with pytest.raises(Scanned):
-        run_search(config)
+        run_search(coco8_search(space=str(space), sensitivity_drop=0.03))
     assert scanned == [("backbone.0", "backbone.1", "backbone.9")]  # groups in no unit stay fp32, unpruned
 
 
