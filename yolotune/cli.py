@@ -790,10 +790,11 @@ def delete(
     """Delete a study: its trials, its folder of trial files, and its SQLite file when it holds no other."""
     import optuna
 
-    from yolotune.studies import delete_study, load_study, study_folder
+    from yolotune.studies import delete_study, load_study, recorded_folder, study_folder
 
     st = load_study(study=study, storage=storage, root=root)
     folder = study_folder(st, root, default_storage=storage is None)
+    elsewhere = recorded_folder(st)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder is not None else 0
     running = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     files = f"{size / 2**20:.0f} MB in {folder}/" if folder is not None else "no folder of trial files found"
@@ -809,6 +810,12 @@ def delete(
         raise typer.Exit(1)
     for path in delete_study(study=st.study_name, storage=storage, root=root):
         _consoles.out.print(f"removed {path}", highlight=False)
+    if elsewhere is not None and elsewhere.is_dir() and (folder is None or elsewhere.resolve() != folder.resolve()):
+        _consoles.err.print(
+            f"left {elsewhere}/, the trial files its search recorded: a copy of this study (or the original) may "
+            f"use them; delete them yourself if none does (or pass the --root that holds them)",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -208,13 +208,21 @@ def test_an_export_interrupted_while_remeasuring_keeps_none_of_its_files(
     (out / "notes.txt").write_text("the user's own file")
 
     def ctrl_c(*args: object, **kwargs: object) -> None:  # the user presses Ctrl-C during the timing rounds
-        assert (out / "model.int8.onnx").is_file() and (out / "recipe.yaml").is_file()
+        staged = list(out.glob(".export-*.partial"))
+        assert len(staged) == 1 and {"model.int8.onnx", "recipe.yaml"} <= {p.name for p in staged[0].iterdir()}
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_export, "_remeasure", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         export_trial(study, int8, out, artifacts=artifact_dir(root, name))
     assert [p.name for p in out.iterdir()] == ["notes.txt"]  # no model and recipe that look like a whole export
+    # an earlier, whole export in the folder stays as it was when the next one is interrupted
+    fp32 = next(t.number for t in study.trials if t.user_attrs.get("reference") == "fp32")
+    export_trial(study, fp32, out, artifacts=artifact_dir(root, name), remeasure=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(KeyboardInterrupt):
+        export_trial(study, int8, out, artifacts=artifact_dir(root, name))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
     def agent_lost(*args: object, **kwargs: object) -> None:
         raise StepError("latency", "device agent at http://pi:8765 unreachable (Connection refused)")

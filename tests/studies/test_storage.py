@@ -96,20 +96,19 @@ def test_a_study_opened_by_url_deletes_its_own_folder_never_another_of_the_same_
     (own / "artifacts").mkdir(parents=True)
     (own / "artifacts" / "id-1").write_bytes(b"onnx")
     _study_with_files(tmp_path / "b" / "studies", "S")  # another project's study of the same name
-    # run from b's project folder: --root defaults to its studies/, which holds the other S
-    args = ["delete", "--study", "S", "--storage", url, "--root", str(tmp_path / "b" / "studies")]
-    asked = CliRunner().invoke(app, args, input="n\n")
-    assert f"0 MB in {own}/" in asked.output
-    assert delete_study(study="S", storage=url, root=tmp_path / "b" / "studies") == [own]
-    assert not own.exists() and (other / "trials" / "0" / "model.onnx").is_file()
-    # a study folder moved since its search: found under --root by a file of its own
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    _searched(url, "M", tmp_path / "gone" / "M" / "artifacts", "id-2")
-    moved = _study_with_files(tmp_path / "c", "M")
-    (moved / "artifacts" / "id-2").write_bytes(b"onnx")
+    # run from b's project folder: --root defaults to its studies/, which holds the other S; the
+    # folder S's search recorded is not deleted either (a copy of the study file records the original's)
+    args = ["delete", "--study", "S", "--storage", url, "--root", str(tmp_path / "b" / "studies"), "--yes"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert f"left {own}/, the trial files its search recorded" in " ".join(done.output.split())
+    assert own.is_dir() and (other / "trials" / "0" / "model.onnx").is_file()
+    # with the --root that holds them, its own files (found by an artifact of its own) go
+    _searched(url, "S", own / "artifacts", "id-1")
+    assert delete_study(study="S", storage=url, root=tmp_path / "a" / "studies") == [own]
+    url = f"sqlite:///{tmp_path / 'n.db'}"
     _searched(url, "N", tmp_path / "gone" / "N" / "artifacts", "id-3")
     unrelated = _study_with_files(tmp_path / "c", "N")  # same name, none of N's files
-    assert delete_study(study="M", storage=url, root=tmp_path / "c") == [moved] and not moved.exists()
     assert delete_study(study="N", storage=url, root=tmp_path / "c") == [] and unrelated.is_dir()
 
 
@@ -135,3 +134,15 @@ def test_a_report_of_a_study_opened_by_url_never_lands_in_another_studys_folder(
     done = CliRunner().invoke(app, ["report", "--study", "S", "--storage", url, "--root", "b/studies"])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "S-report.html").is_file() and not (other / "report.html").exists()
+
+
+def test_a_copied_study_file_alone_deletes_no_folder(tmp_path: Path) -> None:
+    import shutil
+
+    original = _study_with_files(tmp_path / "a", "S")
+    study = optuna.load_study(study_name="S", storage=default_storage_url(tmp_path / "a", "S"))
+    study.set_user_attr("artifact_store", str(original / "artifacts"))
+    (tmp_path / "onlydb").mkdir()
+    shutil.copy(tmp_path / "a" / "S.db", tmp_path / "onlydb" / "S.db")  # a backup of the database alone
+    assert delete_study(study="S", root=tmp_path / "onlydb") == [tmp_path / "onlydb" / "S.db"]
+    assert (original / "trials" / "0" / "model.onnx").is_file()

@@ -729,7 +729,7 @@ def preflight(config: SearchConfig) -> tuple[Space, DefaultSpace, Target]:
         if config.workers * config.cpus_per_worker > cpus:
             raise YolotuneError(
                 f"--workers {config.workers} needs {config.workers * config.cpus_per_worker} CPUs; this machine "
-                f"has {cpus} (use fewer workers or --cpus-per-worker, or a Ray cluster: --ray-address)"
+                f"has {cpus} (use fewer workers, or a Ray cluster: --ray-address)"
             )
     space, default = search_spaces(config)
     if config.settings.gpus and config.workers == 1 and config.ray_address is None:

@@ -9,7 +9,9 @@ re-measured numbers side by side.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
+import os
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -159,20 +161,30 @@ def export_trial(
     dataset = _dataset(job) if remeasure else None  # both checked before any file is written
     made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / "recipe.yaml").is_file():  # an earlier export: none of its files may pass for this one's
-        for stale in (*_MODEL_FILES, "plan.yaml", "recipe.yaml", "remeasured.json"):
-            (out_dir / stale).unlink(missing_ok=True)
     name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
+    # written aside first: Ctrl-C or a failed re-measurement leaves no half export, and an earlier
+    # export in the folder stays whole until this one is
+    staging = out_dir / f".export-{os.getpid()}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
-        return _export_files(
-            study, trial, out_dir, name=name, store=store, target=target, dataset=dataset, rounds=rounds
+        done = _export_files(
+            study, trial, staging, name=name, store=store, target=target, dataset=dataset, rounds=rounds
         )
-    except BaseException:  # Ctrl-C or a failed re-measurement: no half export passes for a whole one
-        for written in (name, "plan.yaml", "recipe.yaml", "remeasured.json"):
-            (out_dir / written).unlink(missing_ok=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         if made and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
+    if (out_dir / "recipe.yaml").is_file():  # an earlier export: none of its files may pass for this one's
+        for stale in (*_MODEL_FILES, "plan.yaml", "recipe.yaml", "remeasured.json"):
+            (out_dir / stale).unlink(missing_ok=True)
+    for written in staging.iterdir():
+        os.replace(written, out_dir / written.name)
+    staging.rmdir()
+    return dataclasses.replace(
+        done, model=out_dir / done.model.name, recipe=out_dir / done.recipe.name, plan=out_dir / done.plan.name
+    )
 
 
 def _refuse_study_files(out_dir: Path, trial: optuna.trial.FrozenTrial, store: Path | None) -> None:

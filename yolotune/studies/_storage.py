@@ -25,6 +25,7 @@ __all__ = [
     "find_artifact_dir",
     "load_study",
     "open_storage",
+    "recorded_folder",
     "storage_lock",
     "study_dir",
     "study_folder",
@@ -44,7 +45,7 @@ def artifact_dir(root: Path, study_name: str) -> Path:
 
 
 def study_folder(study: optuna.Study, root: Path, *, default_storage: bool) -> Path | None:
-    """The folder of a study's trial files on this host, or ``None`` when none is found that is surely its own.
+    """The folder of a study's trial files under ``root``, or ``None`` when none there is surely its own.
 
     Args:
         study: The study.
@@ -52,19 +53,12 @@ def study_folder(study: optuna.Study, root: Path, *, default_storage: bool) -> P
         default_storage: The study was opened from its default SQLite file under ``root``, so
             ``<root>/<study>`` is its folder by construction.
 
-    With the default storage, ``<root>/<study>`` beside the study's file (a studies folder copied
-    elsewhere holds its own copy). Else the folder its last search recorded (a study opened through
-    ``--storage`` from another directory), and ``<root>/<study>`` only when its artifact store
-    holds one of this study's files: a folder of the same name may belong to another study.
+    Otherwise ``<root>/<study>`` counts only when its artifact store holds one of this study's
+    files: a folder of the same name may belong to another study. The folder the study's last
+    search recorded is never taken: a copied study file records the original's folder, which
+    deleting the copy must not touch (``recorded_folder`` names it for a message).
     """
     beside = study_dir(root, study.study_name)
-    if default_storage and beside.is_dir():  # a copied or moved studies folder: its own copy, never the original
-        return beside
-    recorded = study.user_attrs.get("artifact_store")
-    if recorded:
-        folder = Path(str(recorded)).parent
-        if folder.name == study.study_name and folder.is_dir():
-            return folder
     if not beside.is_dir():
         return None
     if default_storage:
@@ -74,6 +68,13 @@ def study_folder(study: optuna.Study, root: Path, *, default_storage: bool) -> P
         if any((beside / "artifacts" / artifact_id).is_file() for artifact_id in ids.values()):
             return beside
     return None
+
+
+def recorded_folder(study: optuna.Study) -> Path | None:
+    """The folder of trial files the study's last search recorded, when it exists on this host."""
+    recorded = study.user_attrs.get("artifact_store")
+    folder = Path(str(recorded)).parent if recorded else None
+    return folder if folder is not None and folder.name == study.study_name and folder.is_dir() else None
 
 
 def find_artifact_dir(study: optuna.Study, root: Path | None = None) -> Path | None:
