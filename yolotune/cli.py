@@ -771,11 +771,13 @@ def report(
 
     st = load_study(study=study, storage=storage, root=root)
     folder = study_folder(st, root, default_storage=storage is None)
-    if folder is None:  # none surely its own: <root>/<study> may be another study's (a --storage study elsewhere)
-        folder = study_dir(root, st.study_name) if storage is None else Path(".")
-    path = write_report(
-        st, out or folder / ("report.html" if folder.name == st.study_name else f"{st.study_name}-report.html")
-    )
+    if folder is not None:
+        default = folder / "report.html"
+    elif storage is None:  # the default file without its folder (deleted): the folder is made
+        default = study_dir(root, st.study_name) / "report.html"
+    else:  # none surely its own: <root>/<study> may be another study's
+        default = Path(f"{st.study_name}-report.html")
+    path = write_report(st, out or default)
     _consoles.out.print(f"report: {path}")
 
 

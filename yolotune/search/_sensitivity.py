@@ -12,9 +12,8 @@ only those (``DefaultSpace.prune_groups``).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +189,7 @@ def scan_sensitivity(
         )
         order = {g: i for i, g in enumerate(groups)}  # model order, whichever run probed them
         rows = sorted([*scan.groups, row], key=lambda g: order.get(g.group, len(order)))
-        scan = dataclasses.replace(scan, groups=tuple(rows))
+        scan = replace(scan, groups=tuple(rows))
         if on_row:
             on_row(scan)
         if on_group:

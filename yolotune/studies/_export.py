@@ -26,7 +26,7 @@ from yolotune._numbers import is_whole
 from yolotune.errors import YolotuneError
 from yolotune.studies._front import fp32_reference
 from yolotune.studies._retimed import Retiming, current_retiming
-from yolotune.studies._storage import deployable_file, find_artifact_dir
+from yolotune.studies._storage import deployable_file, find_artifact_dir, recorded_folder
 
 if TYPE_CHECKING:
     from yolotune.assets import Dataset
@@ -77,9 +77,9 @@ def _eval_command(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     """``tune eval`` of a trial's plan on the study's job (model, data, size, target), as far as recorded."""
     import shlex
 
-    store = study.user_attrs.get("artifact_store")  # <root>/<study>/artifacts, beside trials/
+    folder = recorded_folder(study)  # <root>/<study>, holding trials/
     owner = trial.user_attrs.get("duplicate_of", trial.number)  # a duplicate's plan file is its twin's
-    plan = Path(str(store)).parent / "trials" / str(owner) / "plan.yaml" if store else None
+    plan = folder / "trials" / str(owner) / "plan.yaml" if folder is not None else None
     job = study.user_attrs.get("job") or {}
     words = ["tune", "eval"]
     for flag, key in (("--model", "model"), ("--data", "data"), ("--imgsz", "imgsz"), ("--target", "target")):
