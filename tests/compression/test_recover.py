@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 from yolotune.assets import Dataset
 from yolotune.compression import KeptChannels, prune, recover, reestimate_batchnorm, unpruned_copy
 from yolotune.compression import ultralytics_adapter as adapter
+from yolotune.compression._reconstruct import reconstruct_consumers
 from yolotune.search import CandidateSettings, run_candidate
 from yolotune.spaces import CompressionPlan, PruningConfig
 
@@ -161,6 +164,34 @@ def test_reconstruction_reduces_consumer_error_on_held_out_images(yolov8n, tiny_
     # every consumer improves on images the fit never saw (measured: median 0.81 → 0.63 after BN)
     assert all(fitted[n] < raw[n] for n in raw), {n: (raw[n], fitted[n]) for n in raw}
     assert sorted(fitted.values())[len(fitted) // 2] < 0.85 * sorted(raw.values())[len(raw) // 2]
+
+
+@pytest.mark.parametrize("method", ["ls", "bias"])
+def test_passes_that_reuse_final_layers_fit_exactly_what_whole_passes_fit(yolov8n, coco8: Dataset, method: str) -> None:
+    # every group but the stem: consumers in the backbone, in the neck behind its concats, in the head
+    ratios = {g: 0.25 for g in adapter.model_layout(yolov8n).groups if g not in ("backbone.0", "backbone.1")}
+    original, kept = _pruned(yolov8n, ratios, 160)
+    twin = copy.deepcopy(yolov8n)
+    images = list(adapter.calibration_images(coco8, imgsz=160, count=4))
+    runs: dict[str, int] = {}
+    for name, model, layers in (("whole", twin, None), ("reused", yolov8n, adapter.layer_reads(yolov8n))):
+        counted = [
+            m.register_forward_hook(lambda *_, name=name: runs.update({name: runs.get(name, 0) + 1}))
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d)
+        ]
+        report = reconstruct_consumers(
+            model, original, kept, images, norms=adapter.conv_norms(model), method=method, batch=3, layers=layers
+        )
+        for h in counted:
+            h.remove()
+        assert report.layers > 40
+    fitted, reference = yolov8n.state_dict(), twin.state_dict()
+    assert fitted.keys() == reference.keys()
+    assert all(torch.equal(fitted[k], reference[k]) for k in fitted), [
+        k for k in fitted if not torch.equal(fitted[k], reference[k])
+    ][:5]
+    assert runs["reused"] < runs["whole"] / 4  # convolutions run: a served layer runs none
 
 
 def test_least_squares_recovers_more_map_than_bn_reestimation(tiny_coco: Dataset, tmp_path: Path) -> None:

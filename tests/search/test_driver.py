@@ -42,6 +42,12 @@ def test_search_completes_trials_yields_a_front_and_resumes(coco8_search) -> Non
     assert study.user_attrs["timed_on"] == {"device": cpu_name(), "int8_weight_bits": 7 if int8_saturates() else 8}
     int8 = json.loads((Path(complete[1].user_attrs["artifact"]).parent / "metrics.json").read_text())
     assert int8["quantize"]["weight_bits"] == study.user_attrs["timed_on"]["int8_weight_bits"]
+    # a told trial keeps its deployable file, and a checkpoint only of a plan that pruned or fine-tuned
+    kept = {
+        t.user_attrs["reference"]: sorted(p.name for p in Path(t.user_attrs["artifact"]).parent.glob("model.*"))
+        for t in complete[:3]
+    }
+    assert kept == {"fp32": ["model.onnx"], "int8": ["model.int8.onnx"], "seeds": ["model.int8.onnx", "model.pt"]}
     # a recorded trial's params rebuild its plan
 
     space = search_spaces(config)[0]
@@ -979,6 +985,12 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     assert stopped.user_attrs["rung0"]["stand_ins"] == stopped_metrics["stand_ins"]  # one record, two places
     assert metrics["fidelity"] == "full" and metrics["stand_ins"] == {}
     assert not (Path(first.user_attrs["artifact"]).parent.parent / str(stopped.number) / "finetune").exists()
+    stopped_dir = first_dir.parent / str(stopped.number)
+    assert sorted(p.name for p in stopped_dir.glob("model.*")) == [
+        "model.onnx",
+        "model.pt",
+    ]  # pruned: its checkpoint stays
+    assert sorted(p.name for p in first_dir.glob("model.*")) == ["model.int8.onnx"]  # its FP32 source went once told
     # as good as the front at rung 0: promoted, and fine-tuned from what rung 0 built
     promoted = trials["int8-ft"]
     assert promoted.state == optuna.trial.TrialState.COMPLETE and promoted.user_attrs["fidelity"] == "full"
@@ -987,6 +999,7 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     assert sum(p.parent == out for p in exports) == 2  # rung 0's export, then the fine-tuned one's
     assert sum(p.parent == out for p in target.timed) == 1  # promoted on size and mAP: timed after fine-tuning only
     assert json.loads((out / "metrics.json").read_text())["accuracy"]["images"] == 4
+    assert sorted(p.name for p in out.glob("model.*")) == ["model.int8.onnx", "model.pt"]  # fine-tuned: it stays
     # the reported front holds full-fidelity results only
     assert {r.number for r in pareto_front(study)} <= {first.number, promoted.number}
     # show and report mark it

@@ -26,6 +26,8 @@ def test_scan_measures_each_group_pruned_alone(tmp_path: Path) -> None:
         assert g.map_drop == pytest.approx(scan.baseline_map - g.map50_95)
         assert 0.9 < g.macs_ratio < 1.0 and g.latency_ms > 0
         assert (tmp_path / g.group / "metrics.json").is_file()  # a real candidate, on disk
+        assert not list((tmp_path / g.group).glob("model.*"))  # its models are read by nothing again
+    assert (tmp_path / "unpruned" / "metrics.json").is_file() and not list((tmp_path / "unpruned").glob("model.*"))
     assert rows["backbone.2"].map_drop > rows["backbone.9"].map_drop + 0.05
     assert scan.tolerant_groups(rows["backbone.9"].map_drop) == ("backbone.9",)
     assert scan.tolerant_groups(-1.0) == ()

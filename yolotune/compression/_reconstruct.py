@@ -19,15 +19,19 @@ targets take ``positions × out_channels`` floats per consumer, normal equations
 Consumers are corrected one by one in model order, each measured on a forward pass that stops
 right after it, so its inputs come from the consumers upstream already corrected (correcting all
 at once from one pass over-corrects: upstream fixes change downstream inputs, and on uniform
-pruning errors grew layer after layer).
+pruning errors grew layer after layer). Given the model's layers and what each reads
+(``layers``), a pass reuses the outputs of the layers before the consumer's, all final by then,
+instead of running them again: the consumers of a pruned YOLOv8n then cost a few forward passes,
+not one per consumer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +138,12 @@ def _run(
     batch: int,
     *,
     stop_after: nn.Module | None = None,
+    cache: _LayerCache | None = None,
 ) -> None:
-    """Run ``images`` through ``model`` with forward ``hooks``; stop each pass after ``stop_after``."""
+    """Run ``images`` through ``model`` with forward ``hooks``; stop each pass after ``stop_after``.
+
+    With ``cache`` (inside ``cache.before(...)``), the final layers' outputs are kept and reused per batch.
+    """
     handles = [m.register_forward_hook(fn) for m, fn in hooks]
     if stop_after is not None:
         handles.append(stop_after.register_forward_hook(_raise_stop))
@@ -143,11 +151,65 @@ def _run(
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch):
+                if cache is not None:
+                    cache.batch = start
                 with contextlib.suppress(_Stop):
                     model(torch.from_numpy(np.concatenate(images[start : start + batch])))
     finally:
         for h in handles:
             h.remove()
+
+
+class _LayerCache:
+    """Outputs of a model's final layers, served instead of running those layers again.
+
+    Consumers are fitted in model order, each on a pass that stops right after it, so every layer
+    before the consumer's is final (its own consumers are fitted). Its output on each batch is kept
+    from the first pass that computes it, while a layer not yet final still reads it, and served
+    from then on. A served layer that no later layer reads returns ``None``: nothing uses it.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], reads: Sequence[Sequence[int]]) -> None:
+        self.layers = list(layers)
+        n = len(self.layers)
+        #: the last layer that reads each layer's output (itself when none does)
+        self.last_read = [max((k for k in range(n) if j in reads[k]), default=j) for j in range(n)]
+        self.owner = {id(m): i for i, layer in enumerate(self.layers) for m in layer.modules()}
+        self.outputs: dict[int, dict[int, Any]] = {}  # layer -> first image of the batch -> output
+        self.final = 0  # layers before this one are served
+        self.batch = 0
+
+    def layer_of(self, module: nn.Module) -> int | None:
+        """Index of the layer holding ``module`` (``None``: no layer does)."""
+        return self.owner.get(id(module))
+
+    @contextlib.contextmanager
+    def before(self, layer: int) -> Iterator[None]:
+        """During the passes inside: serve the final layers, keep what layers from ``layer`` on read."""
+        served = self.layers[: self.final]
+        for j, module in enumerate(served):
+            module.forward = functools.partial(self._serve, j)  # the instance's, over its class's
+        handles = [
+            self.layers[j].register_forward_hook(functools.partial(self._keep, j))
+            for j in range(self.final, layer)
+            if self.last_read[j] >= layer
+        ]
+        try:
+            yield
+        finally:
+            for module in served:
+                del module.forward
+            for h in handles:
+                h.remove()
+        self.final = max(self.final, layer)
+        for j in [j for j in self.outputs if self.last_read[j] < self.final]:
+            del self.outputs[j]
+
+    def _serve(self, layer: int, *_args: Any, **_kwargs: Any) -> Any:
+        return self.outputs.get(layer, {}).get(self.batch)
+
+    def _keep(self, layer: int, _m: nn.Module, _inputs: Any, output: Any) -> None:
+        self.outputs.setdefault(layer, {})[self.batch] = output
 
 
 @torch.no_grad()
@@ -163,6 +225,7 @@ def reconstruct_consumers(
     ridge: float = 1e-2,
     memory_mb: float = 256.0,
     batch: int = 8,
+    layers: Sequence[tuple[nn.Module, Sequence[int]]] | None = None,
 ) -> ReconstructReport:
     """Correct the consumers of pruned channels in ``pruned`` (in place) against ``original``.
 
@@ -177,6 +240,10 @@ def reconstruct_consumers(
         ridge: Ridge term, relative to the mean diagonal of the inputs' Gram matrix (``ls``).
         memory_mb: Bound on the sampled targets of all consumers (fewer positions when needed).
         batch: Images per forward pass.
+        layers: ``pruned``'s top-level layers in the order its forward pass runs each of them once,
+            with the indices of the earlier layers whose outputs each one reads; the passes then
+            reuse the outputs of the layers before each consumer's (the same numbers, fewer
+            passes). ``None``: every pass runs the whole model up to the consumer.
 
     Returns:
         Layer count, sample size, buffer memory, time and each consumer's relative output error.
@@ -250,10 +317,15 @@ def reconstruct_consumers(
 
     before = measure()
     buffer = sum(_buffer_bytes(c) for c in found)
+    cache = _LayerCache([m for m, _ in layers], [r for _, r in layers]) if layers else None
     for c in found:  # in model order: each consumer sees the ones before it corrected
         c.sum_pruned, c.gram, c.cross = None, None, None
         offsets[id(c.pruned)] = 0
-        _run(pruned, images, [(c.pruned, pruned_hook(c, fit=True))], batch, stop_after=c.pruned)
+        at = cache.layer_of(c.pruned) if cache is not None else None
+        if cache is not None and (at is None or at < cache.final):
+            cache = None  # a consumer outside the layers, or out of order: whole passes from here on
+        with cache.before(at) if cache is not None and at is not None else contextlib.nullcontext():
+            _run(pruned, images, [(c.pruned, pruned_hook(c, fit=True))], batch, stop_after=c.pruned, cache=cache)
         buffer = max(buffer, sum(_buffer_bytes(c) for c in found))
         if method == "bias":
             assert c.sum_pruned is not None and c.mean_original is not None

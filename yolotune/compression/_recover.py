@@ -142,7 +142,16 @@ def recover(
     shots = list(images)
     norms = adapter.conv_norms(model)
     rec = reconstruct_consumers(
-        model, original, kept, shots, norms=norms, method=method, positions=positions, ridge=ridge, memory_mb=memory_mb
+        model,
+        original,
+        kept,
+        shots,
+        norms=norms,
+        method=method,
+        positions=positions,
+        ridge=ridge,
+        memory_mb=memory_mb,
+        layers=adapter.layer_reads(model),
     )
     errors = list(rec.errors.values())
     return RecoverReport(

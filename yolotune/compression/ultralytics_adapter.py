@@ -431,6 +431,20 @@ def group_modules(model: UltraModule) -> dict[str, nn.Module]:
     return groups
 
 
+def layer_reads(model: UltraModule) -> list[tuple[nn.Module, tuple[int, ...]]]:
+    """The model's layers in the order its forward pass runs them, each with the layers it reads.
+
+    Ultralytics' ``model.model`` runs each layer once, on the outputs of the layers its ``f``
+    names (negative: counted back from the layer, as its ``parse_model`` does; the first layer
+    reads the image, no layer).
+    """
+    layers = []
+    for i, layer in enumerate(model.model):
+        sources = layer.f if isinstance(layer.f, list | tuple) else [layer.f]
+        layers.append((layer, tuple(j % i for j in sources) if i else ()))
+    return layers
+
+
 def modules_from_first(model: UltraModule, groups: Iterable[str]) -> list[nn.Module]:
     """Every module from the first of ``groups``' layers on, in model order.
 

@@ -701,6 +701,34 @@ def time_candidate(
     return result
 
 
+def drop_intermediates(deployable: Path, *, plan: CompressionPlan) -> list[Path]:
+    """Remove the files of a finished trial's folder that nothing reads again; return those removed.
+
+    Once a trial is told (COMPLETE, or stopped at rung 0), only its deployable file, ``plan.yaml``
+    and ``metrics.json`` are read again (export, re-timing, reports; a trial built on a Ray worker
+    of another host never had more). Removed: the FP32 ``model.onnx`` that an INT8 or FP16
+    deployable was quantized from (12.7 MB for YOLOv8n), and ``model.pt`` when the plan neither
+    prunes nor fine-tunes (a copy of the input model's weights). A pruned or fine-tuned checkpoint
+    stays: it is the PyTorch model of the plan, to fine-tune further with Ultralytics.
+
+    Args:
+        deployable: The trial's deployable file (in its trial folder).
+        plan: The trial's plan.
+    """
+    folder = Path(deployable).parent
+    doomed = []
+    if Path(deployable).name != "model.onnx":
+        doomed.append(folder / "model.onnx")
+    if not plan.pruning.active and not plan.recovery.epochs:
+        doomed.append(folder / "model.pt")
+    removed = []
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def record_untimed(built: BuiltCandidate, *, reason: str) -> None:
     """Write ``metrics.json`` for a rung-0 candidate the search stopped without timing it.
 

@@ -42,6 +42,7 @@ from yolotune.evaluators import LatencyStats, Provenance, needs_reduce_range, ta
 from yolotune.search._candidate import (
     CandidateResult,
     CandidateSettings,
+    drop_intermediates,
     file_digest,
     make_target,
     record_untimed,
@@ -502,7 +503,7 @@ def _environment_failure(reason: str) -> str | None:
     """
     if disk_full(reason):
         return (
-            f"a disk is full ({reason}): free some space, or point --root (trial files, about 25 MB per trial "
+            f"a disk is full ({reason}): free some space, or point --root (trial files, up to about 38 MB per trial "
             "for a YOLOv8n) or YOLOTUNE_TMP (scratch) at a larger disk, then run the same command to resume"
         )
     if any(text in reason for text in _UNWRITABLE):
@@ -1159,6 +1160,7 @@ def run_search(
                                 trial.set_user_attr("fidelity", "rung0")
                                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                                 open_trials.pop(trial.number, None)
+                                drop_intermediates(built.deployable, plan=built.plan)
                                 if on_trial:
                                     outcome = TrialOutcome(
                                         number=trial.number, state="PRUNED", result=timed, reason=unreachable
@@ -1199,6 +1201,7 @@ def run_search(
                             continue
                         study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
                         open_trials.pop(trial.number, None)
+                        drop_intermediates(result.deployable, plan=result.plan)
                         if on_trial:
                             on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), study)
                         if trial.user_attrs.get("reference") == "fp32" and (why := untrained(result.accuracy.map50_95)):
