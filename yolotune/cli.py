@@ -610,11 +610,17 @@ def _show(st: Any, *, where: str = "") -> None:
     if rung0:
         caption += f", {rung0} stopped at rung 0 (the front holds full-fidelity trials only)"
     running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-    waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+    queued = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
     if running:
         caption += f", {running} running (if their run was killed, the next run queues them again)"
-    if waiting:
-        caption += f", {waiting} queued for the next run"
+    if references := sum(bool(t.user_attrs.get("reference")) for t in queued):
+        caption += f", {references} reference(s) queued: the next `tune run` runs them first, whatever its --budget"
+    if others := len(queued) - references:
+        # the budget counts evaluated candidates: a run whose budget is met evaluates nothing more
+        caption += (
+            f", {others} queued: the next `tune run` evaluates them first if its --budget is over the "
+            f"{len(complete) + rung0} candidates evaluated"
+        )
     if limits:
         caption += f", {infeasible} infeasible under " + ", ".join(f"{k} {v}" for k, v in limits.items())
     measured = {

@@ -68,6 +68,7 @@ def test_a_killed_worker_fails_its_trial_which_is_retried_once(tmp_path: Path) -
     assert len(complete) == 3 and {t.user_attrs.get("reference") for t in complete} == {"fp32", "int8", "seeds"}
     # every timing happened in this process (the target host), none in a worker
     assert all(t.user_attrs["provenance"]["host"] == os.uname().nodename for t in complete)
+    assert not any((Path(t.user_attrs["artifact"]).parent / "worker.pid").exists() for t in complete)  # told: gone
 
 
 def test_more_workers_than_the_machine_has_cpus_is_refused_before_anything_runs(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ from yolotune.cli import app
 from yolotune.studies import default_storage_url, delete_study, open_storage, storage_lock, study_dir
 
 
-def test_a_sqlite_study_file_is_locked_across_processes_and_again_within_one(tmp_path: Path) -> None:
-    url = default_storage_url(tmp_path, "s")
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_study_file_is_locked_across_processes_and_again_within_one(tmp_path: Path, kind: str) -> None:
+    url = default_storage_url(tmp_path, "s") if kind == "sqlite" else f"journal:{tmp_path / 's.log'}"
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -37,8 +38,11 @@ def test_a_sqlite_study_file_is_locked_across_processes_and_again_within_one(tmp
         assert waited > 1.0  # until the other process let go
     finally:
         holder.wait(timeout=30)
+    if kind == "journal":  # Optuna's own write lock (the symlink <file>.lock) stays free
+        assert not (tmp_path / "s.log.lock").exists() and (tmp_path / "s.log.yolotune-lock").exists()
+        open_storage(url).create_new_study(directions=[optuna.study.StudyDirection.MINIMIZE], study_name="x")
     start = time.monotonic()
-    with storage_lock("journal:/tmp/x.log"):  # other storages have locks of their own
+    with storage_lock("mysql+pymysql://u@127.0.0.1:1/db"):  # no lock taken (and no server reached)
         assert time.monotonic() - start < 0.5
 
 

@@ -22,7 +22,8 @@ at once from one pass over-corrects: upstream fixes change downstream inputs, an
 pruning errors grew layer after layer). Given the model's layers and what each reads
 (``layers``), a pass reuses the outputs of the layers before the consumer's, all final by then,
 instead of running them again: the consumers of a pruned YOLOv8n then cost a few forward passes,
-not one per consumer.
+not one per consumer. The outputs kept are those a later layer still reads, for every calibration
+image (counted in the report's ``buffer_mb``).
 """
 
 from __future__ import annotations
@@ -205,8 +206,14 @@ class _LayerCache:
         for j in [j for j in self.outputs if self.last_read[j] < self.final]:
             del self.outputs[j]
 
+    def nbytes(self) -> int:
+        """Bytes of the outputs kept."""
+        return sum(t.nbytes for per in self.outputs.values() for t in per.values() if isinstance(t, torch.Tensor))
+
     def _serve(self, layer: int, *_args: Any, **_kwargs: Any) -> Any:
-        return self.outputs.get(layer, {}).get(self.batch)
+        kept = self.outputs.get(layer, {}).get(self.batch)
+        # a copy: a layer that changed its input in place would otherwise change what later passes get
+        return kept.clone() if isinstance(kept, torch.Tensor) else kept
 
     def _keep(self, layer: int, _m: nn.Module, _inputs: Any, output: Any) -> None:
         self.outputs.setdefault(layer, {})[self.batch] = output
@@ -326,7 +333,8 @@ def reconstruct_consumers(
             cache = None  # a consumer outside the layers, or out of order: whole passes from here on
         with cache.before(at) if cache is not None and at is not None else contextlib.nullcontext():
             _run(pruned, images, [(c.pruned, pruned_hook(c, fit=True))], batch, stop_after=c.pruned, cache=cache)
-        buffer = max(buffer, sum(_buffer_bytes(c) for c in found))
+        kept = cache.nbytes() if cache is not None else 0
+        buffer = max(buffer, sum(_buffer_bytes(c) for c in found) + kept)
         if method == "bias":
             assert c.sum_pruned is not None and c.mean_original is not None
             _shift(c, (c.mean_original - c.sum_pruned / max(c.count, 1)).float())

@@ -708,15 +708,16 @@ def drop_intermediates(deployable: Path, *, plan: CompressionPlan) -> list[Path]
     and ``metrics.json`` are read again (export, re-timing, reports; a trial built on a Ray worker
     of another host never had more). Removed: the FP32 ``model.onnx`` that an INT8 or FP16
     deployable was quantized from (12.7 MB for YOLOv8n), and ``model.pt`` when the plan neither
-    prunes nor fine-tunes (a copy of the input model's weights). A pruned or fine-tuned checkpoint
-    stays: it is the PyTorch model of the plan, to fine-tune further with Ultralytics.
+    prunes nor fine-tunes (a copy of the input model's weights), and a Ray worker's ``worker.pid``.
+    A pruned or fine-tuned checkpoint stays: it is the PyTorch model of the plan, to fine-tune
+    further with Ultralytics.
 
     Args:
         deployable: The trial's deployable file (in its trial folder).
         plan: The trial's plan.
     """
     folder = Path(deployable).parent
-    doomed = []
+    doomed = [folder / "worker.pid"]
     if Path(deployable).name != "model.onnx":
         doomed.append(folder / "model.onnx")
     if not plan.pruning.active and not plan.recovery.epochs:

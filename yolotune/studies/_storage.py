@@ -116,12 +116,13 @@ _KEY = zlib.crc32(b"yolotune.storage_lock")  # one key per PostgreSQL database, 
 
 @contextlib.contextmanager
 def storage_lock(url: str) -> Iterator[None]:
-    """Hold, across processes, the lock of a SQLite study file or a PostgreSQL database (others: no lock).
+    """Hold, across processes, the lock of a SQLite or journal file or a PostgreSQL database (others: no lock).
 
     SQLite lets two drivers both read a queued trial as WAITING and both mark it RUNNING, and both
     create the same tables of a new file; drivers serialise those steps on ``<file>.lock``. On
-    PostgreSQL two drivers starting a new study could both queue its reference trials; they
-    serialise on a session advisory lock, which the server releases if a driver dies holding it.
+    PostgreSQL and the journal two drivers starting a new study could both queue its reference
+    trials; they serialise on a session advisory lock, which the server releases if a driver dies
+    holding it, or on ``<file>.yolotune-lock`` beside the journal.
     Taking it again in the same process while held is allowed (one lock object per file or URL).
     """
     if url.startswith(("postgresql:", "postgresql+")):
@@ -131,14 +132,14 @@ def storage_lock(url: str) -> Iterator[None]:
         with server.held():
             yield
         return
-    file = _sqlite_file(url)
-    if file is None:
+    lock_file = _lock_file(url)
+    if lock_file is None:
         yield
         return
     import filelock
 
     with _LOCKS_GUARD:
-        lock = _LOCKS.setdefault(str(file), filelock.FileLock(f"{file}.lock"))
+        lock = _LOCKS.setdefault(str(lock_file), filelock.FileLock(lock_file))
     assert isinstance(lock, filelock.FileLock)
     try:
         lock.acquire()
@@ -200,6 +201,15 @@ class _AdvisoryLock:
             connection.close()
             return None
         return connection
+
+
+def _lock_file(url: str) -> str | None:
+    """The file ``storage_lock`` locks for a SQLite or journal URL (``None``: another storage)."""
+    if url.startswith("journal:"):  # Optuna's own write lock of the journal is the symlink <file>.lock
+        file = url.removeprefix("journal:")
+        return f"{Path(file).resolve()}.yolotune-lock" if file else None
+    sqlite = _sqlite_file(url)
+    return f"{sqlite}.lock" if sqlite is not None else None
 
 
 def _sqlite_file(url: str) -> Path | None:
