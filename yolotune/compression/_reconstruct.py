@@ -333,8 +333,8 @@ def reconstruct_consumers(
             cache = None  # a consumer outside the layers, or out of order: whole passes from here on
         with cache.before(at) if cache is not None and at is not None else contextlib.nullcontext():
             _run(pruned, images, [(c.pruned, pruned_hook(c, fit=True))], batch, stop_after=c.pruned, cache=cache)
-        kept = cache.nbytes() if cache is not None else 0
-        buffer = max(buffer, sum(_buffer_bytes(c) for c in found) + kept)
+        cached = cache.nbytes() if cache is not None else 0
+        buffer = max(buffer, sum(_buffer_bytes(c) for c in found) + cached)
         if method == "bias":
             assert c.sum_pruned is not None and c.mean_original is not None
             _shift(c, (c.mean_original - c.sum_pruned / max(c.count, 1)).float())
