@@ -421,9 +421,12 @@ def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) 
         attrs = {"fail_reason": "interrupted", **({"retry_of": 5} if n == 6 else {})}
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
     study.add_trial(optuna.trial.create_trial(values=[0.1, 20.0, 20.0], user_attrs={"retry_of": 6}))
-    # queued: a reference runs whatever the budget, another plan only under a budget over 5 evaluated
-    study.enqueue_trial({}, user_attrs={"reference": "seeds", "retry_of": 2})
+    # queued: a failed reference's retry runs whatever the budget, another plan only under a budget
+    # over the 5 evaluated, and so does a reference never tried (a budget smaller than the references)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={"reference": "seeds"}))
+    study.enqueue_trial({}, user_attrs={"reference": "seeds", "retry_of": 8})
     study.enqueue_trial({}, user_attrs={"retry_of": 3})
+    study.enqueue_trial({}, user_attrs={"reference": "int8"})
     shown = runner.invoke(app, ["show", "--root", str(tmp_path)], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
     assert "trial 4 failed: quantize: NaN" in shown.stdout  # why, not only how many
@@ -434,8 +437,8 @@ def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) 
     caption = " ".join(shown.stdout.split())
     assert "† against the reference trial's own timing" in caption
     assert "‡ its FP32 reference took under half or over twice the reference trial's own time" in caption
-    assert "1 reference(s) queued: the next `tune run` runs them first, whatever its --budget" in caption
-    assert "1 queued: the next `tune run` evaluates them first if its --budget is over the 5 candidates" in caption
+    assert "1 queued that the next `tune run` evaluates whatever its --budget (a failed reference's retry)" in caption
+    assert "2 queued that the next `tune run` evaluates before new plans if its --budget is over the 5" in caption
 
 
 def test_suggested_commands_name_storage_files_absolutely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

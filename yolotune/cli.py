@@ -545,6 +545,35 @@ def run(
         raise stopped  # one line, exit code 2, after the front of what was measured
 
 
+def _queued_caption(trials: list[Any], *, evaluated: int) -> str:
+    """What ``tune show`` says of queued (WAITING) trials: when the next ``tune run`` evaluates them.
+
+    Optuna hands out queued trials oldest first, before sampling. The driver runs a reference
+    that failed (and has not completed since) whatever the budget, with the trials queued before
+    it; the others count toward the budget, which counts evaluated candidates.
+    """
+    import optuna
+
+    state = optuna.trial.TrialState
+    queued = sorted((t for t in trials if t.state == state.WAITING), key=lambda t: t.number)
+    if not queued:
+        return ""
+    done = {t.user_attrs.get("reference") for t in trials if t.state == state.COMPLETE}
+    failed = {t.user_attrs.get("reference") for t in trials if t.state == state.FAIL} - done - {None}
+    through = max((i + 1 for i, t in enumerate(queued) if t.user_attrs.get("reference") in failed), default=0)
+    text = ""
+    if through:
+        text += (
+            f", {through} queued that the next `tune run` evaluates whatever its --budget (a failed reference's retry)"
+        )
+    if rest := len(queued) - through:
+        text += (
+            f", {rest} queued that the next `tune run` evaluates before new plans if its --budget is over the "
+            f"{evaluated} candidates evaluated"
+        )
+    return text
+
+
 def _sensitivity_table(st: Any) -> Table | None:
     """The study's sensitivity scan, when it ran one: each group pruned alone, and which are searched."""
     from yolotune.search import Sensitivity
@@ -610,17 +639,9 @@ def _show(st: Any, *, where: str = "") -> None:
     if rung0:
         caption += f", {rung0} stopped at rung 0 (the front holds full-fidelity trials only)"
     running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-    queued = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
     if running:
         caption += f", {running} running (if their run was killed, the next run queues them again)"
-    if references := sum(bool(t.user_attrs.get("reference")) for t in queued):
-        caption += f", {references} reference(s) queued: the next `tune run` runs them first, whatever its --budget"
-    if others := len(queued) - references:
-        # the budget counts evaluated candidates: a run whose budget is met evaluates nothing more
-        caption += (
-            f", {others} queued: the next `tune run` evaluates them first if its --budget is over the "
-            f"{len(complete) + rung0} candidates evaluated"
-        )
+    caption += _queued_caption(trials, evaluated=len(complete) + rung0)
     if limits:
         caption += f", {infeasible} infeasible under " + ", ".join(f"{k} {v}" for k, v in limits.items())
     measured = {

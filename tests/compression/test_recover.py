@@ -174,24 +174,41 @@ def test_passes_that_reuse_final_layers_fit_exactly_what_whole_passes_fit(yolov8
     twin = copy.deepcopy(yolov8n)
     images = list(adapter.calibration_images(coco8, imgsz=160, count=4))
     runs: dict[str, int] = {}
-    for name, model, layers in (("whole", twin, None), ("reused", yolov8n, adapter.layer_reads(yolov8n))):
+    capped = copy.deepcopy(yolov8n)
+    modes = (
+        ("whole", twin, None, 1024.0),
+        ("reused", yolov8n, adapter.layer_reads(yolov8n), 1024.0),
+        ("capped", capped, adapter.layer_reads(capped), 0.1),  # 0.1 MB: whole passes once over it
+    )
+    for name, model, layers, cache_mb in modes:
         counted = [
             m.register_forward_hook(lambda *_, name=name: runs.update({name: runs.get(name, 0) + 1}))
             for m in model.modules()
             if isinstance(m, nn.Conv2d)
         ]
         report = reconstruct_consumers(
-            model, original, kept, images, norms=adapter.conv_norms(model), method=method, batch=3, layers=layers
+            model,
+            original,
+            kept,
+            images,
+            norms=adapter.conv_norms(model),
+            method=method,
+            batch=3,
+            layers=layers,
+            cache_mb=cache_mb,
         )
         for h in counted:
             h.remove()
         assert report.layers > 40
-    fitted, reference = yolov8n.state_dict(), twin.state_dict()
-    assert fitted.keys() == reference.keys()
-    assert all(torch.equal(fitted[k], reference[k]) for k in fitted), [
-        k for k in fitted if not torch.equal(fitted[k], reference[k])
-    ][:5]
+    reference = twin.state_dict()
+    for model in (yolov8n, capped):
+        fitted = model.state_dict()
+        assert fitted.keys() == reference.keys()
+        assert all(torch.equal(fitted[k], reference[k]) for k in fitted), [
+            k for k in fitted if not torch.equal(fitted[k], reference[k])
+        ][:5]
     assert runs["reused"] < runs["whole"] / 4  # convolutions run: a served layer runs none
+    assert runs["capped"] == runs["whole"], runs  # over the bound after the first pass
 
 
 def test_least_squares_recovers_more_map_than_bn_reestimation(tiny_coco: Dataset, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ pruning errors grew layer after layer). Given the model's layers and what each r
 (``layers``), a pass reuses the outputs of the layers before the consumer's, all final by then,
 instead of running them again: the consumers of a pruned YOLOv8n then cost a few forward passes,
 not one per consumer. The outputs kept are those a later layer still reads, for every calibration
-image (counted in the report's ``buffer_mb``).
+image (counted in the report's ``buffer_mb``, and bounded by ``cache_mb``).
 """
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ class _LayerCache:
         self.outputs: dict[int, dict[int, Any]] = {}  # layer -> first image of the batch -> output
         self.final = 0  # layers before this one are served
         self.batch = 0
+        self.peak = 0  # bytes of the outputs kept at most
 
     def layer_of(self, module: nn.Module) -> int | None:
         """Index of the layer holding ``module`` (``None``: no layer does)."""
@@ -188,6 +189,7 @@ class _LayerCache:
     def before(self, layer: int) -> Iterator[None]:
         """During the passes inside: serve the final layers, keep what layers from ``layer`` on read."""
         served = self.layers[: self.final]
+        own = [module.__dict__.get("forward") for module in served]  # a forward set on the instance itself
         for j, module in enumerate(served):
             module.forward = functools.partial(self._serve, j)  # the instance's, over its class's
         handles = [
@@ -198,10 +200,13 @@ class _LayerCache:
         try:
             yield
         finally:
-            for module in served:
+            for module, forward in zip(served, own, strict=True):
                 del module.forward
+                if forward is not None:
+                    module.forward = forward
             for h in handles:
                 h.remove()
+        self.peak = max(self.peak, self.nbytes())
         self.final = max(self.final, layer)
         for j in [j for j in self.outputs if self.last_read[j] < self.final]:
             del self.outputs[j]
@@ -233,6 +238,7 @@ def reconstruct_consumers(
     memory_mb: float = 256.0,
     batch: int = 8,
     layers: Sequence[tuple[nn.Module, Sequence[int]]] | None = None,
+    cache_mb: float = 1024.0,
 ) -> ReconstructReport:
     """Correct the consumers of pruned channels in ``pruned`` (in place) against ``original``.
 
@@ -251,6 +257,7 @@ def reconstruct_consumers(
             with the indices of the earlier layers whose outputs each one reads; the passes then
             reuse the outputs of the layers before each consumer's (the same numbers, fewer
             passes). ``None``: every pass runs the whole model up to the consumer.
+        cache_mb: Bound on the layer outputs kept for ``layers`` (beyond it, whole passes again).
 
     Returns:
         Layer count, sample size, buffer memory, time and each consumer's relative output error.
@@ -333,8 +340,10 @@ def reconstruct_consumers(
             cache = None  # a consumer outside the layers, or out of order: whole passes from here on
         with cache.before(at) if cache is not None and at is not None else contextlib.nullcontext():
             _run(pruned, images, [(c.pruned, pruned_hook(c, fit=True))], batch, stop_after=c.pruned, cache=cache)
-        cached = cache.nbytes() if cache is not None else 0
+        cached = cache.peak if cache is not None else 0
         buffer = max(buffer, sum(_buffer_bytes(c) for c in found) + cached)
+        if cache is not None and cache.peak > cache_mb * 2**20:
+            cache = None  # too many images or too large a model to keep them: whole passes from here on
         if method == "bias":
             assert c.sum_pruned is not None and c.mean_original is not None
             _shift(c, (c.mean_original - c.sum_pruned / max(c.count, 1)).float())

@@ -701,30 +701,30 @@ def time_candidate(
     return result
 
 
-def drop_intermediates(deployable: Path, *, plan: CompressionPlan) -> list[Path]:
+def drop_intermediates(deployable: Path, *, checkpoint_made: bool) -> list[Path]:
     """Remove the files of a finished trial's folder that nothing reads again; return those removed.
 
     Once a trial is told (COMPLETE, or stopped at rung 0), only its deployable file, ``plan.yaml``
     and ``metrics.json`` are read again (export, re-timing, reports; a trial built on a Ray worker
     of another host never had more). Removed: the FP32 ``model.onnx`` that an INT8 or FP16
-    deployable was quantized from (12.7 MB for YOLOv8n), and ``model.pt`` when the plan neither
-    prunes nor fine-tunes (a copy of the input model's weights), and a Ray worker's ``worker.pid``.
-    A pruned or fine-tuned checkpoint stays: it is the PyTorch model of the plan, to fine-tune
-    further with Ultralytics.
+    deployable was quantized from (12.7 MB for YOLOv8n), ``model.pt`` unless the trial pruned or
+    fine-tuned it (otherwise a copy of the input model's weights), and a Ray worker's
+    ``worker.pid``. A pruned or fine-tuned checkpoint stays: it is the PyTorch model of the plan,
+    to fine-tune further with Ultralytics. A file that cannot be removed is left: this is clean-up.
 
     Args:
         deployable: The trial's deployable file (in its trial folder).
-        plan: The trial's plan.
+        checkpoint_made: Whether the trial pruned or fine-tuned the model it saved as ``model.pt``.
     """
     folder = Path(deployable).parent
     doomed = [folder / "worker.pid"]
     if Path(deployable).name != "model.onnx":
         doomed.append(folder / "model.onnx")
-    if not plan.pruning.active and not plan.recovery.epochs:
+    if not checkpoint_made:
         doomed.append(folder / "model.pt")
     removed = []
     for path in doomed:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
             removed.append(path)
     return removed
