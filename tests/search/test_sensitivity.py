@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -27,6 +28,7 @@ def test_scan_measures_each_group_pruned_alone(tmp_path: Path) -> None:
         assert 0.9 < g.macs_ratio < 1.0 and g.latency_ms > 0
         assert (tmp_path / g.group / "metrics.json").is_file()  # a real candidate, on disk
         assert not list((tmp_path / g.group).glob("model.*"))  # its models are read by nothing again
+        assert "deployable_removed" in json.loads((tmp_path / g.group / "metrics.json").read_text())  # and it says so
     assert (tmp_path / "unpruned" / "metrics.json").is_file() and not list((tmp_path / "unpruned").glob("model.*"))
     assert rows["backbone.2"].map_drop > rows["backbone.9"].map_drop + 0.05
     assert scan.tolerant_groups(rows["backbone.9"].map_drop) == ("backbone.9",)

@@ -12,11 +12,14 @@ only those (``DefaultSpace.prune_groups``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from yolotune._files import whole_file
 from yolotune.assets import prepare_dataset
 from yolotune.errors import PlanError, YolotuneError
 from yolotune.search._candidate import CandidateResult, CandidateSettings, run_candidate
@@ -205,7 +208,14 @@ def scan_sensitivity(
 def _drop_models(folder: Path) -> None:
     """Remove a probe's model files once it is measured (or failed): nothing reads them again.
 
-    About 25 MB a probe for YOLOv8n, one probe per layer group; ``plan.yaml`` and ``metrics.json`` stay.
+    About 25 MB a probe for YOLOv8n, one probe per layer group; ``plan.yaml`` and ``metrics.json``
+    stay, the latter saying that its ``deployable`` file was removed.
     """
     for path in folder.glob("model.*"):
         path.unlink(missing_ok=True)
+    metrics = folder / "metrics.json"
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(metrics.read_text())
+        record["deployable_removed"] = "the sensitivity scan keeps its probes' measurements, not their models"
+        with whole_file(metrics) as partial:
+            partial.write_text(json.dumps(record, indent=2))
