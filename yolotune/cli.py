@@ -673,7 +673,7 @@ def _show(st: Any, *, where: str = "") -> None:
         # e.g. the reference failed and was retried after other trials: theirs had no reference to pair with
         unpaired = {r.number for r in front if not r.paired and r.speedup is not None and r.reference != "fp32"}
         if unpaired:
-            caption += ", † against the reference trial's own timing (taken minutes apart)"
+            caption += ", † against the reference trial's own timing (not one taken right after it)"
         # a paired reference far from the reference trial's own timing: the machine was loaded then
         reference = fp32_reference(st)
         base = float(reference.values[2]) if reference is not None else None
