@@ -33,9 +33,9 @@ def main() -> None:
     removed: Counter[str] = Counter()
     real_drop = _driver.drop_intermediates
 
-    def recording_drop(deployable: Path, **kwargs: Any) -> list[Path]:
-        sizes = {p: p.stat().st_size for p in Path(deployable).parent.iterdir() if p.is_file()}
-        gone = real_drop(deployable, **kwargs)
+    def recording_drop(told: Any) -> list[Path]:
+        sizes = {p: p.stat().st_size for p in Path(told.deployable).parent.iterdir() if p.is_file()}
+        gone = real_drop(told)
         for path in gone:
             removed[path.name] += sizes.get(path, 0)
         return gone

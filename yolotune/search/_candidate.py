@@ -701,8 +701,8 @@ def time_candidate(
     return result
 
 
-def drop_intermediates(deployable: Path, *, checkpoint_made: bool) -> list[Path]:
-    """Remove the files of a finished trial's folder that nothing reads again; return those removed.
+def drop_intermediates(told: BuiltCandidate | CandidateResult) -> list[Path]:
+    """Remove the files of a told trial's folder that nothing reads again; return those removed.
 
     Once a trial is told (COMPLETE, or stopped at rung 0), only its deployable file, ``plan.yaml``
     and ``metrics.json`` are read again (export, re-timing, reports; a trial built on a Ray worker
@@ -713,14 +713,13 @@ def drop_intermediates(deployable: Path, *, checkpoint_made: bool) -> list[Path]
     to fine-tune further with Ultralytics. A file that cannot be removed is left: this is clean-up.
 
     Args:
-        deployable: The trial's deployable file (in its trial folder).
-        checkpoint_made: Whether the trial pruned or fine-tuned the model it saved as ``model.pt``.
+        told: What the trial built (a rung-0 stop) or measured (a COMPLETE trial).
     """
-    folder = Path(deployable).parent
+    folder = Path(told.deployable).parent
     doomed = [folder / "worker.pid"]
-    if Path(deployable).name != "model.onnx":
+    if Path(told.deployable).name != "model.onnx":
         doomed.append(folder / "model.onnx")
-    if not checkpoint_made:
+    if not told.plan.pruning.active and told.finetune is None:
         doomed.append(folder / "model.pt")
     removed = []
     for path in doomed:

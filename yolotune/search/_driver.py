@@ -1160,8 +1160,7 @@ def run_search(
                                 trial.set_user_attr("fidelity", "rung0")
                                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                                 open_trials.pop(trial.number, None)
-                                made = built.plan.pruning.active or built.finetune is not None
-                                drop_intermediates(built.deployable, checkpoint_made=made)
+                                drop_intermediates(built)
                                 if on_trial:
                                     outcome = TrialOutcome(
                                         number=trial.number, state="PRUNED", result=timed, reason=unreachable
@@ -1202,8 +1201,7 @@ def run_search(
                             continue
                         study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
                         open_trials.pop(trial.number, None)
-                        made = result.plan.pruning.active or result.finetune is not None
-                        drop_intermediates(result.deployable, checkpoint_made=made)
+                        drop_intermediates(result)
                         if on_trial:
                             on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), study)
                         if trial.user_attrs.get("reference") == "fp32" and (why := untrained(result.accuracy.map50_95)):
