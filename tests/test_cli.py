@@ -141,11 +141,17 @@ def test_paths_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None
     assert "--seed must be a whole number from 0" in _error(["run", "--seed", "-1", "--root", str(tmp_path)])
 
 
-def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path) -> None:
+def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path, monkeypatch) -> None:
     plan = plan_file({"quantization": {"precision": {"backbone.0": "int8"}, "calibration_images": 4}})
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["eval", "--data", "coco8", "--imgsz", "160", "--plan", plan, "--out", str(out)])
+    result = runner.invoke(app, ["eval", "--data", "coco8", "--imgsz", "160", "--plan", plan, "--out", "run"])
     assert result.exit_code == 0, result.output
+    # both printed paths are absolute, as the deployable's always was: found again from anywhere
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("deployable:", "metrics:"))]
+    printed = dict(line.split(": ", 1) for line in lines)
+    assert Path(printed["metrics"]) == out / "candidate" / "metrics.json"
+    assert Path(printed["deployable"]).parent == out / "candidate"
     assert "plan: fp32/int8 u8 minmax×4" in result.stdout  # one group INT8, the rest FP32: a mixed plan
     assert "baseline" in result.stdout and "candidate" in result.stdout and "speed" in result.stdout
     metrics = json.loads((out / "candidate" / "metrics.json").read_text())

@@ -68,7 +68,8 @@ TargetsFileOpt = Annotated[
 
 #: What Ctrl-C leaves behind, per command (others: nothing to resume).
 _STOPPED = {
-    "run": "interrupted: what was measured is kept, candidates in progress are queued; run the same command to resume",
+    "run": "interrupted: what was measured is kept (a candidate or scan probe in progress runs again); "
+    "run the same command to resume",
     "agent": "agent stopped",
     "dashboard": "dashboard stopped",
     "retime": "interrupted: the rounds done are kept; run the same command to go on",
@@ -321,7 +322,7 @@ def eval_(
     _consoles.out.print(_table([("baseline", base), ("candidate", cand)], base))
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in cand.step_seconds.items())
     _consoles.out.print(f"candidate steps: {steps}")
-    _consoles.out.print(f"deployable: {cand.deployable}\nmetrics: {out / 'candidate' / 'metrics.json'}")
+    _consoles.out.print(f"deployable: {cand.deployable}\nmetrics: {(out / 'candidate' / 'metrics.json').absolute()}")
 
 
 @app.command()
