@@ -54,7 +54,37 @@ def _reason(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {first}"
 
 
-def _build(kwargs: dict[str, Any], driver_host: str) -> tuple[BuiltCandidate | Failed, bytes | None]:
+#: How an allocation that failed reads, where the library raises no ``MemoryError``: PyTorch's CPU
+#: allocator and CUDA (RuntimeError / OutOfMemoryError), ONNX Runtime's arena (``Fail``), C++'s
+#: ``std::bad_alloc``.
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "failed to allocate memory", "bad_alloc", "bad allocation")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from or while handling, is a failed allocation."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or any(m in str(current).lower() for m in _OUT_OF_MEMORY):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def failure(exc: BaseException) -> Failed | Crashed:
+    """What a candidate's exception means for its plan.
+
+    A failed allocation says the host was short of memory then (another worker's candidate, a
+    calibration, another program), not that the plan is wrong: it is worth one retry, as a worker
+    that died is. Any other error would repeat.
+    """
+    if _out_of_memory(exc):
+        return Crashed(f"out of memory: {_reason(exc)}")
+    return Failed(_reason(exc))
+
+
+def _build(kwargs: dict[str, Any], driver_host: str) -> tuple[BuiltCandidate | Failed | Crashed, bytes | None]:
     """Build one candidate (runs in a worker). Failures come back as values, never as exceptions."""
     out = Path(kwargs["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +92,7 @@ def _build(kwargs: dict[str, Any], driver_host: str) -> tuple[BuiltCandidate | F
     try:
         built = build_candidate(**kwargs)
     except Exception as exc:
-        return Failed(_reason(exc)), None
+        return failure(exc), None
     remote = socket.gethostname() != driver_host
     return built, (built.deployable.read_bytes() if remote else None)
 
@@ -153,12 +183,10 @@ class InProcess:
         key, kwargs = self._queue.pop(0)
         try:
             return [(key, build_candidate(**kwargs))]
-        except YolotuneError as exc:
-            return [(key, Failed(str(exc)))]
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # never let one candidate take the search down
-            return [(key, Failed(_reason(exc)))]
+            return [(key, failure(exc))]
 
     def cancel_all(self) -> list[Any]:
         """Drop queued builds; return their keys."""
@@ -295,7 +323,7 @@ class RayExecutor:
         import ray
 
         try:
-            built: BuiltCandidate | Failed
+            built: BuiltCandidate | Failed | Crashed
             payload: bytes | None
             built, payload = ray.get(ref)
         except (
@@ -306,7 +334,7 @@ class RayExecutor:
             return Crashed(f"worker died while building it ({type(exc).__name__})")
         except ray.exceptions.RayError as exc:
             return Crashed(f"worker failed: {_reason(exc)}")
-        if isinstance(built, Failed) or payload is None:
+        if isinstance(built, Failed | Crashed) or payload is None:
             return built
         # built on another host: bring the deployable file, and the plan beside it, to the target host
         local = Path(key.out_dir) / built.deployable.name
