@@ -1170,3 +1170,54 @@ def test_an_artifact_upload_cut_short_leaves_no_partial_file(tmp_path: Path) -> 
     store.write("an-id", io.BytesIO(b"whole"))
     assert (tmp_path / "artifacts" / "an-id").read_bytes() == b"whole"
     assert [p.name for p in (tmp_path / "artifacts").iterdir()] == ["an-id"]
+
+
+def test_multi_fidelity_does_not_quantize_a_candidate_whose_fp32_export_is_already_out_of_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _SizeTarget()
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
+    space = tmp_path / "space.yaml"
+    groups = ["backbone.2", "backbone.4", "backbone.6", "neck.12"]
+    space.write_text(
+        f"prune_groups: {groups}\nmax_ratio: 0.6\nratio_step: 0.6\nprecisions: [int8]\ncalibration_methods: [minmax]\n"
+        "calibration_sizes: [4]\nrecovery_methods: [none]\nepochs: [0]\nimportance: [l1]\nround_to: [1]\n"
+    )
+    common = {
+        "model": "yolov8n-coco.pt",
+        "data": "coco8",
+        "settings": CandidateSettings(imgsz=160),
+        "root": tmp_path,
+        "space": str(space),
+        "multi_fidelity": True,
+        "rung0_val": 2,
+        "max_map_drop": 0.05,
+        "retime_rounds": 0,
+    }
+    study = run_search(SearchConfig(**common, budget=2))  # the reference trials
+    references = len(study.get_trials())
+    # 60% of four backbone/neck groups, no recovery: the model is destroyed before it is quantized
+    study.enqueue_trial({"prune/enabled": True, **{f"prune/{g}": 0.6 for g in groups}})
+    study.enqueue_trial({"prune/enabled": False})  # INT8 alone: within reach, so quantized as planned
+    study = run_search(SearchConfig(**common, budget=references + 2))
+    destroyed, unpruned = study.trials[references], study.trials[references + 1]
+    assert destroyed.state == optuna.trial.TrialState.PRUNED
+    rung0 = destroyed.user_attrs["rung0"]
+    assert rung0["stand_ins"] == {"precision": "fp32"} and rung0["latency_ms"] is None
+    assert rung0["not_timed"].startswith("its FP32 export scored mAP50-95 ")
+    assert rung0["not_timed"].endswith("to be promoted: not quantized, not timed")
+    folder = tmp_path / study.study_name / "trials" / str(destroyed.number)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "quantize" not in metrics["step_seconds"] and metrics["quantize"] is None  # calibration never ran
+    assert metrics["deployable"] == str(folder / "model.onnx") and metrics["map50_95"] == rung0["map50_95"]
+    assert not (folder / "model.int8.onnx").exists()
+    from yolotune.studies import write_report
+
+    page = write_report(study, tmp_path / "r.html").read_text()
+    assert "fp32 precision" in page.split('id="rung0"')[1].split("</section>")[0]
+    # the FP32 export of a plan within reach was validated too, and the plan quantized all the same
+    assert "precision" not in unpruned.user_attrs["rung0"]["stand_ins"]
+    if unpruned.state == optuna.trial.TrialState.COMPLETE:
+        assert unpruned.user_attrs["artifact"].endswith("model.int8.onnx")
+    else:
+        assert (tmp_path / study.study_name / "trials" / str(unpruned.number) / "model.int8.onnx").is_file()

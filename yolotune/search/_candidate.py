@@ -319,6 +319,8 @@ class BuiltCandidate:
         proxy: At rung 0, the recovery that stood in for the plan's (``ls×8``: its method on fewer images).
         calibration_proxy: At rung 0, the calibration that stood in for the plan's slow one (``minmax``).
         finetune: What fine-tuning ran, when it ran.
+        unquantized: At rung 0, why the plan's quantization did not run (its FP32 export was already
+            out of reach): ``deployable`` and ``accuracy`` are then the FP32 export's.
     """
 
     plan: CompressionPlan
@@ -340,11 +342,14 @@ class BuiltCandidate:
     proxy: str = ""
     calibration_proxy: str = ""
     finetune: FinetuneReport | None = None
+    unquantized: str = ""
 
     @property
     def stand_ins(self) -> dict[str, str]:
-        """What rung 0 ran in place of the plan's slow steps (``{"recovery": "bn", ...}``)."""
+        """What rung 0 ran in place of the plan's slow steps (``{"recovery": "ls×8", ...}``)."""
         named = {"recovery": self.proxy, "calibration": self.calibration_proxy}
+        if self.unquantized:
+            named["precision"] = "fp32"
         return {step: ran for step, ran in named.items() if ran}
 
 
@@ -374,6 +379,7 @@ def build_candidate(
     stage: str = "full",
     val_images: int | None = None,
     previous: BuiltCandidate | None = None,
+    rung0_floor: float | None = None,
 ) -> BuiltCandidate:
     """Build the deployable model for ``plan`` and validate it; every step holds the compute lease.
 
@@ -390,6 +396,13 @@ def build_candidate(
     calibration changed, and validates on every validation image. A rung 0 that recovered on fewer
     images is rebuilt with the plan's own recovery (pruning again is deterministic and takes about
     a second; the recovery images rung 0 left out are what it saved).
+
+    ``rung0_floor`` (rung 0 only) is the mAP50-95, on rung 0's validation images, under which the
+    plan is out of reach whatever its size and speed (the driver's ``--max-map-drop`` bound less the
+    promotion margin). A plan that quantizes then validates its FP32 export first, and one under
+    the floor is not quantized: the result is the FP32 export's, at rung 0, and ``unquantized``
+    says why. Quantization cannot bring back a model that pruning lost, and it costs most of a
+    hopeless rung 0's seconds (calibration, then validating the quantized file).
 
     Raises:
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
@@ -430,6 +443,7 @@ def build_candidate(
                 on_step=on_step,
                 stage="rung0",
                 val_images=val_images,
+                rung0_floor=rung0_floor,
             )
             plan.save(Path(out_dir) / "plan.yaml")
             return dataclasses.replace(
@@ -491,6 +505,7 @@ def build_candidate(
         finetune=not cheap,
         reports=(prune_report, recover_report),
         fidelity="rung0" if cheap else "full",
+        floor=rung0_floor if stage == "rung0" else None,
     )
 
 
@@ -513,13 +528,39 @@ def _finish(
     quant_report: QuantizeReport | None = None,
     counts: tuple[int, int] | None = None,
     fp32: Path | None = None,
+    floor: float | None = None,
 ) -> BuiltCandidate:
     """(Fine-tune) → count → export → (quantize) → validate, from a saved checkpoint.
 
     With ``deployable`` given (promotion of a plan that does not fine-tune), only validation runs;
     with ``fp32`` given (the checkpoint's export, when it was not fine-tuned), no export runs.
+    With ``floor`` (rung 0), a plan that quantizes validates its FP32 export first and stops there,
+    unquantized and at rung 0, when that scores under ``floor``.
     """
     import socket
+
+    def built(deployable: Path, accuracy: Accuracy, **fields: Any) -> BuiltCandidate:
+        assert counts is not None
+        return BuiltCandidate(
+            plan=plan,
+            model=str(model_path),
+            data=str(source),
+            imgsz=imgsz,
+            deployable=deployable,
+            accuracy=accuracy,
+            size_bytes=measure_size(deployable),
+            prune=reports[0],
+            recover=reports[1],
+            quantize=quant_report,
+            macs=counts[0],
+            params=counts[1],
+            step_seconds=dict(steps.seconds),
+            versions=package_versions(),
+            host=socket.gethostname(),
+            fidelity=fidelity,
+            finetune=tuned,
+            **fields,
+        )
 
     imgsz = settings.imgsz
     tuned = None
@@ -550,6 +591,16 @@ def _finish(
                 fp32 = adapter.export_onnx(checkpoint, imgsz=imgsz)
         deployable = fp32
         quant_report = None
+        if plan.quantization.active and floor is not None:
+            with steps("validate"):
+                unquantized = measure_map(fp32, dataset, imgsz=imgsz)
+            if unquantized.map50_95 < floor:
+                fidelity = "rung0"  # even when rung 0 validated every image: quantization did not run
+                why = (
+                    f"its FP32 export scored mAP50-95 {unquantized.map50_95:.3f} on {unquantized.images} validation "
+                    f"images, under the {floor:.3f} it needs there to be promoted"
+                )
+                return built(fp32, unquantized, unquantized=why)
         if plan.quantization.active:
             with steps("quantize"):
                 deployable = out / ("model.int8.onnx" if "int8" in plan.quantization.precisions else "model.fp16.onnx")
@@ -572,25 +623,7 @@ def _finish(
             accuracy,
             note="fp16 layers validated in fp32 by ONNX Runtime on the search host (fp16 rounding not modelled)",
         )
-    return BuiltCandidate(
-        plan=plan,
-        model=str(model_path),
-        data=str(source),
-        imgsz=imgsz,
-        deployable=deployable,
-        accuracy=accuracy,
-        size_bytes=measure_size(deployable),
-        prune=reports[0],
-        recover=reports[1],
-        quantize=quant_report,
-        macs=counts[0],
-        params=counts[1],
-        step_seconds=dict(steps.seconds),
-        versions=package_versions(),
-        host=socket.gethostname(),
-        fidelity=fidelity,
-        finetune=tuned,
-    )
+    return built(deployable, accuracy)
 
 
 def _promote(
@@ -606,7 +639,7 @@ def _promote(
     # new weights (export and quantize again), or rung 0 calibrated with a stand-in (quantize
     # rung 0's export again)
     fine = plan.recovery.epochs > 0
-    again = fine or bool(previous.calibration_proxy)
+    again = fine or bool(previous.calibration_proxy) or bool(previous.unquantized)
     export = out / "model.onnx"
     return _finish(
         plan,

@@ -614,6 +614,19 @@ def _out_of_reach(study: optuna.Study, map50_95: float, margin: float) -> str:
     return ""
 
 
+def _rung0_floor(config: SearchConfig, study: optuna.Study) -> float | None:
+    """The mAP50-95 on rung 0's images under which a rung-0 candidate is out of reach (``None``: no bound yet).
+
+    What ``_out_of_reach`` refuses, before the shift to every validation image: a rung 0 whose FP32
+    export scores under it is not quantized (``build_candidate``'s ``rung0_floor``).
+    """
+    drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
+    if drop is None or base is None:
+        return None
+    shift = _rung0_shift(config, study, config.rung0_val)[0] if config.rung0_val is not None else 0.0
+    return base - drop - config.promote_margin - shift
+
+
 def _rung0_shift(config: SearchConfig, study: optuna.Study, images: int) -> tuple[float, str]:
     """What to add to a rung-0 mAP50-95 measured on ``images`` validation images to compare it with full ones.
 
@@ -1055,7 +1068,7 @@ def run_search(
                 }
                 if config.multi_fidelity and not reference:
                     # references are the front's anchors and the --max-map-drop baseline: always full
-                    kwargs.update(stage="rung0", val_images=config.rung0_val)
+                    kwargs.update(stage="rung0", val_images=config.rung0_val, rung0_floor=_rung0_floor(config, study))
                 if isinstance(executor, InProcess):
                     kwargs["on_step"] = _bind(on_step, trial.number)
                 pending.kwargs = kwargs
@@ -1125,6 +1138,8 @@ def run_search(
                                 unreachable = _out_of_reach(study, m, margin)
                                 if unreachable and estimate:
                                     unreachable += f" (mAP estimated: {estimate})"
+                                if built.unquantized:  # stopped before quantizing: never timed nor promoted
+                                    unreachable = f"{built.unquantized}: not quantized, not timed"
                                 # no full-fidelity trial this small is `margin` better: promoted at any
                                 # latency, so timed once, at full fidelity (measured: a rung-0 timing is
                                 # ~2 of a stop's 4.3 CPU-s, and promotion re-times new bytes anyway)
