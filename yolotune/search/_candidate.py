@@ -399,10 +399,10 @@ def build_candidate(
 
     ``rung0_floor`` (rung 0 only) is the mAP50-95, on rung 0's validation images, under which the
     plan is out of reach whatever its size and speed (the driver's ``--max-map-drop`` bound less the
-    promotion margin). A plan that quantizes then validates its FP32 export first, and one under
-    the floor is not quantized: the result is the FP32 export's, at rung 0, and ``unquantized``
-    says why. Quantization cannot bring back a model that pruning lost, and it costs most of a
-    hopeless rung 0's seconds (calibration, then validating the quantized file).
+    promotion margin). An INT8 plan then validates its FP32 export first, and one under the floor
+    is not quantized: the result is the FP32 export's, at rung 0, and ``unquantized`` says why.
+    Quantization cannot bring back a model that pruning lost, and it costs most of a hopeless rung
+    0's seconds (calibration, then validating the quantized file).
 
     Raises:
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
@@ -534,7 +534,7 @@ def _finish(
 
     With ``deployable`` given (promotion of a plan that does not fine-tune), only validation runs;
     with ``fp32`` given (the checkpoint's export, when it was not fine-tuned), no export runs.
-    With ``floor`` (rung 0), a plan that quantizes validates its FP32 export first and stops there,
+    With ``floor`` (rung 0), an INT8 plan validates its FP32 export first and stops there,
     unquantized and at rung 0, when that scores under ``floor``.
     """
     import socket
@@ -591,7 +591,7 @@ def _finish(
                 fp32 = adapter.export_onnx(checkpoint, imgsz=imgsz)
         deployable = fp32
         quant_report = None
-        if plan.quantization.active and floor is not None:
+        if "int8" in plan.quantization.precisions and floor is not None:  # calibration: a hopeless stop's most
             with steps("validate"):
                 unquantized = measure_map(fp32, dataset, imgsz=imgsz)
             if unquantized.map50_95 < floor:
