@@ -16,8 +16,8 @@ runner = CliRunner()
 def _error(args: list[str]) -> str:
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr  # nothing else, not even a blank line (a spinner stopped off a terminal)
     assert lines[0].startswith("error: ")
     return lines[0]
 
@@ -35,6 +35,17 @@ def plan_file(tmp_path: Path):
 def test_missing_weights(tmp_path: Path) -> None:
     line = _error(["baseline", "--model", "nope.pt", "--data", "coco8"])
     assert "model 'nope.pt' not found; looked at" in line and "weights/nope.pt" in line
+    assert line.endswith("; pass a trained Ultralytics .pt checkpoint, or a bundled name: yolov8n-coco.pt")
+
+
+def test_missing_data_names_what_would_do(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "data.yaml"
+    line = _error(["baseline", "--data", str(missing)])
+    # a yaml path is looked for as given (not as a folder holding data.yaml), and the bundled names are offered
+    assert line == (
+        f"error: dataset '{missing}' not found; looked at {missing}; pass a data yaml (train, val, names) as for "
+        "Ultralytics, or a bundled name: coco8, tiny_coco"
+    )
 
 
 def test_corrupt_weights(tmp_path: Path) -> None:

@@ -58,6 +58,17 @@ def _looked(paths: list[Path]) -> str:
     return ", ".join(str(p) for p in paths)
 
 
+def _bundled(root: Path | None, folder: str, what: str) -> str:
+    """Where to find what was not found: the assets directory's ``folder`` entries, or how to set one."""
+    if root is None:
+        return " (no assets directory: set YOLOTUNE_ASSETS)"
+    try:
+        names = sorted(p.name for p in (root / folder).iterdir() if not p.name.startswith("."))
+    except OSError:
+        names = []
+    return f"; pass {what}" + (f", or a bundled name: {', '.join(names)}" if names else "")
+
+
 def resolve_model(name: str | os.PathLike[str]) -> Path:
     """Resolve a model argument (path, or bare name in ``<assets>/weights``) to an existing file.
 
@@ -80,7 +91,7 @@ def resolve_model(name: str | os.PathLike[str]) -> Path:
         raise YolotuneError(
             f"model '{name}' names an architecture, not trained weights: pass the trained detector's .pt checkpoint"
         )
-    hint = "" if root is not None else " (no assets directory: set YOLOTUNE_ASSETS)"
+    hint = _bundled(root, "weights", "a trained Ultralytics .pt checkpoint")
     raise YolotuneError(f"model '{name}' not found; looked at {_looked(tried)}{hint}")
 
 
@@ -92,7 +103,7 @@ def resolve_data(name: str | os.PathLike[str]) -> Path:
     """
     path = Path(name).expanduser()
     tried: list[Path] = []
-    candidates = [path, path / "data.yaml"]
+    candidates = [path] if path.suffix in {".yaml", ".yml"} else [path, path / "data.yaml"]
     root = assets_dir()
     if root is not None and len(path.parts) == 1:
         stem = path.name.removesuffix(".yaml")
@@ -105,7 +116,7 @@ def resolve_data(name: str | os.PathLike[str]) -> Path:
         raise YolotuneError(
             f"dataset folder {path} has no data.yaml: pass the data yaml itself (train, val, names) as for Ultralytics"
         )
-    hint = "" if root is not None else " (no assets directory: set YOLOTUNE_ASSETS)"
+    hint = _bundled(root, "datasets", "a data yaml (train, val, names) as for Ultralytics")
     raise YolotuneError(f"dataset '{name}' not found; looked at {_looked(tried)}{hint}")
 
 

@@ -46,6 +46,11 @@ class _Consoles:
     def err(self) -> Console:
         return Console(stderr=True, soft_wrap=True)
 
+    def spinner(self, *columns: Any) -> Progress:
+        """A transient spinner on stderr; none when stderr is not a terminal (rich would leave a blank line)."""
+        err = self.err
+        return Progress(*columns, console=err, transient=True, disable=not err.is_terminal)
+
 
 _consoles = _Consoles()
 
@@ -195,13 +200,7 @@ def _one_line_errors(fn: F) -> F:
 def _run(label: str, **kwargs: Any) -> Any:
     from yolotune.search import run_candidate
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        TimeElapsedColumn(),
-        console=_consoles.err,
-        transient=True,
-    ) as progress:
+    with _consoles.spinner(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn()) as progress:
         task = progress.add_task(label)
         return run_candidate(on_step=lambda step: progress.update(task, description=f"{label}: {step}"), **kwargs)
 
@@ -479,7 +478,7 @@ def run(
     task = progress.add_task(config.name, total=budget, status="starting")
 
     with _Interrupts().installed() as interrupts, contextlib.ExitStack() as cleanup:
-        cleanup.callback(progress.stop)
+        cleanup.callback(lambda: progress.stop() if progress.live.is_started else None)  # else: a blank line
 
         def on_trial(outcome: Any, st: Any) -> None:
             import optuna
@@ -895,7 +894,7 @@ def retime(
     before = current_retiming(st)
     with (
         _Interrupts().installed() as interrupts,
-        Progress(SpinnerColumn(), TextColumn("{task.description}"), console=_consoles.err, transient=True) as bar,
+        _consoles.spinner(SpinnerColumn(), TextColumn("{task.description}")) as bar,
     ):
         task = bar.add_task(f"re-timing the front of {st.study_name}")
 
@@ -962,7 +961,7 @@ def export(
     dest = out or Path("export") / f"{st.study_name}-{trial}"
     with (
         _Interrupts().installed(),  # `kill` too leaves no half export (export_trial cleans up on KeyboardInterrupt)
-        Progress(SpinnerColumn(), TextColumn("{task.description}"), console=_consoles.err, transient=True) as bar,
+        _consoles.spinner(SpinnerColumn(), TextColumn("{task.description}")) as bar,
     ):
         bar.add_task(f"exporting trial {trial}" + (" and re-measuring it" if remeasure else ""))
         res = export_trial(
