@@ -89,7 +89,7 @@ def test_data_yaml_with_other_classes_than_the_model(tmp_path: Path) -> None:
     assert "the model detects 80" in _error(["run", "--data", str(data), "--budget", "1", "--root", str(tmp_path)])
 
 
-def test_unknown_group(plan_file) -> None:
+def test_unknown_group(plan_file, tmp_path: Path) -> None:
     line = _error(
         [
             "eval",
@@ -102,11 +102,12 @@ def test_unknown_group(plan_file) -> None:
         ]
     )
     assert "unknown pruning group 'backbone.42'; valid groups: backbone.0" in line
+    assert line.startswith(f"error: plan file {tmp_path / 'plan.yaml'}: ")  # which file, not only what in it
 
 
 def test_ratio_out_of_range(plan_file) -> None:
     line = _error(["eval", "--data", "coco8", "--plan", plan_file({"pruning": {"ratios": {"backbone.4": 0.95}}})])
-    assert "pruning ratio of 'backbone.4' is 0.95; it must lie in [0, 0.9]" in line
+    assert line.endswith("plan.yaml: pruning ratio of 'backbone.4' is 0.95; it must lie in [0, 0.9]")
 
 
 def test_unknown_target_and_missing_plan(tmp_path: Path) -> None:
@@ -131,11 +132,11 @@ def test_eval_refuses_a_plan_before_building_the_baseline(plan_file, tmp_path: P
     assert "is a directory" in _error(["eval", "--data", "coco8", "--plan", str(tmp_path)])
     broken = tmp_path / "broken.yaml"
     broken.write_text("pruning: {ratios: [\n")
-    assert "plan is not valid YAML: " in _error(["eval", "--data", "coco8", "--plan", str(broken)])
+    assert f"plan file {broken} is not valid YAML: " in _error(["eval", "--data", "coco8", "--plan", str(broken)])
     twice = tmp_path / "twice.yaml"  # the second ratios would silently replace the first
     twice.write_text("pruning:\n  ratios: {backbone.7: 0.25}\n  ratios: {neck.16: 0.25}\n")
     line = _error(["eval", "--data", "coco8", "--plan", str(twice)])
-    assert line == "error: plan is not valid YAML: found duplicate key 'ratios' at line 3, column 3"
+    assert line == f"error: plan file {twice} is not valid YAML: found duplicate key 'ratios' at line 3, column 3"
 
 
 def test_paths_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from yolotune.errors import SearchStopped, YolotuneError, disk_full
+from yolotune.errors import PlanError, SearchStopped, YolotuneError, disk_full
 
 app = typer.Typer(
     name="tune",
@@ -73,8 +73,8 @@ TargetsFileOpt = Annotated[
 
 #: What Ctrl-C leaves behind, per command (others: nothing to resume).
 _STOPPED = {
-    "run": "interrupted: what was measured is kept (a candidate or scan probe in progress runs again); "
-    "run the same command to resume",
+    "run": "interrupted: what was measured is kept (a candidate, scan probe or re-timing round in progress runs "
+    "again); run the same command to resume",
     "agent": "agent stopped",
     "dashboard": "dashboard stopped",
     "retime": "interrupted: the rounds done are kept; run the same command to go on",
@@ -314,7 +314,10 @@ def eval_(
     the_plan = CompressionPlan.load(plan)
     settings = _settings(imgsz, target, device_url, device_token_file, targets_file)
     # refuse a plan the model, data or target cannot honour before the baseline's minute of work
-    groups = check_candidate(model=model, data=data, plan=the_plan, settings=settings)
+    try:
+        groups = check_candidate(model=model, data=data, plan=the_plan, settings=settings)
+    except PlanError as exc:
+        raise PlanError(f"plan file {plan}: {exc}") from exc
     _consoles.out.print(f"plan: {the_plan.brief(groups=groups)}")
     base = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out / "baseline", settings=settings)
     cand = _run("candidate", model=model, data=data, plan=the_plan, out_dir=out / "candidate", settings=settings)

@@ -424,18 +424,23 @@ class CompressionPlan:
             raise PlanError(
                 f"plan file {path} cannot be read as UTF-8 text ({type(exc).__name__}); give a JSON or YAML plan file"
             ) from None
-        if path.suffix == ".json":
-            return cls.from_json(text)
         try:
+            if path.suffix == ".json":
+                return cls.from_json(text)
             data = _yaml.load(text)
         except yaml.YAMLError as exc:
-            raise PlanError(f"plan is not valid YAML: {yaml_problem(exc)}") from exc
+            raise PlanError(f"plan file {path} is not valid YAML: {yaml_problem(exc)}") from exc
+        except PlanError as exc:
+            raise PlanError(f"plan file {path}: {exc}") from exc
         if data is None:
             raise PlanError(
                 f"plan file {path} is empty; give at least one of pruning, quantization, recovery "
                 "(the uncompressed model's plan is `{}`)"
             )
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except PlanError as exc:  # which file is wrong, not only what in it
+            raise PlanError(f"plan file {path}: {exc}") from exc
 
     def effective(self) -> CompressionPlan:
         """This plan with every setting that does not change what is built set to its default.
