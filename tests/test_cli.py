@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -514,3 +515,22 @@ def test_a_study_no_trial_of_which_meets_its_constraints_says_so(tmp_path: Path)
     html = tmp_path / "r.html"
     reported = runner.invoke(app, ["report", "--root", str(tmp_path), "-o", str(html)])
     assert reported.exit_code == 0 and "nothing to take the hypervolume of" in html.read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["export", "--trial", "abc"], "error: Invalid value for '--trial' / '-n': "),
+        (["show", "--nope"], "error: No such option: --nope; see `tune show --help`"),
+        (["nosuch"], "error: No such command 'nosuch'; see `tune --help`"),
+    ],
+)
+def test_bad_options_are_one_line_errors_as_well(argv: list[str], line: str, monkeypatch, capsys) -> None:
+    from yolotune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["tune", *argv])
+    with pytest.raises(SystemExit) as stopped:  # the console script's entry point, as `tune` runs it
+        main()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(line), err

@@ -1107,8 +1107,34 @@ def agent(
 
 
 def main() -> None:
-    """Console-script entry point (``tune`` and ``yolotune``)."""
-    app()
+    """Console-script entry point (``tune`` and ``yolotune``).
+
+    A bad option or argument (``--trial abc``, an unknown option) is one line on stderr and exit
+    code 2, as yolotune's own errors are, rather than click's framed usage box.
+    """
+    from rich.markup import escape
+
+    try:  # typer ≥0.22 raises its own copy of click's exceptions
+        from typer._click import exceptions as cli_errors
+    except ImportError:  # pragma: no cover - older typer raises click's
+        from click import exceptions as cli_errors  # type: ignore[no-redef]
+
+    try:
+        code = app(standalone_mode=False, prog_name="tune")
+    except cli_errors.NoArgsIsHelpError:  # `tune` alone: the help, as typer shows it
+        app(prog_name="tune")
+        return
+    except cli_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "tune"
+        line = f"{escape(exc.format_message().rstrip('.'))}; see `{where} --help`"
+        _consoles.err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except cli_errors.ClickException as exc:
+        _consoles.err.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
