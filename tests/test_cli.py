@@ -176,6 +176,15 @@ def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path
     assert (out / "baseline" / "metrics.json").exists()
 
 
+def test_one_off_measurements_never_overwrite_each_other(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for expected in ("runs/baseline", "runs/baseline2"):  # numbered as Ultralytics numbers its runs
+        result = runner.invoke(app, ["baseline", "--data", "coco8", "--imgsz", "160"])
+        assert result.exit_code == 0, result.output
+        assert f"artifacts and metrics.json in {expected}" in result.stdout
+        assert (tmp_path / expected / "metrics.json").is_file()
+
+
 def test_run_bad_arguments(tmp_path: Path) -> None:
     assert "--budget must be a positive number of trials; got 0" in _error(["run", "--data", "coco8", "--budget", "0"])
     line = _error(["run", "--data", "coco8", "--budget", "1", "--storage", "nosuchdb://x"])

@@ -71,6 +71,13 @@ TargetsFileOpt = Annotated[
 ]
 
 
+#: ``--out`` of a one-off measurement: by default ``runs/<command>``, numbered as Ultralytics numbers its runs.
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Output directory (default: runs/<command>, then runs/<command>2, ...)."),
+]
+
+
 #: What Ctrl-C leaves behind, per command (others: nothing to resume).
 _STOPPED = {
     "run": "interrupted: what was measured is kept (a candidate, scan probe or re-timing round in progress runs "
@@ -197,6 +204,13 @@ def _one_line_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _fresh_run_dir(command: str) -> Path:
+    """``runs/<command>``, or the first of ``runs/<command>2``, ... not taken (a one-off never overwrites another)."""
+    from yolotune.compression import ultralytics_adapter
+
+    return ultralytics_adapter.run_dir(Path("runs") / command)
+
+
 def _run(label: str, **kwargs: Any) -> Any:
     from yolotune.search import run_candidate
 
@@ -273,10 +287,12 @@ def baseline(
     device_url: DeviceUrlOpt = None,
     device_token_file: DeviceTokenOpt = None,
     targets_file: TargetsFileOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/baseline"),
+    out: OutDirOpt = None,
 ) -> None:
     """Measure the uncompressed model's FP32 ONNX: mAP, size, latency."""
     from yolotune.spaces import CompressionPlan
+
+    out = out or _fresh_run_dir("baseline")
 
     result = _run(
         "baseline",
@@ -305,7 +321,7 @@ def eval_(
     device_url: DeviceUrlOpt = None,
     device_token_file: DeviceTokenOpt = None,
     targets_file: TargetsFileOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/eval"),
+    out: OutDirOpt = None,
 ) -> None:
     """Build and measure one candidate, side by side with the FP32 baseline."""
     from yolotune.search import check_candidate
@@ -319,6 +335,7 @@ def eval_(
     except PlanError as exc:
         raise PlanError(f"plan file {plan}: {exc}") from exc
     _consoles.out.print(f"plan: {the_plan.brief(groups=groups)}")
+    out = out or _fresh_run_dir("eval")
     base = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out / "baseline", settings=settings)
     cand = _run("candidate", model=model, data=data, plan=the_plan, out_dir=out / "candidate", settings=settings)
     _consoles.out.print(_table([("baseline", base), ("candidate", cand)], base))

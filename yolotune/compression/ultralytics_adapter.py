@@ -65,6 +65,7 @@ __all__ = [
     "never_pruned",
     "postprocessing",
     "quiet",
+    "run_dir",
     "save_checkpoint",
     "validate_onnx",
 ]
@@ -827,3 +828,11 @@ def postprocessing() -> dict[str, Any]:
         "confidence_validated": 0.001,  # the validator's when conf is unset: the mAP here was measured so
         "confidence_predict": 0.25,  # the predictor's when conf is unset
     }
+
+
+def run_dir(path: str | Path) -> Path:
+    """``path``, or the first of ``path2``, ``path3``, ... not taken, as Ultralytics names runs (``increment_path``)."""
+    _setup()
+    from ultralytics.utils.files import increment_path
+
+    return Path(increment_path(Path(path), exist_ok=False, sep=""))
