@@ -4,7 +4,8 @@ yolov8n-coco / tiny_coco at 320 on local-cpu, NSGA-II over the default space, th
 The single-fidelity search evaluates every candidate fully (post-training recovery, fine-tuning,
 every validation image); the multi-fidelity one evaluates each at rung 0 (no fine-tuning,
 ``--rung0-val`` validation images) and promotes those near the full-fidelity front. Both run
-``--budget`` candidates, each in one ``run_search`` call as ``tune run`` does (``--interleave``:
+``--budget`` candidates (multi-fidelity: ``--multi-budget``, to let it spend as much), each in one
+``run_search`` call as ``tune run`` does (``--interleave``:
 alternated one candidate at a time, a call per candidate, so the machine's drift hits both alike
 but each call's set-up is counted every time); the CPU-seconds of this process (every step runs
 in it) are counted per search. After each
@@ -13,8 +14,8 @@ same ``--max-map-drop``) is recorded, all with one reference
 point (mAP 0, 1.1 × the largest size, 1.1 × the largest latency), through Optuna's public
 ``plot_hypervolume_history``. Prints a table; writes bench/results/fidelity.json.
 
-    PYTHONPATH=. .venv/bin/python bench/fidelity.py [--budget 24] [--imgsz 320] [--rung0-val 16]
-        [--max-map-drop 0.05] [--interleave]
+    PYTHONPATH=. .venv/bin/python bench/fidelity.py [--budget 24] [--multi-budget 36] [--imgsz 320]
+        [--rung0-val 16] [--max-map-drop 0.05] [--interleave]
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ def run_once(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=30, help="candidates per search")
+    parser.add_argument(
+        "--multi-budget",
+        type=int,
+        default=None,
+        help="multi-fidelity's candidates (default: --budget). Its stops are cheaper, so at equal budgets it "
+        "ends on less compute; a larger one lets it spend up to single's, to see when it reaches single's "
+        "hypervolume",
+    )
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rung0-val", type=int, default=16)
@@ -128,7 +137,7 @@ def main() -> None:
             multi_fidelity=True,
             rung0_val=args.rung0_val,
             promote_margin=args.promote_margin,
-            **common,
+            **{**common, "budget": args.multi_budget or args.budget},
         ),
     }
     cpu = dict.fromkeys(configs, 0.0)

@@ -1138,9 +1138,10 @@ def main() -> None:
 
     try:
         code = app(standalone_mode=False, prog_name="tune")
-    except cli_errors.NoArgsIsHelpError:  # `tune` alone: the help, as typer shows it
-        app(prog_name="tune")
-        return
+    except getattr(cli_errors, "NoArgsIsHelpError", ()) as exc:  # `tune` alone: the help (typer prints it itself)
+        if message := exc.format_message():
+            _consoles.out.print(message, highlight=False, markup=False)
+        raise SystemExit(exc.exit_code) from None
     except cli_errors.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "tune"
         line = f"{escape(exc.format_message().rstrip('.'))}; see `{where} --help`"
@@ -1150,6 +1151,7 @@ def main() -> None:
         _consoles.err.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
+        _consoles.err.print("aborted", highlight=False)
         raise SystemExit(1) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 

@@ -7,7 +7,7 @@ import os
 import re
 from typing import Any
 
-__all__ = ["PlanError", "SearchStopped", "StepError", "YolotuneError", "disk_full", "yaml_problem"]
+__all__ = ["PlanError", "SearchStopped", "StepError", "YolotuneError", "disk_full", "out_of_memory", "yaml_problem"]
 
 
 #: Terminal colour codes (``ESC[...m``).
@@ -66,3 +66,21 @@ _DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "database or
 def disk_full(text: str) -> bool:
     """Whether an error's text says a disk is full (``ENOSPC``, ``EDQUOT``, SQLite's wording)."""
     return any(words in text for words in _DISK_FULL)
+
+
+#: how a failed allocation reads where the library raises no ``MemoryError``: PyTorch's CPU
+#: allocator and CUDA (RuntimeError / OutOfMemoryError), ONNX Runtime's arena (``Fail``), C++'s
+#: ``std::bad_alloc``
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "failed to allocate memory", "bad_alloc", "bad allocation")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from or while handling, is a failed allocation."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or any(m in str(current).lower() for m in _OUT_OF_MEMORY):
+            return True
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return False

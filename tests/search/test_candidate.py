@@ -198,3 +198,31 @@ def test_a_yolo11_model_is_pruned_recovered_and_quantized_like_yolov8(tmp_path: 
     (got,) = session.run(None, {session.get_inputs()[0].name: image})
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-2)
+
+
+def test_rung0_quantizes_only_plans_whose_fp32_export_clears_the_floor(tmp_path: Path) -> None:
+    from yolotune.search import build_candidate
+
+    int8 = {"default": "int8", "calibration_images": 4, "calibration_method": "minmax"}
+    common = {"model": "yolov8n-coco.pt", "data": "coco8", "settings": CandidateSettings(imgsz=160)}
+    plan = CompressionPlan.from_dict({"quantization": int8})
+    # a floor nothing clears: on 2 of coco8's 4 validation images, rung 0 stops before quantizing
+    stopped = build_candidate(**common, plan=plan, out_dir=tmp_path / "a", stage="rung0", val_images=2, rung0_floor=2.0)
+    assert stopped.fidelity == "rung0" and stopped.quantize is None
+    assert stopped.deployable == tmp_path / "a" / "model.onnx" and not (tmp_path / "a" / "model.int8.onnx").exists()
+    assert stopped.unquantized.startswith("its FP32 export scored mAP50-95 ") and stopped.stand_ins == {
+        "precision": "fp32"
+    }
+    assert "quantize" not in stopped.step_seconds and "validate-fp32" in stopped.step_seconds
+    # a histogram calibration would have had a MinMax stand-in: none is claimed, since none ran
+    slow = CompressionPlan.from_dict({"quantization": {**int8, "calibration_method": "percentile"}})
+    stopped = build_candidate(**common, plan=slow, out_dir=tmp_path / "b", stage="rung0", rung0_floor=2.0)
+    assert stopped.unquantized and stopped.stand_ins == {"precision": "fp32"}
+    # a rung 0 that is the whole plan (every image, no fine-tuning, nothing stood in) is evaluated in full
+    full = build_candidate(**common, plan=plan, out_dir=tmp_path / "c", stage="rung0", rung0_floor=2.0)
+    assert full.fidelity == "full" and not full.unquantized and full.deployable.name == "model.int8.onnx"
+    assert "validate-fp32" not in full.step_seconds
+    # a floor the FP32 export clears: quantized as planned, after that one extra validation
+    kept = build_candidate(**common, plan=plan, out_dir=tmp_path / "d", stage="rung0", val_images=2, rung0_floor=0.0)
+    assert kept.fidelity == "rung0" and not kept.unquantized and kept.deployable.name == "model.int8.onnx"
+    assert kept.stand_ins == {} and "validate-fp32" in kept.step_seconds

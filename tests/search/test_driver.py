@@ -1214,9 +1214,12 @@ def test_multi_fidelity_does_not_quantize_a_candidate_whose_fp32_export_is_alrea
     from yolotune.studies import write_report
 
     page = write_report(study, tmp_path / "r.html").read_text()
-    assert "fp32 precision" in page.split('id="rung0"')[1].split("</section>")[0]
+    row = page.split(f'data-trial="{destroyed.number}"')[1].split("</tr>")[0]
+    assert "fp32 precision" in row  # its Stand-ins cell
     # the FP32 export of a plan within reach was validated too, and the plan quantized all the same
     assert "precision" not in unpruned.user_attrs["rung0"]["stand_ins"]
+    kept = json.loads((tmp_path / study.study_name / "trials" / str(unpruned.number) / "metrics.json").read_text())
+    assert "validate-fp32" in kept["step_seconds"]
     if unpruned.state == optuna.trial.TrialState.COMPLETE:
         assert unpruned.user_attrs["artifact"].endswith("model.int8.onnx")
     else:

@@ -835,4 +835,4 @@ def run_dir(path: str | Path) -> Path:
     _setup()
     from ultralytics.utils.files import increment_path
 
-    return Path(increment_path(Path(path), exist_ok=False, sep=""))
+    return Path(increment_path(Path(path), exist_ok=False, sep="", mkdir=True))  # taken now, not a minute later

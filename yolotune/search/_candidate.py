@@ -399,8 +399,9 @@ def build_candidate(
 
     ``rung0_floor`` (rung 0 only) is the mAP50-95, on rung 0's validation images, under which the
     plan is out of reach whatever its size and speed (the driver's ``--max-map-drop`` bound less the
-    promotion margin). An INT8 plan then validates its FP32 export first, and one under the floor
-    is not quantized: the result is the FP32 export's, at rung 0, and ``unquantized`` says why.
+    promotion margin). When rung 0 skips something of the plan (fine-tuning, validation images, a
+    stand-in), an INT8 plan then validates its FP32 export first, and one under the floor is not
+    quantized: the result is the FP32 export's, at rung 0, and ``unquantized`` says why.
     Quantization cannot bring back a model that pruning lost, and it costs most of a hopeless rung
     0's seconds (calibration, then validating the quantized file).
 
@@ -430,25 +431,64 @@ def build_candidate(
             return dataclasses.replace(built, step_seconds=total)
         assert previous is not None
         return _promote(previous, out=Path(out_dir), settings=settings, on_step=on_step)
+    common: dict[str, Any] = {
+        "model": model,
+        "data": data,
+        "out_dir": out_dir,
+        "settings": settings,
+        "runs_on": runs_on,
+    }
     if stage == "rung0":
         stand_in, recovery, calibration = _rung0_stand_in(plan)
         if stand_in != plan:
-            built = build_candidate(
-                model=model,
-                data=data,
+            built = _build(
+                **common,
                 plan=stand_in,
-                out_dir=out_dir,
-                settings=settings,
-                target=target,
                 on_step=on_step,
-                stage="rung0",
+                rung0=True,
+                stood_in=True,
                 val_images=val_images,
-                rung0_floor=rung0_floor,
+                floor=rung0_floor,
             )
             plan.save(Path(out_dir) / "plan.yaml")
             return dataclasses.replace(
-                built, plan=plan, fidelity="rung0", proxy=recovery, calibration_proxy=calibration
+                built,
+                plan=plan,
+                fidelity="rung0",
+                proxy=recovery,
+                calibration_proxy="" if built.unquantized else calibration,  # none ran at all
             )
+    return _build(
+        **common,
+        plan=plan,
+        on_step=on_step,
+        rung0=stage == "rung0",
+        stood_in=False,
+        val_images=val_images,
+        floor=rung0_floor,
+    )
+
+
+def _build(
+    *,
+    model: str | Path,
+    data: str | Path,
+    plan: CompressionPlan,
+    out_dir: Path,
+    settings: CandidateSettings,
+    runs_on: Target | TargetSpec,
+    on_step: Callable[[str], None] | None,
+    rung0: bool,
+    stood_in: bool,
+    val_images: int | None,
+    floor: float | None,
+) -> BuiltCandidate:
+    """Load → (prune → post-training recovery) → save, then ``_finish``; ``build_candidate``'s work.
+
+    At rung 0 (``rung0``) the result is a rung-0 one when it skips something of the plan: fine-tuning,
+    validation images, or (``stood_in``) the plan's own recovery or calibration. Only then does
+    ``floor`` apply: a rung 0 that is the whole plan is evaluated in full, and quantized.
+    """
     steps = _Steps(on_step)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -489,8 +529,8 @@ def build_candidate(
             del original
     with steps("save"):
         checkpoint = adapter.save_checkpoint(net, out / "model.pt", note=plan.to_json())
-    subset = val_subset(dataset, val_images) if stage == "rung0" and val_images else dataset
-    cheap = stage == "rung0" and (plan.recovery.epochs > 0 or len(subset.val_images) < len(dataset.val_images))
+    subset = val_subset(dataset, val_images) if rung0 and val_images else dataset
+    cheap = rung0 and (plan.recovery.epochs > 0 or len(subset.val_images) < len(dataset.val_images))
     return _finish(
         plan,
         checkpoint,
@@ -505,7 +545,7 @@ def build_candidate(
         finetune=not cheap,
         reports=(prune_report, recover_report),
         fidelity="rung0" if cheap else "full",
-        floor=rung0_floor if stage == "rung0" else None,
+        floor=floor if cheap or stood_in else None,
     )
 
 
@@ -592,7 +632,7 @@ def _finish(
         deployable = fp32
         quant_report = None
         if "int8" in plan.quantization.precisions and floor is not None:  # calibration: a hopeless stop's most
-            with steps("validate"):
+            with steps("validate-fp32"):
                 unquantized = measure_map(fp32, dataset, imgsz=imgsz)
             if unquantized.map50_95 < floor:
                 fidelity = "rung0"  # even when rung 0 validated every image: quantization did not run

@@ -623,7 +623,11 @@ def _rung0_floor(config: SearchConfig, study: optuna.Study) -> float | None:
     drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
     if drop is None or base is None:
         return None
-    shift = _rung0_shift(config, study, config.rung0_val)[0] if config.rung0_val is not None else 0.0
+    if config.rung0_val is None:
+        return base - drop - config.promote_margin
+    shift = _rung0_shift(config, study, config.rung0_val)[0]
+    if str(config.rung0_val) not in study.user_attrs.get("fp32_rung0_map", {}):
+        return None  # the FP32 reference could not be validated on the subset: no floor on a guessed scale
     return base - drop - config.promote_margin - shift
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from yolotune.errors import YolotuneError
+from yolotune.errors import YolotuneError, out_of_memory
 from yolotune.search._candidate import BuiltCandidate, build_candidate
 
 __all__ = ["Build", "Crashed", "Failed", "InProcess", "RayExecutor", "check_ray_address"]
@@ -54,24 +54,6 @@ def _reason(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {first}"
 
 
-#: How an allocation that failed reads, where the library raises no ``MemoryError``: PyTorch's CPU
-#: allocator and CUDA (RuntimeError / OutOfMemoryError), ONNX Runtime's arena (``Fail``), C++'s
-#: ``std::bad_alloc``.
-_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "failed to allocate memory", "bad_alloc", "bad allocation")
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc``, or an exception it was raised from or while handling, is a failed allocation."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, MemoryError) or any(m in str(current).lower() for m in _OUT_OF_MEMORY):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def failure(exc: BaseException) -> Failed | Crashed:
     """What a candidate's exception means for its plan.
 
@@ -79,7 +61,7 @@ def failure(exc: BaseException) -> Failed | Crashed:
     calibration, another program), not that the plan is wrong: it is worth one retry, as a worker
     that died is. Any other error would repeat.
     """
-    if _out_of_memory(exc):
+    if out_of_memory(exc):
         return Crashed(f"out of memory: {_reason(exc)}")
     return Failed(_reason(exc))
 

@@ -425,13 +425,11 @@ class CompressionPlan:
                 f"plan file {path} cannot be read as UTF-8 text ({type(exc).__name__}); give a JSON or YAML plan file"
             ) from None
         try:
-            if path.suffix == ".json":
-                return cls.from_json(text)
-            data = _yaml.load(text)
+            data = json.loads(text) if path.suffix == ".json" else _yaml.load(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan file {path} is not valid JSON: {exc}") from exc
         except yaml.YAMLError as exc:
             raise PlanError(f"plan file {path} is not valid YAML: {yaml_problem(exc)}") from exc
-        except PlanError as exc:
-            raise PlanError(f"plan file {path}: {exc}") from exc
         if data is None:
             raise PlanError(
                 f"plan file {path} is empty; give at least one of pruning, quantization, recovery "
