@@ -1081,32 +1081,46 @@ def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path
         assert metrics["accuracy"]["images"] == 4  # every coco8 validation image
 
 
-def test_multi_fidelity_does_not_time_a_candidate_no_fine_tune_could_bring_within_the_map_drop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+#: Early groups that, pruned by 60% with no recovery, destroy yolov8n.
+_DESTROYING = ["backbone.2", "backbone.4", "backbone.6", "neck.12"]
+
+
+def _destroying_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, space: str
+) -> tuple[dict[str, Any], _SizeTarget]:
+    """SearchConfig fields of a multi-fidelity search under --max-map-drop 0.05 (2 rung-0 images, sizes as
+    latencies) over a space pruning the ``_DESTROYING`` groups by 60% or not at all, plus ``space``'s options;
+    and the target that times its candidates.
+    """
     target = _SizeTarget()
     monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
-    space = tmp_path / "space.yaml"
-    groups = ["backbone.2", "backbone.4", "backbone.6", "neck.12"]
-    space.write_text(
-        f"prune_groups: {groups}\nmax_ratio: 0.6\nratio_step: 0.6\nprecisions: [fp32]\n"
-        "recovery_methods: [none]\nepochs: [0]\nimportance: [l1]\nround_to: [1]\n"
+    options = tmp_path / "space.yaml"
+    options.write_text(
+        f"prune_groups: {_DESTROYING}\nmax_ratio: 0.6\nratio_step: 0.6\nrecovery_methods: [none]\nepochs: [0]\n"
+        "importance: [l1]\nround_to: [1]\n" + space
     )
-    common = {
+    fields = {
         "model": "yolov8n-coco.pt",
         "data": "coco8",
         "settings": CandidateSettings(imgsz=160),
         "root": tmp_path,
-        "space": str(space),
+        "space": str(options),
         "multi_fidelity": True,
         "rung0_val": 2,
         "max_map_drop": 0.05,
         "retime_rounds": 0,
     }
+    return fields, target
+
+
+def test_multi_fidelity_does_not_time_a_candidate_no_fine_tune_could_bring_within_the_map_drop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common, target = _destroying_search(tmp_path, monkeypatch, "precisions: [fp32]\n")
     study = run_search(SearchConfig(**common, budget=2))  # the reference trials
     references = len(study.get_trials())
     # 60% of four backbone/neck groups, no recovery: the model is destroyed
-    study.enqueue_trial({"prune/enabled": True, **{f"prune/{g}": 0.6 for g in groups}})
+    study.enqueue_trial({"prune/enabled": True, **{f"prune/{g}": 0.6 for g in _DESTROYING}})
     study = run_search(SearchConfig(**common, budget=references + 1))
     stopped = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert len(stopped) == 1
@@ -1175,29 +1189,13 @@ def test_an_artifact_upload_cut_short_leaves_no_partial_file(tmp_path: Path) -> 
 def test_multi_fidelity_does_not_quantize_a_candidate_whose_fp32_export_is_already_out_of_reach(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = _SizeTarget()
-    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
-    space = tmp_path / "space.yaml"
-    groups = ["backbone.2", "backbone.4", "backbone.6", "neck.12"]
-    space.write_text(
-        f"prune_groups: {groups}\nmax_ratio: 0.6\nratio_step: 0.6\nprecisions: [int8]\ncalibration_methods: [minmax]\n"
-        "calibration_sizes: [4]\nrecovery_methods: [none]\nepochs: [0]\nimportance: [l1]\nround_to: [1]\n"
+    common, _ = _destroying_search(
+        tmp_path, monkeypatch, "precisions: [int8]\ncalibration_methods: [minmax]\ncalibration_sizes: [4]\n"
     )
-    common = {
-        "model": "yolov8n-coco.pt",
-        "data": "coco8",
-        "settings": CandidateSettings(imgsz=160),
-        "root": tmp_path,
-        "space": str(space),
-        "multi_fidelity": True,
-        "rung0_val": 2,
-        "max_map_drop": 0.05,
-        "retime_rounds": 0,
-    }
     study = run_search(SearchConfig(**common, budget=2))  # the reference trials
     references = len(study.get_trials())
     # 60% of four backbone/neck groups, no recovery: the model is destroyed before it is quantized
-    study.enqueue_trial({"prune/enabled": True, **{f"prune/{g}": 0.6 for g in groups}})
+    study.enqueue_trial({"prune/enabled": True, **{f"prune/{g}": 0.6 for g in _DESTROYING}})
     study.enqueue_trial({"prune/enabled": False})  # INT8 alone: within reach, so quantized as planned
     study = run_search(SearchConfig(**common, budget=references + 2))
     destroyed, unpruned = study.trials[references], study.trials[references + 1]
