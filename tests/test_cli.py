@@ -543,3 +543,21 @@ def test_bad_options_are_one_line_errors_as_well(argv: list[str], line: str, mon
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(line), err
+
+
+def test_the_alias_names_itself_in_usage_errors(monkeypatch, capsys) -> None:
+    from yolotune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/yolotune", "show", "--nope"])
+    with pytest.raises(SystemExit):
+        main()
+    assert capsys.readouterr().err == "error: No such option: --nope; see `yolotune show --help`\n"
+
+
+def test_progress_in_a_log_is_as_wide_as_the_lines_around_it(monkeypatch) -> None:
+    from yolotune.cli import _consoles
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert _consoles.err.width == _consoles.out.width == 160  # pytest's streams are no terminal: a log's width
+    monkeypatch.setenv("COLUMNS", "100")
+    assert _consoles.err.width == _consoles.out.width == 100

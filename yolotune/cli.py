@@ -44,7 +44,11 @@ class _Consoles:
 
     @property
     def err(self) -> Console:
-        return Console(stderr=True, soft_wrap=True)
+        import sys
+
+        # the run's progress line in a log: as wide as stdout's lines there, not squeezed into 80 columns
+        wide = sys.stderr.isatty() or "COLUMNS" in os.environ
+        return Console(stderr=True, soft_wrap=True, width=None if wide else 160)
 
     def spinner(self, *columns: Any) -> Progress:
         """A transient spinner on stderr; none when stderr is not a terminal (rich would leave a blank line)."""
@@ -1123,6 +1127,11 @@ def agent(
         server.serve_forever(on_poll=interrupts.check)
 
 
+def _prog_name() -> str:
+    """``yolotune`` when run by that name (the console script's alias), else ``tune`` (also for ``python -m``)."""
+    return "yolotune" if Path(sys.argv[0]).name == "yolotune" else "tune"
+
+
 def main() -> None:
     """Console-script entry point (``tune`` and ``yolotune``).
 
@@ -1137,7 +1146,7 @@ def main() -> None:
         from click import exceptions as cli_errors  # type: ignore[no-redef]
 
     try:
-        code = app(standalone_mode=False, prog_name="tune")
+        code = app(standalone_mode=False, prog_name=_prog_name())
     except getattr(cli_errors, "NoArgsIsHelpError", ()) as exc:  # `tune` alone: the help (typer prints it itself)
         if message := exc.format_message():
             _consoles.out.print(message, highlight=False, markup=False)
