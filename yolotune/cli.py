@@ -36,16 +36,12 @@ class _Consoles:
 
     @property
     def out(self) -> Console:
-        import sys
-
         # a pipe or file gets wide lines rather than rich's 80-column default, unless COLUMNS says otherwise
         wide = sys.stdout.isatty() or "COLUMNS" in os.environ
         return Console(width=None if wide else 160, soft_wrap=True)
 
     @property
     def err(self) -> Console:
-        import sys
-
         # the run's progress line in a log: as wide as stdout's lines there, not squeezed into 80 columns
         wide = sys.stderr.isatty() or "COLUMNS" in os.environ
         return Console(stderr=True, soft_wrap=True, width=None if wide else 160)

@@ -212,7 +212,8 @@ def _drop_models(folder: Path) -> None:
     stay, the latter saying that its ``deployable`` file was removed.
     """
     for path in folder.glob("model.*"):
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a file that cannot be removed never stops the scan
+            path.unlink()
     metrics = folder / "metrics.json"
     with contextlib.suppress(OSError, ValueError):
         record = json.loads(metrics.read_text())

@@ -446,9 +446,9 @@ def _rung0_table(trials: Sequence[FrozenTrial]) -> str:
     note = _note(
         "Rung 0: post-training recovery only, no fine-tuning, maybe a validation subset; bias/ls recovery "
         "on 8 images at most (ls×8) and MinMax in place of histogram calibration. A latency of — means not "
-        "timed: too far under --max-map-drop to be promoted; fp32 precision, that its FP32 export was already "
-        "that far under, so it was not quantized either (its mAP and size are the FP32 export's). These "
-        "trials are not on the front, which holds full-fidelity results only."
+        "timed: too far under --max-map-drop to be promoted. A stand-in of fp32 precision means its FP32 export "
+        "was already that far under, so it was not quantized either (its mAP and size are the FP32 export's). "
+        "These trials are not on the front, which holds full-fidelity results only."
     )
     headers = ["Trial", "mAP50-95 (rung 0)", "Latency ms", "Size MB", "Stand-ins", "Plan"]
     return note + _table(headers, rows, {4, 5}, "rung0")
