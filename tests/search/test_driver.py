@@ -904,11 +904,12 @@ def test_a_trial_whose_file_is_gone_is_re_timed_from_the_artifact_store_else_lef
         dataclasses.replace(config, retime_rounds=-1)
 
 
-def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str]) -> optuna.Study:
+def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str], *, fp32_reference: bool = False) -> optuna.Study:
     """A multi-fidelity search over a Python space of ``plans`` (name: expression), run in that order.
 
     The expressions may use ``CompressionPlan``, ``PruningConfig``, ``RecoveryConfig`` and ``INT8``
-    (INT8 everywhere, MinMax on 4 images: no calibration stand-in at rung 0).
+    (INT8 everywhere, MinMax on 4 images: no calibration stand-in at rung 0). With ``fp32_reference``
+    the FP32 reference trial runs first (without, the study has no reference trials).
     """
     source = tmp_path / "plans.py"
     source.write_text(
@@ -921,7 +922,7 @@ def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str]) -> optuna.Study:
     config = SearchConfig(
         model="yolov8n-coco.pt",
         data="coco8",
-        budget=len(plans),
+        budget=len(plans) + fp32_reference,
         settings=CandidateSettings(imgsz=160),
         root=tmp_path,
         retime_rounds=0,  # re-timing is tested apart
@@ -932,6 +933,8 @@ def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str]) -> optuna.Study:
     study = optuna.create_study(
         study_name=config.name, storage=config.storage_url, directions=["maximize", "minimize", "minimize"]
     )
+    if fp32_reference:
+        study.enqueue_trial({}, user_attrs={"reference": "fp32"})
     for name in plans:
         study.enqueue_trial({"k": name})
     return run_search(config)
@@ -1048,7 +1051,8 @@ def test_a_candidate_timed_at_rung0_and_promoted_unchanged_keeps_that_timing(
         "int8": "CompressionPlan(quantization=INT8)",
         "pruned-fp32": "CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3}))",
     }
-    trials = {t.params["k"]: t for t in _multi_fidelity_run(tmp_path, plans).get_trials()}
+    study = _multi_fidelity_run(tmp_path, plans, fp32_reference=True)
+    trials = {t.params.get("k", t.user_attrs.get("reference")): t for t in study.get_trials()}
     small, big = trials["int8"], trials["pruned-fp32"]
     # the smaller INT8 trial is far better: rung 0 had to time the pruned one, which is faster, so promoted
     assert big.user_attrs["rung0"]["map50_95"] < small.values[0] - 0.02
@@ -1056,7 +1060,12 @@ def test_a_candidate_timed_at_rung0_and_promoted_unchanged_keeps_that_timing(
     assert big.user_attrs["rung0"]["latency_ms"] == pytest.approx(big.values[2])
     out = Path(big.user_attrs["artifact"]).parent
     assert sum(p.parent == out for p in target.timed) == 1  # nothing stood in: the same bytes, timed once
-    assert "reference_ms" not in big.user_attrs  # a timing from rung 0 has no reference timed beside it
+    # promoted, it is paired with the FP32 reference as a full trial is: timed right after rung 0's timing
+    reference = Path(trials["fp32"].user_attrs["artifact"])
+    after = target.timed[target.timed.index(Path(big.user_attrs["artifact"])) + 1]
+    assert after == reference and big.user_attrs["reference_ms"] == pytest.approx(trials["fp32"].values[2])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reference_latency"]["median_ms"] == big.user_attrs["reference_ms"]
 
 
 def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path: Path) -> None:

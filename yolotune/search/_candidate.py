@@ -61,6 +61,7 @@ __all__ = [
     "make_target",
     "run_candidate",
     "time_candidate",
+    "time_reference",
 ]
 
 
@@ -716,7 +717,7 @@ def time_candidate(
     *,
     target: Target,
     on_step: Callable[[str], None] | None = None,
-    timed: tuple[str, LatencyStats] | None = None,
+    timed: tuple[str, LatencyStats, LatencyStats | None] | None = None,
     reference: Path | None = None,
 ) -> CandidateResult:
     """Time a built candidate on ``target`` (on this host) and write its ``metrics.json``.
@@ -725,8 +726,9 @@ def time_candidate(
         built: The built candidate.
         target: Where to time it.
         on_step: Called with ``latency`` before timing, and ``reference`` before timing that.
-        timed: ``(file_digest(f), stats)`` of an earlier timing of a file ``f`` on this target (rung 0
-            of the same trial): reused when ``built.deployable`` has the same bytes.
+        timed: ``(file_digest(f), stats, reference_stats)`` of an earlier timing of a file ``f`` on this
+            target (rung 0 of the same trial), and of ``reference`` timed right after it (``None``: not
+            timed): both reused when ``built.deployable`` has the same bytes.
         reference: A file to time right after the candidate, the same way (the study's FP32
             reference): the ratio of the two timings, taken seconds apart, is the candidate's
             speed-up even on a machine whose speed drifts (``reference_latency``). Not timed when
@@ -738,7 +740,7 @@ def time_candidate(
     steps = _Steps(on_step, lease=False)  # the target takes the timing lease itself
     reference_latency = None
     if timed is not None and timed[0] == file_digest(built.deployable):
-        latency = timed[1]  # a measurement of these very bytes: timing them again adds nothing
+        latency, reference_latency = timed[1:]  # a measurement of these very bytes: timing them again adds nothing
     else:
         with steps("latency"):
             latency = target.benchmark(built.deployable, imgsz=built.imgsz)
@@ -772,6 +774,28 @@ def time_candidate(
     )
     _write_metrics(built.deployable.parent, result.to_dict())
     return result
+
+
+def time_reference(
+    reference: Path, *, target: Target, imgsz: int, on_step: Callable[[str], None] | None = None
+) -> LatencyStats | None:
+    """Time the study's FP32 reference file right after a candidate's timing, or ``None`` if that fails.
+
+    As ``time_candidate(reference=...)`` does, for a timing taken apart from it (rung 0's, once
+    its candidate is promoted): the pair, seconds apart, gives the speed-up even on a machine
+    whose speed drifts.
+
+    Args:
+        reference: The reference's deployable file.
+        target: Where the candidate was just timed.
+        imgsz: The candidate's input size.
+        on_step: Called with ``reference`` before timing it.
+    """
+    try:
+        with _Steps(on_step, lease=False)("reference"):
+            return target.benchmark(reference, imgsz=imgsz)
+    except YolotuneError:
+        return None
 
 
 def drop_intermediates(told: BuiltCandidate | CandidateResult) -> list[Path]:

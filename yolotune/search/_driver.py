@@ -47,6 +47,7 @@ from yolotune.search._candidate import (
     make_target,
     record_untimed,
     time_candidate,
+    time_reference,
 )
 from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
@@ -717,7 +718,9 @@ class _Pending:
     plan: CompressionPlan
     out_dir: Path
     kwargs: dict[str, Any] = field(default_factory=dict)
-    timed: tuple[str, LatencyStats] | None = None  # rung 0's timing of its deployable file
+    timed: tuple[str, LatencyStats, LatencyStats | None] | None = (
+        None  # rung 0's timing of its file, and the reference's
+    )
 
 
 def _executor(config: SearchConfig) -> InProcess | RayExecutor:
@@ -1171,9 +1174,14 @@ def run_search(
                                     timed is not None and _promote(study, timed, margin, shift=shift)
                                 )
                                 if promoted:  # continue from what rung 0 built
-                                    # a promotion that only re-validates keeps these bytes: reuse their timing
+                                    # a promotion that only re-validates keeps these bytes: reuse their timing,
+                                    # paired with the reference's, timed now, seconds after it, as a full trial's is
                                     if timed is not None:
-                                        pending.timed = (file_digest(built.deployable), timed.latency)
+                                        paired = None
+                                        if config.time_reference and (ref := _reference_path(study)) is not None:
+                                            step = _bind(on_step, trial.number)
+                                            paired = time_reference(ref, target=target, imgsz=built.imgsz, on_step=step)
+                                        pending.timed = (file_digest(built.deployable), timed.latency, paired)
                                     executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
                                     continue
                                 trial.set_user_attr("fidelity", "rung0")
