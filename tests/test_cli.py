@@ -178,7 +178,11 @@ def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path
 
 def test_one_off_measurements_never_overwrite_each_other(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
     for expected in ("runs/baseline", "runs/baseline2"):  # numbered as Ultralytics numbers its runs
+        # a model it cannot load is refused before a run folder is taken: no empty runs/baseline
+        refused = runner.invoke(app, ["baseline", "--model", "bad.pt", "--data", "coco8", "--imgsz", "160"])
+        assert refused.exit_code == 2 and "cannot load" in refused.output
         result = runner.invoke(app, ["baseline", "--data", "coco8", "--imgsz", "160"])
         assert result.exit_code == 0, result.output
         assert f"artifacts and metrics.json in {expected}" in result.stdout

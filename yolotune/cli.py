@@ -290,18 +290,14 @@ def baseline(
     out: OutDirOpt = None,
 ) -> None:
     """Measure the uncompressed model's FP32 ONNX: mAP, size, latency."""
+    from yolotune.search import check_candidate
     from yolotune.spaces import CompressionPlan
 
+    settings = _settings(imgsz, target, device_url, device_token_file, targets_file)
+    # a model or data it cannot use is refused before a run folder is taken (as `tune eval` does)
+    check_candidate(model=model, data=data, plan=CompressionPlan(), settings=settings)
     out = out or _fresh_run_dir("baseline")
-
-    result = _run(
-        "baseline",
-        model=model,
-        data=data,
-        plan=CompressionPlan(),
-        out_dir=out,
-        settings=_settings(imgsz, target, device_url, device_token_file, targets_file),
-    )
+    result = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out, settings=settings)
     _consoles.out.print(_table([("baseline", result)], None))
     _consoles.out.print(f"artifacts and metrics.json in {out}")
     from yolotune.search import untrained
@@ -820,7 +816,7 @@ def report(
     folder = study_folder(st, root, default_storage=storage is None)
     if folder is not None:
         default = folder / "report.html"
-    elif storage is None:  # the default file without its folder (deleted): the folder is made
+    elif storage is None and not study_dir(root, st.study_name).exists():  # the default file, its folder deleted
         default = study_dir(root, st.study_name) / "report.html"
     else:  # none surely its own: <root>/<study> may be another study's
         default = Path(f"{st.study_name}-report.html")

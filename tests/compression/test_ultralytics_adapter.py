@@ -129,6 +129,26 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
         ultralytics_adapter.load_model(corrupt)
     assert str(info.value).startswith(f"cannot load {corrupt} as an Ultralytics YOLO detector")
     assert "\n" not in str(info.value) and "ERROR" not in str(info.value)  # not Ultralytics' own "ERROR ❌️"
+    # a dict saved with torch.save: Ultralytics' reason is long; it is cut after its first sentence, not mid-word
+    import torch
+
+    plain = tmp_path / ("a-long-folder-name-" * 8) / "dict.pt"  # Ultralytics' reason starts with the path
+    plain.parent.mkdir()
+    torch.save({"a": 1}, plain)
+    with pytest.raises(YolotuneError) as info:
+        ultralytics_adapter.load_model(plain)
+    said = str(info.value)
+    assert said.startswith(f"cannot load {plain} as an Ultralytics YOLO detector (") and said.count(str(plain)) == 1
+    reason = said.split(" (", 1)[1].rsplit("); pass a checkpoint", 1)[0].split(": ", 1)[1]
+    with pytest.raises(Exception) as raised:
+        ultralytics_adapter._setup()
+        from ultralytics.nn.tasks import load_checkpoint
+
+        load_checkpoint(str(plain))
+    whole = ultralytics_adapter._first_line(raised.value, limit=10_000).replace(str(plain), "the file")
+    kept = reason.removesuffix(" …")
+    # Ultralytics' whole reason, or its start up to a sentence's or a word's end: never cut mid-word
+    assert len(reason) <= 150 and whole.startswith(kept) and whole[len(kept) : len(kept) + 1] in ("", " "), reason
     # a model yaml is an untrained architecture: compressing random weights would measure nothing
     config = tmp_path / "yolov8n.yaml"
     config.write_text("nc: 80\n")

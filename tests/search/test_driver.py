@@ -1136,6 +1136,10 @@ def test_multi_fidelity_does_not_time_a_candidate_no_fine_tune_could_bring_withi
     rung0 = stopped[0].user_attrs["rung0"]
     assert rung0["map50_95"] < 0.05 and rung0["latency_ms"] is None
     assert "below --max-map-drop 0.05" in rung0["not_timed"]
+    # it says what rung 0 measured, then the estimate compared: not as if the model scored the estimate
+    measured, estimate = rung0["map50_95"], rung0["map50_95_estimate"]
+    said = f"mAP50-95 {measured:.3f} on rung 0's 2 images, so about {estimate:.3f} on all (FP32 scores "
+    assert rung0["not_timed"].startswith(said), rung0["not_timed"]
     folder = tmp_path / study.study_name / "trials" / str(stopped[0].number)
     assert (folder / "model.onnx").is_file()  # built
     metrics = json.loads((folder / "metrics.json").read_text())  # what was measured is on disk too
@@ -1231,3 +1235,27 @@ def test_multi_fidelity_does_not_quantize_a_candidate_whose_fp32_export_is_alrea
         assert unpruned.user_attrs["artifact"].endswith("model.int8.onnx")
     else:
         assert (tmp_path / study.study_name / "trials" / str(unpruned.number) / "model.int8.onnx").is_file()
+
+
+def test_a_study_of_the_same_name_in_another_storage_never_writes_over_the_first_ones_trial_files(
+    coco8_search, tmp_path: Path
+) -> None:
+    from yolotune.studies import open_storage
+
+    first = run_search(coco8_search())  # the default SQLite file under tmp_path
+    model = Path(first.trials[0].user_attrs["artifact"])
+    measured = model.read_bytes()
+    journal = f"journal:{tmp_path / 'other.log'}"
+    # the same study name (model-data-target-imgsz) in another storage, the same --root: its trial 0
+    # would have been written over the first study's, and exporting the first would hand out the other's
+    with pytest.raises(YolotuneError, match=r"holds the trial files of another study named .* --root DIR"):
+        run_search(coco8_search(storage=journal))
+    assert model.read_bytes() == measured
+    assert optuna.get_all_study_names(storage=open_storage(journal)) == []  # no empty study left behind
+    other = run_search(coco8_search(storage=journal, root=tmp_path / "other"))  # its own folder: it runs
+    assert Path(other.trials[0].user_attrs["artifact"]).is_relative_to(tmp_path / "other")
+    assert run_search(coco8_search()).study_name == first.study_name  # the first still resumes
+    # the other way round: a new study in the default SQLite file, refused, leaves no empty file behind
+    with pytest.raises(YolotuneError, match=r"another study named .* \(in journal:"):
+        run_search(coco8_search(root=tmp_path / "other"))
+    assert not (tmp_path / "other" / f"{first.study_name}.db").exists()

@@ -11,7 +11,16 @@ from typer.testing import CliRunner
 
 from yolotune import YolotuneError
 from yolotune.cli import app
-from yolotune.studies import default_storage_url, delete_study, open_storage, storage_lock, study_dir
+from yolotune.studies import (
+    default_storage_url,
+    delete_study,
+    deployable_file,
+    open_storage,
+    storage_lock,
+    study_dir,
+    study_folder,
+)
+from yolotune.studies._storage import claim_folder
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
@@ -150,3 +159,81 @@ def test_a_copied_study_file_alone_deletes_no_folder(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "a" / "S.db", tmp_path / "onlydb" / "S.db")  # a backup of the database alone
     assert delete_study(study="S", root=tmp_path / "onlydb") == [tmp_path / "onlydb" / "S.db"]
     assert (original / "trials" / "0" / "model.onnx").is_file()
+
+
+def test_a_study_of_the_same_name_in_another_storage_is_refused_the_folder_of_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first_url, second_url = f"sqlite:///{tmp_path / 'a.db'}", f"journal:{tmp_path / 'b.log'}"
+    first = optuna.create_study(study_name="S", storage=open_storage(first_url))
+    claim_folder(first, tmp_path, first_url)
+    folder = study_dir(tmp_path, "S")
+    (folder / "trials" / "0").mkdir(parents=True)
+    (folder / "trials" / "0" / "model.onnx").write_bytes(b"first's")
+    claim_folder(first, tmp_path, first_url)  # resumed: its own folder
+    second = optuna.create_study(study_name="S", storage=open_storage(second_url))
+    with pytest.raises(YolotuneError, match=r"holds the trial files of another study named 'S' \(in sqlite:///"):
+        claim_folder(second, tmp_path, second_url)
+    assert "folder_id" not in second.user_attrs
+    # delete and reports tell the two apart by the claim, whatever the storage
+    assert study_folder(first, tmp_path, default_storage=False) == folder
+    assert study_folder(second, tmp_path, default_storage=True) is None
+    assert delete_study(study="S", storage=second_url, root=tmp_path) == []
+    assert (folder / "trials" / "0" / "model.onnx").read_bytes() == b"first's"
+    # a study file deleted by hand: the next study of that name in it is told so
+    (tmp_path / "a.db").unlink()
+    again = optuna.create_study(study_name="S", storage=open_storage(first_url))
+    with pytest.raises(YolotuneError, match=r"an earlier study named 'S' in this storage, since deleted; give"):
+        claim_folder(again, tmp_path, first_url)
+    # a folder from before folders were claimed: a new study is refused its measured trials, the study that
+    # has trials takes it
+    legacy = _study_with_files(tmp_path / "old", "L")
+    fresh = optuna.create_study(study_name="L", storage=open_storage(f"journal:{tmp_path / 'l.log'}"))
+    claim_folder(fresh, tmp_path / "old", "journal:l.log")  # nothing measured there: nothing to lose
+    assert fresh.user_attrs["folder_id"]
+    (legacy / "yolotune-study.json").unlink()
+    (legacy / "trials" / "0" / "metrics.json").write_text("{}")
+    fresh = optuna.create_study(study_name="L", storage=open_storage(f"journal:{tmp_path / 'l2.log'}"))
+    with pytest.raises(YolotuneError, match="already holds measured trials of an earlier study named 'L'"):
+        claim_folder(fresh, tmp_path / "old", "journal:l2.log")
+    owner = optuna.load_study(study_name="L", storage=open_storage(default_storage_url(tmp_path / "old", "L")))
+    claim_folder(owner, tmp_path / "old", "sqlite:///old/L.db")
+    assert study_folder(owner, tmp_path / "old", default_storage=True) == legacy
+    # a claim file that cannot be read claims the folder for nobody: not deleted as anyone's, refused
+    (legacy / "yolotune-study.json").write_text("{not json")
+    assert study_folder(owner, tmp_path / "old", default_storage=True) is None
+    with pytest.raises(YolotuneError, match=r"yolotune-study\.json cannot be read: if the folder holds this study"):
+        claim_folder(owner, tmp_path / "old", "sqlite:///old/L.db")
+    # two searches claiming one folder at once: both find no claim, the file is created once, the later one refused
+    from yolotune.studies import _storage
+
+    racer = optuna.create_study(study_name="R")
+    study_dir(tmp_path, "R").mkdir()
+    claimed = study_dir(tmp_path, "R") / "yolotune-study.json"
+    claimed.write_text('{"id": "the other search", "storage": "x"}')  # written after this search looked
+    real, looked = _storage._folder_owner, []
+    monkeypatch.setattr(_storage, "_folder_owner", lambda folder: real(folder) if looked else looked.append(folder))
+    with pytest.raises(YolotuneError, match=r"another study named 'R' \(in x\)"):
+        claim_folder(racer, tmp_path, "sqlite:///:memory:")
+    assert "the other search" in claimed.read_text() and "folder_id" not in racer.user_attrs
+    monkeypatch.undo()
+    # a password in the storage URL is not written into the folder
+    pg = optuna.create_study(study_name="P")
+    claim_folder(pg, tmp_path, "postgresql+psycopg://me:secret@db.example/studies")
+    assert "secret" not in (study_dir(tmp_path, "P") / "yolotune-study.json").read_text()
+
+
+def test_a_trial_file_written_over_since_its_trial_was_told_is_taken_from_the_artifact_store(tmp_path: Path) -> None:
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    (store / "id-1").write_bytes(b"measured bytes")
+    source = tmp_path / "trials" / "0" / "model.int8.onnx"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"measured bytes")
+    trial = optuna.trial.create_trial(
+        value=1.0, user_attrs={"artifact": str(source), "artifacts": {"model.int8.onnx": "id-1"}}
+    )
+    assert deployable_file(trial, store) == source
+    source.write_bytes(b"another study's bytes")
+    assert deployable_file(trial, store) == store / "id-1"
+    assert deployable_file(trial, None) == source  # no store to tell: the file there

@@ -170,11 +170,26 @@ def quiet() -> Iterator[None]:
                     sys.stderr = sys.stderr.real
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip() or type(exc).__name__
     # Ultralytics opens its messages with a level and an emoji ("ERROR ❌️ "): ours say that already
     text = re.sub(r"^(?:ERROR|WARNING)\s*[^\w\s/.'\"]*\s*", "", text)
-    return text.splitlines()[0][:300]
+    return text.splitlines()[0][:limit]
+
+
+def _brief(exc: BaseException, path: Path, width: int = 150) -> str:
+    """``_first_line(exc)`` with ``path`` said as "the file" (the message names it), cut short.
+
+    Cut to its first sentence when that fits in ``width``, else after the last whole word that does.
+    """
+    text = _first_line(exc, limit=max(300, len(str(exc)))).replace(str(path), "the file")
+    if len(text) <= width:
+        return text
+    sentence = re.match(r"(.+?[.!?])(?:\s|$)", text)
+    if sentence and len(sentence.group(1)) <= width:
+        return sentence.group(1)
+    cut = text.rfind(" ", 0, width)
+    return (text[:cut] if cut > 0 else text[:width]) + " …"
 
 
 # --------------------------------------------------------------------------- loading
@@ -208,7 +223,7 @@ def load_model(path: str | Path) -> UltraModule:
             model, _ = load_checkpoint(str(path), device="cpu")
     except Exception as exc:
         raise YolotuneError(
-            f"cannot load {path} as an Ultralytics YOLO detector ({type(exc).__name__}: {_first_line(exc)[:150]}); "
+            f"cannot load {path} as an Ultralytics YOLO detector ({type(exc).__name__}: {_brief(exc, path)}); "
             "pass a checkpoint saved by Ultralytics (runs/detect/<name>/weights/best.pt)"
         ) from exc
     from ultralytics.nn.tasks import DetectionModel

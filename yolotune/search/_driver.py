@@ -59,7 +59,14 @@ if TYPE_CHECKING:
     from yolotune.evaluators import Target
 from yolotune.spaces import MAX_PRUNING_RATIO, CompressionPlan, DefaultSpace, Space
 from yolotune.studies._front import fp32_reference
-from yolotune.studies._storage import artifact_dir, default_storage_url, open_storage, storage_lock, study_dir
+from yolotune.studies._storage import (
+    artifact_dir,
+    claim_folder,
+    default_storage_url,
+    open_storage,
+    storage_lock,
+    study_dir,
+)
 
 __all__ = [
     "METRIC_NAMES",
@@ -334,6 +341,15 @@ def _open_study(
         study.sampler = _sampler(config, resumed_at=len(study.get_trials(deepcopy=False)))
     if study.directions != DIRECTIONS:
         raise YolotuneError(f"study '{config.name}' in {config.storage_url} is not a yolotune study")
+    try:  # its trial files go to <root>/<study>: not a folder another storage's study of that name writes
+        claim_folder(study, config.root, config.storage_url)
+    except YolotuneError:
+        if created:  # leave no empty study behind: the same command with --root creates it again
+            with contextlib.suppress(Exception):
+                optuna.delete_study(study_name=config.name, storage=storage)
+                if config.storage is None and not optuna.get_all_study_names(storage=storage):
+                    Path(config.storage_url.removeprefix("sqlite:///")).unlink()  # nor the default file made for it
+        raise
     from yolotune.assets import resolve_data, resolve_model
 
     spec = target_spec(config.settings.target)
@@ -603,15 +619,17 @@ def _complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _out_of_reach(study: optuna.Study, map50_95: float, margin: float) -> str:
+def _out_of_reach(study: optuna.Study, map50_95: float, margin: float, *, shown: str = "") -> str:
     """Why a rung-0 mAP can never be promoted (more than ``margin`` under ``--max-map-drop``), or ``""``.
 
     Fine-tuning is credited with at most ``margin``, so such a candidate stays at rung 0 whatever
-    its size and latency: the driver does not time it.
+    its size and latency: the driver does not time it. ``shown`` words ``map50_95`` when it is an
+    estimate (what rung 0 measured on its images, and how it was shifted).
     """
     drop, base = constraints_of(study)["max_map_drop"], _baseline_map(study)
     if drop is not None and base is not None and map50_95 + margin < base - drop:
-        return f"mAP50-95 {map50_95:.3f} is over {margin:g} below --max-map-drop {drop:g} of {base:.3f}: not timed"
+        said = shown or f"{map50_95:.3f}"
+        return f"mAP50-95 {said} is over {margin:g} below --max-map-drop {drop:g} of {base:.3f}: not timed"
     return ""
 
 
@@ -675,7 +693,7 @@ def _rung0_shift(config: SearchConfig, study: optuna.Study, images: int) -> tupl
     part = known[str(images)]
     if part == full:
         return 0.0, ""
-    return full - part, f"rung 0's {images} images shifted by FP32's {part:.3f} → {full:.3f}"
+    return full - part, f"FP32 scores {part:.3f} on them, {full:.3f} on all"
 
 
 _PROMOTED_ON_SIZE = "promoted on size and mAP alone (no smaller full-fidelity trial is that much better): timed at full"
@@ -1142,9 +1160,15 @@ def run_search(
                                 # too far under --max-map-drop to be promoted at any speed: not timed
                                 shift, estimate = _rung0_shift(config, study, built.accuracy.images)
                                 m, margin = built.accuracy.map50_95 + shift, config.promote_margin
-                                unreachable = _out_of_reach(study, m, margin)
-                                if unreachable and estimate:
-                                    unreachable += f" (mAP estimated: {estimate})"
+                                # what it measured first, then the estimate compared (not as if it scored that)
+                                n = built.accuracy.images
+                                shown = (
+                                    f"{built.accuracy.map50_95:.3f} on rung 0's {n} images, so about {m:.3f} on all "
+                                    f"({estimate}),"
+                                    if estimate
+                                    else ""
+                                )
+                                unreachable = _out_of_reach(study, m, margin, shown=shown)
                                 if built.unquantized:  # stopped before quantizing: never timed nor promoted
                                     unreachable = f"{built.unquantized}: not quantized, not timed"
                                 # no full-fidelity trial this small is `margin` better: promoted at any
@@ -1178,7 +1202,10 @@ def run_search(
                                     # paired with the reference's, timed now, seconds after it, as a full trial's is
                                     if timed is not None:
                                         paired = None
-                                        if config.time_reference and (ref := _reference_path(study)) is not None:
+                                        # only for bytes the promotion keeps (nothing stood in, no fine-tuning)
+                                        keeps = not built.stand_ins and pending.plan.recovery.epochs == 0
+                                        ref = _reference_path(study) if config.time_reference and keeps else None
+                                        if ref is not None:
                                             step = _bind(on_step, trial.number)
                                             paired = time_reference(ref, target=target, imgsz=built.imgsz, on_step=step)
                                         pending.timed = (file_digest(built.deployable), timed.latency, paired)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import filecmp
+import json
+import os
 import shlex
 import shutil
 import threading
 import time
+import uuid
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ from yolotune.errors import YolotuneError, disk_full
 
 __all__ = [
     "artifact_dir",
+    "claim_folder",
     "default_storage_url",
     "delete_study",
     "deployable_file",
@@ -61,6 +66,9 @@ def study_folder(study: optuna.Study, root: Path, *, default_storage: bool) -> P
     beside = study_dir(root, study.study_name)
     if not beside.is_dir():
         return None
+    owner = _folder_owner(beside)
+    if owner is not None:  # claimed by a search (claim_folder): its own only if this study claimed it
+        return beside if owner.get("id") and owner.get("id") == study.user_attrs.get("folder_id") else None
     if default_storage:
         return beside
     for trial in study.get_trials(deepcopy=False):
@@ -68,6 +76,107 @@ def study_folder(study: optuna.Study, root: Path, *, default_storage: bool) -> P
         if any((beside / "artifacts" / artifact_id).is_file() for artifact_id in ids.values()):
             return beside
     return None
+
+
+#: The file in ``<root>/<study>`` naming the study whose trial files it holds (``claim_folder``).
+OWNER_FILE = "yolotune-study.json"
+
+
+def claim_folder(study: optuna.Study, root: Path, storage_url: str) -> None:
+    """Make ``<root>/<study>`` the folder of ``study``'s trial files, or refuse one that holds another study's.
+
+    Two studies of one name in two storages (another ``--storage``, the same ``--root``) would
+    otherwise write the same ``trials/N``: each would overwrite the other's models, and export and
+    delete would take one's files for the other's. The first search of a study gives it an id
+    (user attribute ``folder_id``) and creates ``yolotune-study.json`` in the folder with it, at
+    once or not at all (two searches claiming one folder at the same time: one gets it).
+
+    Args:
+        study: The study a search is about to run.
+        root: The studies directory (``--root``).
+        storage_url: Where the study is stored, named in the file for whoever finds the folder.
+
+    Raises:
+        YolotuneError: The folder is another study's, or a new study's folder already holds measured
+            trials from before folders were claimed.
+    """
+    folder = study_dir(root, study.study_name)
+    mine = study.user_attrs.get("folder_id")
+    owner = _folder_owner(folder)
+    if owner is None:
+        if mine is None and not study.get_trials(deepcopy=False) and _holds_measurements(folder):
+            raise YolotuneError(
+                f"{folder} already holds measured trials of an earlier study named '{study.study_name}'; give this "
+                "new study its own folder with --root DIR or another --study name (or delete the folder)"
+            )
+        record = {"study": study.study_name, "id": mine or uuid.uuid4().hex, "storage": _shown_url(storage_url)}
+        owner = _create_owner_file(folder, record)  # ours, or what a search claiming it meanwhile wrote
+        mine = mine or (record["id"] if owner.get("id") == record["id"] else None)
+    if not owner.get("id") or owner.get("id") != mine:
+        if not owner.get("id"):
+            raise YolotuneError(
+                f"{folder / OWNER_FILE} cannot be read: if the folder holds this study's trial files, delete that "
+                "file to claim it again; else give this study its own folder with --root DIR"
+            )
+        where = owner.get("storage") or "a storage it does not name"
+        whose = (
+            f"an earlier study named '{study.study_name}' in this storage, since deleted"
+            if where == _shown_url(storage_url)
+            else f"another study named '{study.study_name}' (in {where})"
+        )
+        raise YolotuneError(
+            f"{folder} holds the trial files of {whose}; give this one its own folder with --root DIR or another "
+            "--study name (or, if that study is gone, delete the folder)"
+        )
+    if study.user_attrs.get("folder_id") != mine:
+        study.set_user_attr("folder_id", mine)
+
+
+def _create_owner_file(folder: Path, record: dict[str, str]) -> dict[str, Any]:
+    """Create ``yolotune-study.json`` in ``folder`` with ``record`` unless it exists; return what it holds then."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker, text = folder / OWNER_FILE, json.dumps(record, indent=1) + "\n"
+    staged = folder / f".{OWNER_FILE}.{os.getpid()}.{record['id'][:8]}"
+    staged.write_text(text)
+    try:
+        os.link(staged, marker)  # whole and only if absent: a half-written file would lock the folder
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: created exclusively, then written
+        with contextlib.suppress(FileExistsError), open(marker, "x") as out:
+            out.write(text)
+    finally:
+        staged.unlink(missing_ok=True)
+    return _folder_owner(folder) or {}
+
+
+def _folder_owner(folder: Path) -> dict[str, Any] | None:
+    """What ``yolotune-study.json`` in ``folder`` says (``None``: no such file; ``{}``: unreadable)."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _holds_measurements(folder: Path) -> bool:
+    """Whether a study folder holds a measured trial (its ``metrics.json``) or a registered artifact."""
+    artifacts = folder / "artifacts"
+    return any(folder.glob("trials/*/metrics.json")) or (artifacts.is_dir() and any(artifacts.iterdir()))
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without its password."""
+    if url.startswith(("sqlite:", "journal:")):
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
 
 
 def recorded_folder(study: optuna.Study) -> Path | None:
@@ -89,19 +198,24 @@ def find_artifact_dir(study: optuna.Study, root: Path | None = None) -> Path | N
 def deployable_file(trial: optuna.trial.FrozenTrial, artifacts: Path | None = None) -> Path | None:
     """A trial's deployable file on this host: where its search wrote it, else its copy in the artifact store.
 
+    The copy is taken too when the trial folder's file differs from it: the copy was registered when
+    the trial was told, and the folder may have been written over since (by a study of the same
+    name in another storage, before folders were claimed).
+
     Args:
         trial: A measured trial (user attributes ``artifact`` and ``artifacts``).
         artifacts: The study's artifact store (``find_artifact_dir``); a study folder moved or a
             trial folder deleted still has its files there.
     """
     source = Path(str(trial.user_attrs.get("artifact", "")))
-    if source.is_file():
-        return source
     ids: dict[str, str] = trial.user_attrs.get("artifacts") or {}
     artifact_id = ids.get(source.name)
-    if artifact_id and artifacts is not None and (Path(artifacts) / artifact_id).is_file():
-        return Path(artifacts) / artifact_id  # Optuna's file-system store keeps each file under its id
-    return None
+    stored = Path(artifacts) / artifact_id if artifact_id and artifacts is not None else None
+    if stored is not None and not stored.is_file():
+        stored = None  # Optuna's file-system store keeps each file under its id
+    if source.is_file() and (stored is None or filecmp.cmp(source, stored, shallow=False)):
+        return source
+    return stored  # the copy registered when the trial was told: its trial folder's file was replaced since
 
 
 def default_storage_url(root: Path, study_name: str) -> str:

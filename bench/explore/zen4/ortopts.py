@@ -7,6 +7,7 @@ interleaved: ``--rounds`` rounds, each the median of 60 runs after 10 warm-up ru
 local-cpu. Prints median and min of the round medians.
 
     PYTHONPATH=. .venv/bin/python bench/explore/zen4/ortopts.py [--dir /tmp/zen4models] [--rounds 11]
+        [--settings default "parallel 1x2" ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ SETTINGS: dict[str, tuple[str, dict[str, str]]] = {
     "no prepacking": ("all", {"session.disable_prepacking": "1"}),
     "dynamic block 4": ("all", {"session.dynamic_block_base": "4"}),
     "no spinning": ("all", {"session.intra_op.allow_spinning": "0"}),
+    # not session config entries: ORT's parallel executor runs independent branches on inter-op threads
+    "parallel 1x2": ("all", {"execution_mode": "parallel", "intra": "1", "inter": "2"}),
+    "parallel 2x2": ("all", {"execution_mode": "parallel", "intra": "2", "inter": "2"}),
+    "1 thread": ("all", {"execution_mode": "sequential", "intra": "1", "inter": "1"}),
 }
 
 
@@ -65,6 +70,13 @@ def time_once(path: Path, level: str, config: dict[str, str], x: np.ndarray) -> 
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = LEVELS[level]
     opts.log_severity_level = 3
+    config = dict(config)
+    mode = config.pop("execution_mode", None)
+    if mode is not None:
+        parallel = mode == "parallel"
+        opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = int(config.pop("intra"))
+        opts.inter_op_num_threads = int(config.pop("inter"))
     for k, v in config.items():
         opts.add_session_config_entry(k, v)
     s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
