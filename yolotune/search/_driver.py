@@ -736,9 +736,8 @@ class _Pending:
     plan: CompressionPlan
     out_dir: Path
     kwargs: dict[str, Any] = field(default_factory=dict)
-    timed: tuple[str, LatencyStats, LatencyStats | None] | None = (
-        None  # rung 0's timing of its file, and the reference's
-    )
+    # rung 0's timing of its file (its digest, stats), and the reference's timed after it
+    timed: tuple[str, LatencyStats, LatencyStats | None] | None = None
 
 
 def _executor(config: SearchConfig) -> InProcess | RayExecutor:
