@@ -1068,6 +1068,28 @@ def test_a_candidate_timed_at_rung0_and_promoted_unchanged_keeps_that_timing(
     assert metrics["reference_latency"]["median_ms"] == big.user_attrs["reference_ms"]
 
 
+def test_a_promotion_that_fine_tunes_times_the_reference_beside_its_new_file_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _SizeTarget(inverse=True)  # as above: rung 0 times the pruned plan, and promotes it
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
+    plans = {
+        "int8": "CompressionPlan(quantization=INT8)",
+        "pruned-fp32-ft": "CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3}), "
+        "recovery=RecoveryConfig(epochs=1))",
+    }
+    study = _multi_fidelity_run(tmp_path, plans, fp32_reference=True)
+    trials = {t.params.get("k", t.user_attrs.get("reference")): t for t in study.get_trials()}
+    big, reference = trials["pruned-fp32-ft"], Path(trials["fp32"].user_attrs["artifact"])
+    assert big.state == optuna.trial.TrialState.COMPLETE and big.user_attrs["rung0"]["latency_ms"] is not None
+    out = Path(big.user_attrs["artifact"]).parent
+    ours = [i for i, p in enumerate(target.timed) if p.parent == out]
+    assert len(ours) == 2  # rung 0's file, then the fine-tuned one: new bytes, timed again
+    # the reference is timed beside the fine-tuned file, which the trial keeps, not beside rung 0's as well
+    assert target.timed[ours[0] + 1] != reference and target.timed[ours[1] + 1] == reference
+    assert big.user_attrs["reference_ms"] == pytest.approx(trials["fp32"].values[2])
+
+
 def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path: Path) -> None:
     config = SearchConfig(
         model="yolov8n-coco.pt",
