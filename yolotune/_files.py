@@ -12,7 +12,7 @@ __all__ = ["whole_file"]
 
 
 @contextlib.contextmanager
-def whole_file(target: Path) -> Iterator[Path]:
+def whole_file(target: Path, *, exclusive: bool = False) -> Iterator[Path]:
     """A temporary path beside ``target`` to write; it becomes ``target`` when the block ends without error.
 
     The rename is atomic, so readers see the old file or the new one, never part of it. When the
@@ -21,6 +21,8 @@ def whole_file(target: Path) -> Iterator[Path]:
 
     Args:
         target: The file to write.
+        exclusive: Only if ``target`` does not exist yet (a hard link, atomic too): otherwise the
+            block's end raises ``FileExistsError`` and ``target`` stays as it was, whoever wrote it.
 
     Yields:
         Where to write it.
@@ -28,7 +30,10 @@ def whole_file(target: Path) -> Iterator[Path]:
     partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
     try:
         yield partial
-        os.replace(partial, target)
+        if exclusive:
+            os.link(partial, target)
+        else:
+            os.replace(partial, target)
     finally:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)

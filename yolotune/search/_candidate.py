@@ -745,11 +745,7 @@ def time_candidate(
         with steps("latency"):
             latency = target.benchmark(built.deployable, imgsz=built.imgsz)
         if reference is not None:  # only right after a timing of its own: a pair, seconds apart
-            try:
-                with steps("reference"):
-                    reference_latency = target.benchmark(reference, imgsz=built.imgsz)
-            except YolotuneError:
-                pass  # the candidate was measured; its speed-up then divides by the reference trial's timing
+            reference_latency = _time_reference(steps, reference, target=target, imgsz=built.imgsz)
     result = CandidateResult(
         plan=built.plan,
         model=built.model,
@@ -791,8 +787,16 @@ def time_reference(
         imgsz: The candidate's input size.
         on_step: Called with ``reference`` before timing it.
     """
+    return _time_reference(_Steps(on_step, lease=False), reference, target=target, imgsz=imgsz)
+
+
+def _time_reference(steps: _Steps, reference: Path, *, target: Target, imgsz: int) -> LatencyStats | None:
+    """Time ``reference`` as step ``reference``, or ``None`` when that fails.
+
+    The candidate was measured already: its speed-up then divides by the reference trial's own timing.
+    """
     try:
-        with _Steps(on_step, lease=False)("reference"):
+        with steps("reference"):
             return target.benchmark(reference, imgsz=imgsz)
     except YolotuneError:
         return None

@@ -348,7 +348,7 @@ def _open_study(
             with contextlib.suppress(Exception):
                 optuna.delete_study(study_name=config.name, storage=storage)
                 if config.storage is None and not optuna.get_all_study_names(storage=storage):
-                    Path(config.storage_url.removeprefix("sqlite:///")).unlink()  # nor the default file made for it
+                    (config.root / f"{config.name}.db").unlink()  # nor the default file made for it
         raise
     from yolotune.assets import resolve_data, resolve_model
 

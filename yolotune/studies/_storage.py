@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import json
-import os
 import shlex
 import shutil
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 
 import optuna
 
+from yolotune._files import whole_file
 from yolotune.errors import YolotuneError, disk_full
 
 __all__ = [
@@ -136,17 +136,14 @@ def _create_owner_file(folder: Path, record: dict[str, str]) -> dict[str, Any]:
     """Create ``yolotune-study.json`` in ``folder`` with ``record`` unless it exists; return what it holds then."""
     folder.mkdir(parents=True, exist_ok=True)
     marker, text = folder / OWNER_FILE, json.dumps(record, indent=1) + "\n"
-    staged = folder / f".{OWNER_FILE}.{os.getpid()}.{record['id'][:8]}"
-    staged.write_text(text)
     try:
-        os.link(staged, marker)  # whole and only if absent: a half-written file would lock the folder
+        with whole_file(marker, exclusive=True) as staged:  # a half-written file would lock the folder
+            staged.write_text(text)
     except FileExistsError:
-        pass
+        pass  # another search's claim, made meanwhile
     except OSError:  # a file system without hard links: created exclusively, then written
         with contextlib.suppress(FileExistsError), open(marker, "x") as out:
             out.write(text)
-    finally:
-        staged.unlink(missing_ok=True)
     return _folder_owner(folder) or {}
 
 
