@@ -363,9 +363,9 @@ def test_show_and_export_keep_rung0_stops_apart_from_the_front(tmp_path: Path) -
 
 
 def test_a_study_timed_on_another_device_is_refused_in_one_line(tmp_path: Path, coco8_search) -> None:
-    from yolotune.search._driver import _open_study
+    from yolotune.search._study import open_study_for_run
 
-    _open_study(coco8_search(study_name="moved"), timed_on={"device": "Some Other CPU", "int8_weight_bits": 8})
+    open_study_for_run(coco8_search(study_name="moved"), timed_on={"device": "Some Other CPU", "int8_weight_bits": 8})
     args = ["run", "--data", "coco8", "--imgsz", "160", "--budget", "1", "--root", str(tmp_path), "--study", "moved"]
     line = _error(args)  # one line: no progress display before the refusal
     assert "study 'moved' was timed on Some Other CPU with 8-bit INT8 weights, this run would time on" in line

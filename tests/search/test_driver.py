@@ -140,41 +140,6 @@ def test_a_model_that_detects_nothing_stops_the_search_after_its_fp32_reference(
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 
-def test_bad_search_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(YolotuneError, match="--budget must be a positive number"):
-        SearchConfig(model="m.pt", data="coco8", budget=0)
-    with pytest.raises(YolotuneError, match=r"--budget must be a whole number; got '3'"):
-        SearchConfig(model="m.pt", data="coco8", budget="3")  # type: ignore[arg-type]
-    with pytest.raises(YolotuneError, match=r"imgsz must be a whole number \(a multiple of 32\); got 160.0"):
-        CandidateSettings(imgsz=160.0)  # type: ignore[arg-type]
-    with pytest.raises(YolotuneError, match=r"space must be a YAML file or 'module:callable'"):
-        SearchConfig(model="m.pt", data="coco8", budget=1, space=print)  # type: ignore[arg-type]
-    with pytest.raises(YolotuneError, match=r"calibration memory must be a positive number of GB; got -1"):
-        CandidateSettings(calibration_memory_gb=-1)
-    with pytest.raises(YolotuneError, match=r"seed must be a whole number from 0 to 2\*\*32 - 1; got -5"):
-        CandidateSettings(seed=-5)
-    import numpy as np
-
-    numpy_made = CandidateSettings(seed=np.int64(3), calibration_memory_gb=np.float32(2))  # from a dataframe, say
-    assert (numpy_made.seed, numpy_made.calibration_memory_gb) == (3, 2.0) and type(numpy_made.seed) is int
-    with pytest.raises(YolotuneError, match=r"--max-latency-ms must be positive; got nan"):
-        SearchConfig(model="m.pt", data="coco8", budget=1, max_latency_ms=float("nan"))
-    # a Path where a str is declared names the same study as the str
-    as_path = SearchConfig(model=Path("w") / "m.pt", data=Path("d") / "data.yaml", budget=1)  # type: ignore[arg-type]
-    assert (as_path.model, as_path.data, as_path.name) == ("w/m.pt", "d/data.yaml", "m-d-local-cpu-320")
-    # a library caller's str root works, and naming the storage creates nothing
-    monkeypatch.chdir(tmp_path)
-    config = SearchConfig(model="m.pt", data="coco8", budget=1, root="here")  # type: ignore[arg-type]
-    assert config.root == Path("here") and config.storage_url.endswith("/here/m-coco8-local-cpu-320.db")
-    assert not (tmp_path / "here").exists()
-    with pytest.raises(
-        YolotuneError, match=r"cannot open storage 'nosuchdb://x': .*; use an SQLAlchemy URL \(sqlite:///"
-    ):
-        from yolotune.studies import open_storage
-
-        open_storage("nosuchdb://x")
-
-
 def test_constraints_keep_infeasible_trials_visible_but_off_the_front(small_study: tuple[Path, str, str]) -> None:
     from yolotune.search import constraints_of
     from yolotune.studies import load_study, pareto_front
@@ -195,166 +160,6 @@ def test_constraints_keep_infeasible_trials_visible_but_off_the_front(small_stud
     assert front and not front & set(infeasible)
 
 
-def _small_study_config(root: Path, name: str, **fields: Any) -> SearchConfig:
-    """The config of the ``small_study`` fixture's run (coco8 at 160 px, budget 4), without re-timing."""
-    base: dict[str, Any] = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 4, "study_name": name}
-    return SearchConfig(settings=CandidateSettings(imgsz=160), root=root, retime_rounds=0, **{**base, **fields})
-
-
-def test_changing_constraints_of_an_existing_study_is_refused(small_study: tuple[Path, str, str]) -> None:
-    root, name, _ = small_study
-    config = _small_study_config(root, name, max_map_drop=0.2)
-    with pytest.raises(YolotuneError, match=r"created with --max-map-drop 0\.05; use another --study name"):
-        run_search(config)
-
-
-def test_resuming_on_the_same_device_under_another_setup_is_said(
-    small_study: tuple[Path, str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    import shutil
-
-    root, name, _ = small_study
-    shutil.copy(root / f"{name}.db", tmp_path / f"{name}.db")  # a copy: the fixture's study stays as it is
-    config = _small_study_config(tmp_path, name, max_map_drop=0.05)
-    study = optuna.load_study(study_name=name, storage=config.storage_url)
-    setup = study.user_attrs["timed_setup"]  # recorded by the run that made it
-    assert setup["host"] and setup["runtime_version"]
-    with caplog.at_level("WARNING", logger="yolotune.search._driver"):
-        run_search(config)  # the budget is met: nothing runs, nothing said
-        assert caplog.records == []
-        study.set_user_attr("timed_setup", {**setup, "host": "other-box", "clocks_pinned": True})
-        run_search(config)
-    assert [r.getMessage() for r in caplog.records] == [
-        f"study '{name}' was timed on the same device with another setup (host other-box → {setup['host']}, "
-        f"clocks pinned True → {setup['clocks_pinned']}): its latencies may not compare with this run's; "
-        "`tune retime --fresh` times the front again side by side"
-    ]
-    assert study.user_attrs["timed_setup"] == setup  # this run's setup now: the change is said once
-
-
-# what older yolotunes recorded in a study's job, and how resuming one is refused
-_OLD_JOBS = {
-    # before FastDFL: no "export" key
-    "plain export": ({}, r"was measured on Ultralytics. plain ONNX export.*another --study name"),
-    # before real entropy: its "entropy" plans were calibrated as MinMax
-    "minmax entropy": ({"export": True}, r"same ranges as minmax.*calibrates entropy-kl512.*another --study name"),
-    # before targets listed activation types: local-cpu searched both (int8 asymmetric)
-    "both activations": (
-        {"export": True, "calibration": True},
-        r"searched uint8/int8 INT8 activations; target local-cpu now runs uint8.*another --study name",
-    ),
-    # before round_to kept the nearest multiple: torch-pruning rounded the kept channels down
-    "round-down pruning": (
-        {"export": True, "calibration": True, "activations": True, "rounded": True},
-        r"was pruned with torch-pruning's round_to \(kept channels rounded down.*keeps the nearest multiple "
-        r"\(round-nearest\).*another --study name",
-    ),
-}
-
-
-@pytest.mark.parametrize("era", list(_OLD_JOBS))
-def test_a_study_recorded_by_an_older_yolotune_is_not_resumed(tmp_path: Path, coco8_search, era: str) -> None:
-    from yolotune.compression import CALIBRATION_FORMAT, ultralytics_adapter
-    from yolotune.search._driver import DIRECTIONS
-    from yolotune.studies import default_storage_url
-
-    config = coco8_search()
-    old = optuna.create_study(
-        study_name=config.name, storage=default_storage_url(tmp_path, config.name), directions=DIRECTIONS
-    )
-    keys, message = _OLD_JOBS[era]
-    job = {"model": "yolov8n-coco.pt", "data": "coco8", "imgsz": 160, "target": "local-cpu", "space": "default"}
-    if keys:
-        job["sensitivity"] = None
-    if keys.get("export"):
-        job["export"] = ultralytics_adapter.EXPORT_FORMAT
-    if keys.get("calibration"):
-        job["calibration"] = CALIBRATION_FORMAT
-    if keys.get("activations"):
-        job["activations"] = ["uint8"]
-    old.set_user_attr("job", job)
-    if keys.get("rounded"):  # a plan it pruned with round_to: torch-pruning rounded it down
-        plan = {"pruning": {"ratios": {"neck.16": 0.3}, "round_to": 8}}
-        old.add_trial(optuna.trial.create_trial(values=[0.3, 3.0, 5.0], user_attrs={"plan": plan}))
-    held = len(old.get_trials())
-    with pytest.raises(YolotuneError, match=message):
-        run_search(config)
-    assert len(old.get_trials()) == held  # nothing was added to it
-
-
-def test_a_study_timed_on_one_device_is_not_resumed_on_another(coco8_search) -> None:
-    from yolotune.search._driver import _open_study
-
-    config = coco8_search()
-    vnni = {"device": "AMD EPYC", "int8_weight_bits": 8}
-    study, created, _ = _open_study(config, timed_on=vnni)
-    assert created and study.user_attrs["timed_on"] == vnni
-    _open_study(config, timed_on=dict(vnni))  # the same device resumes
-    # the same CPU name without VNNI builds 7-bit weights: its INT8 trials would not compare
-    with pytest.raises(
-        YolotuneError,
-        match=r"timed on AMD EPYC with 8-bit INT8 weights, this run would time on "
-        r"AMD EPYC with 7-bit INT8 weights: latencies would not compare; resume it there",
-    ):
-        _open_study(config, timed_on={**vnni, "int8_weight_bits": 7})
-    with pytest.raises(YolotuneError, match=r"would time on Intel Xeon with 8-bit"):
-        _open_study(config, timed_on={**vnni, "device": "Intel Xeon"})
-
-
-def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_job(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from yolotune.assets import resolve_data, resolve_model
-    from yolotune.evaluators import add_target_file
-    from yolotune.search._driver import _open_study
-
-    monkeypatch.setattr("yolotune.evaluators._spec._SPECS", {})
-    monkeypatch.setattr("yolotune.evaluators._spec._LOADED", [])
-    targets = tmp_path / "targets.yaml"
-    targets.write_text("board:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  threads: 1\n")
-    add_target_file(targets)
-    space = tmp_path / "space.yaml"
-    space.write_text("max_ratio: 0.3\n")
-    settings = CandidateSettings(imgsz=160, target="board")
-    base = {"budget": 2, "settings": settings, "root": tmp_path, "study_name": "j"}
-    _open_study(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
-    # the same model, dataset and space, named otherwise: an absolute path, the data yaml, a copy
-    (tmp_path / "copy").mkdir()
-    copy = tmp_path / "copy" / "space.yaml"
-    copy.write_text(space.read_text())
-    same = {"model": str(resolve_model("yolov8n-coco.pt")), "data": str(resolve_data("coco8")), "space": str(copy)}
-    _open_study(SearchConfig(**same, **base))
-    # another job: refused, naming only what differs
-    with pytest.raises(YolotuneError, match=r"another job \(data: was 'coco8', now 'tiny_coco'\): run it with"):
-        _open_study(SearchConfig(**{**same, "data": "tiny_coco"}, **base))
-    copy.write_text("# a comment, and the same option\nmax_ratio:   0.3\n")  # the same options: the same space
-    _open_study(SearchConfig(**same, **base))
-    copy.write_text("max_ratio: 0.5\n")  # another file: named as such, not as the recorded one changed
-    with pytest.raises(
-        YolotuneError,
-        match=r"another job \(space: was '.*/space.yaml', now '.*/copy/space.yaml', which defines another space\)",
-    ):
-        _open_study(SearchConfig(**same, **base))
-    space.write_text("max_ratio: 0.5\n")  # the recorded file, changed in place
-    with pytest.raises(YolotuneError, match=r"another job \(space file .*/space.yaml has changed since\)"):
-        _open_study(SearchConfig(**{**same, "space": str(space)}, **base))
-    space.write_text("max_ratio: 0.3\n")
-    # the target redefined (threads): its latencies would not compare
-    targets.write_text("board:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  threads: 2\n")
-    add_target_file(targets)
-    with pytest.raises(YolotuneError, match=r"timed on target board as defined then \(threads: was 1, now 2\)"):
-        _open_study(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
-    # listing both activation types (the default was both before it became uint8): the message says how to resume
-    targets.write_text("board:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  activations: [uint8, int8]\n")
-    add_target_file(targets)
-    with pytest.raises(
-        YolotuneError,
-        match=r"searched uint8 INT8 activations; target board now runs uint8/int8: "
-        r"give it `activations: \[uint8\]` \(--targets-file\) to resume the study",
-    ):
-        _open_study(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
-
-
 #: A Python space drawing the calibration-set size from 2 or 4 images.
 CALIBRATION_SPACE = (
     "from yolotune.spaces import CompressionPlan, QuantizationConfig\n"
@@ -364,75 +169,8 @@ CALIBRATION_SPACE = (
 )
 
 
-def test_a_python_space_edited_since_is_refused_and_older_records_still_resume(tmp_path: Path) -> None:
-    from yolotune.search._driver import _open_study, _space_digest
-
-    source = tmp_path / "my_space.py"
-    source.write_text(CALIBRATION_SPACE)
-    base = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 2, "root": tmp_path, "study_name": "py"}
-    config = SearchConfig(space=f"{source}:space", settings=CandidateSettings(imgsz=160), **base)
-    study, _, _ = _open_study(config)
-    assert study.user_attrs["job"]["space_digest"] == _space_digest(config.space) is not None
-    source.write_text(source.read_text().replace("[2, 4]", "[2, 8]"))
-    with pytest.raises(YolotuneError, match=r"another job \(space file .*my_space.py:space has changed since\)"):
-        _open_study(config)
-    # a study recorded before Python spaces were digested resumes; so does one whose YAML space was digested by bytes
-    study.set_user_attr("job", {**study.user_attrs["job"], "space_digest": None})
-    _open_study(config)
-    yaml_space = tmp_path / "space.yaml"
-    yaml_space.write_text("max_ratio: 0.3  # by bytes\n")
-    narrowed = dataclasses.replace(config, space=str(yaml_space), study_name="yaml")
-    older, _, _ = _open_study(narrowed)
-    older.set_user_attr("job", {**older.user_attrs["job"], "space_digest": _space_digest(str(yaml_space), raw=True)})
-    _open_study(narrowed)
-    # --fine: one unit per group in a YAML space too; a Python space has its own parameters
-    with pytest.raises(YolotuneError, match=r"--fine makes one unit per layer group .* leave out --fine"):
-        dataclasses.replace(config, fine=True)
-
-
-def test_a_study_made_before_pruning_rounded_to_the_nearest_multiple_resumes_unless_it_rounded(
-    tmp_path: Path,
-) -> None:
-    from yolotune.search._driver import _open_study
-
-    base = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 2, "root": tmp_path}
-    config = SearchConfig(settings=CandidateSettings(imgsz=160), study_name="old", **base)
-    study, _, _ = _open_study(config)
-
-    def made_before() -> None:  # the job as the version before recorded it
-        study.set_user_attr("job", {k: v for k, v in study.user_attrs["job"].items() if k not in ("pruning", "fine")})
-
-    made_before()
-    _open_study(config)  # no plan was rounded: resumed, and recorded as this version's
-    assert study.user_attrs["job"]["pruning"] == "round-nearest"
-    made_before()
-    plan = {"pruning": {"ratios": {"neck.16": 0.3}, "round_to": 8}}
-    study.add_trial(optuna.trial.create_trial(values=[0.3, 3.0, 5.0], user_attrs={"plan": plan}))
-    with pytest.raises(YolotuneError, match=r"was pruned with torch-pruning's round_to \(kept channels rounded down"):
-        _open_study(config)
-    # --fine with a YAML space: ignored before, so a study made then did not search per group
-    narrow = tmp_path / "narrow.yaml"
-    narrow.write_text("max_ratio: 0.3\n")
-    yaml_config = dataclasses.replace(config, space=str(narrow), fine=True, study_name="yaml")
-    older, _, _ = _open_study(yaml_config)
-    older.set_user_attr("job", {k: v for k, v in older.user_attrs["job"].items() if k != "fine"})
-    with pytest.raises(YolotuneError, match=r"another job \(fine: was False, now True\)"):
-        _open_study(yaml_config)
-    _open_study(dataclasses.replace(yaml_config, fine=False))
-    # one file, two Python spaces: another callable is another space
-    spaces = tmp_path / "spaces.py"
-    spaces.write_text(
-        "from yolotune.spaces import CompressionPlan\n"
-        "def small(trial):\n    return CompressionPlan()\n"
-        "def large(trial):\n    return CompressionPlan()\n"
-    )
-    _open_study(dataclasses.replace(config, space=f"{spaces}:small", study_name="py"))
-    with pytest.raises(YolotuneError, match=r"space: was '.*spaces.py:small', now '.*spaces.py:large', which defines"):
-        _open_study(dataclasses.replace(config, space=f"{spaces}:large", study_name="py"))
-
-
 def test_a_space_whose_choices_change_between_trials_stops_the_search_in_one_line(tmp_path: Path, coco8_search) -> None:
-    from yolotune.search._driver import _open_study
+    from yolotune.search._study import open_study_for_run
 
     source = tmp_path / "drifting.py"  # the same file, other choices after its first call (the first draw)
     source.write_text(
@@ -445,42 +183,13 @@ def test_a_space_whose_choices_change_between_trials_stops_the_search_in_one_lin
         "    return CompressionPlan(quantization=QuantizationConfig(default='int8', calibration_images=n))\n"
     )
     config = coco8_search(budget=3, space=f"{source}:space", study_name="drift")
-    study, _, _ = _open_study(config)
+    study, _, _ = open_study_for_run(config)
     dist = {"calib/n": optuna.distributions.CategoricalDistribution([2, 4])}
     study.add_trial(optuna.trial.create_trial(values=[0.3, 3.0, 5.0], params={"calib/n": 2}, distributions=dist))
     with pytest.raises(YolotuneError, match=r"gives a parameter other choices than this study's earlier trials had"):
         run_search(config)
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
     assert len(failed) == 1 and "keep each parameter's choices fixed" in failed[0].user_attrs["fail_reason"]
-
-
-def test_a_study_resumes_from_another_directory_and_refuses_a_checkpoint_replaced_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import shutil
-
-    from yolotune.assets import resolve_data, resolve_model
-    from yolotune.compression import ultralytics_adapter
-    from yolotune.search._driver import _open_study
-
-    work = tmp_path / "work"
-    work.mkdir()
-    shutil.copy(resolve_model("yolov8n-coco.pt"), work / "mine.pt")
-    (work / "data").symlink_to(resolve_data("coco8").parent)
-    base = {"budget": 2, "settings": CandidateSettings(imgsz=160), "root": tmp_path / "studies", "study_name": "j"}
-    monkeypatch.chdir(work)
-    study = _open_study(SearchConfig(model="mine.pt", data="data", **base))[0]
-    # relative names are recorded as the files they named, so they mean the same from anywhere
-    assert study.user_attrs["job"]["model"] == str(work / "mine.pt")
-    assert study.user_attrs["job"]["data"] == str(resolve_data(work / "data"))
-    monkeypatch.chdir(tmp_path)
-    _open_study(SearchConfig(model="work/mine.pt", data=str(work / "data"), **base))
-    shutil.copy(work / "mine.pt", tmp_path / "moved.pt")  # the same checkpoint elsewhere: the same job
-    _open_study(SearchConfig(model=str(tmp_path / "moved.pt"), data=str(work / "data"), **base))
-    # the model retrained (or replaced) at the same path is another job: its trials would not compare
-    ultralytics_adapter.save_checkpoint(ultralytics_adapter.load_model(work / "mine.pt"), work / "mine.pt")
-    with pytest.raises(YolotuneError, match=r"another job \(model file .*mine.pt holds another checkpoint since"):
-        _open_study(SearchConfig(model="work/mine.pt", data=str(work / "data"), **base))
 
 
 def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) -> None:
@@ -512,6 +221,32 @@ def test_yaml_space_narrows_the_search_and_references_still_run(tmp_path: Path) 
     assert complete[3].user_attrs["brief"].startswith("fp32/int8 ") and complete[1].user_attrs["brief"].startswith(
         "int8 "
     )
+
+
+def test_a_python_space_edited_since_is_refused_and_older_records_still_resume(tmp_path: Path) -> None:
+    from yolotune.search._study import open_study_for_run, space_digest
+
+    source = tmp_path / "my_space.py"
+    source.write_text(CALIBRATION_SPACE)
+    base = {"model": "yolov8n-coco.pt", "data": "coco8", "budget": 2, "root": tmp_path, "study_name": "py"}
+    config = SearchConfig(space=f"{source}:space", settings=CandidateSettings(imgsz=160), **base)
+    study, _, _ = open_study_for_run(config)
+    assert study.user_attrs["job"]["space_digest"] == space_digest(config.space) is not None
+    source.write_text(source.read_text().replace("[2, 4]", "[2, 8]"))
+    with pytest.raises(YolotuneError, match=r"another job \(space file .*my_space.py:space has changed since\)"):
+        open_study_for_run(config)
+    # a study recorded before Python spaces were digested resumes; so does one whose YAML space was digested by bytes
+    study.set_user_attr("job", {**study.user_attrs["job"], "space_digest": None})
+    open_study_for_run(config)
+    yaml_space = tmp_path / "space.yaml"
+    yaml_space.write_text("max_ratio: 0.3  # by bytes\n")
+    narrowed = dataclasses.replace(config, space=str(yaml_space), study_name="yaml")
+    older, _, _ = open_study_for_run(narrowed)
+    older.set_user_attr("job", {**older.user_attrs["job"], "space_digest": space_digest(str(yaml_space), raw=True)})
+    open_study_for_run(narrowed)
+    # --fine: one unit per group in a YAML space too; a Python space has its own parameters
+    with pytest.raises(YolotuneError, match=r"--fine makes one unit per layer group .* leave out --fine"):
+        dataclasses.replace(config, fine=True)
 
 
 def test_space_from_a_python_callable(tmp_path: Path) -> None:
@@ -733,28 +468,6 @@ def test_a_callback_that_raises_at_open_leaves_the_references_queued(coco8_searc
 
     assert optuna.logging.get_verbosity() == optuna.logging.DEBUG  # the library left Optuna's logging as it was
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path) -> None:
-    from yolotune.search._driver import _open_study
-
-    config = SearchConfig(
-        model="yolov8n-coco.pt", data="coco8", budget=5, root=tmp_path, sampler="random", seed=3, study_name="r"
-    )
-    space = search_spaces(config)[0]
-    drawn = []
-    for _ in range(3):  # three runs of the same command, one trial each
-        study, _, _ = _open_study(config)
-        trial = study.ask()
-        drawn.append(trial.params if space(trial) else None)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    assert drawn[0] != drawn[1] != drawn[2] != drawn[0]
-    # and the same history gives the same draw (reproducible)
-    again = SearchConfig(**{**config.__dict__, "root": tmp_path / "again"})
-    first, _, _ = _open_study(again)
-    t = first.ask()
-    space(t)
-    assert t.params == drawn[0]
 
 
 class _SizeTarget:
@@ -1169,56 +882,6 @@ def test_multi_fidelity_does_not_time_a_candidate_no_fine_tune_could_bring_withi
     assert metrics["not_timed"] == rung0["not_timed"] and metrics["map50_95"] == rung0["map50_95"]
     assert all(p.parent.name != str(stopped[0].number) for p in target.timed)  # ... and never timed
     assert len({p.parent for p in target.timed}) == references
-
-
-def test_promotion_rule() -> None:
-    from types import SimpleNamespace
-
-    from yolotune.search._driver import _promote
-
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    study.add_trial(optuna.trial.create_trial(values=[0.35, 12.0, 10.0], user_attrs={"reference": "fp32"}))
-    study.add_trial(optuna.trial.create_trial(values=[0.34, 3.5, 7.0]))
-
-    def rung0(m: float, size: float, ms: float) -> SimpleNamespace:
-        return SimpleNamespace(
-            size_mb=size, latency=SimpleNamespace(median_ms=ms), accuracy=SimpleNamespace(map50_95=m)
-        )
-
-    assert not _promote(study, rung0(0.30, 4.0, 8.0), 0.02)  # bigger, slower and 0.04 worse than a full trial
-    assert _promote(study, rung0(0.33, 4.0, 8.0), 0.02)  # within the margin: fine-tuning may close it
-    assert _promote(study, rung0(0.0, 1.0, 3.0), 0.02)  # destroyed but the smallest: on the front
-    study.set_user_attr("constraints", {"max_map_drop": 0.05, "max_latency_ms": None})
-    assert not _promote(study, rung0(0.0, 1.0, 3.0), 0.02)  # ... unless a constraint rules it out
-    assert _promote(study, rung0(0.29, 1.0, 3.0), 0.02)  # 0.06 below fp32, within drop + margin
-
-
-def test_an_artifact_upload_cut_short_leaves_no_partial_file(tmp_path: Path) -> None:
-    import errno
-    import io
-
-    from yolotune.search._driver import _whole_file_store
-
-    class FillsTheDisk(io.RawIOBase):  # the first megabyte arrives, then the disk is full
-        sent = False
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
-            if self.sent:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            self.sent = True
-            buffer[: len(buffer)] = b"x" * len(buffer)
-            return len(buffer)
-
-    store = _whole_file_store(tmp_path / "artifacts")
-    with pytest.raises(OSError, match="No space left"):
-        store.write("an-id", io.BufferedReader(FillsTheDisk()))
-    assert not list((tmp_path / "artifacts").iterdir())
-    store.write("an-id", io.BytesIO(b"whole"))
-    assert (tmp_path / "artifacts" / "an-id").read_bytes() == b"whole"
-    assert [p.name for p in (tmp_path / "artifacts").iterdir()] == ["an-id"]
 
 
 def test_multi_fidelity_does_not_quantize_a_candidate_whose_fp32_export_is_already_out_of_reach(

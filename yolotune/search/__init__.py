@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from yolotune.search._baseline import UNTRAINED_MAP50_95, untrained
 from yolotune.search._candidate import (
     RUNG0_RECOVERY_IMAGES,
     BuiltCandidate,
@@ -14,23 +15,14 @@ from yolotune.search._candidate import (
     run_candidate,
     time_candidate,
 )
-from yolotune.search._driver import (
-    METRIC_NAMES,
-    UNTRAINED_MAP50_95,
-    SearchConfig,
-    TrialOutcome,
-    constraints_of,
-    open_study,
-    plan_of,
-    preflight,
-    run_search,
-    search_spaces,
-    untrained,
-)
+from yolotune.search._config import METRIC_NAMES, SearchConfig, TrialOutcome
+from yolotune.search._driver import preflight, run_search, search_spaces
 from yolotune.search._executors import check_ray_address
 from yolotune.search._retime import retime_front, retime_study
 from yolotune.search._sensitivity import SENSITIVITY_RECOVERY, GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
+from yolotune.search._study import constraints_of, open_study
+from yolotune.search._trials import plan_of
 
 __all__ = [
     "METRIC_NAMES",

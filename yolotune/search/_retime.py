@@ -20,6 +20,7 @@ import optuna
 
 from yolotune.errors import SearchStopped, YolotuneError
 from yolotune.search._candidate import file_digest
+from yolotune.search._study import device_words
 from yolotune.studies._front import fp32_reference
 from yolotune.studies._retimed import NOISE_BAND, RETIMED_ATTR, Retiming, current_retiming, near_front
 from yolotune.studies._storage import deployable_file, find_artifact_dir
@@ -177,7 +178,6 @@ def retime_study(
         YolotuneError: The target cannot time, or it is another device than the one that timed
             the study (its timings would not compare).
     """
-    from yolotune.search._driver import _device_words
     from yolotune.studies import study_target
 
     job = study.user_attrs.get("job") or {}
@@ -187,7 +187,7 @@ def retime_study(
     now = target.provenance(imgsz=imgsz).device
     if was is not None and was.get("device") != now:
         raise YolotuneError(
-            f"study '{study.study_name}' was timed on {_device_words(was)}, this target times on {now}: "
+            f"study '{study.study_name}' was timed on {device_words(was)}, this target times on {now}: "
             "re-time it where it was searched"
         )
     if device_url:  # an agent back at another address: export and the next retime find it there
