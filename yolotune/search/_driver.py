@@ -42,6 +42,7 @@ from yolotune.search._baseline import (
     waits_for_baseline,
 )
 from yolotune.search._candidate import (
+    BuiltCandidate,
     drop_intermediates,
     file_digest,
     make_target,
@@ -50,7 +51,7 @@ from yolotune.search._candidate import (
     time_reference,
 )
 from yolotune.search._config import SearchConfig, TrialOutcome
-from yolotune.search._executors import Crashed, Failed, InProcess, RayExecutor, check_ray_address
+from yolotune.search._executors import Build, Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._fidelity import judge_rung0, promote, rung0_floor
 from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
 from yolotune.search._retime import retime_front
@@ -347,7 +348,6 @@ def run_search(
             for name in references:
                 study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
     say_setup_changes(study, timing)
-    spec = target_spec(config.settings.target)
     if on_open is not None:
         on_open(study)
     if config.sensitivity_drop is not None:
@@ -355,265 +355,30 @@ def run_search(
         space = _sensitive_space(config, study, space, on_scan, target=target)
     if why := untrained_study(study):  # a resumed study whose model detects nothing: no more work
         raise SearchStopped(why, study=study)
-    failures = 0
-    limit = max_failures if max_failures is not None else max(3, config.budget)
-    root = study_dir(config.root, config.name) / "trials"
-
-    open_trials: dict[int, _Pending] = {}  # asked, not yet told
-
-    last_failure = ""
-
-    def fail(trial: optuna.Trial, reason: str) -> None:
-        nonlocal last_failure
-        last_failure = reason
-        why = _environment_failure(reason)  # the machine's fault: stop rather than fail every later plan
-        if why and disk_full(reason):
-            # first, before the database writes that need the space: the partial files of this trial
-            # and of those stopped with it (their plans run again) only take space on the full disk
-            for number in {trial.number, *open_trials}:
-                shutil.rmtree(root / str(number), ignore_errors=True)
-        open_trials.pop(trial.number, None)
-        trial.set_user_attr("fail_reason", reason)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if on_trial:
-            on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), study)
-        if why:
-            retry(study, trial, reason, always=True)  # nothing is lost: the plan runs on resume
-            abandon(f"stopped: {why.split(' (')[0]}")
-            raise SearchStopped(why, study=study)
-
-    def defer(trial: optuna.Trial) -> None:
-        """Queue a trial's plan behind the FP32 reference (a retry after Ctrl-C put it last): not a failure."""
-        open_trials.pop(trial.number, None)
-        trial.set_user_attr("fail_reason", QUEUED_BEHIND_FP32)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        shutil.rmtree(root / str(trial.number), ignore_errors=True)  # its retry builds it again
-        retry(study, trial, QUEUED_BEHIND_FP32, always=True)
 
     # the driver beats for its trials itself (Heartbeat), so Optuna's optimize-only note does not apply
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
-
     with Heartbeat(storage) as heartbeat, _executor(config) as executor:
-
-        def refill(collected: int) -> None:
-            """Keep every worker busy, without asking for more trials than the budget needs."""
-            nonlocal failures
-            while (
-                executor.in_flight < executor.workers
-                and _complete(study) + executor.in_flight + collected < config.budget
-                and failures < limit
-            ):
-                with storage_lock(config.storage_url):  # SQLite: two drivers could both take a queued trial
-                    trial = study.ask()
-                heartbeat.add(trial._trial_id)
-                reference = str(trial.user_attrs.get("reference", ""))
-                try:
-                    use_reference = reference in references and space != default
-                    plan = references[reference] if use_reference else space(trial)
-                    if not isinstance(plan, CompressionPlan):
-                        raise YolotuneError(f"the search space returned {type(plan).__name__}, not a CompressionPlan")
-                except Exception as exc:
-                    failures += 1
-                    heartbeat.remove(trial._trial_id)
-                    if _dynamic_choices(exc):  # every later trial would fail the same way: stop here
-                        python = config.space is not None and not config.space.endswith((".yaml", ".yml"))
-                        fix = (
-                            "keep each parameter's choices fixed"
-                            if python
-                            else "the training split changed size since (it bounds the calibration sizes): restore it"
-                        )
-                        reason = (
-                            f"{f'space {config.space}' if config.space else 'the default space'} gives a parameter "
-                            f"other choices than this study's earlier trials had ({exc}); {fix}, or start another "
-                            "--study"
-                        )
-                        fail(trial, reason)
-                        raise YolotuneError(reason) from exc
-                    fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
-                    continue
-                if reference != "fp32" and waits_for_baseline(study):
-                    heartbeat.remove(trial._trial_id)
-                    defer(trial)
-                    continue
-                trial.set_user_attr("plan", plan.to_dict())
-                trial.set_user_attr("brief", plan.brief(groups=default.groups))
-                twin = None if reference else find_twin(study, plan, stops=config.multi_fidelity)
-                if twin is not None:  # samplers propose a plan again, small spaces often: reuse it
-                    heartbeat.remove(trial._trial_id)
-                    reuse_twin(study, trial, twin)
-                    if on_trial:
-                        why = f"the plan of trial {twin.number} again: its measurements are reused"
-                        on_trial(TrialOutcome(number=trial.number, state=twin.state.name, reason=why), study)
-                    continue
-                pending = _Pending(trial=trial, plan=plan, out_dir=root / str(trial.number))
-                open_trials[trial.number] = pending
-                kwargs: dict[str, Any] = {
-                    "model": config.model,
-                    "data": config.data,
-                    "plan": plan,
-                    "out_dir": pending.out_dir,
-                    "settings": config.settings,
-                    "target": spec,  # a value without secrets: workers need no targets file
-                }
-                if config.multi_fidelity and not reference:
-                    # references are the front's anchors and the --max-map-drop baseline: always full
-                    kwargs.update(stage="rung0", val_images=config.rung0_val, rung0_floor=rung0_floor(config, study))
-                if isinstance(executor, InProcess):
-                    kwargs["on_step"] = _bind(on_step, trial.number)
-                pending.kwargs = kwargs
-                executor.submit(pending, kwargs)
-
-        def abandon(reason: str) -> None:
-            """Fail the trials still open, with ``reason``, and queue their plans for the next run."""
-            executor.cancel_all()
-            for pending in list(open_trials.values()):
-                with contextlib.suppress(Exception):  # already told, storage gone: nothing more to save
-                    pending.trial.set_user_attr("fail_reason", reason)
-                    study.tell(pending.trial, state=optuna.trial.TrialState.FAIL)
-                    retry(study, pending.trial, reason, always=True)
-                shutil.rmtree(pending.out_dir, ignore_errors=True)  # half built; its retry builds it again
-            open_trials.clear()
-
-        def reap() -> None:
-            """Fail and queue again the trials a killed driver left RUNNING (their heartbeats stopped)."""
-            nonlocal config
-            references_lost = 0
-            for stale in fail_stale_trials(study, storage, keep=heartbeat.beat_now()):
-                retry(study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
-                shutil.rmtree(root / str(stale.number), ignore_errors=True)  # a killed driver's half-built files
-                references_lost += bool(stale.user_attrs.get("reference"))
-            if references_lost:  # found stale mid-run (the last run ended under 2 heartbeats ago): still run first
-                wanted = _complete(study) + executor.in_flight + waiting_through_references(study)
-                config = dataclasses.replace(config, budget=max(config.budget, wanted))
-
-        reap()  # also when the budget is already met: nothing stays RUNNING for good
-        with storage_lock(config.storage_url):  # a reference that failed or was lost runs again, budget met or not
-            waiting = queue_failed_references(study, list(references), params)
-        if waiting:
-            wanted = _complete(study) + waiting_through_references(study)
-            config = dataclasses.replace(config, budget=max(config.budget, wanted))
-        try:
-            while True:
-                reap()  # before the budget check: a reference found stale now raises the budget
-                if not (_complete(study) < config.budget and failures < limit):
-                    break
-                if why := baseline_failed(study):
-                    abandon("the FP32 reference failed: --max-map-drop has no baseline")
-                    raise SearchStopped(why, study=study)
-                refill(0)
-                if executor.in_flight == 0:
-                    break
-                done = executor.wait()
-                if not isinstance(executor, InProcess):
-                    refill(len(done))  # workers build the next candidates while this host times these
-                for pending, built in done:
-                    trial = pending.trial
-                    promoted = False
-                    try:
-                        if isinstance(built, Crashed):
-                            failures += 1
-                            fail(trial, built.reason)
-                            retry(study, trial, built.reason)
-                            continue
-                        if isinstance(built, Failed):
-                            failures += 1
-                            fail(trial, built.reason)
-                            continue
-                        try:
-                            if built.fidelity == "rung0":
-                                verdict = judge_rung0(config, study, built)
-                                timed = (
-                                    None
-                                    if verdict.unreachable or verdict.on_size
-                                    else time_candidate(built, target=target, on_step=_bind(on_step, trial.number))
-                                )
-                                trial.set_user_attr("rung0", verdict.record(built, timed))
-                                unreachable = verdict.unreachable
-                                if unreachable:
-                                    record_untimed(built, reason=unreachable)
-                                promoted = verdict.on_size or (
-                                    timed is not None
-                                    and promote(study, timed, config.promote_margin, shift=verdict.shift)
-                                )
-                                if promoted:  # continue from what rung 0 built
-                                    # a promotion that only re-validates keeps these bytes: reuse their timing,
-                                    # paired with the reference's, timed now, seconds after it, as a full trial's is
-                                    if timed is not None:
-                                        paired = None
-                                        # only for bytes the promotion keeps (nothing stood in, no fine-tuning)
-                                        keeps = not built.stand_ins and pending.plan.recovery.epochs == 0
-                                        ref = reference_path(study) if config.time_reference and keeps else None
-                                        if ref is not None:
-                                            step = _bind(on_step, trial.number)
-                                            paired = time_reference(ref, target=target, imgsz=built.imgsz, on_step=step)
-                                        pending.timed = (file_digest(built.deployable), timed.latency, paired)
-                                    executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
-                                    continue
-                                trial.set_user_attr("fidelity", "rung0")
-                                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                                open_trials.pop(trial.number, None)
-                                drop_intermediates(built)
-                                if on_trial:
-                                    outcome = TrialOutcome(
-                                        number=trial.number, state="PRUNED", result=timed, reason=unreachable
-                                    )
-                                    on_trial(outcome, study)
-                                continue
-                            check_baseline(study, trial)  # before timing what would wait for the FP32 reference
-                            result = time_candidate(
-                                built,
-                                target=target,
-                                on_step=_bind(on_step, trial.number),
-                                timed=pending.timed,
-                                reference=reference_path(study) if config.time_reference else None,
-                            )
-                            record_trial(config, study, trial, result)
-                        except WaitsForBaseline as exc:
-                            if waits_for_baseline(study, running=True):  # built before the FP32 reference's retry
-                                defer(trial)
-                            else:
-                                failures += 1
-                                fail(trial, str(exc))
-                            continue
-                        except Exception as exc:
-                            failures += 1
-                            fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
-                            if isinstance(exc, StepError) and exc.step == "latency":
-                                # the target failed, not the plan: if it is gone, stop rather than fail
-                                # every plan on it; the same command resumes once it is back
-                                lost = _lost(target)
-                                retry(study, trial, str(exc), always=lost is not None)
-                                if lost is not None:
-                                    abandon(f"target lost: {lost}")
-                                    raise SearchStopped(
-                                        f"lost the target during the search ({lost}); the unfinished plans are "
-                                        "queued: bring it back and run the same command to resume",
-                                        study=study,
-                                    ) from None
-                            continue
-                        study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
-                        open_trials.pop(trial.number, None)
-                        drop_intermediates(result)
-                        if on_trial:
-                            on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), study)
-                        if trial.user_attrs.get("reference") == "fp32" and (why := untrained(result.accuracy.map50_95)):
-                            abandon("the uncompressed model detects nothing on this data")
-                            raise SearchStopped(why, study=study)
-                    finally:
-                        if not promoted:
-                            heartbeat.remove(trial._trial_id)
-        except KeyboardInterrupt:
-            abandon("interrupted")
-            raise
-        except BaseException as exc:  # a callback's error, a lost storage: nothing stays RUNNING
-            if not isinstance(exc, SearchStopped):
-                abandon(f"the search stopped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            raise
+        run = _Run(
+            config=config,
+            study=study,
+            space=space,
+            default=default,
+            references=references,
+            target=target,
+            storage=storage,
+            heartbeat=heartbeat,
+            executor=executor,
+            on_trial=on_trial,
+            on_step=on_step,
+            max_failures=max_failures if max_failures is not None else max(3, config.budget),
+        )
+        run.until_budget(params)
     evaluated = _complete(study)
-    if evaluated < config.budget:
+    if evaluated < run.config.budget:
         raise SearchStopped(
-            f"stopped after {failures} failed candidate(s), {evaluated} of {config.budget} evaluated; the last failed "
-            f"with: {last_failure.rstrip('.')}. Fix that and run the same command to resume "
+            f"stopped after {run.failures} failed candidate(s), {evaluated} of {run.config.budget} evaluated; the "
+            f"last failed with: {run.last_failure.rstrip('.')}. Fix that and run the same command to resume "
             "(`tune show` lists the latest failures, `tune report` all)",
             study=study,
         )
@@ -624,6 +389,319 @@ def run_search(
         for number, reason in retiming.failed.items():
             on_retime_failed(number, reason)
     return study
+
+
+class _Run:
+    """One run of the search loop, and the state its steps share: the study, the executor, the trials in flight.
+
+    Trials are asked for while workers are free (``refill``), built by the executor, then timed and
+    told here (``collect``): a rung-0 candidate is stopped (PRUNED) or promoted (built again at full
+    fidelity), a full-fidelity one is timed with its FP32 reference and told COMPLETE, a failed one
+    is told FAIL with its reason. What stops the search (a machine fault, a lost target, Ctrl-C)
+    first fails the trials still open and queues their plans again (``abandon``).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SearchConfig,
+        study: optuna.Study,
+        space: Space,
+        default: DefaultSpace,
+        references: dict[str, CompressionPlan],
+        target: Target,
+        storage: optuna.storages.BaseStorage,
+        heartbeat: Heartbeat,
+        executor: InProcess | RayExecutor,
+        on_trial: Callable[[TrialOutcome, optuna.Study], None] | None,
+        on_step: Callable[[int, str], None] | None,
+        max_failures: int,
+    ) -> None:
+        self.config = config  # its budget rises when a lost reference must run again
+        self.study = study
+        self.space = space
+        self.default = default
+        self.references = references
+        self.target = target
+        self.spec = target_spec(config.settings.target)  # a value without secrets: workers need no targets file
+        self.storage = storage
+        self.heartbeat = heartbeat
+        self.executor = executor
+        self.on_trial = on_trial
+        self.on_step = on_step
+        self.max_failures = max_failures
+        self.failures = 0
+        self.last_failure = ""
+        self.root = study_dir(config.root, config.name) / "trials"
+        self.open_trials: dict[int, _Pending] = {}  # asked, not yet told
+
+    def until_budget(self, params: dict[str, dict[str, Any]]) -> None:
+        """Run trials until the budget is met, too many failed, or nothing is left to run."""
+        self.reap()  # also when the budget is already met: nothing stays RUNNING for good
+        # a reference that failed or was lost runs again, budget met or not
+        with storage_lock(self.config.storage_url):
+            waiting = queue_failed_references(self.study, list(self.references), params)
+        if waiting:
+            self._raise_budget(_complete(self.study) + waiting_through_references(self.study))
+        try:
+            while True:
+                self.reap()  # before the budget check: a reference found stale now raises the budget
+                if not (_complete(self.study) < self.config.budget and self.failures < self.max_failures):
+                    break
+                if why := baseline_failed(self.study):
+                    self.abandon("the FP32 reference failed: --max-map-drop has no baseline")
+                    raise SearchStopped(why, study=self.study)
+                self.refill(0)
+                if self.executor.in_flight == 0:
+                    break
+                done = self.executor.wait()
+                if not isinstance(self.executor, InProcess):
+                    self.refill(len(done))  # workers build the next candidates while this host times these
+                for pending, built in done:
+                    promoted = False
+                    try:
+                        promoted = self.collect(pending, built)
+                    finally:
+                        if not promoted:
+                            self.heartbeat.remove(pending.trial._trial_id)
+        except KeyboardInterrupt:
+            self.abandon("interrupted")
+            raise
+        except BaseException as exc:  # a callback's error, a lost storage: nothing stays RUNNING
+            if not isinstance(exc, SearchStopped):
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                self.abandon(f"the search stopped: {type(exc).__name__}: {first}")
+            raise
+
+    def _raise_budget(self, wanted: int) -> None:
+        self.config = dataclasses.replace(self.config, budget=max(self.config.budget, wanted))
+
+    def fail(self, trial: optuna.Trial, reason: str) -> None:
+        """Tell ``trial`` FAIL with ``reason``; stop the search when the machine, not the plan, is at fault."""
+        self.failures += 1
+        self.last_failure = reason
+        why = _environment_failure(reason)  # the machine's fault: stop rather than fail every later plan
+        if why and disk_full(reason):
+            # first, before the database writes that need the space: the partial files of this trial
+            # and of those stopped with it (their plans run again) only take space on the full disk
+            for number in {trial.number, *self.open_trials}:
+                shutil.rmtree(self.root / str(number), ignore_errors=True)
+        self.open_trials.pop(trial.number, None)
+        trial.set_user_attr("fail_reason", reason)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if self.on_trial:
+            self.on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), self.study)
+        if why:
+            retry(self.study, trial, reason, always=True)  # nothing is lost: the plan runs on resume
+            self.abandon(f"stopped: {why.split(' (')[0]}")
+            raise SearchStopped(why, study=self.study)
+
+    def defer(self, trial: optuna.Trial) -> None:
+        """Queue a trial's plan behind the FP32 reference (a retry after Ctrl-C put it last): not a failure."""
+        self.open_trials.pop(trial.number, None)
+        trial.set_user_attr("fail_reason", QUEUED_BEHIND_FP32)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        shutil.rmtree(self.root / str(trial.number), ignore_errors=True)  # its retry builds it again
+        retry(self.study, trial, QUEUED_BEHIND_FP32, always=True)
+
+    def abandon(self, reason: str) -> None:
+        """Fail the trials still open, with ``reason``, and queue their plans for the next run."""
+        self.executor.cancel_all()
+        for pending in list(self.open_trials.values()):
+            with contextlib.suppress(Exception):  # already told, storage gone: nothing more to save
+                pending.trial.set_user_attr("fail_reason", reason)
+                self.study.tell(pending.trial, state=optuna.trial.TrialState.FAIL)
+                retry(self.study, pending.trial, reason, always=True)
+            shutil.rmtree(pending.out_dir, ignore_errors=True)  # half built; its retry builds it again
+        self.open_trials.clear()
+
+    def reap(self) -> None:
+        """Fail and queue again the trials a killed driver left RUNNING (their heartbeats stopped)."""
+        references_lost = 0
+        for stale in fail_stale_trials(self.study, self.storage, keep=self.heartbeat.beat_now()):
+            retry(self.study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
+            shutil.rmtree(self.root / str(stale.number), ignore_errors=True)  # a killed driver's half-built files
+            references_lost += bool(stale.user_attrs.get("reference"))
+        if references_lost:  # found stale mid-run (the last run ended under 2 heartbeats ago): still run first
+            study = self.study
+            self._raise_budget(_complete(study) + self.executor.in_flight + waiting_through_references(study))
+
+    def refill(self, collected: int) -> None:
+        """Keep every worker busy, without asking for more trials than the budget needs."""
+        executor, study = self.executor, self.study
+        while (
+            executor.in_flight < executor.workers
+            and _complete(study) + executor.in_flight + collected < self.config.budget
+            and self.failures < self.max_failures
+        ):
+            with storage_lock(self.config.storage_url):  # SQLite: two drivers could both take a queued trial
+                trial = study.ask()
+            self.heartbeat.add(trial._trial_id)
+            reference = str(trial.user_attrs.get("reference", ""))
+            try:
+                plan = self._plan(trial, reference)
+            except Exception as exc:
+                self.heartbeat.remove(trial._trial_id)
+                if _dynamic_choices(exc):  # every later trial would fail the same way: stop here
+                    reason = self._dynamic_choices_reason(exc)
+                    self.fail(trial, reason)
+                    raise YolotuneError(reason) from exc
+                self.fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
+                continue
+            if reference != "fp32" and waits_for_baseline(study):
+                self.heartbeat.remove(trial._trial_id)
+                self.defer(trial)
+                continue
+            trial.set_user_attr("plan", plan.to_dict())
+            trial.set_user_attr("brief", plan.brief(groups=self.default.groups))
+            twin = None if reference else find_twin(study, plan, stops=self.config.multi_fidelity)
+            if twin is not None:  # samplers propose a plan again, small spaces often: reuse it
+                self.heartbeat.remove(trial._trial_id)
+                reuse_twin(study, trial, twin)
+                if self.on_trial:
+                    why = f"the plan of trial {twin.number} again: its measurements are reused"
+                    self.on_trial(TrialOutcome(number=trial.number, state=twin.state.name, reason=why), study)
+                continue
+            self._submit(trial, plan, reference)
+
+    def _plan(self, trial: optuna.Trial, reference: str) -> CompressionPlan:
+        use_reference = reference in self.references and self.space != self.default
+        plan = self.references[reference] if use_reference else self.space(trial)
+        if not isinstance(plan, CompressionPlan):
+            raise YolotuneError(f"the search space returned {type(plan).__name__}, not a CompressionPlan")
+        return plan
+
+    def _dynamic_choices_reason(self, exc: Exception) -> str:
+        space = self.config.space
+        python = space is not None and not space.endswith((".yaml", ".yml"))
+        fix = (
+            "keep each parameter's choices fixed"
+            if python
+            else "the training split changed size since (it bounds the calibration sizes): restore it"
+        )
+        return (
+            f"{f'space {space}' if space else 'the default space'} gives a parameter other choices than this "
+            f"study's earlier trials had ({exc}); {fix}, or start another --study"
+        )
+
+    def _submit(self, trial: optuna.Trial, plan: CompressionPlan, reference: str) -> None:
+        pending = _Pending(trial=trial, plan=plan, out_dir=self.root / str(trial.number))
+        self.open_trials[trial.number] = pending
+        kwargs: dict[str, Any] = {
+            "model": self.config.model,
+            "data": self.config.data,
+            "plan": plan,
+            "out_dir": pending.out_dir,
+            "settings": self.config.settings,
+            "target": self.spec,
+        }
+        if self.config.multi_fidelity and not reference:
+            # references are the front's anchors and the --max-map-drop baseline: always full
+            floor = rung0_floor(self.config, self.study)
+            kwargs.update(stage="rung0", val_images=self.config.rung0_val, rung0_floor=floor)
+        if isinstance(self.executor, InProcess):
+            kwargs["on_step"] = _bind(self.on_step, trial.number)
+        pending.kwargs = kwargs
+        self.executor.submit(pending, kwargs)
+
+    def collect(self, pending: _Pending, built: Build) -> bool:
+        """Time and tell one built candidate, or fail it; return whether it was promoted (still open)."""
+        trial = pending.trial
+        if isinstance(built, Crashed):
+            self.fail(trial, built.reason)
+            retry(self.study, trial, built.reason)
+            return False
+        if isinstance(built, Failed):
+            self.fail(trial, built.reason)
+            return False
+        try:
+            if built.fidelity == "rung0":
+                return self._at_rung0(pending, built)
+            check_baseline(self.study, trial)  # before timing what would wait for the FP32 reference
+            result = time_candidate(
+                built,
+                target=self.target,
+                on_step=_bind(self.on_step, trial.number),
+                timed=pending.timed,
+                reference=reference_path(self.study) if self.config.time_reference else None,
+            )
+            record_trial(self.config, self.study, trial, result)
+        except WaitsForBaseline as exc:
+            if waits_for_baseline(self.study, running=True):  # built before the FP32 reference's retry
+                self.defer(trial)
+            else:
+                self.fail(trial, str(exc))
+            return False
+        except Exception as exc:
+            self._failed_to_measure(trial, exc)
+            return False
+        self.study.tell(trial, [result.accuracy.map50_95, result.size_mb, result.latency.median_ms])
+        self.open_trials.pop(trial.number, None)
+        drop_intermediates(result)
+        if self.on_trial:
+            self.on_trial(TrialOutcome(number=trial.number, state="COMPLETE", result=result), self.study)
+        if trial.user_attrs.get("reference") == "fp32" and (why := untrained(result.accuracy.map50_95)):
+            self.abandon("the uncompressed model detects nothing on this data")
+            raise SearchStopped(why, study=self.study)
+        return False
+
+    def _failed_to_measure(self, trial: optuna.Trial, exc: Exception) -> None:
+        """Fail ``trial``; if the target, not the plan, failed and is gone, stop rather than fail every plan on it."""
+        self.fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
+        if isinstance(exc, StepError) and exc.step == "latency":
+            # the same command resumes once the target is back
+            lost = _lost(self.target)
+            retry(self.study, trial, str(exc), always=lost is not None)
+            if lost is not None:
+                self.abandon(f"target lost: {lost}")
+                raise SearchStopped(
+                    f"lost the target during the search ({lost}); the unfinished plans are queued: bring it back "
+                    "and run the same command to resume",
+                    study=self.study,
+                ) from None
+
+    def _at_rung0(self, pending: _Pending, built: BuiltCandidate) -> bool:
+        """Stop a rung-0 candidate (PRUNED, with its rung-0 numbers), or promote it; return whether promoted."""
+        trial, study = pending.trial, self.study
+        verdict = judge_rung0(self.config, study, built)
+        timed = (
+            None
+            if verdict.unreachable or verdict.on_size
+            else time_candidate(built, target=self.target, on_step=_bind(self.on_step, trial.number))
+        )
+        trial.set_user_attr("rung0", verdict.record(built, timed))
+        if verdict.unreachable:
+            record_untimed(built, reason=verdict.unreachable)
+        promoted = verdict.on_size or (
+            timed is not None and promote(study, timed, self.config.promote_margin, shift=verdict.shift)
+        )
+        if promoted:  # continue from what rung 0 built
+            if timed is not None:
+                pending.timed = (file_digest(built.deployable), timed.latency, self._paired_reference(pending, built))
+            self.executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
+            return True
+        trial.set_user_attr("fidelity", "rung0")
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        self.open_trials.pop(trial.number, None)
+        drop_intermediates(built)
+        if self.on_trial:
+            outcome = TrialOutcome(number=trial.number, state="PRUNED", result=timed, reason=verdict.unreachable)
+            self.on_trial(outcome, study)
+        return False
+
+    def _paired_reference(self, pending: _Pending, built: BuiltCandidate) -> LatencyStats | None:
+        """The FP32 reference timed now, for a promotion that keeps rung 0's bytes and so its timing.
+
+        A promotion that only re-validates reuses that timing: it is paired with the reference's,
+        timed seconds after it, as a full trial's is. A promotion that builds new bytes (a stand-in,
+        fine-tuning) is timed at full fidelity with its reference anyway: ``None``.
+        """
+        keeps = not built.stand_ins and pending.plan.recovery.epochs == 0
+        ref = reference_path(self.study) if self.config.time_reference and keeps else None
+        if ref is None:
+            return None
+        step = _bind(self.on_step, pending.trial.number)
+        return time_reference(ref, target=self.target, imgsz=built.imgsz, on_step=step)
 
 
 def _lost(target: Target) -> str | None:
