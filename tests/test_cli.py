@@ -57,6 +57,17 @@ def test_corrupt_weights(tmp_path: Path) -> None:
     )
 
 
+def test_brackets_in_a_message_are_printed_as_given_not_read_as_markup(tmp_path: Path) -> None:
+    """Paths and reasons reach the terminal verbatim: rich tags in them neither crash the CLI nor vanish."""
+    closing = tmp_path / "[/x]" / "data.yaml"  # rich raised MarkupError on the closing tag: a traceback, exit 1
+    assert f"dataset '{closing}' not found" in _error(["baseline", "--data", str(closing)])
+    tagged = tmp_path / "coco[v2]" / "data.yaml"  # rich dropped "[v2]" and named another folder
+    assert f"dataset '{tagged}' not found; looked at {tagged}" in _error(["baseline", "--data", str(tagged)])
+    space = tmp_path / "space.yaml"
+    space.write_text("units: [backbone.0]\n")
+    assert "(unit: [group, ...])" in _error(["run", "--space", str(space), "--root", str(tmp_path)])
+
+
 def test_data_yaml_without_val(tmp_path: Path) -> None:
     data = tmp_path / "data.yaml"
     from yolotune.assets import assets_dir
@@ -245,7 +256,9 @@ def test_run_bad_arguments(tmp_path: Path) -> None:
     assert "the Python space " in _error([*run, "--space", f"{space}:space", "--fine"])
 
 
-def test_fine_units_apply_to_a_yaml_space_unless_it_sets_its_own(tmp_path: Path) -> None:
+def test_fine_units_apply_to_a_yaml_space_unless_it_sets_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from yolotune.search import SearchConfig, search_spaces
 
     (tmp_path / "narrow.yaml").write_text("max_ratio: 0.3\n")
@@ -255,8 +268,13 @@ def test_fine_units_apply_to_a_yaml_space_unless_it_sets_its_own(tmp_path: Path)
     assert fine.units() == {g: (g,) for g in default.groups} and len(default.groups) == 22
     coarse, _ = search_spaces(SearchConfig(space=str(tmp_path / "narrow.yaml"), **base))
     assert len(coarse.units()) == 5
+    assert not caplog.records
     own, _ = search_spaces(SearchConfig(space=str(tmp_path / "units.yaml"), fine=True, **base))
     assert own.units() == {"stem": ("backbone.0", "backbone.1")}
+    assert [r.getMessage() for r in caplog.records] == [  # ignored, and said so
+        f"--fine changes nothing: space {tmp_path / 'units.yaml'} sets its own units (or `fine`); leave out --fine, "
+        "or those keys"
+    ]
 
 
 def test_run_show_report_and_export_one_study(small_study: tuple[Path, str, str], tmp_path: Path) -> None:

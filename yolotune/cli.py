@@ -19,6 +19,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from yolotune.errors import PlanError, SearchStopped, YolotuneError, disk_full
 
@@ -32,19 +33,32 @@ app = typer.Typer(
 
 
 class _Consoles:
-    """Rich consoles created on use, so they see the streams in use (tests swap them)."""
+    """Rich consoles created on use, so they see the streams in use (tests swap them).
+
+    They read no markup: messages carry paths, plan briefs and libraries' reasons, whose brackets
+    (``coco[v2]/``, ``[/x]``) rich would take for tags, dropping text or raising. Colour comes from
+    styles (``error``, ``warning``, rich ``Text``), never from tags in a string.
+    """
 
     @property
     def out(self) -> Console:
         # a pipe or file gets wide lines rather than rich's 80-column default, unless COLUMNS says otherwise
         wide = sys.stdout.isatty() or "COLUMNS" in os.environ
-        return Console(width=None if wide else 160, soft_wrap=True)
+        return Console(width=None if wide else 160, soft_wrap=True, markup=False)
 
     @property
     def err(self) -> Console:
         # the run's progress line in a log: as wide as stdout's lines there, not squeezed into 80 columns
         wide = sys.stderr.isatty() or "COLUMNS" in os.environ
-        return Console(stderr=True, soft_wrap=True, width=None if wide else 160)
+        return Console(stderr=True, soft_wrap=True, width=None if wide else 160, markup=False)
+
+    def error(self, message: str) -> None:
+        """``error: message`` on stderr, ``error:`` in red."""
+        self.err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
+
+    def warning(self, message: str) -> None:
+        """``warning: message`` on stderr, ``warning:`` in yellow."""
+        self.err.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
 
     def spinner(self, *columns: Any) -> Progress:
         """A transient spinner on stderr; none when stderr is not a terminal (rich would leave a blank line)."""
@@ -157,7 +171,7 @@ def _one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except YolotuneError as exc:
-            _consoles.err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            _consoles.error(str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _consoles.err.print(_STOPPED.get(fn.__name__, "interrupted"))
@@ -175,30 +189,21 @@ def _one_line_errors(fn: F) -> F:
                     if disk_full(detail)
                     else "check that the studies folder is writable and its database is still there"
                 )
-                _consoles.err.print(
-                    f"[red]error:[/red] the study's storage cannot be written ({detail}): {fix}, then run the same "
-                    "command to resume",
-                    highlight=False,
-                    soft_wrap=True,
+                _consoles.error(
+                    f"the study's storage cannot be written ({detail}): {fix}, then run the same command to resume"
                 )
                 raise typer.Exit(2) from None
             if isinstance(exc, OSError) and exc.filename:
                 # a path the user chose cannot be used (unwritable, a file where a folder goes, ...)
                 why = exc.strerror or type(exc).__name__
                 full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                _consoles.err.print(
-                    f"[red]error:[/red] cannot use {exc.filename2 or exc.filename}: {why}; "
-                    + ("free some space there, or pass a path on another disk" if full else "pass another path"),
-                    highlight=False,
-                    soft_wrap=True,
+                _consoles.error(
+                    f"cannot use {exc.filename2 or exc.filename}: {why}; "
+                    + ("free some space there, or pass a path on another disk" if full else "pass another path")
                 )
                 raise typer.Exit(2) from None
             msg = str(exc).splitlines()[0] if str(exc) else ""
-            _consoles.err.print(
-                f"[red]error:[/red] unexpected {type(exc).__name__}: {msg} (set YOLOTUNE_DEBUG=1 for the traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
+            _consoles.error(f"unexpected {type(exc).__name__}: {msg} (set YOLOTUNE_DEBUG=1 for the traceback)")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -214,7 +219,9 @@ def _fresh_run_dir(command: str) -> Path:
 def _run(label: str, **kwargs: Any) -> Any:
     from yolotune.search import run_candidate
 
-    with _consoles.spinner(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn()) as progress:
+    with _consoles.spinner(
+        SpinnerColumn(), TextColumn("{task.description}", style="bold", markup=False), TimeElapsedColumn()
+    ) as progress:
         task = progress.add_task(label)
         return run_candidate(on_step=lambda step: progress.update(task, description=f"{label}: {step}"), **kwargs)
 
@@ -303,7 +310,7 @@ def baseline(
     from yolotune.search import untrained
 
     if why := untrained(result.accuracy.map50_95):
-        _consoles.err.print(f"[yellow]warning:[/yellow] {why}", highlight=False, soft_wrap=True)
+        _consoles.warning(why)
 
 
 @app.command("eval")
@@ -482,11 +489,11 @@ def run(
     open_storage(config.storage_url)  # and so does a storage that cannot be opened
     columns = (
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
     )
     # shown once the study is opened: a run refused before (another job under this study name,
     # another device) prints its one line and nothing else
@@ -1024,7 +1031,7 @@ def export(
     _consoles.out.print(table)
     _consoles.out.print(f"model: {res.model}\nrecipe: {res.recipe}\nplan: {res.plan}")
     for line in res.warnings:
-        _consoles.err.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+        _consoles.warning(line)
 
 
 @app.command()
@@ -1130,8 +1137,6 @@ def main() -> None:
     A bad option or argument (``--trial abc``, an unknown option) is one line on stderr and exit
     code 2, as yolotune's own errors are, rather than click's framed usage box.
     """
-    from rich.markup import escape
-
     try:  # typer ≥0.22 raises its own copy of click's exceptions
         from typer._click import exceptions as cli_errors
     except ImportError:  # pragma: no cover - older typer raises click's
@@ -1141,15 +1146,14 @@ def main() -> None:
         code = app(standalone_mode=False, prog_name=_prog_name())
     except getattr(cli_errors, "NoArgsIsHelpError", ()) as exc:  # `tune` alone: the help (typer prints it itself)
         if message := exc.format_message():
-            _consoles.out.print(message, highlight=False, markup=False)
+            _consoles.out.print(message, highlight=False)
         raise SystemExit(exc.exit_code) from None
     except cli_errors.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "tune"
-        line = f"{escape(exc.format_message().rstrip('.'))}; see `{where} --help`"
-        _consoles.err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        _consoles.error(f"{exc.format_message().rstrip('.')}; see `{where} --help`")
         raise SystemExit(exc.exit_code) from None
     except cli_errors.ClickException as exc:
-        _consoles.err.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+        _consoles.error(exc.format_message())
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         _consoles.err.print("aborted", highlight=False)

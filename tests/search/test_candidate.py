@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from yolotune import CompressionPlan, PlanError
+from yolotune import CompressionPlan, PlanError, YolotuneError
 from yolotune.evaluators import LatencyStats, LocalCPUTarget, Provenance
 from yolotune.search import CandidateSettings, run_candidate
 
@@ -89,6 +89,13 @@ def test_plans_the_target_cannot_run_are_refused_before_work(tmp_path: Path) -> 
     )
     with pytest.raises(PlanError, match="local-cpu runs INT8 layers with uint8 activations, not int8; set quant"):
         run_candidate(model="yolov8n-coco.pt", data="coco8", plan=signed, out_dir=tmp_path)
+    # a library caller's plan or settings of another type: said as such, not as a failed load
+    with pytest.raises(
+        YolotuneError, match=r"^plan must be a CompressionPlan \(CompressionPlan.load\(path\) or .*got dict$"
+    ):
+        run_candidate(model="yolov8n-coco.pt", data="coco8", plan={"quantization": {}}, out_dir=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(YolotuneError, match=r"^settings must be a CandidateSettings .*got dict$"):
+        run_candidate(model="yolov8n-coco.pt", data="coco8", plan=fp16, out_dir=tmp_path, settings={"imgsz": 320})  # type: ignore[arg-type]
     assert not (tmp_path / "model.pt").exists()
 
 

@@ -27,8 +27,12 @@ def test_bad_search_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     numpy_made = CandidateSettings(seed=np.int64(3), calibration_memory_gb=np.float32(2))  # from a dataframe, say
     assert (numpy_made.seed, numpy_made.calibration_memory_gb) == (3, 2.0) and type(numpy_made.seed) is int
-    with pytest.raises(YolotuneError, match=r"--max-latency-ms must be positive; got nan"):
-        SearchConfig(model="m.pt", data="coco8", budget=1, max_latency_ms=float("nan"))
+    for never in ("nan", "inf"):  # no constraint at all: leave it out
+        with pytest.raises(YolotuneError, match=rf"--max-latency-ms must be a positive, finite number; got {never}"):
+            SearchConfig(model="m.pt", data="coco8", budget=1, max_latency_ms=float(never))
+    # a library caller's settings of another type: one line, not an AttributeError once the search runs
+    with pytest.raises(YolotuneError, match=r"settings must be a CandidateSettings \(CandidateSettings\(imgsz="):
+        SearchConfig(model="m.pt", data="coco8", budget=1, settings={"imgsz": 320})  # type: ignore[arg-type]
     # a Path where a str is declared names the same study as the str
     as_path = SearchConfig(model=Path("w") / "m.pt", data=Path("d") / "data.yaml", budget=1)  # type: ignore[arg-type]
     assert (as_path.model, as_path.data, as_path.name) == ("w/m.pt", "d/data.yaml", "m-d-local-cpu-320")

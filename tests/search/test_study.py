@@ -157,6 +157,10 @@ def test_a_study_resumes_under_other_names_for_the_same_job_and_refuses_another_
     with pytest.raises(YolotuneError, match=r"another job \(space file .*/space.yaml has changed since\)"):
         open_study_for_run(SearchConfig(**{**same, "space": str(space)}, **base))
     space.write_text("max_ratio: 0.3\n")
+    # the target's default image size changed: the study times at its own (160), so it resumes
+    targets.write_text("board:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  threads: 1\n  imgsz: 256\n")
+    add_target_file(targets)
+    open_study_for_run(SearchConfig(model="yolov8n-coco.pt", data="coco8", space=str(space), **base))
     # the target redefined (threads): its latencies would not compare
     targets.write_text("board:\n  runtime: onnxruntime\n  precisions: [int8, fp32]\n  threads: 2\n")
     add_target_file(targets)

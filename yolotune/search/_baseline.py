@@ -24,6 +24,7 @@ __all__ = [
 
 
 def baseline_map(study: optuna.Study) -> float | None:
+    """The FP32 reference trial's mAP50-95, once it has completed (``None`` before)."""
     base = fp32_reference(study)
     return None if base is None else float(base.values[0])
 
@@ -96,6 +97,11 @@ def check_baseline(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 def set_constraints(study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
+    """Set ``trial``'s Optuna constraints (``map_drop``, ``latency``: feasible when ≤ 0) from the study's limits.
+
+    Raises:
+        WaitsForBaseline: ``--max-map-drop`` needs the FP32 reference's mAP, not measured yet.
+    """
     limits = constraints_of(study)
     check_baseline(study, trial)
     if limits["max_map_drop"] is not None:

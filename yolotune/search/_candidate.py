@@ -276,6 +276,26 @@ def check_plan(
         )
 
 
+def check_settings(settings: object) -> None:
+    """Refuse a library caller's settings of another type in one line (not an ``AttributeError`` later)."""
+    if not isinstance(settings, CandidateSettings):
+        raise YolotuneError(
+            f"settings must be a CandidateSettings (CandidateSettings(imgsz=..., target=...)); "
+            f"got {type(settings).__name__}"
+        )
+
+
+def _check_arguments(plan: object, settings: object) -> None:
+    """Refuse a library caller's plan or settings (when given) of another type in one line."""
+    if not isinstance(plan, CompressionPlan):
+        raise YolotuneError(
+            f"plan must be a CompressionPlan (CompressionPlan.load(path) or CompressionPlan.from_dict(mapping)); "
+            f"got {type(plan).__name__}"
+        )
+    if settings is not None:
+        check_settings(settings)
+
+
 def check_candidate(
     *, model: str | Path, data: str | Path, plan: CompressionPlan, settings: CandidateSettings
 ) -> tuple[str, ...]:
@@ -288,6 +308,7 @@ def check_candidate(
         YolotuneError: Missing or unloadable model or data, a dataset with other classes than the
             model, or a plan ``check_plan`` refuses.
     """
+    _check_arguments(plan, settings)
     net = adapter.load_model(resolve_model(model))
     dataset = prepare_dataset(data)
     adapter.check_classes(net, dataset.names, dataset.source)
@@ -411,6 +432,7 @@ def build_candidate(
     """
     if stage not in ("full", "rung0", "promote"):
         raise ValueError(f"unknown stage {stage!r}")
+    _check_arguments(plan, settings)
     settings = settings or CandidateSettings()
     out_dir = Path(out_dir).absolute()  # the files a result names stay found after a chdir
     # only the target's name and precisions matter here: its device is not needed to build (the
@@ -866,6 +888,7 @@ def run_candidate(
     Raises:
         YolotuneError: Bad input (missing files, invalid plan) or a failed step, as one line.
     """
+    _check_arguments(plan, settings)
     settings = settings or CandidateSettings()
     target = target or make_target(settings)
     built = build_candidate(

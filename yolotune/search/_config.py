@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,10 +10,7 @@ from pathlib import Path
 import optuna
 
 from yolotune.errors import YolotuneError
-from yolotune.search._candidate import (
-    CandidateResult,
-    CandidateSettings,
-)
+from yolotune.search._candidate import CandidateResult, CandidateSettings, check_settings
 from yolotune.search._sensitivity import SENSITIVITY_RECOVERY
 from yolotune.spaces import MAX_PRUNING_RATIO
 from yolotune.studies._storage import default_storage_url
@@ -114,6 +112,7 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
+        check_settings(self.settings)
         whole = {
             "budget": self.budget,
             "population": self.population,
@@ -158,8 +157,8 @@ class SearchConfig:
             raise YolotuneError(f"heartbeat interval must be ≥1 s; got {self.heartbeat_interval}")
         if self.max_map_drop is not None and not 0 <= self.max_map_drop <= 1:
             raise YolotuneError(f"--max-map-drop is an mAP50-95 difference in [0, 1]; got {self.max_map_drop}")
-        if self.max_latency_ms is not None and not self.max_latency_ms > 0:  # NaN too
-            raise YolotuneError(f"--max-latency-ms must be positive; got {self.max_latency_ms}")
+        if self.max_latency_ms is not None and not 0 < self.max_latency_ms < math.inf:  # NaN too
+            raise YolotuneError(f"--max-latency-ms must be a positive, finite number; got {self.max_latency_ms}")
         if self.budget <= 0:
             raise YolotuneError(f"--budget must be a positive number of trials; got {self.budget}")
         if self.sampler not in {"nsga2", "tpe", "random"}:

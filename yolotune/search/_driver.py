@@ -57,7 +57,7 @@ from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
 from yolotune.search._retime import retime_front
 from yolotune.search._sensitivity import GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
-from yolotune.search._study import absolute_files, open_study_for_run, say_setup_changes
+from yolotune.search._study import absolute_files, fine_applies, open_study_for_run, say_setup_changes
 from yolotune.search._trials import (
     find_twin,
     queue_failed_references,
@@ -76,6 +76,10 @@ if TYPE_CHECKING:
 __all__ = ["preflight", "run_search", "search_spaces"]
 
 logger = logging.getLogger(__name__)
+
+
+#: Fewer rung-0 validation images than this decide promotions on noise (BENCHMARKS.md, "Rung 0 on a validation subset").
+_NOISY_RUNG0_VAL = 16
 
 
 def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
@@ -101,6 +105,21 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
             "validation time; give fewer",
             config.rung0_val,
             n_val,
+        )
+    if config.multi_fidelity and config.rung0_val is not None and config.rung0_val < _NOISY_RUNG0_VAL < n_val:
+        warn_once(
+            logger,
+            "--rung0-val %d: rung 0's mAP on so few images decides promotions on noise (measured on tiny_coco: "
+            "shifted estimates from 8-10 images were up to 0.07 off, from 16 within 0.02); give %d or more, or "
+            "leave out --rung0-val",
+            config.rung0_val,
+            _NOISY_RUNG0_VAL,
+        )
+    if config.fine and not fine_applies(config.space):  # a Python space with --fine is refused by SearchConfig
+        warn_once(
+            logger,
+            "--fine changes nothing: space %s sets its own units (or `fine`); leave out --fine, or those keys",
+            config.space,
         )
     default = DefaultSpace(
         groups=layout.groups,
@@ -474,6 +493,7 @@ class _Run:
             raise
 
     def _raise_budget(self, wanted: int) -> None:
+        """Run at least ``wanted`` evaluated candidates in all (a lost or failed reference runs again)."""
         self.config = dataclasses.replace(self.config, budget=max(self.config.budget, wanted))
 
     def fail(self, trial: optuna.Trial, reason: str) -> None:
@@ -565,6 +585,7 @@ class _Run:
             self._submit(trial, plan, reference)
 
     def _plan(self, trial: optuna.Trial, reference: str) -> CompressionPlan:
+        """The plan ``trial`` runs: its reference plan (in a space other than the default), else the space's draw."""
         use_reference = reference in self.references and self.space != self.default
         plan = self.references[reference] if use_reference else self.space(trial)
         if not isinstance(plan, CompressionPlan):
@@ -572,6 +593,7 @@ class _Run:
         return plan
 
     def _dynamic_choices_reason(self, exc: Exception) -> str:
+        """Why a space whose choices changed between trials stops the search, and how to fix it (one line)."""
         space = self.config.space
         python = space is not None and not space.endswith((".yaml", ".yml"))
         fix = (
@@ -585,6 +607,7 @@ class _Run:
         )
 
     def _submit(self, trial: optuna.Trial, plan: CompressionPlan, reference: str) -> None:
+        """Hand ``trial`` to the executor: at rung 0 in a multi-fidelity search (references at full fidelity)."""
         pending = _Pending(trial=trial, plan=plan, out_dir=self.root / str(trial.number))
         self.open_trials[trial.number] = pending
         kwargs: dict[str, Any] = {
@@ -677,7 +700,8 @@ class _Run:
         )
         if promoted:  # continue from what rung 0 built
             if timed is not None:
-                pending.timed = (file_digest(built.deployable), timed.latency, self._paired_reference(pending, built))
+                paired = self._paired_reference(pending, built)  # first: seconds after the candidate's timing
+                pending.timed = (file_digest(built.deployable), timed.latency, paired)
             self.executor.submit(pending, {**pending.kwargs, "stage": "promote", "previous": built})
             return True
         trial.set_user_attr("fidelity", "rung0")

@@ -26,12 +26,9 @@ from yolotune.studies._front import fp32_reference
 __all__ = [
     "PROMOTED_ON_SIZE",
     "Rung0Verdict",
-    "dominators",
     "judge_rung0",
-    "out_of_reach",
     "promote",
     "rung0_floor",
-    "rung0_shift",
 ]
 
 
@@ -48,7 +45,11 @@ def out_of_reach(study: optuna.Study, map50_95: float, margin: float, *, shown: 
     drop, base = constraints_of(study)["max_map_drop"], baseline_map(study)
     if drop is not None and base is not None and map50_95 + margin < base - drop:
         said = shown or f"{map50_95:.3f}"
-        return f"mAP50-95 {said} is over {margin:g} below --max-map-drop {drop:g} of {base:.3f}: not timed"
+        fp32 = "" if shown else f" (FP32 scores {base:.3f})"  # an estimate already says it
+        return (
+            f"mAP50-95 {said} is more than {margin:g} under {base - drop:.3f}, the least --max-map-drop {drop:g} "
+            f"allows{fp32}: not timed"
+        )
     return ""
 
 
@@ -192,11 +193,12 @@ def judge_rung0(config: SearchConfig, study: optuna.Study, built: BuiltCandidate
     # what it measured first, then the estimate compared (not as if it scored that)
     n = built.accuracy.images
     shown = (
-        f"{built.accuracy.map50_95:.3f} on rung 0's {n} images, so about {m:.3f} on all ({estimate}),"
+        f"{built.accuracy.map50_95:.3f} on rung 0's {n} image{'s' if n != 1 else ''}, so about {m:.3f} on all "
+        f"({estimate}),"
         if estimate
         else ""
     )
-    unreachable = out_of_reach(study, m, margin, shown=shown if estimate else "")
+    unreachable = out_of_reach(study, m, margin, shown=shown)
     if built.unquantized:  # stopped before quantizing: never timed nor promoted
         unreachable = f"{built.unquantized}: not quantized, not timed"
     on_size = not unreachable and not dominators(study, m, built.size_bytes / 1e6, margin)

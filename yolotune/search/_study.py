@@ -39,6 +39,7 @@ __all__ = [
     "absolute_files",
     "constraints_of",
     "device_words",
+    "fine_applies",
     "open_study",
     "open_study_for_run",
     "say_setup_changes",
@@ -116,7 +117,7 @@ def open_study_for_run(
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
         "space_digest": space_digest(config.space),
-        "fine": config.fine and _fine_applies(config.space),
+        "fine": config.fine and fine_applies(config.space),
         "export": adapter.EXPORT_FORMAT,
         "calibration": CALIBRATION_FORMAT,
         "pruning": PRUNING_FORMAT,
@@ -184,7 +185,7 @@ def open_study_for_run(
             f"study '{config.name}' was created for another job ({'; '.join(changed)}): run it with the arguments "
             "it was created with to resume it, or pass another --study name"
         )
-    # what changes timings (not the agent's address, nor the one-line description)
+    # what changes timings (not the agent's address, the one-line description, nor the default image size)
     was = {k: v for k, v in (study.user_attrs.get("target") or {}).items() if k not in _NOT_TIMING}
     changed = [f"{k}: was {was[k]!r}, now {v!r}" for k, v in spec.to_dict().items() if k in was and was[k] != v]
     if changed:
@@ -280,8 +281,9 @@ def _same_space_as_before(job: dict[str, Any], recorded: dict[str, Any]) -> bool
     return space.endswith((".yaml", ".yml")) and recorded.get("space_digest") == space_digest(space, raw=True)
 
 
-#: Recorded target fields that do not change how a target times.
-_NOT_TIMING = frozenset({"device_url", "description", "name"})
+#: Recorded target fields that do not change how a target times. ``imgsz`` is only the default of
+#: ``--imgsz``: the size a study times at is its job's, compared with the job.
+_NOT_TIMING = frozenset({"device_url", "description", "name", "imgsz"})
 
 
 #: Job keys recorded since studies were first made; older studies lack them.
@@ -342,7 +344,7 @@ def space_digest(space: str | None, *, raw: bool = False) -> str | None:
     return hashlib.sha256(source.read_bytes() + f"\n:{attr}".encode()).hexdigest()
 
 
-def _fine_applies(space: str | None) -> bool:
+def fine_applies(space: str | None) -> bool:
     """Whether ``--fine`` changes ``space``: the default one, or a YAML file setting neither ``fine`` nor ``units``."""
     if not space:
         return True
@@ -352,7 +354,7 @@ def _fine_applies(space: str | None) -> bool:
         options = _yaml.load(Path(space).read_text()) or {}
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return True
-    return isinstance(options, dict) and not {"fine", "units"} & set(options)
+    return not isinstance(options, dict) or not {"fine", "units"} & set(options)  # not a mapping: load_space says
 
 
 def _space_source(space: str) -> Path | None:

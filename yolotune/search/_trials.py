@@ -26,7 +26,6 @@ __all__ = [
     "retry",
     "reuse_twin",
     "waiting_through_references",
-    "whole_file_store",
 ]
 
 
@@ -164,6 +163,10 @@ def reference_path(study: optuna.Study) -> Path | None:
 
 
 def record_trial(config: SearchConfig, study: optuna.Study, trial: optuna.Trial, result: CandidateResult) -> None:
+    """Record a measured full-fidelity candidate on its trial: metrics, latency, provenance, constraints, artifacts.
+
+    Constraints are set first, so a trial that must wait for the FP32 reference uploads nothing.
+    """
     record: dict[str, Any] = result.to_dict()
     if result.reference_latency is not None:
         trial.set_user_attr("reference_ms", result.reference_latency.median_ms)
