@@ -567,6 +567,29 @@ def test_bad_options_are_one_line_errors_as_well(argv: list[str], line: str, mon
     assert len(err.splitlines()) == 1 and err.startswith(line), err
 
 
+def test_logged_warnings_print_as_the_clis_own_warning_lines(tmp_path: Path, monkeypatch, capsys) -> None:
+    import logging
+
+    import torch
+
+    from yolotune.cli import main
+
+    if torch.cuda.is_available():  # the run below stops for want of a CUDA device
+        pytest.skip("a CUDA device: --train-device 0 would train")
+    monkeypatch.setattr(logging.getLogger("yolotune"), "handlers", [])  # main's handler goes with this test
+    (tmp_path / "units.yaml").write_text("units: {stem: [backbone.0, backbone.1]}\n")
+    argv = ["run", "--data", "coco8", "--space", str(tmp_path / "units.yaml"), "--fine", "--train-device", "0"]
+    monkeypatch.setattr(sys, "argv", ["tune", *argv, "--root", str(tmp_path)])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: --fine changes nothing: space {tmp_path / 'units.yaml'} sets its own units (or `fine`); leave out "
+        "--fine, or those keys",
+        "error: --train-device 0: no CUDA device on this machine; use --train-device cpu",
+    ]
+
+
 def test_the_alias_names_itself_in_usage_errors(monkeypatch, capsys) -> None:
     from yolotune.cli import main
 

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import logging
 import os
 import shlex
 import signal
@@ -1131,12 +1132,26 @@ def _prog_name() -> str:
     return "yolotune" if Path(sys.argv[0]).name == "yolotune" else "tune"
 
 
+class _WarningLines(logging.Handler):
+    """yolotune's logged warnings as the CLI's own: ``warning: ...`` on stderr, not the bare message."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _consoles.warning(record.getMessage())
+        except Exception:  # pragma: no cover - a closed stream: as logging does
+            self.handleError(record)
+
+
 def main() -> None:
     """Console-script entry point (``tune`` and ``yolotune``).
 
     A bad option or argument (``--trial abc``, an unknown option) is one line on stderr and exit
-    code 2, as yolotune's own errors are, rather than click's framed usage box.
+    code 2, as yolotune's own errors are, rather than click's framed usage box. yolotune's logged
+    warnings print as ``warning: ...`` lines, as the CLI's own do.
     """
+    package = logging.getLogger("yolotune")
+    if not any(isinstance(h, _WarningLines) for h in package.handlers):
+        package.addHandler(_WarningLines(logging.WARNING))
     try:  # typer ≥0.22 raises its own copy of click's exceptions
         from typer._click import exceptions as cli_errors
     except ImportError:  # pragma: no cover - older typer raises click's
