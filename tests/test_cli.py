@@ -425,7 +425,7 @@ def test_a_signal_landing_in_a_finalizer_prints_no_traceback_and_still_stops() -
     import sys
     import time
 
-    from yolotune.cli import _Interrupts
+    from yolotune._cli import Interrupts
 
     class Loader:  # like Ultralytics' InfiniteDataLoader, which shuts its workers down in __del__
         def __del__(self) -> None:
@@ -436,7 +436,7 @@ def test_a_signal_landing_in_a_finalizer_prints_no_traceback_and_still_stops() -
     before = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: printed.append(unraisable.exc_value)
     try:
-        with _Interrupts().installed() as interrupts:
+        with Interrupts().installed() as interrupts:
             Loader()  # collected at once
             gc.collect()
             assert interrupts.requested
@@ -492,15 +492,15 @@ def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) 
 
 
 def test_suggested_commands_name_storage_files_absolutely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from yolotune.cli import _where
+    from yolotune._cli import where_options
     from yolotune.studies import open_storage
 
     monkeypatch.chdir(tmp_path)
-    assert _where(Path("studies"), None) == ""
-    assert _where(Path("st"), None) == f" --root {tmp_path / 'st'}"
-    assert _where(Path("studies"), "journal:logs/j.log") == f" --storage journal:{tmp_path / 'logs' / 'j.log'}"
-    assert _where(Path("studies"), "sqlite:///s/x.db") == f" --storage sqlite:///{tmp_path / 's' / 'x.db'}"
-    assert _where(Path("studies"), "postgresql+psycopg://u@h/db") == " --storage postgresql+psycopg://u@h/db"
+    assert where_options(Path("studies"), None) == ""
+    assert where_options(Path("st"), None) == f" --root {tmp_path / 'st'}"
+    assert where_options(Path("studies"), "journal:logs/j.log") == f" --storage journal:{tmp_path / 'logs' / 'j.log'}"
+    assert where_options(Path("studies"), "sqlite:///s/x.db") == f" --storage sqlite:///{tmp_path / 's' / 'x.db'}"
+    assert where_options(Path("studies"), "postgresql+psycopg://u@h/db") == " --storage postgresql+psycopg://u@h/db"
     open_storage("journal:logs/j.log")  # its folder is made, as --root's is
     assert (tmp_path / "logs").is_dir()
 
@@ -509,14 +509,14 @@ def test_a_study_database_deleted_under_a_command_is_named_in_one_line(tmp_path:
     import optuna
     import typer
 
-    from yolotune.cli import _one_line_errors
+    from yolotune._cli import one_line_errors
     from yolotune.studies import default_storage_url, open_storage
 
     url = default_storage_url(tmp_path, "gone")
     study = optuna.create_study(study_name="gone", storage=open_storage(url))
     study.set_user_attr("job", {})
 
-    @_one_line_errors
+    @one_line_errors
     def run() -> None:
         (tmp_path / "gone.db").unlink()  # as `rm studies/gone.db` while a run writes to it
         study.set_user_attr("job", {"again": True})
@@ -600,9 +600,9 @@ def test_the_alias_names_itself_in_usage_errors(monkeypatch, capsys) -> None:
 
 
 def test_progress_in_a_log_is_as_wide_as_the_lines_around_it(monkeypatch) -> None:
-    from yolotune.cli import _consoles
+    from yolotune._cli import consoles
 
     monkeypatch.delenv("COLUMNS", raising=False)
-    assert _consoles.err.width == _consoles.out.width == 160  # pytest's streams are no terminal: a log's width
+    assert consoles.err.width == consoles.out.width == 160  # pytest's streams are no terminal: a log's width
     monkeypatch.setenv("COLUMNS", "100")
-    assert _consoles.err.width == _consoles.out.width == 100
+    assert consoles.err.width == consoles.out.width == 100

@@ -625,6 +625,14 @@ def test_a_trial_whose_file_is_gone_is_re_timed_from_the_artifact_store_else_lef
 def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str], *, fp32_reference: bool = False) -> optuna.Study:
     """A multi-fidelity search over a Python space of ``plans`` (name: expression), run in that order.
 
+    See ``_multi_fidelity_config``.
+    """
+    return run_search(_multi_fidelity_config(tmp_path, plans, fp32_reference=fp32_reference))
+
+
+def _multi_fidelity_config(tmp_path: Path, plans: dict[str, str], *, fp32_reference: bool = False) -> SearchConfig:
+    """The config of a multi-fidelity search over ``plans`` (name: expression), queued in that order in a new study.
+
     The expressions may use ``CompressionPlan``, ``PruningConfig``, ``RecoveryConfig`` and ``INT8``
     (INT8 everywhere, MinMax on 4 images: no calibration stand-in at rung 0). With ``fp32_reference``
     the FP32 reference trial runs first (without, the study has no reference trials).
@@ -655,7 +663,7 @@ def _multi_fidelity_run(tmp_path: Path, plans: dict[str, str], *, fp32_reference
         study.enqueue_trial({}, user_attrs={"reference": "fp32"})
     for name in plans:
         study.enqueue_trial({"k": name})
-    return run_search(config)
+    return config
 
 
 def test_multi_fidelity_promotes_only_candidates_near_the_front(
@@ -806,6 +814,37 @@ def test_a_promotion_that_fine_tunes_times_the_reference_beside_its_new_file_onl
     # the reference is timed beside the fine-tuned file, which the trial keeps, not beside rung 0's as well
     assert target.timed[ours[0] + 1] != reference and target.timed[ours[1] + 1] == reference
     assert big.user_attrs["reference_ms"] == pytest.approx(trials["fp32"].values[2])
+
+
+def test_a_promoted_trial_stopped_by_ctrl_c_runs_again_at_full_fidelity_without_rung0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _SizeTarget(inverse=True)  # as above: rung 0 times the pruned plan, and promotes it
+    monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
+    plans = {
+        "int8": "CompressionPlan(quantization=INT8)",
+        "pruned-fp32-ft": "CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3}), "
+        "recovery=RecoveryConfig(epochs=1))",
+    }
+    config = _multi_fidelity_config(tmp_path, plans, fp32_reference=True)
+
+    def stop_in_the_promotion(number: int, step: str) -> None:
+        if step == "finetune":  # only at full fidelity: rung 0 stops before fine-tuning
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, on_step=stop_in_the_promotion)
+    study = optuna.load_study(study_name=config.name, storage=config.storage_url)
+    (stopped,) = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert stopped.user_attrs["fail_reason"] == "interrupted" and stopped.user_attrs["promoted"]
+    timed_before = len(target.timed)
+    study = run_search(config)
+    (again,) = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == stopped.number]
+    assert again.state == optuna.trial.TrialState.COMPLETE and again.user_attrs["fidelity"] == "full"
+    assert again.user_attrs["rung0"] == stopped.user_attrs["rung0"]  # what rung 0 measured of this plan, kept
+    out = Path(again.user_attrs["artifact"]).parent
+    assert [p.parent for p in target.timed[timed_before:]].count(out) == 1  # its fine-tuned file only: no rung 0
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == config.budget
 
 
 def test_multi_fidelity_runs_the_reference_trials_at_full_fidelity_only(tmp_path: Path) -> None:

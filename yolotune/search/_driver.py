@@ -618,8 +618,9 @@ class _Run:
             "settings": self.config.settings,
             "target": self.spec,
         }
-        if self.config.multi_fidelity and not reference:
-            # references are the front's anchors and the --max-map-drop baseline: always full
+        if self.config.multi_fidelity and not reference and not trial.user_attrs.get("promoted"):
+            # references are the front's anchors and the --max-map-drop baseline: always full; a retry of a
+            # promoted trial (stopped by Ctrl-C, a lost worker) was judged at rung 0 already
             floor = rung0_floor(self.config, self.study)
             kwargs.update(stage="rung0", val_images=self.config.rung0_val, rung0_floor=floor)
         if isinstance(self.executor, InProcess):
@@ -699,6 +700,7 @@ class _Run:
             timed is not None and promote(study, timed, self.config.promote_margin, shift=verdict.shift)
         )
         if promoted:  # continue from what rung 0 built
+            trial.set_user_attr("promoted", True)  # a retry of this trial goes straight to full fidelity
             if timed is not None:
                 paired = self._paired_reference(pending, built)  # first: seconds after the candidate's timing
                 pending.timed = (file_digest(built.deployable), timed.latency, paired)

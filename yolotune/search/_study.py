@@ -29,6 +29,7 @@ from yolotune.errors import YolotuneError
 from yolotune.evaluators import Provenance, target_spec
 from yolotune.search._candidate import file_digest
 from yolotune.search._config import DIRECTIONS, METRIC_NAMES, SearchConfig
+from yolotune.studies import constraints_of
 from yolotune.studies._storage import (
     artifact_dir,
     claim_folder,
@@ -223,12 +224,6 @@ def _rounded_down(study: optuna.Study) -> bool:
         if any(r > 0 for r in (pruning.get("ratios") or {}).values()) and pruning.get("round_to", 1) > 1:
             return True
     return False
-
-
-def constraints_of(study: optuna.Study) -> dict[str, float | None]:
-    """The study's recorded constraints (``max_map_drop``, ``max_latency_ms``; ``None`` when unset)."""
-    recorded = study.user_attrs.get("constraints") or {}
-    return {"max_map_drop": recorded.get("max_map_drop"), "max_latency_ms": recorded.get("max_latency_ms")}
 
 
 def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:

@@ -99,13 +99,15 @@ def retry(
     """Queue a trial's plan once more and return whether queued.
 
     Once only (a retry is not retried), unless ``always``: the plan was not at fault (Ctrl-C, a
-    target that went away), so even a retry is queued again.
+    target that went away), so even a retry is queued again. A trial rung 0 had promoted keeps
+    what rung 0 measured (``rung0``, ``promoted``): its retry runs at full fidelity at once.
     """
     if "retry_of" in trial.user_attrs and not always:
         return False
     attrs: dict[str, Any] = {"retry_of": trial.number, "retry_reason": reason}
-    if trial.user_attrs.get("reference"):
-        attrs["reference"] = trial.user_attrs["reference"]
+    for kept in ("reference", "promoted", "rung0"):
+        if trial.user_attrs.get(kept):
+            attrs[kept] = trial.user_attrs[kept]
     study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
     return True
 

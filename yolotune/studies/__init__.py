@@ -27,6 +27,7 @@ from yolotune.studies._storage import (
     study_dir,
     study_folder,
 )
+from yolotune.studies._summary import StudySummary, constraints_of, summarize
 
 __all__ = [
     "NOISE_BAND",
@@ -35,7 +36,9 @@ __all__ = [
     "FrontRow",
     "RetimedPoint",
     "Retiming",
+    "StudySummary",
     "artifact_dir",
+    "constraints_of",
     "current_retiming",
     "default_storage_url",
     "delete_study",
@@ -54,5 +57,6 @@ __all__ = [
     "study_dir",
     "study_folder",
     "study_target",
+    "summarize",
     "write_report",
 ]

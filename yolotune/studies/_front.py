@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import optuna
@@ -19,6 +20,11 @@ class FrontRow:
     FP32 reference's latency by this trial's: the median per-round ratio when the front was timed
     again after the search (``retimed``); else the reference timed right after this trial
     (``paired``, the search's ``time_reference``); else the reference trial's own timing.
+
+    Where the other points' speed-ups are paired and not re-timed, ``unpaired`` marks a point whose
+    speed-up had no reference timed right after it (the reference failed and ran later, or was
+    still running), and ``disturbed`` one whose paired reference took under half or over twice the
+    reference trial's own time (the machine was loaded then): both compare timings minutes apart.
     """
 
     number: int
@@ -32,6 +38,8 @@ class FrontRow:
     size_ratio: float | None
     paired: bool = False
     retimed: RetimedPoint | None = None
+    unpaired: bool = False
+    disturbed: bool = False
 
     @property
     def retimed_ms(self) -> float | None:
@@ -84,6 +92,17 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
         _row(t, base, speedup=speedup_of(t, base), paired=bool(t.user_attrs.get("reference_ms")))
         for t, *_ in _undominated(points)
     ]
+    if any(r.paired for r in rows):  # else (--no-time-reference) every speed-up is against the reference trial
+        base_ms = float(base.values[2]) if base is not None else None
+        paired_ms = {t.number: float(t.user_attrs.get("reference_ms") or 0.0) for t in best}
+        rows = [
+            dataclasses.replace(
+                r,
+                unpaired=not r.paired and r.speedup is not None and r.reference != "fp32",
+                disturbed=r.paired and bool(base_ms) and not 0.5 <= paired_ms[r.number] / (base_ms or 1) <= 2,
+            )
+            for r in rows
+        ]
     return sorted(rows, key=lambda r: r.latency_ms)
 
 

@@ -206,7 +206,9 @@ def _front_table(front: Sequence[FrontRow]) -> str:
                 _fmt(None if r.map_drop is None else 0.0 - r.map_drop, "+.4f"),
                 _fmt(r.latency_ms, ".2f"),
                 *([_fmt(r.retimed_ms, ".2f")] if retimed else []),
-                _fmt(r.speedup, ".2f") + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else ""),
+                _fmt(r.speedup, ".2f")
+                + (f" ({r.retimed.q1:.2f}–{r.retimed.q3:.2f})" if r.retimed else "")
+                + ("‡" if r.disturbed else "†" if r.unpaired else ""),
                 _fmt(r.size_mb, ".2f"),
                 _fmt(r.size_ratio, ".2f"),
                 html.escape(r.brief),
@@ -224,7 +226,15 @@ def _front_table(front: Sequence[FrontRow]) -> str:
             "quartiles of those ratios); latency: the trial's own timing in the search."
         )
     elif any(r.paired for r in front):
-        table += _note("Speed-up: against the FP32 reference file timed right after each trial.")
+        text = "Speed-up: against the FP32 reference file timed right after each trial"
+        if any(r.unpaired for r in front):
+            text += "; † against the reference trial's own timing (none was taken right after it)"
+        if any(r.disturbed for r in front):
+            text += (
+                "; ‡ its FP32 reference took under half or over twice the reference trial's own time (a disturbed "
+                "machine): `tune retime` times them again"
+            )
+        table += _note(text + ".")
     return table
 
 
