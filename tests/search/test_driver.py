@@ -794,17 +794,20 @@ def test_a_candidate_timed_at_rung0_and_promoted_unchanged_keeps_that_timing(
     assert metrics["reference_latency"]["median_ms"] == big.user_attrs["reference_ms"]
 
 
+#: An INT8 plan, then a pruned FP32 plan that fine-tunes: faster under ``_SizeTarget(inverse=True)``, so promoted.
+_FINE_TUNED_PROMOTION = {
+    "int8": "CompressionPlan(quantization=INT8)",
+    "pruned-fp32-ft": "CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3}), "
+    "recovery=RecoveryConfig(epochs=1))",
+}
+
+
 def test_a_promotion_that_fine_tunes_times_the_reference_beside_its_new_file_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = _SizeTarget(inverse=True)  # as above: rung 0 times the pruned plan, and promotes it
     monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
-    plans = {
-        "int8": "CompressionPlan(quantization=INT8)",
-        "pruned-fp32-ft": "CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3}), "
-        "recovery=RecoveryConfig(epochs=1))",
-    }
-    study = _multi_fidelity_run(tmp_path, plans, fp32_reference=True)
+    study = _multi_fidelity_run(tmp_path, _FINE_TUNED_PROMOTION, fp32_reference=True)
     trials = {t.params.get("k", t.user_attrs.get("reference")): t for t in study.get_trials()}
     big, reference = trials["pruned-fp32-ft"], Path(trials["fp32"].user_attrs["artifact"])
     assert big.state == optuna.trial.TrialState.COMPLETE and big.user_attrs["rung0"]["latency_ms"] is not None
@@ -821,12 +824,7 @@ def test_a_promoted_trial_stopped_by_ctrl_c_runs_again_at_full_fidelity_without_
 ) -> None:
     target = _SizeTarget(inverse=True)  # as above: rung 0 times the pruned plan, and promotes it
     monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
-    plans = {
-        "int8": "CompressionPlan(quantization=INT8)",
-        "pruned-fp32-ft": "CompressionPlan(pruning=PruningConfig(ratios={'backbone.2': 0.3, 'neck.12': 0.3}), "
-        "recovery=RecoveryConfig(epochs=1))",
-    }
-    config = _multi_fidelity_config(tmp_path, plans, fp32_reference=True)
+    config = _multi_fidelity_config(tmp_path, _FINE_TUNED_PROMOTION, fp32_reference=True)
 
     def stop_in_the_promotion(number: int, step: str) -> None:
         if step == "finetune":  # only at full fidelity: rung 0 stops before fine-tuning

@@ -20,6 +20,7 @@ __all__ = ["FAILURES_SHOWN", "export_table", "front_caption", "results_table", "
 
 
 def results_table(rows: list[tuple[str, Any]], baseline: Any | None) -> Table:
+    """``tune baseline``'s and ``tune eval``'s table: each named result, and its ratios to ``baseline`` if given."""
     table = Table(show_header=True, header_style="bold")
     for col in ("model", "mAP50-95", "mAP50", "ΔmAP", "ms", "p90", "cv", "speed", "MB", "smaller"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
