@@ -489,6 +489,20 @@ def test_show_marks_speed_ups_without_a_paired_reference_timing(tmp_path: Path) 
     assert "‡ its FP32 reference took under half or over twice the reference trial's own time" in caption
     assert "1 queued that the next `tune run` evaluates whatever its --budget (a failed reference's retry)" in caption
     assert "2 queued that the next `tune run` evaluates before new plans if its --budget is over the 5" in caption
+    # the same, for a script: one JSON object on stdout
+    as_json = runner.invoke(app, ["show", "--root", str(tmp_path), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    summary = json.loads(as_json.stdout)
+    assert summary["study"] == "s" and (summary["complete"], summary["evaluated"]) == (5, 5)
+    assert (summary["queued_anyway"], summary["queued"]) == (1, 2)
+    assert [(r["number"], r["unpaired"], r["disturbed"]) for r in summary["front"]] == [
+        (3, False, True),
+        (2, False, False),
+        (1, True, False),
+        (0, False, False),
+    ]
+    assert summary["front"][0]["speedup"] == 20.0 and summary["retiming"] is None
+    assert summary["failures"][0] == {"trial": 4, "reason": "quantize: NaN"}
 
 
 def test_suggested_commands_name_storage_files_absolutely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -336,11 +337,22 @@ RootOpt = Annotated[Path, typer.Option("--root", help="Studies directory.")]
 
 @app.command()
 @one_line_errors
-def show(study: StudyOpt = None, storage: StorageOpt = None, root: RootOpt = Path("studies")) -> None:
+def show(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    root: RootOpt = Path("studies"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the study's summary and front as one JSON object instead.")
+    ] = False,
+) -> None:
     """Print a study's Pareto front, fastest first (by paired speed-up once re-timed, else by latency)."""
-    from yolotune.studies import load_study
+    from yolotune.studies import load_study, summarize
 
-    show_study(load_study(study=study, storage=storage, root=root), where=where_options(root, storage))
+    st = load_study(study=study, storage=storage, root=root)
+    if as_json:
+        print(json.dumps({"study": st.study_name, **summarize(st).to_dict()}, indent=2))
+        return
+    show_study(st, where=where_options(root, storage))
 
 
 @app.command()

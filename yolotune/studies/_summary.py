@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,32 @@ class StudySummary:
     def evaluated(self) -> int:
         """Candidates evaluated, what ``--budget`` counts: COMPLETE trials and rung-0 stops."""
         return self.complete + self.rung0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (``tune show --json``).
+
+        Front rows are ``FrontRow``'s fields (``retimed``: its ``RetimedPoint`` or ``None``);
+        ``retiming`` gives the current re-timing's rounds, trials and failures, not its timings.
+        """
+        record: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("front", "retiming")
+        }
+        record["evaluated"] = self.evaluated
+        record["timed_on"] = list(self.timed_on)
+        record["failures"] = [{"trial": n, "reason": reason} for n, reason in self.failures]
+        record["front"] = [dataclasses.asdict(r) for r in self.front]
+        retiming = self.retiming
+        record["retiming"] = (
+            None
+            if retiming is None
+            else {
+                "rounds": retiming.rounds,
+                "reference_trial": retiming.reference_trial,
+                "trials": list(retiming.trials),
+                "failed": {str(k): v for k, v in retiming.failed.items()},
+            }
+        )
+        return record
 
 
 def constraints_of(study: optuna.Study) -> dict[str, float | None]:
