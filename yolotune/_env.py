@@ -17,7 +17,14 @@ from pathlib import Path
 
 from yolotune._files import whole_file
 
-__all__ = ["configure_ultralytics", "library_temp_files_in", "package_versions", "temporary_dir", "workspace_dir"]
+__all__ = [
+    "configure_ultralytics",
+    "library_temp_files_in",
+    "package_versions",
+    "pid_alive",
+    "temporary_dir",
+    "workspace_dir",
+]
 
 _PACKAGES = ("yolotune", "ultralytics", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxslim", "optuna")
 
@@ -64,7 +71,7 @@ def temporary_dir(prefix: str) -> Iterator[Path]:
     for left in parent.glob(f"{prefix}-*"):
         owner = left.name.removeprefix(f"{prefix}-").split("-")[0]  # "<pid>@<host>", or "<pid>" before hosts
         pid, _, where = owner.partition("@")
-        if pid.isdigit() and where in ("", host) and not _alive(int(pid)):
+        if pid.isdigit() and where in ("", host) and not pid_alive(int(pid)):
             shutil.rmtree(left, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}@{host}-", dir=parent) as tmp:
         yield Path(tmp)
@@ -92,7 +99,8 @@ def library_temp_files_in(folder: Path) -> Iterator[None]:
             _system_temp = None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -195,6 +195,33 @@ def test_an_export_over_an_earlier_one_leaves_none_of_its_files(
     assert yaml.safe_load((out / "recipe.yaml").read_text())["trial"] == fp32
 
 
+def test_an_export_never_replaces_files_no_export_wrote_and_clears_a_killed_exports_leftovers(
+    small_study: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    fp32 = next(t.number for t in study.trials if t.user_attrs.get("reference") == "fp32")
+    out = tmp_path / "mine"
+    out.mkdir()
+    own = {"model.onnx": "my own model", "plan.yaml": "my plan", "notes.txt": "kept"}
+    for file, text in own.items():
+        (out / file).write_text(text)
+    with pytest.raises(YolotuneError, match=r"already holds model\.onnx, plan\.yaml, not from a `tune export`"):
+        export_trial(study, fp32, out, artifacts=artifact_dir(root, name), remeasure=False)
+    assert {p.name: p.read_text() for p in out.iterdir()} == own  # nothing touched
+    (out / "recipe.yaml").write_text("cake: true\n")  # a recipe, but not an export's
+    with pytest.raises(YolotuneError, match="recipe.yaml"):
+        export_trial(study, fp32, out, artifacts=artifact_dir(root, name), remeasure=False)
+    # beside files of other names it writes; an export killed by SIGKILL (no such process) left its staging
+    other = tmp_path / "other"
+    killed = other / ".export-999999999.partial"
+    killed.mkdir(parents=True)
+    (killed / "model.onnx").write_bytes(b"half")
+    (other / "notes.txt").write_text("kept")
+    export_trial(study, fp32, other, artifacts=artifact_dir(root, name), remeasure=False)
+    assert {p.name for p in other.iterdir()} == {"notes.txt", "model.onnx", "plan.yaml", "recipe.yaml"}
+
+
 def test_an_export_interrupted_while_remeasuring_keeps_none_of_its_files(
     small_study: tuple[Path, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

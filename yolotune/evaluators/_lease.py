@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from yolotune._env import workspace_dir
+from yolotune._env import pid_alive, workspace_dir
 
 __all__ = ["compute_lease", "timing_lease"]
 
@@ -79,12 +79,8 @@ def _holder(lease: Path) -> tuple[int, str] | None:
         pid, command = int(record["pid"]), str(record["command"])
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return None  # a timing killed by SIGKILL left its record behind
-    except PermissionError:
-        pass  # alive, another user's
     return pid, command
 
 

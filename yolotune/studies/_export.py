@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import yaml
 
-from yolotune._env import package_versions
+from yolotune._env import package_versions, pid_alive
 from yolotune._numbers import is_whole
 from yolotune.errors import YolotuneError
 from yolotune.studies._front import fp32_reference
@@ -63,10 +63,6 @@ class ExportResult:
     recorded: dict[str, float]
     measured: dict[str, float]
     warnings: tuple[str, ...] = ()
-
-
-#: The deployable files a trial hands out (``build_candidate``).
-_MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.fp16.onnx")
 
 
 #: Job keys that record the version of a yolotune step, not a setting of the trial.
@@ -159,9 +155,10 @@ def export_trial(
     _refuse_study_files(out_dir, trial, store)
     target = _target(study, job, device_url=device_url, device_token=device_token) if remeasure else None
     dataset = _dataset(job) if remeasure else None  # both checked before any file is written
+    name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
+    earlier = _earlier_export(out_dir, writes=(name, *_EXPORT_FILES))
     made = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = Path(str(trial.user_attrs.get("artifact", "model.onnx"))).name
     # written aside first: Ctrl-C or a failed re-measurement leaves no half export, and an earlier
     # export in the folder stays whole until this one is
     staging = out_dir / f".export-{os.getpid()}.partial"
@@ -176,15 +173,50 @@ def export_trial(
         if made and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    if (out_dir / "recipe.yaml").is_file():  # an earlier export: none of its files may pass for this one's
-        for stale in (*_MODEL_FILES, "plan.yaml", "recipe.yaml", "remeasured.json"):
-            (out_dir / stale).unlink(missing_ok=True)
+    for stale in earlier:  # an earlier export's files: none may pass for this one's
+        stale.unlink(missing_ok=True)
     for written in staging.iterdir():
         os.replace(written, out_dir / written.name)
     staging.rmdir()
     return dataclasses.replace(
         done, model=out_dir / done.model.name, recipe=out_dir / done.recipe.name, plan=out_dir / done.plan.name
     )
+
+
+#: What an export writes beside its model file.
+_EXPORT_FILES = ("plan.yaml", "recipe.yaml", "remeasured.json")
+
+
+def _earlier_export(out_dir: Path, *, writes: tuple[str, ...]) -> list[Path]:
+    """The files of an earlier export in ``out_dir``, which this one replaces; refuse to replace anything else.
+
+    An earlier export is known by its ``recipe.yaml`` (``study``, ``trial``, ``model_file``): its
+    model file, plan, recipe and re-measurement go, other files stay. In any other folder a file
+    this export would write (``writes``) is the user's own: refused, never overwritten. Hidden
+    ``.export-<pid>.partial`` folders of exports killed on this host are removed.
+
+    Raises:
+        YolotuneError: ``out_dir`` holds a file of one of those names that no export wrote.
+    """
+    if not out_dir.is_dir():
+        return []
+    for partial in out_dir.glob(".export-*.partial"):
+        pid = partial.name.removeprefix(".export-").removesuffix(".partial")
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)  # an export killed mid-way (kill -9) left it
+    try:
+        recipe = yaml.safe_load((out_dir / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        recipe = None
+    if isinstance(recipe, dict) and {"study", "trial", "model_file"} <= recipe.keys():
+        return [out_dir / str(Path(str(recipe["model_file"])).name), *(out_dir / f for f in _EXPORT_FILES)]
+    taken = [f for f in writes if (out_dir / f).exists()]
+    if taken:
+        raise YolotuneError(
+            f"--out {out_dir} already holds {', '.join(taken)}, not from a `tune export` (no recipe.yaml of one): "
+            "the export would replace them; pass a new or empty folder"
+        )
+    return []
 
 
 def _refuse_study_files(out_dir: Path, trial: optuna.trial.FrozenTrial, store: Path | None) -> None:
