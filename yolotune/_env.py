@@ -22,6 +22,9 @@ __all__ = [
     "library_temp_files_in",
     "package_versions",
     "pid_alive",
+    "process_tag",
+    "tag_alive",
+    "tag_gone",
     "temporary_dir",
     "workspace_dir",
 ]
@@ -97,6 +100,36 @@ def library_temp_files_in(folder: Path) -> Iterator[None]:
         finally:
             tempfile.tempdir = before
             _system_temp = None
+
+
+def process_tag() -> str:
+    """``host:pid`` of this process: how a trial records the driver that runs it (``tag_gone``, ``tag_alive``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _tag_pid(tag: object) -> int | None:
+    """The pid of a ``process_tag`` of another process of this host, else ``None`` (another host, unknown)."""
+    if not isinstance(tag, str):
+        return None
+    host, _, pid = tag.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return None
+    return int(pid)
+
+
+def tag_gone(tag: object) -> bool:
+    """Whether ``tag`` (``process_tag``) names a process of this host that no longer runs.
+
+    ``False`` when it cannot be known (another host's process, no tag) or it is this process.
+    """
+    pid = _tag_pid(tag)
+    return pid is not None and not pid_alive(pid)
+
+
+def tag_alive(tag: object) -> bool:
+    """Whether ``tag`` (``process_tag``) names another process of this host that still runs."""
+    pid = _tag_pid(tag)
+    return pid is not None and pid_alive(pid)
 
 
 def pid_alive(pid: int) -> bool:

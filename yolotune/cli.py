@@ -394,9 +394,10 @@ def delete(
     """Delete a study: its trials, its folder of trial files, and its SQLite file when it holds no other."""
     import optuna
 
-    from yolotune.studies import delete_study, load_study, recorded_folder, study_folder
+    from yolotune.studies import delete_study, load_study, recorded_folder, refuse_if_searched, study_folder
 
     st = load_study(study=study, storage=storage, root=root)
+    refuse_if_searched(st, doing="delete")  # before asking: the answer would not matter
     folder = study_folder(st, root, default_storage=storage is None)
     elsewhere = recorded_folder(st)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder is not None else 0

@@ -210,7 +210,7 @@ def test_an_export_never_replaces_files_no_export_wrote_and_clears_a_killed_expo
         export_trial(study, fp32, out, artifacts=artifact_dir(root, name), remeasure=False)
     assert {p.name: p.read_text() for p in out.iterdir()} == own  # nothing touched
     (out / "recipe.yaml").write_text("cake: true\n")  # a recipe, but not an export's
-    with pytest.raises(YolotuneError, match="recipe.yaml"):
+    with pytest.raises(YolotuneError, match=r"recipe\.yaml"):
         export_trial(study, fp32, out, artifacts=artifact_dir(root, name), remeasure=False)
     # beside files of other names it writes; an export killed by SIGKILL (no such process) left its staging
     other = tmp_path / "other"

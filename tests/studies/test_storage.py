@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -93,6 +94,28 @@ def test_tune_delete_asks_first_unless_told_not_to(tmp_path: Path) -> None:
     assert "error" not in asked.output + unanswered.output
     done = runner.invoke(app, ["delete", "--study", "s", "--root", str(tmp_path), "--yes"])
     assert done.exit_code == 0 and f"removed {folder}" in done.output and not folder.exists()
+
+
+def test_a_study_being_searched_on_this_host_is_not_deleted_until_its_search_stops(tmp_path: Path) -> None:
+    from yolotune.studies._storage import DRIVER_ATTR
+
+    folder = _study_with_files(tmp_path, "s")
+    study = optuna.load_study(study_name="s", storage=default_storage_url(tmp_path, "s"))
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a `tune run` still running
+    try:
+        trial = study.ask()
+        trial.set_user_attr(DRIVER_ATTR, f"{socket.gethostname()}:{driver.pid}")
+        refused = CliRunner().invoke(app, ["delete", "--study", "s", "--root", str(tmp_path), "--yes"])
+        assert refused.exit_code == 2 and folder.is_dir() and (tmp_path / "s.db").is_file()
+        assert refused.output.strip() == (
+            f"error: study 's' is being searched: trial 1 runs in process {driver.pid} on this host; stop that "
+            "`tune run` first (Ctrl-C), then delete"
+        )
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)
+    # killed (kill -9 leaves its trial RUNNING): nothing stops the deletion any more
+    assert delete_study(study="s", root=tmp_path) == [folder, tmp_path / "s.db"]
 
 
 def _searched(url: str, name: str, store: Path, artifact_id: str) -> None:

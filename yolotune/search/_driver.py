@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import optuna
 
+from yolotune._env import process_tag
 from yolotune._warn import warn_once
 from yolotune.errors import SearchStopped, StepError, YolotuneError, disk_full
 from yolotune.evaluators import LatencyStats, needs_reduce_range, target_spec
@@ -53,7 +54,7 @@ from yolotune.search._candidate import (
 from yolotune.search._config import SearchConfig, TrialOutcome
 from yolotune.search._executors import Build, Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._fidelity import judge_rung0, promote, rung0_floor
-from yolotune.search._heartbeat import Heartbeat, fail_stale_trials
+from yolotune.search._heartbeat import DRIVER_ATTR, Heartbeat, fail_stale_trials
 from yolotune.search._retime import retime_front
 from yolotune.search._sensitivity import GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
@@ -556,6 +557,7 @@ class _Run:
         ):
             with storage_lock(self.config.storage_url):  # SQLite: two drivers could both take a queued trial
                 trial = study.ask()
+                trial.set_user_attr(DRIVER_ATTR, process_tag())  # a resumed run knows at once if it died
             self.heartbeat.add(trial._trial_id)
             reference = str(trial.user_attrs.get("reference", ""))
             try:

@@ -4,7 +4,9 @@ Optuna records heartbeats only inside ``study.optimize``; the driver uses ask/te
 itself through the storage's public ``record_heartbeat``. A RUNNING trial whose heartbeat is
 older than the grace period belongs to a driver that died (killed, machine lost): it is failed
 with that reason and its plan queued once more. Live drivers keep beating, so their trials are
-never touched. Journal storages have no heartbeats: there a dead driver's trial stays RUNNING.
+never touched. Each trial also records its driver (``driver``: ``host:pid``): a trial whose
+driver ran on this host and is gone is failed at once, without waiting out the grace period (a
+search resumed right after ``kill -9``), and so it is on journal storages, which have no heartbeats.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from types import TracebackType
 import optuna
 from optuna.storages import RDBStorage
 
-__all__ = ["Heartbeat", "fail_stale_trials"]
+from yolotune._env import tag_gone
+from yolotune.studies._storage import DRIVER_ATTR
+
+__all__ = ["DRIVER_ATTR", "Heartbeat", "fail_stale_trials"]
 
 
 class Heartbeat:
@@ -94,17 +99,22 @@ def fail_stale_trials(
         storage: Its storage as opened (``open_storage``), not the study's cached wrapper.
         keep: Trial ids (``_trial_id``) of the caller's own running trials: never stale to it.
     """
+    stale: dict[int, str] = {}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if tag_gone(driver := t.user_attrs.get(DRIVER_ATTR)):
+            stale[t._trial_id] = f"its driver stopped (process {str(driver).rpartition(':')[2]} is gone)"
     interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
-    if not isinstance(storage, RDBStorage) or interval is None:
-        return []
-    grace = storage.grace_period or 2 * interval
+    if isinstance(storage, RDBStorage) and interval is not None:
+        grace = storage.grace_period or 2 * interval
+        for trial_id in storage._get_stale_trial_ids(study._study_id):
+            stale.setdefault(trial_id, f"its driver stopped (no heartbeat for {grace} s)")
     failed = []
     # Optuna's own fail_stale_trials cannot record a reason: a FAIL trial's attributes are frozen
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
+    for trial_id, reason in stale.items():
         if trial_id in keep:
             continue
         try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", f"its driver stopped (no heartbeat for {grace} s)")
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
                 failed.append(storage.get_trial(trial_id))
         except optuna.exceptions.UpdateFinishedTrialError:

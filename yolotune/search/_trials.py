@@ -132,7 +132,7 @@ def find_twin(study: optuna.Study, plan: CompressionPlan, *, stops: bool) -> opt
 
 
 #: A trial's own attributes, which a trial that reuses another's measurements does not take over.
-_OWN_ATTRS = frozenset({"plan", "brief", "reference", "retry_of", "retry_reason", "fail_reason"})
+_OWN_ATTRS = frozenset({"plan", "brief", "reference", "retry_of", "retry_reason", "fail_reason", "driver"})
 
 
 def reuse_twin(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 
+from yolotune._env import tag_alive
 from yolotune._files import whole_file
 from yolotune.errors import YolotuneError, disk_full
 
@@ -456,6 +457,24 @@ def load_study(
         raise YolotuneError(f"no study '{study}' in {storage}") from exc
 
 
+#: The user attribute a trial records the process of the driver running it in (``_env.process_tag``: ``host:pid``).
+DRIVER_ATTR = "driver"
+
+
+def refuse_if_searched(study: optuna.Study, *, doing: str) -> None:
+    """Refuse to ``doing`` a study while a search on this host runs one of its trials (its driver is alive).
+
+    Raises:
+        YolotuneError: A RUNNING trial's driver (``DRIVER_ATTR``) is a live process of this host.
+    """
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if tag_alive(driver := t.user_attrs.get(DRIVER_ATTR)):
+            raise YolotuneError(
+                f"study '{study.study_name}' is being searched: trial {t.number} runs in process "
+                f"{str(driver).rpartition(':')[2]} on this host; stop that `tune run` first (Ctrl-C), then {doing}"
+            )
+
+
 def delete_study(*, study: str, storage: str | None = None, root: Path | str = Path("studies")) -> list[Path]:
     """Delete a study: its trials, its folder of trial files and artifacts, and its SQLite file when empty.
 
@@ -468,10 +487,11 @@ def delete_study(*, study: str, storage: str | None = None, root: Path | str = P
         The files and folders removed.
 
     Raises:
-        YolotuneError: No such study.
+        YolotuneError: No such study, or a search on this host is running one of its trials.
     """
     root = Path(root)
     found = load_study(study=study, storage=storage, root=root)  # says what is there when the name is wrong
+    refuse_if_searched(found, doing="delete")
     url = storage or default_storage_url(root, study)
     with storage_lock(url):
         db = root / f"{study}.db"
