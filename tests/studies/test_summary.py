@@ -28,17 +28,21 @@ def test_a_summary_counts_by_state_and_lists_only_the_failures_not_run_again() -
     _add(study, state=TrialState.FAIL, fail_reason="interrupted", retry_of=3)  # 4
     _add(study, [0.1, 2.0, 3.0], state=TrialState.PRUNED, retry_of=4)  # 5: 3's plan ran again, to rung 0
     _add(study, state=TrialState.FAIL, fail_reason="worker died", reference="seeds")  # 6
-    _add(study, state=TrialState.RUNNING)  # 7
-    study.enqueue_trial({}, user_attrs={"retry_of": 2})  # 8: queued before the reference's retry: runs anyway
-    study.enqueue_trial({}, user_attrs={"reference": "seeds", "retry_of": 6})  # 9
-    study.enqueue_trial({}, user_attrs={"retry_of": 1})  # 10: only under a larger budget
+    _add(study, state=TrialState.FAIL, fail_reason="out of memory", plan={"p": 1})  # 7: its plan completed later,
+    _add(study, state=TrialState.FAIL, fail_reason="calibration memory", reference="int8")  # 8: so did this reference
+    _add(study, [0.34, 3.5, 6.0], plan={"p": 1})  # 9 (e.g. run again by hand, not as a retry)
+    _add(study, [0.34, 3.5, 6.5], reference="int8", plan={"p": 2})  # 10
+    _add(study, state=TrialState.RUNNING)  # 11
+    study.enqueue_trial({}, user_attrs={"retry_of": 2})  # 12: queued before the reference's retry: runs anyway
+    study.enqueue_trial({}, user_attrs={"reference": "seeds", "retry_of": 6})  # 13
+    study.enqueue_trial({}, user_attrs={"retry_of": 1})  # 14: only under a larger budget
     summary = summarize(study)
-    assert (summary.complete, summary.failed, summary.rung0, summary.running) == (2, 4, 1, 1)
-    assert summary.evaluated == 3
+    assert (summary.complete, summary.failed, summary.rung0, summary.running) == (4, 6, 1, 1)
+    assert summary.evaluated == 5
     assert (summary.queued_anyway, summary.queued) == (2, 1)
     assert summary.limits == {"max_map_drop": 0.05}
-    assert summary.failures == ((2, "quantize: NaN"), (6, "worker died"))  # 3 and 4: their plan ran again
-    assert [r.number for r in summary.front] == [1, 0]  # fastest first
+    assert summary.failures == ((2, "quantize: NaN"), (6, "worker died"))  # 3, 4, 7, 8: their plan ran again
+    assert [r.number for r in summary.front] == [1, 9, 0]  # fastest first
     assert summary.retiming is None and summary.retiming_blocked is None and not summary.retiming_outdated
 
 
@@ -59,6 +63,14 @@ def test_speed_ups_timed_minutes_apart_are_marked_on_the_front_and_in_the_report
     page = write_report(study, tmp_path / "r.html").read_text()
     assert ">20.00‡<" in page and ">2.00†<" in page and ">2.50<" in page
     assert "† against the reference trial&#x27;s own timing" in page and "‡ its FP32 reference took under" in page
+
+    # the FP32 reference ran last (a retry): no trial could be paired, and each says so
+    late = _study()
+    _add(late, [0.34, 3.5, 7.0], unpaired=True)
+    _add(late, [0.30, 3.0, 5.0], unpaired=True)
+    _add(late, [0.35, 12.0, 14.0], reference="fp32")
+    assert [(r.number, r.unpaired) for r in summarize(late).front] == [(1, True), (0, True), (2, False)]
+    assert ">2.80†<" in write_report(late, tmp_path / "late.html").read_text()
 
     unpaired = _study()  # --no-time-reference: every speed-up is against the reference trial, none marked
     _add(unpaired, [0.35, 12.0, 14.0], reference="fp32")

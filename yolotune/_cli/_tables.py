@@ -135,7 +135,7 @@ def front_caption(st: optuna.Study, summary: StudySummary, *, where: str) -> str
                 caption += f" · the FP32 reference could not be timed after round {retiming.rounds} ({reason})"
             else:
                 caption += f" · trial {number} not re-timed ({reason}), left out"
-    elif any(r.paired for r in front):
+    elif any(r.paired or r.unpaired for r in front):
         caption += " · speed: against the FP32 reference timed right after each trial"
         if any(r.unpaired for r in front):
             caption += ", † against the reference trial's own timing (not one taken right after it)"
@@ -233,11 +233,12 @@ def export_table(res: Any, *, title: str, rounds: int) -> Table:
     )
     if "speedup" in res.measured:
         caption += (
-            f" · re-measured: medians of {rounds} rounds, each timing the FP32 reference trial's file beside this one"
+            f" · re-measured: {'the median' if rounds == 1 else 'medians'} of {rounds} round{'s' * (rounds != 1)}, "
+            "each timing the FP32 reference trial's file beside this one"
             f" (speed quartiles {res.measured['speedup_q1']:.2f}–{res.measured['speedup_q3']:.2f})"
         )
     elif res.measured:
-        caption += f" · re-measured latency: median of {rounds} timings"
+        caption += f" · re-measured latency: {'one timing' if rounds == 1 else f'median of {rounds} timings'}"
     table = Table(title=title, caption=caption, header_style="bold")
     for col in ("metric", "recorded", "re-measured", "difference"):
         table.add_column(col, justify="left" if col == "metric" else "right")

@@ -172,6 +172,8 @@ def record_trial(config: SearchConfig, study: optuna.Study, trial: optuna.Trial,
     record: dict[str, Any] = result.to_dict()
     if result.reference_latency is not None:
         trial.set_user_attr("reference_ms", result.reference_latency.median_ms)
+    elif config.time_reference and trial.user_attrs.get("reference") != "fp32":
+        trial.set_user_attr("unpaired", True)  # wanted, but no reference file yet or its timing failed: † on fronts
     trial.set_user_attr("metrics", _metrics(result))
     trial.set_user_attr("fidelity", "full")
     trial.set_user_attr("latency", record["latency"])

@@ -92,13 +92,20 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
         _row(t, base, speedup=speedup_of(t, base), paired=bool(t.user_attrs.get("reference_ms")))
         for t, *_ in _undominated(points)
     ]
-    if any(r.paired for r in rows):  # else (--no-time-reference) every speed-up is against the reference trial
+    # a search that pairs timings marks the trials it could not pair (``unpaired``; studies from before that
+    # attribute: any trial unpaired where others are); under --no-time-reference none is paired or marked
+    wanted = {t.number for t in best if t.user_attrs.get("unpaired")}
+    if wanted or any(r.paired for r in rows):
         base_ms = float(base.values[2]) if base is not None else None
         paired_ms = {t.number: float(t.user_attrs.get("reference_ms") or 0.0) for t in best}
+        any_paired = any(r.paired for r in rows)
         rows = [
             dataclasses.replace(
                 r,
-                unpaired=not r.paired and r.speedup is not None and r.reference != "fp32",
+                unpaired=not r.paired
+                and r.speedup is not None
+                and r.reference != "fp32"
+                and (r.number in wanted or any_paired),
                 disturbed=r.paired and bool(base_ms) and not 0.5 <= paired_ms[r.number] / (base_ms or 1) <= 2,
             )
             for r in rows

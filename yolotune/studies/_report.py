@@ -225,7 +225,7 @@ def _front_table(front: Sequence[FrontRow]) -> str:
             "and the speed-ups are found on the median of each round's ratio to the reference (in brackets: the "
             "quartiles of those ratios); latency: the trial's own timing in the search."
         )
-    elif any(r.paired for r in front):
+    elif any(r.paired or r.unpaired for r in front):
         text = "Speed-up: against the FP32 reference file timed right after each trial"
         if any(r.unpaired for r in front):
             text += "; † against the reference trial's own timing (none was taken right after it)"

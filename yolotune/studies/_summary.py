@@ -144,15 +144,32 @@ def _queued(trials: list[optuna.trial.FrozenTrial]) -> tuple[int, int]:
 
 
 def _open_failures(trials: list[optuna.trial.FrozenTrial]) -> tuple[tuple[int, str], ...]:
-    """``(number, reason)`` of the FAIL trials no retry of which (``retry_of``, followed back) was evaluated."""
+    """``(number, reason)`` of the FAIL trials whose plan was not evaluated later.
+
+    Done with: a trial a retry of which (``retry_of``, followed back) was evaluated, a reference
+    trial whose reference completed later, and a trial whose plan a later trial evaluated.
+    """
     retry_of: dict[int, Any] = {t.number: t.user_attrs.get("retry_of") for t in trials}
     redone: set[int] = set()
+    evaluated = [t for t in trials if t.state in (_State.COMPLETE, _State.PRUNED)]
+    for t in evaluated:
+        n = retry_of.get(t.number)
+        while isinstance(n, int) and n not in redone:
+            redone.add(n)
+            n = retry_of.get(n)
     for t in trials:
-        if t.state in (_State.COMPLETE, _State.PRUNED):
-            n = retry_of.get(t.number)
-            while isinstance(n, int) and n not in redone:
-                redone.add(n)
-                n = retry_of.get(n)
+        if t.state != _State.FAIL or t.number in redone:
+            continue
+        reference, plan = t.user_attrs.get("reference"), t.user_attrs.get("plan")
+        if any(
+            e.number > t.number
+            and (
+                (reference and e.user_attrs.get("reference") == reference)
+                or (plan and e.user_attrs.get("plan") == plan)
+            )
+            for e in evaluated
+        ):
+            redone.add(t.number)
     return tuple(
         (t.number, str(t.user_attrs.get("fail_reason", "no reason recorded")))
         for t in trials
