@@ -75,6 +75,8 @@ def test_refused_candidates_are_recorded_as_failed_and_the_search_goes_on(tmp_pa
     assert len(complete) == 1 and complete[0].user_attrs["reference"] == "fp32"
     assert len(failed) == 2 and all("over the 0.01 GB budget" in t.user_attrs["fail_reason"] for t in failed)
     assert [t.user_attrs["reference"] for t in failed] == ["int8", "seeds"]
+    for t in failed:  # the models they built before failing (FP32 ONNX, checkpoint) are gone: their plan stays
+        assert [p.name for p in (tmp_path / config.name / "trials" / str(t.number)).iterdir()] == ["plan.yaml"]
     # the budget fixed, the same command again: the failed references run first, even past the budget
     fixed = dataclasses.replace(config, settings=CandidateSettings(imgsz=160), retime_rounds=0)
     study = run_search(fixed)

@@ -158,6 +158,20 @@ def _environment_failure(reason: str) -> str | None:
     return None
 
 
+def _keep_plan_only(folder: Path) -> None:
+    """Empty a failed trial's folder but for its ``plan.yaml``: nothing reads its models again (about 25 MB)."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.name == "plan.yaml":
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def _bind(on_step: Callable[[int, str], None] | None, number: int) -> Callable[[str], None] | None:
     if on_step is None:
         return None
@@ -510,6 +524,7 @@ class _Run:
         self.open_trials.pop(trial.number, None)
         trial.set_user_attr("fail_reason", reason)
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _keep_plan_only(self.root / str(trial.number))
         if self.on_trial:
             self.on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), self.study)
         if why:
