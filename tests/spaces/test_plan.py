@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from yolotune import CompressionPlan, PlanError, PruningConfig, QuantizationConfig, RecoveryConfig
 
@@ -34,6 +35,10 @@ def test_round_trips_through_json_yaml_and_files(tmp_path: Path) -> None:
     assert CompressionPlan.load(plan.save(tmp_path / "p.json")) == plan
     assert CompressionPlan.load(plan.save(tmp_path / "p.yaml")) == plan
     assert hash(plan) == hash(CompressionPlan.from_json(plan.to_json()))  # frozen and hashable
+    # the recipe `tune export` writes beside plan.yaml holds the plan too, among the study's records
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"study": "s", "trial": 3, "job": {"imgsz": 320}, "plan": plan.to_dict()}))
+    assert CompressionPlan.load(recipe) == plan
 
 
 def test_a_plan_file_that_is_not_utf8_text_is_refused_in_one_line(tmp_path: Path) -> None:

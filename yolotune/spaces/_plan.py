@@ -410,7 +410,7 @@ class CompressionPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> CompressionPlan:
-        """Read a plan from a JSON or YAML file.
+        """Read a plan from a JSON or YAML file, or from the ``plan:`` of a ``recipe.yaml`` that ``tune export`` wrote.
 
         Raises:
             PlanError: Missing or unreadable file, or invalid plan.
@@ -435,6 +435,8 @@ class CompressionPlan:
                 f"plan file {path} is empty; give at least one of pruning, quantization, recovery "
                 "(the uncompressed model's plan is `{}`)"
             )
+        if isinstance(data, dict) and {"study", "trial", "plan"} <= data.keys() and isinstance(data["plan"], dict):
+            data = data["plan"]  # an export's recipe: the plan it records (as plan.yaml beside it)
         try:
             return cls.from_dict(data)
         except PlanError as exc:  # which file is wrong, not only what in it
