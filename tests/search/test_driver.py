@@ -13,7 +13,7 @@ from yolotune import SearchStopped, YolotuneError
 from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search, search_spaces
 from yolotune.search._candidate import file_digest
 from yolotune.spaces import CompressionPlan
-from yolotune.studies import load_study, pareto_front
+from yolotune.studies import export_trial, load_study, pareto_front
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
@@ -363,6 +363,11 @@ def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path, coco8
         assert not (trials / str(t.number)).exists()  # nothing was built for it
         assert (t.number, "COMPLETE", f"the plan of trial {first.number} again: its measurements are reused") in told
     assert not any(r.number in {t.number for t in again} for r in pareto_front(study))
+    exported = export_trial(study, again[0].number, tmp_path / "export", remeasure=False)
+    assert exported.warnings == (
+        f"trial {again[0].number} is trial {first.number}'s plan sampled again: its model file and measurements "
+        f"are trial {first.number}'s",
+    )
 
 
 def test_plans_that_differ_only_in_settings_that_build_nothing_are_duplicates(tmp_path: Path, coco8_search) -> None:
@@ -741,8 +746,6 @@ def test_multi_fidelity_promotes_only_candidates_near_the_front(
     assert f'data-trial="{stopped.number}"' in rung0_section
     assert "Stand-ins" in rung0_section and '<td class="text">none</td>' in rung0_section  # its plan needed none
     # exporting the stop names the command that evaluates its plan on this study's job
-    from yolotune.studies import export_trial
-
     plan_file = tmp_path / study.study_name / "trials" / str(stopped.number) / "plan.yaml"
     command = f"tune eval --model yolov8n-coco.pt --data coco8 --imgsz 160 --target local-cpu --plan {plan_file}"
     with pytest.raises(YolotuneError, match=re.escape(f"evaluate its plan with `{command}`")):

@@ -180,6 +180,27 @@ def test_exporting_a_trial_that_breaks_the_study_constraints_says_so(
     assert recipe["feasible"] is False and recipe["constraints"] == {"max_map_drop": 0.05}
 
 
+def test_an_export_whose_fp32_reference_file_is_gone_says_why_it_has_no_speed_up(
+    small_study: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    root, name, _ = small_study
+    study = load_study(study=name, root=root)
+    fp32 = next(t for t in study.trials if t.user_attrs.get("reference") == "fp32")
+    int8 = next(t.number for t in study.trials if t.user_attrs.get("reference") == "int8")
+    folder = Path(fp32.user_attrs["artifact"]).parent
+    shutil.move(folder, tmp_path / "moved")
+    (tmp_path / "empty").mkdir()  # and no artifact store to fall back on
+    try:
+        res = export_trial(study, int8, tmp_path / "out", artifacts=tmp_path / "empty", rounds=1)
+    finally:
+        shutil.move(tmp_path / "moved", folder)
+    assert "speedup" not in res.measured and "latency_ms" in res.measured
+    assert res.warnings == (
+        f"speed-up not re-measured: the file of the FP32 reference trial {fp32.number} is in neither its trial "
+        "folder nor the study's artifact store on this host",
+    )
+
+
 def test_an_export_over_an_earlier_one_leaves_none_of_its_files(
     small_study: tuple[Path, str, str], tmp_path: Path
 ) -> None:

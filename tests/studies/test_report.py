@@ -119,6 +119,11 @@ def test_report_of_a_study_with_too_few_trials(tmp_path: Path) -> None:
     text = write_report(st, tmp_path / "one.html").read_text(encoding="utf-8")
     assert 'data-trial="0"' in _front_table(text)
     assert "Needs at least 2 COMPLETE trials." in text
+    # the versions of yolotune's steps a job records are labelled as such, not as settings of the trials
+    st.set_user_attr("job", {"imgsz": 320, "calibration": "entropy-kl512", "pruning": "round-nearest"})
+    text = write_report(st, tmp_path / "formats.html").read_text(encoding="utf-8")
+    assert "<dt>calibration format</dt><dd>entropy-kl512</dd>" in text and "<dt>calibration</dt>" not in text
+    assert "<dt>pruning format</dt><dd>round-nearest</dd>" in text and "<dt>imgsz</dt><dd>320</dd>" in text
 
 
 def test_rung0_table_names_the_stand_ins_and_what_was_not_timed(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ class ExportResult:
 
 
 #: Job keys that record the version of a yolotune step, not a setting of the trial.
-_FORMAT_KEYS = ("export", "calibration", "pruning")
+FORMAT_KEYS = ("export", "calibration", "pruning")
 
 
 def _eval_command(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
@@ -262,6 +262,11 @@ def _export_files(
     reference = fp32_reference(study)
     constraints = {k: v for k, v in (study.user_attrs.get("constraints") or {}).items() if v is not None}
     warnings = _broken_constraints(trial, reference, constraints)
+    if twin is not None:  # the sampler proposed the plan again: nothing of this trial was built
+        warnings = (
+            *warnings,
+            f"trial {number} is trial {twin}'s plan sampled again: its model file and measurements are trial {twin}'s",
+        )
     recipe.write_text(
         yaml.safe_dump(
             {
@@ -270,8 +275,8 @@ def _export_files(
                 "duplicate_of": twin,
                 # the study's job; the versions of how yolotune exports, calibrates and prunes apart,
                 # so "calibration: entropy-kl512" is not read as the trial's calibration (that is the plan's)
-                "job": {k: v for k, v in job.items() if k not in _FORMAT_KEYS},
-                "formats": {k: job[k] for k in _FORMAT_KEYS if k in job},
+                "job": {k: v for k, v in job.items() if k not in FORMAT_KEYS},
+                "formats": {k: job[k] for k in FORMAT_KEYS if k in job},
                 "model_file": name,
                 "constraints": constraints or None,
                 "feasible": not warnings,
@@ -301,6 +306,12 @@ def _export_files(
         fp32 = None
         if reference is not None and reference.number != number:
             fp32 = deployable_file(reference, store)
+            if fp32 is None:
+                warnings = (
+                    *warnings,
+                    f"speed-up not re-measured: the file of the FP32 reference trial {reference.number} is in neither "
+                    "its trial folder nor the study's artifact store on this host",
+                )
         try:
             measured, per_round = _remeasure(
                 model, dataset, imgsz=int(job["imgsz"]), target=target, reference=fp32, rounds=rounds

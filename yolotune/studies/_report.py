@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from yolotune._files import whole_file
 from yolotune.errors import PlanError, YolotuneError
 from yolotune.spaces import CompressionPlan
+from yolotune.studies._export import FORMAT_KEYS
 from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speedup_of
 from yolotune.studies._retimed import current_retiming
 
@@ -181,7 +182,8 @@ def _header(study: optuna.Study, trials: Sequence[FrozenTrial]) -> str:
     items: list[tuple[str, str]] = [("Trials", f"{len(trials)} ({states})")]
     job = study.user_attrs.get("job")
     if isinstance(job, Mapping):
-        items += [(str(k), str(v)) for k, v in job.items()]
+        # the versions of how yolotune exports, calibrates and prunes: not the trials' settings (those are the plans')
+        items += [(f"{k} format" if k in FORMAT_KEYS else str(k), str(v)) for k, v in job.items()]
     constraints = study.user_attrs.get("constraints")
     active = {k: v for k, v in constraints.items() if v is not None} if isinstance(constraints, Mapping) else {}
     limits = ", ".join(f"{k} ≤ {v}" if str(k).startswith("max_") else f"{k}: {v}" for k, v in active.items())
