@@ -620,3 +620,13 @@ def test_progress_in_a_log_is_as_wide_as_the_lines_around_it(monkeypatch) -> Non
     assert consoles.err.width == consoles.out.width == 160  # pytest's streams are no terminal: a log's width
     monkeypatch.setenv("COLUMNS", "100")
     assert consoles.err.width == consoles.out.width == 100
+
+
+def test_version_prints_the_packages_version(monkeypatch, capsys) -> None:
+    from yolotune import __version__
+    from yolotune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["tune", "--version"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 0 and capsys.readouterr().out == f"yolotune {__version__}\n"

@@ -35,6 +35,24 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from yolotune import __version__
+
+        consoles.out.print(f"yolotune {__version__}", highlight=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print yolotune's version and exit."),
+    ] = False,
+) -> None:
+    """Compress YOLO detectors for a target device: prune, quantize, measure."""
+
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Checkpoint path or asset name.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Data yaml path or asset name.")]
 ImgszOpt = Annotated[int | None, typer.Option("--imgsz", help="Square input size (default: the target's).")]

@@ -260,3 +260,18 @@ def test_a_trial_file_written_over_since_its_trial_was_told_is_taken_from_the_ar
     source.write_bytes(b"another study's bytes")
     assert deployable_file(trial, store) == store / "id-1"
     assert deployable_file(trial, None) == source  # no store to tell: the file there
+
+
+def test_storage_urls_missing_a_slash_or_a_scheme_say_how_to_write_them(tmp_path: Path, monkeypatch) -> None:
+    from yolotune.studies import load_study
+
+    monkeypatch.chdir(tmp_path)
+    _study_with_files(tmp_path, "s")
+    db = tmp_path / "s.db"
+    relative = str(db).lstrip("/")
+    with pytest.raises(YolotuneError) as three_slashes:  # the absolute path given as sqlite:/// + /path
+        load_study(storage=f"sqlite:///{relative}")
+    assert f"(for {db}, an absolute path, write four slashes: sqlite:///{db})" in str(three_slashes.value)
+    with pytest.raises(YolotuneError) as bare:  # a path where a URL goes
+        open_storage(str(db))
+    assert str(bare.value).endswith(f"(for the file {db}: sqlite:///{db})")

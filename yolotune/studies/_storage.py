@@ -359,9 +359,10 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if disk_full(reason):
             raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}; free some space on its disk") from exc
+        bare = "" if "://" in url or url.startswith("journal:") else f" (for the file {url}: sqlite:///{url})"
         raise YolotuneError(
             f"cannot open storage '{url}': {reason[:200]}; use an SQLAlchemy URL (sqlite:///path.db, "
-            "postgresql+psycopg://user@host/db) or journal:/path/file.log"
+            f"postgresql+psycopg://user@host/db) or journal:/path/file.log{bare}"
         ) from exc
 
 
@@ -442,7 +443,10 @@ def load_study(
             )
         storage = default_storage_url(root, study)
     elif (missing := _missing_file(storage)) is not None:  # opening would create an empty one
-        raise YolotuneError(f"storage file {missing} does not exist; check --storage (or run `tune run` first)")
+        hint = ""
+        if not missing.is_absolute() and (Path("/") / missing).is_file():  # sqlite:///tmp/x.db meant /tmp/x.db
+            hint = f" (for /{missing}, an absolute path, write four slashes: sqlite:////{missing})"
+        raise YolotuneError(f"storage file {missing} does not exist{hint}; check --storage (or run `tune run` first)")
     opened = open_storage(storage)
     if study is None:
         names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
