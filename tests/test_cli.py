@@ -630,3 +630,21 @@ def test_version_prints_the_packages_version(monkeypatch, capsys) -> None:
     with pytest.raises(SystemExit) as stopped:
         main()
     assert stopped.value.code == 0 and capsys.readouterr().out == f"yolotune {__version__}\n"
+
+
+def test_eval_warns_when_a_timing_spread_too_widely_to_trust_its_speed_up() -> None:
+    from types import SimpleNamespace
+
+    from yolotune._cli import NOISY_CV, noisy_timing
+    from yolotune.evaluators import LatencyStats
+
+    def result(samples: list[float]) -> SimpleNamespace:
+        return SimpleNamespace(latency=LatencyStats.from_samples(samples, warmup=0, started_at=0.0, ended_at=0.0))
+
+    quiet, busy = result([6.0, 6.1, 5.9, 6.0]), result([6.0, 19.0, 6.1, 30.0])
+    assert quiet.latency.cv < NOISY_CV < busy.latency.cv
+    assert noisy_timing([("baseline", quiet), ("candidate", quiet)]) is None
+    warning = noisy_timing([("baseline", busy), ("candidate", quiet)])
+    assert warning is not None and warning.startswith(
+        f"the timings spread widely (cv: baseline {busy.latency.cv:.0%}):"
+    )

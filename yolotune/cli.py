@@ -19,6 +19,7 @@ from yolotune._cli import (
     WarningLines,
     consoles,
     export_table,
+    noisy_timing,
     one_line_errors,
     results_table,
     show_study,
@@ -181,6 +182,8 @@ def eval_(
     base = _run("baseline", model=model, data=data, plan=CompressionPlan(), out_dir=out / "baseline", settings=settings)
     cand = _run("candidate", model=model, data=data, plan=the_plan, out_dir=out / "candidate", settings=settings)
     consoles.out.print(results_table([("baseline", base), ("candidate", cand)], base))
+    if warning := noisy_timing([("baseline", base), ("candidate", cand)]):
+        consoles.warning(warning)
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in cand.step_seconds.items())
     consoles.out.print(f"candidate steps: {steps}")
     consoles.out.print(f"deployable: {cand.deployable}\nmetrics: {(out / 'candidate' / 'metrics.json').absolute()}")

@@ -144,6 +144,7 @@ def test_calibration_memory_budget_refuses_with_a_message(fp32_onnx_320) -> None
     with pytest.raises(PlanError) as info:
         check_calibration_budget(fp32_onnx_320, mm, budget_gb=0.01)
     assert str(info.value).endswith("over the 0.01 GB budget; raise YOLOTUNE_CALIB_MEMORY_GB")
+    assert "whatever its image count (it holds no images)" in str(info.value) and "per image" not in str(info.value)
 
 
 def test_float_precision_is_recorded_for_runtimes_that_choose_it_per_layer(

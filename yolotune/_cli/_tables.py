@@ -16,7 +16,32 @@ if TYPE_CHECKING:
 
     from yolotune.studies import StudySummary
 
-__all__ = ["FAILURES_SHOWN", "export_table", "front_caption", "results_table", "show_study", "where_options"]
+__all__ = [
+    "FAILURES_SHOWN",
+    "NOISY_CV",
+    "export_table",
+    "front_caption",
+    "noisy_timing",
+    "results_table",
+    "show_study",
+    "where_options",
+]
+
+
+#: A coefficient of variation of one timing's runs above which ``tune eval`` says its speed-up may be far off.
+NOISY_CV = 0.25
+
+
+def noisy_timing(rows: list[tuple[str, Any]]) -> str | None:
+    """A warning when one of ``rows``' timings spread over ``NOISY_CV`` (a busy machine), else ``None``."""
+    noisy = [(name, r.latency.cv) for name, r in rows if r.latency.cv > NOISY_CV]
+    if not noisy:
+        return None
+    spread = ", ".join(f"{name} {cv:.0%}" for name, cv in noisy)
+    return (
+        f"the timings spread widely (cv: {spread}): the machine was busy, so the speed-up may be far off; run "
+        "again, or search and export with `tune export --rounds N`, which times the FP32 reference beside it"
+    )
 
 
 def results_table(rows: list[tuple[str, Any]], baseline: Any | None) -> Table:

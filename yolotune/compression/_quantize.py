@@ -170,6 +170,11 @@ def check_calibration_budget(model_path: Path, config: QuantizationConfig, *, bu
         PlanError: With the estimate, the largest image count that fits, and the alternatives.
     """
     est = estimate_calibration_memory(model_path, config)
+    if est.peak_gb > budget_gb and not est.images_held:  # MinMax: the process itself is over budget
+        raise PlanError(
+            f"minmax calibration needs ≈{est.peak_gb:.1f} GB whatever its image count (it holds no images), "
+            f"over the {budget_gb:g} GB budget; raise YOLOTUNE_CALIB_MEMORY_GB"
+        )
     if est.peak_gb > budget_gb:
         per = est.bytes_per_image * _OVERHEAD
         fits = max(0, int((budget_gb * 2**30 - _BASE_BYTES) // per))
