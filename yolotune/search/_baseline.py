@@ -38,9 +38,10 @@ def untrained(map50_95: float) -> str:
     if map50_95 >= UNTRAINED_MAP50_95:
         return ""
     return (
-        f"the uncompressed model scores mAP50-95 {map50_95:.3f} on these validation images: it is untrained or "
-        "trained for other data, so no plan can be measured against it; pass the trained checkpoint "
-        "(runs/detect/<name>/weights/best.pt) and the data it was trained for"
+        f"the uncompressed model scores mAP50-95 {map50_95:.3f} on these validation images: it is untrained, "
+        "trained for other data, or run at an input size far from its training size (--imgsz), so no plan can be "
+        "measured against it; pass the trained checkpoint (runs/detect/<name>/weights/best.pt), the data it was "
+        "trained for, and an --imgsz near its training size"
     )
 
 
