@@ -14,6 +14,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from yolotune._files import whole_file
 
@@ -25,6 +26,7 @@ __all__ = [
     "process_tag",
     "tag_alive",
     "tag_gone",
+    "tag_pid",
     "temporary_dir",
     "workspace_dir",
 ]
@@ -102,41 +104,70 @@ def library_temp_files_in(folder: Path) -> Iterator[None]:
             _system_temp = None
 
 
-def process_tag() -> str:
-    """``host:pid`` of this process: how a trial records the driver that runs it (``tag_gone``, ``tag_alive``)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat``), ``""`` where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return ""
+    fields = stat.rpartition(")")[2].split()  # the command name, in parentheses, may hold spaces
+    return fields[19] if len(fields) > 19 else ""  # field 22, counted from the state (field 3)
 
 
-def _tag_pid(tag: object) -> int | None:
-    """The pid of a ``process_tag`` of another process of this host, else ``None`` (another host, unknown)."""
-    if not isinstance(tag, str):
+def _pid_namespace() -> str:
+    """This process's PID namespace (containers sharing a host name have their own), ``""`` where unknown."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def process_tag() -> dict[str, Any]:
+    """This process, as a trial records the driver that runs it (``tag_gone``, ``tag_alive``).
+
+    Host, pid, PID namespace and start time: a pid is judged only in the namespace it was taken
+    in, and a pid the system has since given to another process is not taken for its driver.
+    """
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "pid_ns": _pid_namespace(), "started": _started(pid)}
+
+
+def tag_pid(tag: object) -> int | None:
+    """The pid of a ``process_tag`` of another process this one can see (this host and PID namespace), or ``None``."""
+    if not isinstance(tag, dict) or tag.get("host") != socket.gethostname():
         return None
-    host, _, pid = tag.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    pid = tag.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid == os.getpid():
         return None
-    return int(pid)
+    return pid if tag.get("pid_ns", "") == _pid_namespace() else None
+
+
+def _runs(tag: dict[str, Any], pid: int) -> bool:
+    started = tag.get("started", "")
+    return pid_alive(pid) and (not started or _started(pid) in ("", started))
 
 
 def tag_gone(tag: object) -> bool:
-    """Whether ``tag`` (``process_tag``) names a process of this host that no longer runs.
+    """Whether ``tag`` (``process_tag``) names a process this one can see that no longer runs.
 
-    ``False`` when it cannot be known (another host's process, no tag) or it is this process.
+    ``False`` when it cannot be known (another host's or PID namespace's process, no tag) or it is
+    this process. A pid now held by a process started later counts as gone.
     """
-    pid = _tag_pid(tag)
-    return pid is not None and not pid_alive(pid)
+    pid = tag_pid(tag)
+    return pid is not None and isinstance(tag, dict) and not _runs(tag, pid)
 
 
 def tag_alive(tag: object) -> bool:
-    """Whether ``tag`` (``process_tag``) names another process of this host that still runs."""
-    pid = _tag_pid(tag)
-    return pid is not None and pid_alive(pid)
+    """Whether ``tag`` (``process_tag``) names another process this one can see that still runs."""
+    pid = tag_pid(tag)
+    return pid is not None and isinstance(tag, dict) and _runs(tag, pid)
 
 
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # no such process, or no such pid at all
         return False
     except PermissionError:  # another user's process
         return True

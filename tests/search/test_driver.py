@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 
 from yolotune import SearchStopped, YolotuneError
 from yolotune.search import CandidateSettings, SearchConfig, plan_of, run_search, search_spaces
@@ -364,6 +365,7 @@ def test_a_plan_sampled_again_reuses_the_first_measurement(tmp_path: Path, coco8
         assert (t.number, "COMPLETE", f"the plan of trial {first.number} again: its measurements are reused") in told
     assert not any(r.number in {t.number for t in again} for r in pareto_front(study))
     exported = export_trial(study, again[0].number, tmp_path / "export", remeasure=False)
+    assert yaml.safe_load(exported.recipe.read_text())["feasible"] is True  # a duplicate, not infeasible
     assert exported.warnings == (
         f"trial {again[0].number} is trial {first.number}'s plan sampled again: its model file and measurements "
         f"are trial {first.number}'s",

@@ -34,7 +34,6 @@ def test_a_driver_never_fails_its_own_trials_as_stale_even_after_a_suspend(tmp_p
 
 
 def test_a_trial_whose_driver_on_this_host_is_gone_is_failed_at_once_on_any_storage(tmp_path: Path) -> None:
-    import socket
     import subprocess
     import sys
 
@@ -42,20 +41,36 @@ def test_a_trial_whose_driver_on_this_host_is_gone_is_failed_at_once_on_any_stor
     from yolotune.search._heartbeat import DRIVER_ATTR
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = f"{socket.gethostname()}:{int(gone.stdout)}"  # a driver killed by SIGKILL: its process has ended
-    for url in (f"sqlite:///{tmp_path / 's.db'}", f"journal:{tmp_path / 'j.log'}"):  # the journal has no heartbeats
-        storage = open_storage(url, heartbeat_interval=60)
-        study = optuna.create_study(study_name="s", storage=storage)
-        drivers = {"dead": dead, "alive": process_tag(), "elsewhere": "another-host:1", "untagged": None}
-        trials = {}
-        for name, tag in drivers.items():
-            trials[name] = study.ask()
-            if tag is not None:
-                trials[name].set_user_attr(DRIVER_ATTR, tag)
-            if hasattr(storage, "record_heartbeat"):
-                storage.record_heartbeat(trials[name]._trial_id)  # all beat recently: none stale by heartbeat
-        failed = fail_stale_trials(study, storage)
-        assert [t.number for t in failed] == [trials["dead"].number], url
-        assert failed[0].user_attrs["fail_reason"] == f"its driver stopped (process {int(gone.stdout)} is gone)"
-        running = {t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))}
-        assert running == {trials[n].number for n in ("alive", "elsewhere", "untagged")}
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # another driver, still running
+    try:
+        from yolotune._env import _started
+
+        time.sleep(0.2)
+        ours = process_tag()
+        drivers = {
+            "dead": {**ours, "pid": int(gone.stdout), "started": "1"},  # killed by SIGKILL: its process has ended
+            "reused": {**ours, "pid": live.pid, "started": "1"},  # its pid now another process's, started later
+            "live": {**ours, "pid": live.pid, "started": _started(live.pid)},
+            "self": ours,
+            "elsewhere": {**ours, "host": "another-host"},
+            "other-namespace": {**ours, "pid": int(gone.stdout), "pid_ns": "another"},  # a container's pids
+            "untagged": None,
+        }
+        for url in (f"sqlite:///{tmp_path / 's.db'}", f"journal:{tmp_path / 'j.log'}"):  # the journal: no heartbeats
+            storage = open_storage(url, heartbeat_interval=60)
+            study = optuna.create_study(study_name="s", storage=storage)
+            trials = {}
+            for name, tag in drivers.items():
+                trials[name] = study.ask()
+                if tag is not None:
+                    trials[name].set_user_attr(DRIVER_ATTR, tag)
+                if hasattr(storage, "record_heartbeat"):
+                    storage.record_heartbeat(trials[name]._trial_id)  # all beat recently: none stale by heartbeat
+            failed = {t.number: t.user_attrs["fail_reason"] for t in fail_stale_trials(study, storage)}
+            assert failed == {
+                trials["dead"].number: f"its driver stopped (process {int(gone.stdout)} is gone)",
+                trials["reused"].number: f"its driver stopped (process {live.pid} is gone)",
+            }, url
+    finally:
+        live.kill()
+        live.wait(timeout=30)

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -235,12 +238,32 @@ def test_an_export_never_replaces_files_no_export_wrote_and_clears_a_killed_expo
         export_trial(study, fp32, out, artifacts=artifact_dir(root, name), remeasure=False)
     # beside files of other names it writes; an export killed by SIGKILL (no such process) left its staging
     other = tmp_path / "other"
-    killed = other / ".export-999999999.partial"
+    host = socket.gethostname()
+    killed = other / f".export-999999999@{host}.partial"
     killed.mkdir(parents=True)
     (killed / "model.onnx").write_bytes(b"half")
-    (other / "notes.txt").write_text("kept")
-    export_trial(study, fp32, other, artifacts=artifact_dir(root, name), remeasure=False)
-    assert {p.name for p in other.iterdir()} == {"notes.txt", "model.onnx", "plan.yaml", "recipe.yaml"}
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # an export still writing
+    try:
+        (other / f".export-{live.pid}@{host}.partial").mkdir()
+        (other / ".export-999999999@another-host.partial").mkdir()  # on a shared disk: its pid means nothing here
+        (other / "notes.txt").write_text("kept")
+        export_trial(study, fp32, other, artifacts=artifact_dir(root, name), remeasure=False)
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    assert {p.name for p in other.iterdir()} == {
+        "notes.txt",
+        "model.onnx",
+        "plan.yaml",
+        "recipe.yaml",
+        f".export-{live.pid}@{host}.partial",
+        ".export-999999999@another-host.partial",
+    }
+    # an earlier export's folder: its files are replaced, but not a file of the user's beside them
+    int8 = next(t.number for t in study.trials if t.user_attrs.get("reference") == "int8")
+    (other / "model.int8.onnx").write_text("the user's own")
+    with pytest.raises(YolotuneError, match=r"already holds model\.int8\.onnx"):
+        export_trial(study, int8, other, artifacts=artifact_dir(root, name), remeasure=False)
 
 
 def test_an_export_interrupted_while_remeasuring_keeps_none_of_its_files(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -97,6 +96,7 @@ def test_tune_delete_asks_first_unless_told_not_to(tmp_path: Path) -> None:
 
 
 def test_a_study_being_searched_on_this_host_is_not_deleted_until_its_search_stops(tmp_path: Path) -> None:
+    from yolotune._env import _started, process_tag
     from yolotune.studies._storage import DRIVER_ATTR
 
     folder = _study_with_files(tmp_path, "s")
@@ -104,7 +104,8 @@ def test_a_study_being_searched_on_this_host_is_not_deleted_until_its_search_sto
     driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a `tune run` still running
     try:
         trial = study.ask()
-        trial.set_user_attr(DRIVER_ATTR, f"{socket.gethostname()}:{driver.pid}")
+        time.sleep(0.2)
+        trial.set_user_attr(DRIVER_ATTR, {**process_tag(), "pid": driver.pid, "started": _started(driver.pid)})
         refused = CliRunner().invoke(app, ["delete", "--study", "s", "--root", str(tmp_path), "--yes"])
         assert refused.exit_code == 2 and folder.is_dir() and (tmp_path / "s.db").is_file()
         assert refused.output.strip() == (

@@ -4,7 +4,7 @@ Optuna records heartbeats only inside ``study.optimize``; the driver uses ask/te
 itself through the storage's public ``record_heartbeat``. A RUNNING trial whose heartbeat is
 older than the grace period belongs to a driver that died (killed, machine lost): it is failed
 with that reason and its plan queued once more. Live drivers keep beating, so their trials are
-never touched. Each trial also records its driver (``driver``: ``host:pid``): a trial whose
+never touched. Each trial also records its driver (``driver``: ``_env.process_tag``): a trial whose
 driver ran on this host and is gone is failed at once, without waiting out the grace period (a
 search resumed right after ``kill -9``), and so it is on journal storages, which have no heartbeats.
 """
@@ -18,7 +18,7 @@ from types import TracebackType
 import optuna
 from optuna.storages import RDBStorage
 
-from yolotune._env import tag_gone
+from yolotune._env import tag_gone, tag_pid
 from yolotune.studies._storage import DRIVER_ATTR
 
 __all__ = ["DRIVER_ATTR", "Heartbeat", "fail_stale_trials"]
@@ -102,7 +102,7 @@ def fail_stale_trials(
     stale: dict[int, str] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if tag_gone(driver := t.user_attrs.get(DRIVER_ATTR)):
-            stale[t._trial_id] = f"its driver stopped (process {str(driver).rpartition(':')[2]} is gone)"
+            stale[t._trial_id] = f"its driver stopped (process {tag_pid(driver)} is gone)"
     interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
     if isinstance(storage, RDBStorage) and interval is not None:
         grace = storage.grace_period or 2 * interval

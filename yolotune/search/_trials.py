@@ -15,7 +15,7 @@ from yolotune.search._candidate import CandidateResult
 from yolotune.search._config import SearchConfig
 from yolotune.search._retime import reference_file
 from yolotune.spaces import CompressionPlan
-from yolotune.studies._storage import artifact_dir
+from yolotune.studies._storage import DRIVER_ATTR, artifact_dir
 
 __all__ = [
     "find_twin",
@@ -132,7 +132,7 @@ def find_twin(study: optuna.Study, plan: CompressionPlan, *, stops: bool) -> opt
 
 
 #: A trial's own attributes, which a trial that reuses another's measurements does not take over.
-_OWN_ATTRS = frozenset({"plan", "brief", "reference", "retry_of", "retry_reason", "fail_reason", "driver"})
+_OWN_ATTRS = frozenset({"plan", "brief", "reference", "retry_of", "retry_reason", "fail_reason", DRIVER_ATTR})
 
 
 def reuse_twin(study: optuna.Study, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,9 @@ class ExportResult:
             order every other round), and ``reference_ms`` and ``speedup`` (the median per-round
             ratio, with quartiles ``speedup_q1``/``speedup_q3``) are given.
         warnings: What the user should know before shipping the file (one line each): the trial
-            breaks the study's constraints (``--max-map-drop``, ``--max-latency-ms``).
+            breaks the study's constraints (``--max-map-drop``, ``--max-latency-ms``; the recipe's
+            ``feasible`` is false only then), is a duplicate of another trial, has no re-measured
+            speed-up for want of the FP32 reference's file, or was re-timed on another device.
     """
 
     trial: int
@@ -161,7 +164,7 @@ def export_trial(
     out_dir.mkdir(parents=True, exist_ok=True)
     # written aside first: Ctrl-C or a failed re-measurement leaves no half export, and an earlier
     # export in the folder stays whole until this one is
-    staging = out_dir / f".export-{os.getpid()}.partial"
+    staging = out_dir / f".export-{os.getpid()}@{_HOST}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
@@ -173,15 +176,22 @@ def export_trial(
         if made and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    for stale in earlier:  # an earlier export's files: none may pass for this one's
-        stale.unlink(missing_ok=True)
-    for written in staging.iterdir():
-        os.replace(written, out_dir / written.name)
+    written = sorted(
+        staging.iterdir(), key=lambda p: p.name == "recipe.yaml"
+    )  # the recipe last: it marks a whole export
+    for stale in earlier:  # an earlier export's files that this one does not replace: none may pass for this one's
+        if not (staging / stale.name).exists():
+            stale.unlink(missing_ok=True)
+    for path in written:
+        os.replace(path, out_dir / path.name)
     staging.rmdir()
     return dataclasses.replace(
         done, model=out_dir / done.model.name, recipe=out_dir / done.recipe.name, plan=out_dir / done.plan.name
     )
 
+
+#: This host's name, in the staging folder of an export (on a shared disk another host's may still be writing).
+_HOST = socket.gethostname()
 
 #: What an export writes beside its model file.
 _EXPORT_FILES = ("plan.yaml", "recipe.yaml", "remeasured.json")
@@ -191,32 +201,33 @@ def _earlier_export(out_dir: Path, *, writes: tuple[str, ...]) -> list[Path]:
     """The files of an earlier export in ``out_dir``, which this one replaces; refuse to replace anything else.
 
     An earlier export is known by its ``recipe.yaml`` (``study``, ``trial``, ``model_file``): its
-    model file, plan, recipe and re-measurement go, other files stay. In any other folder a file
-    this export would write (``writes``) is the user's own: refused, never overwritten. Hidden
-    ``.export-<pid>.partial`` folders of exports killed on this host are removed.
+    model file, plan, recipe and re-measurement go, other files stay. Any other file of a name
+    this export writes (``writes``) is the user's own: refused, never overwritten. Hidden
+    ``.export-<pid>@<host>.partial`` folders of exports killed on this host are removed.
 
     Raises:
         YolotuneError: ``out_dir`` holds a file of one of those names that no export wrote.
     """
     if not out_dir.is_dir():
         return []
-    for partial in out_dir.glob(".export-*.partial"):
-        pid = partial.name.removeprefix(".export-").removesuffix(".partial")
+    for partial in out_dir.glob(f".export-*@{_HOST}.partial"):  # another host's may still be writing
+        pid = partial.name.removeprefix(".export-").removesuffix(f"@{_HOST}.partial")
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(partial, ignore_errors=True)  # an export killed mid-way (kill -9) left it
     try:
         recipe = yaml.safe_load((out_dir / "recipe.yaml").read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         recipe = None
+    earlier: list[Path] = []
     if isinstance(recipe, dict) and {"study", "trial", "model_file"} <= recipe.keys():
-        return [out_dir / str(Path(str(recipe["model_file"])).name), *(out_dir / f for f in _EXPORT_FILES)]
-    taken = [f for f in writes if (out_dir / f).exists()]
+        earlier = [out_dir / str(Path(str(recipe["model_file"])).name), *(out_dir / f for f in _EXPORT_FILES)]
+    taken = [f for f in writes if (out_dir / f).exists() and out_dir / f not in earlier]
     if taken:
         raise YolotuneError(
             f"--out {out_dir} already holds {', '.join(taken)}, not from a `tune export` (no recipe.yaml of one): "
             "the export would replace them; pass a new or empty folder"
         )
-    return []
+    return earlier
 
 
 def _refuse_study_files(out_dir: Path, trial: optuna.trial.FrozenTrial, store: Path | None) -> None:
@@ -262,6 +273,7 @@ def _export_files(
     reference = fp32_reference(study)
     constraints = {k: v for k, v in (study.user_attrs.get("constraints") or {}).items() if v is not None}
     warnings = _broken_constraints(trial, reference, constraints)
+    feasible = not warnings
     if twin is not None:  # the sampler proposed the plan again: nothing of this trial was built
         warnings = (
             *warnings,
@@ -279,7 +291,7 @@ def _export_files(
                 "formats": {k: job[k] for k in FORMAT_KEYS if k in job},
                 "model_file": name,
                 "constraints": constraints or None,
-                "feasible": not warnings,
+                "feasible": feasible,
                 "deploy": _deploy_notes(model, imgsz=job.get("imgsz")),
                 "plan": plan.to_dict(),
                 "recorded": {

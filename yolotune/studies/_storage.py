@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from yolotune._env import tag_alive
+from yolotune._env import tag_alive, tag_pid
 from yolotune._files import whole_file
 from yolotune.errors import YolotuneError, disk_full
 
@@ -461,7 +461,7 @@ def load_study(
         raise YolotuneError(f"no study '{study}' in {storage}") from exc
 
 
-#: The user attribute a trial records the process of the driver running it in (``_env.process_tag``: ``host:pid``).
+#: The user attribute a trial records the process of the driver running it in (``_env.process_tag``).
 DRIVER_ATTR = "driver"
 
 
@@ -475,7 +475,7 @@ def refuse_if_searched(study: optuna.Study, *, doing: str) -> None:
         if tag_alive(driver := t.user_attrs.get(DRIVER_ATTR)):
             raise YolotuneError(
                 f"study '{study.study_name}' is being searched: trial {t.number} runs in process "
-                f"{str(driver).rpartition(':')[2]} on this host; stop that `tune run` first (Ctrl-C), then {doing}"
+                f"{tag_pid(driver)} on this host; stop that `tune run` first (Ctrl-C), then {doing}"
             )
 
 
