@@ -77,7 +77,9 @@ def test_refused_candidates_are_recorded_as_failed_and_the_search_goes_on(tmp_pa
     assert len(failed) == 2 and all("over the 0.01 GB budget" in t.user_attrs["fail_reason"] for t in failed)
     assert [t.user_attrs["reference"] for t in failed] == ["int8", "seeds"]
     for t in failed:  # the models they built before failing (FP32 ONNX, checkpoint) are gone: their plan stays
-        assert [p.name for p in (tmp_path / config.name / "trials" / str(t.number)).iterdir()] == ["plan.yaml"]
+        folder = tmp_path / config.name / "trials" / str(t.number)
+        assert [p.name for p in folder.iterdir()] == ["plan.yaml"]
+        assert CompressionPlan.load(folder / "plan.yaml").to_dict() == t.user_attrs["plan"]
     # the budget fixed, the same command again: the failed references run first, even past the budget
     fixed = dataclasses.replace(config, settings=CandidateSettings(imgsz=160), retime_rounds=0)
     study = run_search(fixed)

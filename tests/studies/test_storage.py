@@ -276,3 +276,11 @@ def test_storage_urls_missing_a_slash_or_a_scheme_say_how_to_write_them(tmp_path
     with pytest.raises(YolotuneError) as bare:  # a path where a URL goes
         open_storage(str(db))
     assert str(bare.value).endswith(f"(for the file {db}: sqlite:///{db})")
+    journal = tmp_path / "j.log"
+    journal.write_text("")
+    with pytest.raises(YolotuneError) as slash:  # the journal's own spelling, not SQLite's
+        load_study(storage=f"journal:{str(journal).lstrip('/')}")
+    assert f"(for {journal}, an absolute path, write journal:{journal})" in str(slash.value)
+    with pytest.raises(YolotuneError) as scheme:  # a scheme of another kind: no advice to prefix sqlite:///
+        open_storage("sqlite:x.db")
+    assert "for the file" not in str(scheme.value)

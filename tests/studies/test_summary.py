@@ -21,17 +21,20 @@ def _add(study: optuna.Study, values: list[float] | None = None, state: TrialSta
 def test_a_summary_counts_by_state_and_lists_only_the_failures_not_run_again() -> None:
     study = _study()
     study.set_user_attr("constraints", {"max_map_drop": 0.05, "max_latency_ms": None})
+    int8 = {"quantization": {"default": "int8"}}
+    pruned = {"pruning": {"ratios": {"neck.16": 0.25}}}
     _add(study, [0.35, 12.0, 14.0], reference="fp32")  # 0
     _add(study, [0.20, 3.0, 5.0])  # 1: 0.15 under FP32, yet told feasible here (no constraint recorded on it)
-    _add(study, state=TrialState.FAIL, fail_reason="quantize: NaN")  # 2: not run again
+    _add(study, state=TrialState.FAIL, fail_reason="quantize: NaN", plan=pruned)  # 2: its plan only stopped at rung 0
     _add(study, state=TrialState.FAIL, fail_reason="interrupted")  # 3
     _add(study, state=TrialState.FAIL, fail_reason="interrupted", retry_of=3)  # 4
-    _add(study, [0.1, 2.0, 3.0], state=TrialState.PRUNED, retry_of=4)  # 5: 3's plan ran again, to rung 0
+    _add(study, [0.1, 2.0, 3.0], state=TrialState.PRUNED, retry_of=4, plan=pruned)  # 5: 3's plan ran again, to rung 0
     _add(study, state=TrialState.FAIL, fail_reason="worker died", reference="seeds")  # 6
-    _add(study, state=TrialState.FAIL, fail_reason="out of memory", plan={"p": 1})  # 7: its plan completed later,
+    _add(study, state=TrialState.FAIL, fail_reason="out of memory", plan=int8)  # 7: its plan completed later,
     _add(study, state=TrialState.FAIL, fail_reason="calibration memory", reference="int8")  # 8: so did this reference
-    _add(study, [0.34, 3.5, 6.0], plan={"p": 1})  # 9 (e.g. run again by hand, not as a retry)
-    _add(study, [0.34, 3.5, 6.5], reference="int8", plan={"p": 2})  # 10
+    # 9: the same plan but for a setting that builds nothing different (no pruning: its criterion is moot)
+    _add(study, [0.34, 3.5, 6.0], plan={**int8, "pruning": {"importance": "bn_scale"}})
+    _add(study, [0.34, 3.5, 6.5], reference="int8")  # 10
     _add(study, state=TrialState.RUNNING)  # 11
     study.enqueue_trial({}, user_attrs={"retry_of": 2})  # 12: queued before the reference's retry: runs anyway
     study.enqueue_trial({}, user_attrs={"reference": "seeds", "retry_of": 6})  # 13

@@ -161,7 +161,9 @@ def front_caption(st: optuna.Study, summary: StudySummary, *, where: str) -> str
             else:
                 caption += f" · trial {number} not re-timed ({reason}), left out"
     elif any(r.paired or r.unpaired for r in front):
-        caption += " · speed: against the FP32 reference timed right after each trial"
+        caption += " · speed: against the FP32 reference timed right after each trial" + (
+            "" if any(r.paired for r in front) else " where it could be"
+        )
         if any(r.unpaired for r in front):
             caption += ", † against the reference trial's own timing (not one taken right after it)"
         if any(r.disturbed for r in front):

@@ -172,7 +172,8 @@ def check_calibration_budget(model_path: Path, config: QuantizationConfig, *, bu
     est = estimate_calibration_memory(model_path, config)
     if est.peak_gb > budget_gb and not est.images_held:  # MinMax: the process itself is over budget
         raise PlanError(
-            f"minmax calibration needs ≈{est.peak_gb:.1f} GB whatever its image count (it holds no images), "
+            f"{config.calibration_method} calibration needs ≈{est.peak_gb:.1f} GB whatever its image count (it "
+            "holds no images), "
             f"over the {budget_gb:g} GB budget; raise YOLOTUNE_CALIB_MEMORY_GB"
         )
     if est.peak_gb > budget_gb:

@@ -158,18 +158,26 @@ def _environment_failure(reason: str) -> str | None:
     return None
 
 
-def _keep_plan_only(folder: Path) -> None:
-    """Empty a failed trial's folder but for its ``plan.yaml``: nothing reads its models again (about 25 MB)."""
+def _keep_plan_only(folder: Path, plan: object) -> None:
+    """Empty a failed trial's folder but for its plan (``plan``, its recorded dict): nothing reads its models again.
+
+    The plan is written again from the trial's record: the folder's ``plan.yaml`` may be rung 0's
+    stand-in. A folder with no plan to keep goes.
+    """
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if path.name == "plan.yaml":
-            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 path.unlink()
+    if isinstance(plan, dict):
+        with contextlib.suppress(Exception):  # clean-up: a plan that cannot be written leaves an empty folder
+            CompressionPlan.from_dict(plan).save(folder / "plan.yaml")
+            return
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _bind(on_step: Callable[[int, str], None] | None, number: int) -> Callable[[str], None] | None:
@@ -524,7 +532,7 @@ class _Run:
         self.open_trials.pop(trial.number, None)
         trial.set_user_attr("fail_reason", reason)
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        _keep_plan_only(self.root / str(trial.number))
+        _keep_plan_only(self.root / str(trial.number), trial.user_attrs.get("plan"))
         if self.on_trial:
             self.on_trial(TrialOutcome(number=trial.number, state="FAIL", reason=reason), self.study)
         if why:
@@ -552,7 +560,7 @@ class _Run:
         self.open_trials.clear()
 
     def reap(self) -> None:
-        """Fail and queue again the trials a killed driver left RUNNING (their heartbeats stopped)."""
+        """Fail and queue again the trials a killed driver left RUNNING (its process gone, or its heartbeats stale)."""
         references_lost = 0
         for stale in fail_stale_trials(self.study, self.storage, keep=self.heartbeat.beat_now()):
             retry(self.study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)

@@ -21,9 +21,10 @@ class FrontRow:
     again after the search (``retimed``); else the reference timed right after this trial
     (``paired``, the search's ``time_reference``); else the reference trial's own timing.
 
-    Where the other points' speed-ups are paired and not re-timed, ``unpaired`` marks a point whose
-    speed-up had no reference timed right after it (the reference failed and ran later, or was
-    still running), and ``disturbed`` one whose paired reference took under half or over twice the
+    Before re-timing, ``unpaired`` marks a point whose search wanted a reference timed right after
+    it and had none (the reference failed and ran later, or was still running; for a study from
+    before that was recorded: any unpaired point where others are paired), and ``disturbed`` one
+    whose paired reference took under half or over twice the
     reference trial's own time (the machine was loaded then): both compare timings minutes apart.
     """
 

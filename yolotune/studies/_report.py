@@ -228,7 +228,9 @@ def _front_table(front: Sequence[FrontRow]) -> str:
             "quartiles of those ratios); latency: the trial's own timing in the search."
         )
     elif any(r.paired or r.unpaired for r in front):
-        text = "Speed-up: against the FP32 reference file timed right after each trial"
+        text = "Speed-up: against the FP32 reference file timed right after each trial" + (
+            "" if any(r.paired for r in front) else " where it could be"
+        )
         if any(r.unpaired for r in front):
             text += "; † against the reference trial's own timing (none was taken right after it)"
         if any(r.disturbed for r in front):

@@ -359,7 +359,8 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None) -> optuna.s
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if disk_full(reason):
             raise YolotuneError(f"cannot open storage '{url}': {reason[:200]}; free some space on its disk") from exc
-        bare = "" if "://" in url or url.startswith("journal:") else f" (for the file {url}: sqlite:///{url})"
+        scheme = url.split("/")[0]  # a bare path has none: `x.db`, `/tmp/x.db`, `studies/x.db`
+        bare = "" if ":" in scheme else f" (for the file {url}: sqlite:///{url})"
         raise YolotuneError(
             f"cannot open storage '{url}': {reason[:200]}; use an SQLAlchemy URL (sqlite:///path.db, "
             f"postgresql+psycopg://user@host/db) or journal:/path/file.log{bare}"
@@ -445,7 +446,8 @@ def load_study(
     elif (missing := _missing_file(storage)) is not None:  # opening would create an empty one
         hint = ""
         if not missing.is_absolute() and (Path("/") / missing).is_file():  # sqlite:///tmp/x.db meant /tmp/x.db
-            hint = f" (for /{missing}, an absolute path, write four slashes: sqlite:////{missing})"
+            fix = f"journal:/{missing}" if storage.startswith("journal:") else f"four slashes: sqlite:////{missing}"
+            hint = f" (for /{missing}, an absolute path, write {fix})"
         raise YolotuneError(f"storage file {missing} does not exist{hint}; check --storage (or run `tune run` first)")
     opened = open_storage(storage)
     if study is None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 
+from yolotune.spaces import CompressionPlan
 from yolotune.studies._front import FrontRow, pareto_front
 from yolotune.studies._retimed import Retiming, current_retiming
 
@@ -147,7 +148,7 @@ def _open_failures(trials: list[optuna.trial.FrozenTrial]) -> tuple[tuple[int, s
     """``(number, reason)`` of the FAIL trials whose plan was not evaluated later.
 
     Done with: a trial a retry of which (``retry_of``, followed back) was evaluated, a reference
-    trial whose reference completed later, and a trial whose plan a later trial evaluated.
+    trial whose reference completed later, and a trial whose plan a later trial completed.
     """
     retry_of: dict[int, Any] = {t.number: t.user_attrs.get("retry_of") for t in trials}
     redone: set[int] = set()
@@ -157,17 +158,16 @@ def _open_failures(trials: list[optuna.trial.FrozenTrial]) -> tuple[tuple[int, s
         while isinstance(n, int) and n not in redone:
             redone.add(n)
             n = retry_of.get(n)
+    # a plan completed later (a reference run again, the same plan sampled again): at full fidelity only
+    completed = [t for t in evaluated if t.state == _State.COMPLETE]
     for t in trials:
         if t.state != _State.FAIL or t.number in redone:
             continue
-        reference, plan = t.user_attrs.get("reference"), t.user_attrs.get("plan")
+        reference, builds = t.user_attrs.get("reference"), _builds(t)
         if any(
             e.number > t.number
-            and (
-                (reference and e.user_attrs.get("reference") == reference)
-                or (plan and e.user_attrs.get("plan") == plan)
-            )
-            for e in evaluated
+            and ((reference and e.user_attrs.get("reference") == reference) or (builds and _builds(e) == builds))
+            for e in completed
         ):
             redone.add(t.number)
     return tuple(
@@ -175,3 +175,14 @@ def _open_failures(trials: list[optuna.trial.FrozenTrial]) -> tuple[tuple[int, s
         for t in trials
         if t.state == _State.FAIL and t.number not in redone
     )
+
+
+def _builds(trial: optuna.trial.FrozenTrial) -> CompressionPlan | None:
+    """What the trial's recorded plan builds (``effective()``: settings that change nothing left out), if it has one."""
+    plan = trial.user_attrs.get("plan")
+    if not isinstance(plan, dict):
+        return None
+    try:
+        return CompressionPlan.from_dict(plan).effective()
+    except Exception:  # a plan of an older yolotune that no longer loads: compared by nothing
+        return None
