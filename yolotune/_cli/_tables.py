@@ -135,6 +135,8 @@ def where_options(root: Path, storage: str | None) -> str:
 
 def front_caption(st: optuna.Study, summary: StudySummary, *, where: str) -> str:
     """The caption under ``tune show``'s front: what the study holds, how its speed-ups were timed, what to run."""
+    from yolotune.studies import speed_notes
+
     limits = summary.limits
     caption = f"{summary.complete} complete, {summary.failed} failed"
     if summary.rung0:
@@ -160,17 +162,8 @@ def front_caption(st: optuna.Study, summary: StudySummary, *, where: str) -> str
                 caption += f" · the FP32 reference could not be timed after round {retiming.rounds} ({reason})"
             else:
                 caption += f" · trial {number} not re-timed ({reason}), left out"
-    elif any(r.paired or r.unpaired for r in front):
-        caption += " · speed: against the FP32 reference timed right after each trial" + (
-            "" if any(r.paired for r in front) else " where it could be"
-        )
-        if any(r.unpaired for r in front):
-            caption += ", † against the reference trial's own timing (not one taken right after it)"
-        if any(r.disturbed for r in front):
-            caption += (
-                ", ‡ its FP32 reference took under half or over twice the reference trial's own time "
-                f"(a disturbed machine): `{retime}` times them again"
-            )
+    elif notes := speed_notes(front):
+        caption += " · " + ", ".join(notes).replace("`tune retime`", f"`{retime}`")
     if summary.retiming_blocked is not None:
         caption += (
             f" · the front's re-timing has no round yet (its FP32 reference failed: {summary.retiming_blocked}): "

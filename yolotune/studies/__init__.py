@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from yolotune.studies._dashboard import serve_dashboard
 from yolotune.studies._export import ExportResult, export_trial, study_target
-from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speedup_of
+from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speed_notes, speedup_of
 from yolotune.studies._report import write_report
 from yolotune.studies._retimed import (
     NOISE_BAND,
@@ -54,6 +54,7 @@ __all__ = [
     "recorded_folder",
     "refuse_if_searched",
     "serve_dashboard",
+    "speed_notes",
     "speedup_of",
     "storage_lock",
     "study_dir",

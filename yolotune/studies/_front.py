@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
 
 from yolotune.studies._retimed import SIZE_TOLERANCE, RetimedPoint, Retiming, current_retiming
 
-__all__ = ["SIZE_TOLERANCE", "FrontRow", "fp32_reference", "pareto_front", "speedup_of"]
+__all__ = ["SIZE_TOLERANCE", "FrontRow", "fp32_reference", "pareto_front", "speed_notes", "speedup_of"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +113,26 @@ def pareto_front(study: optuna.Study) -> list[FrontRow]:
             for r in rows
         ]
     return sorted(rows, key=lambda r: r.latency_ms)
+
+
+def speed_notes(front: Sequence[FrontRow]) -> list[str]:
+    """How the speed-ups of a front not re-timed were timed, as ``tune show`` and ``tune report`` say it.
+
+    The first note says they are paired with an FP32 reference timing (none when nothing was
+    meant to be, ``--no-time-reference``); then what † (``unpaired``) and ‡ (``disturbed``) mark, when present.
+    """
+    if not any(r.paired or r.unpaired for r in front):
+        return []
+    where = "" if any(r.paired for r in front) else " where it could be"
+    notes = [f"speed: against the FP32 reference timed right after each trial{where}"]
+    if any(r.unpaired for r in front):
+        notes.append("† against the reference trial's own timing (none was taken right after it)")
+    if any(r.disturbed for r in front):
+        notes.append(
+            "‡ its FP32 reference took under half or over twice the reference trial's own time (a disturbed "
+            "machine): `tune retime` times them again"
+        )
+    return notes
 
 
 def _undominated(

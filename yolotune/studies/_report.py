@@ -23,7 +23,7 @@ from yolotune._files import whole_file
 from yolotune.errors import PlanError, YolotuneError
 from yolotune.spaces import CompressionPlan
 from yolotune.studies._export import FORMAT_KEYS
-from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speedup_of
+from yolotune.studies._front import FrontRow, fp32_reference, pareto_front, speed_notes, speedup_of
 from yolotune.studies._retimed import current_retiming
 
 __all__ = ["write_report"]
@@ -227,18 +227,9 @@ def _front_table(front: Sequence[FrontRow]) -> str:
             "and the speed-ups are found on the median of each round's ratio to the reference (in brackets: the "
             "quartiles of those ratios); latency: the trial's own timing in the search."
         )
-    elif any(r.paired or r.unpaired for r in front):
-        text = "Speed-up: against the FP32 reference file timed right after each trial" + (
-            "" if any(r.paired for r in front) else " where it could be"
-        )
-        if any(r.unpaired for r in front):
-            text += "; † against the reference trial's own timing (none was taken right after it)"
-        if any(r.disturbed for r in front):
-            text += (
-                "; ‡ its FP32 reference took under half or over twice the reference trial's own time (a disturbed "
-                "machine): `tune retime` times them again"
-            )
-        table += _note(text + ".")
+    elif notes := speed_notes(front):
+        text = "; ".join(notes)
+        table += _note(text[:1].upper() + text[1:] + ".")
     return table
 
 
