@@ -154,6 +154,11 @@ def test_load_errors_are_one_line(tmp_path: Path) -> None:
     config.write_text("nc: 80\n")
     with pytest.raises(YolotuneError, match=r"yolov8n.yaml is an architecture without trained weights: pass .*\.pt"):
         ultralytics_adapter.load_model(config)
+    # a data yaml given as the model (--model where --data was meant) is named for what it is
+    data = tmp_path / "mydata.yaml"
+    data.write_text("path: .\ntrain: images/train\nval: images/val\nnames: {0: person}\n")
+    with pytest.raises(YolotuneError, match=r"mydata.yaml is a data yaml \(train/val/names\), not a model: pass it as"):
+        ultralytics_adapter.load_model(data)
 
 
 def test_checkpoints_of_other_kinds_say_what_they_are(weights, coco8, tmp_path: Path) -> None:

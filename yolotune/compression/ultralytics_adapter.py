@@ -36,6 +36,7 @@ configure_ultralytics()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
 if TYPE_CHECKING:
@@ -193,6 +194,15 @@ def _brief(exc: BaseException, path: Path, width: int = 150) -> str:
 
 
 # --------------------------------------------------------------------------- loading
+def _data_yaml(path: Path) -> bool:
+    """Whether ``path`` reads as an Ultralytics data yaml (``train``/``val`` and ``names``/``nc``), not a model's."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and bool({"train", "val"} & data.keys()) and bool({"names", "nc"} & data.keys())
+
+
 def load_model(path: str | Path) -> UltraModule:
     """Load a trained detector from a ``.pt`` checkpoint (pruned ones included).
 
@@ -209,6 +219,8 @@ def load_model(path: str | Path) -> UltraModule:
     path = Path(path)
     if not path.is_file():
         raise YolotuneError(f"model file not found: {path}")
+    if path.suffix in {".yaml", ".yml"} and _data_yaml(path):
+        raise YolotuneError(f"model {path} is a data yaml (train/val/names), not a model: pass it as --data")
     if path.suffix in {".yaml", ".yml"}:
         raise YolotuneError(
             f"model {path} is an architecture without trained weights: pass the trained detector's .pt "

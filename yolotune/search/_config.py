@@ -169,7 +169,9 @@ class SearchConfig:
             raise YolotuneError(f"--seed must be a whole number from 0 to 2**32 - 1; got {self.seed}")
         if self.cpus_per_worker <= 0:
             raise YolotuneError(f"--cpus-per-worker must be positive; got {self.cpus_per_worker}")
-        if self.study_name is not None and (not self.study_name.strip() or any(c in self.study_name for c in "/\\")):
+        if self.study_name is not None and not self.study_name.strip():
+            raise YolotuneError("--study is empty: give the study a name, or leave out --study for the default one")
+        if self.study_name is not None and any(c in self.study_name for c in "/\\"):
             raise YolotuneError(f"--study names a file under --root: no '/' or '\\' in it; got {self.study_name!r}")
 
     @property
