@@ -418,8 +418,8 @@ def delete(
     from yolotune.studies import delete_study, load_study, recorded_folder, refuse_if_searched, study_folder
 
     st = load_study(study=study, storage=storage, root=root)
-    refuse_if_searched(st, doing="delete")  # before asking: the answer would not matter
     folder = study_folder(st, root, default_storage=storage is None)
+    refuse_if_searched(st, doing="delete", folder=folder)  # before asking: the answer would not matter
     elsewhere = recorded_folder(st)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder is not None else 0
     running = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))

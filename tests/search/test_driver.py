@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -586,7 +589,21 @@ def test_the_search_ends_by_timing_the_trials_near_its_front_again(
     monkeypatch.setattr("yolotune.search._driver.make_target", lambda settings: target)
     steps: list[tuple[int, str]] = []
     config = coco8_search(budget=2, retime_rounds=3)  # the fp32 and int8 references
-    study = run_search(config, on_step=lambda n, step: steps.append((n, step)))
+    deleting: list[subprocess.CompletedProcess[str]] = []
+    root = str(config.root)
+
+    def step(number: int, what: str) -> None:
+        steps.append((number, what))
+        if what.startswith("re-timing") and not deleting:  # no trial RUNNING now: `tune delete` still refuses
+            code = f"from yolotune.studies import delete_study; delete_study(study={config.name!r}, root={root!r})"
+            deleting.append(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120))
+
+    study = run_search(config, on_step=step)
+    assert deleting[0].returncode == 1 and deleting[0].stderr.strip().splitlines()[-1] == (
+        f"yolotune.errors.YolotuneError: study '{config.name}' is being searched by process {os.getpid()} on this "
+        "host; stop that `tune run` first (Ctrl-C), then delete"
+    )
+    assert not list((config.root / config.name / ".searches").iterdir())  # the search's mark went with it
     fp32, int8 = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     ref, cand = Path(fp32.user_attrs["artifact"]), Path(int8.user_attrs["artifact"])
     # the search timed fp32, int8 and fp32 again; then three rounds, in reversed order every other round

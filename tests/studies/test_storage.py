@@ -119,6 +119,33 @@ def test_a_study_being_searched_on_this_host_is_not_deleted_until_its_search_sto
     assert delete_study(study="s", root=tmp_path) == [folder, tmp_path / "s.db"]
 
 
+def test_a_study_is_not_deleted_while_a_search_marks_its_folder_even_with_no_trial_running(tmp_path: Path) -> None:
+    from yolotune.studies import live_searches
+
+    folder = _study_with_files(tmp_path, "s")
+    code = (
+        "import sys, time; from pathlib import Path; from yolotune.studies import searching\n"
+        f"with searching(Path({str(folder)!r})):\n    print('marked', flush=True); time.sleep(60)"
+    )
+    search = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert search.stdout is not None and search.stdout.readline() == "marked\n"
+        assert [tag["pid"] for tag in live_searches(folder)] == [search.pid]
+        with pytest.raises(YolotuneError) as refused:
+            delete_study(study="s", root=tmp_path)
+        assert str(refused.value) == (
+            f"study 's' is being searched by process {search.pid} on this host; stop that `tune run` first (Ctrl-C), "
+            "then delete"
+        )
+        assert folder.is_dir() and (tmp_path / "s.db").is_file()
+    finally:
+        search.kill()  # kill -9: its mark stays, naming a process that is gone
+        search.wait(timeout=30)
+    assert len(list((folder / ".searches").iterdir())) == 1
+    assert live_searches(folder) == [] and not list((folder / ".searches").iterdir())  # the stale mark is removed
+    assert delete_study(study="s", root=tmp_path) == [folder, tmp_path / "s.db"]
+
+
 def _searched(url: str, name: str, store: Path, artifact_id: str) -> None:
     """A study as `tune run --storage URL` leaves it: its artifact store and its trial's file ids recorded."""
     study = optuna.create_study(study_name=name, storage=open_storage(url))

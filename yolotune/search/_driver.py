@@ -69,7 +69,7 @@ from yolotune.search._trials import (
     waiting_through_references,
 )
 from yolotune.spaces import CompressionPlan, DefaultSpace, Space
-from yolotune.studies._storage import storage_lock, study_dir
+from yolotune.studies._storage import searching, storage_lock, study_dir
 
 if TYPE_CHECKING:
     from yolotune.evaluators import Target
@@ -378,59 +378,62 @@ def run_search(
     timing = target.provenance(imgsz=config.settings.imgsz)
     timed_on = {"device": timing.device, "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8}
     references = default.reference_plans()
-    # two drivers starting a study at once on one SQLite file or PostgreSQL database: one creates it and queues
-    # its references
-    with storage_lock(config.storage_url):
-        study, created, storage = open_study_for_run(config, timed_on=timed_on)
-        # every study starts with its references, enqueued before any callback runs (also when a run
-        # stopped between creating the study and enqueueing them: it holds no trial)
-        # the default space expresses the references in its own params, so the sampler learns from them
-        params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
-        if created or not study.get_trials(deepcopy=False):
-            for name in references:
-                study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
-    say_setup_changes(study, timing)
-    if on_open is not None:
-        on_open(study)
-    if config.sensitivity_drop is not None:
-        assert isinstance(space, DefaultSpace)  # preflight
-        space = _sensitive_space(config, study, space, on_scan, target=target)
-    if why := untrained_study(study):  # a resumed study whose model detects nothing: no more work
-        raise SearchStopped(why, study=study)
+    with contextlib.ExitStack() as marked:
+        # two drivers starting a study at once on one SQLite file or PostgreSQL database: one creates it and queues
+        # its references
+        with storage_lock(config.storage_url):
+            study, created, storage = open_study_for_run(config, timed_on=timed_on)
+            # from here to the end (scan, trials, re-timing) `tune delete` refuses: this process searches it
+            marked.enter_context(searching(study_dir(config.root, study.study_name)))
+            # every study starts with its references, enqueued before any callback runs (also when a run
+            # stopped between creating the study and enqueueing them: it holds no trial)
+            # the default space expresses the references in its own params, so the sampler learns from them
+            params = default.reference_params() if space == default and config.sensitivity_drop is None else {}
+            if created or not study.get_trials(deepcopy=False):
+                for name in references:
+                    study.enqueue_trial(params.get(name, {}), user_attrs={"reference": name})
+        say_setup_changes(study, timing)
+        if on_open is not None:
+            on_open(study)
+        if config.sensitivity_drop is not None:
+            assert isinstance(space, DefaultSpace)  # preflight
+            space = _sensitive_space(config, study, space, on_scan, target=target)
+        if why := untrained_study(study):  # a resumed study whose model detects nothing: no more work
+            raise SearchStopped(why, study=study)
 
-    # the driver beats for its trials itself (Heartbeat), so Optuna's optimize-only note does not apply
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
-    with Heartbeat(storage) as heartbeat, _executor(config) as executor:
-        run = _Run(
-            config=config,
-            study=study,
-            space=space,
-            default=default,
-            references=references,
-            target=target,
-            storage=storage,
-            heartbeat=heartbeat,
-            executor=executor,
-            on_trial=on_trial,
-            on_step=on_step,
-            max_failures=max_failures if max_failures is not None else max(3, config.budget),
+        # the driver beats for its trials itself (Heartbeat), so Optuna's optimize-only note does not apply
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+        with Heartbeat(storage) as heartbeat, _executor(config) as executor:
+            run = _Run(
+                config=config,
+                study=study,
+                space=space,
+                default=default,
+                references=references,
+                target=target,
+                storage=storage,
+                heartbeat=heartbeat,
+                executor=executor,
+                on_trial=on_trial,
+                on_step=on_step,
+                max_failures=max_failures if max_failures is not None else max(3, config.budget),
+            )
+            run.until_budget(params)
+        evaluated = _complete(study)
+        if evaluated < run.config.budget:
+            raise SearchStopped(
+                f"stopped after {run.failures} failed candidate(s), {evaluated} of {run.config.budget} evaluated; the "
+                f"last failed with: {run.last_failure.rstrip('.')}. Fix that and run the same command to resume "
+                "(`tune show` lists the latest failures, `tune report` all)",
+                study=study,
+            )
+        retiming = retime_front(
+            study, target=target, imgsz=config.settings.imgsz, rounds=config.retime_rounds, on_step=on_step
         )
-        run.until_budget(params)
-    evaluated = _complete(study)
-    if evaluated < run.config.budget:
-        raise SearchStopped(
-            f"stopped after {run.failures} failed candidate(s), {evaluated} of {run.config.budget} evaluated; the "
-            f"last failed with: {run.last_failure.rstrip('.')}. Fix that and run the same command to resume "
-            "(`tune show` lists the latest failures, `tune report` all)",
-            study=study,
-        )
-    retiming = retime_front(
-        study, target=target, imgsz=config.settings.imgsz, rounds=config.retime_rounds, on_step=on_step
-    )
-    if retiming is not None and on_retime_failed is not None:
-        for number, reason in retiming.failed.items():
-            on_retime_failed(number, reason)
-    return study
+        if retiming is not None and on_retime_failed is not None:
+            for number, reason in retiming.failed.items():
+                on_retime_failed(number, reason)
+        return study
 
 
 class _Run:

@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from yolotune._env import tag_alive, tag_pid
+from yolotune._env import process_tag, tag_alive, tag_gone, tag_pid
 from yolotune._files import whole_file
 from yolotune.errors import YolotuneError, disk_full
 
@@ -29,9 +29,11 @@ __all__ = [
     "delete_study",
     "deployable_file",
     "find_artifact_dir",
+    "live_searches",
     "load_study",
     "open_storage",
     "recorded_folder",
+    "searching",
     "storage_lock",
     "study_dir",
     "study_folder",
@@ -467,17 +469,72 @@ def load_study(
 DRIVER_ATTR = "driver"
 
 
-def refuse_if_searched(study: optuna.Study, *, doing: str) -> None:
-    """Refuse to ``doing`` a study while a search on this host runs one of its trials (its driver is alive).
+#: The folder, in a study's folder of trial files, where each search running there leaves a file (``searching``).
+SEARCHES_DIR = ".searches"
+
+
+@contextlib.contextmanager
+def searching(folder: Path) -> Iterator[None]:
+    """Mark ``folder`` (a study's trial files) as searched by this process until the block ends.
+
+    The mark is a file naming this process (``_env.process_tag``) in ``folder/.searches``; it
+    covers the whole search, the sensitivity scan and the final re-timing included, when no trial is
+    RUNNING. A mark left by a search killed with ``kill -9`` names a gone process and counts for
+    nothing (``live_searches`` removes it).
+    """
+    marks = folder / SEARCHES_DIR
+    marks.mkdir(parents=True, exist_ok=True)
+    tag = process_tag()
+    mark = marks / f"{tag['pid']}@{tag['host']}.json"
+    mark.write_text(json.dumps(tag) + "\n")
+    try:
+        yield
+    finally:
+        mark.unlink(missing_ok=True)
+
+
+def live_searches(folder: Path) -> list[dict[str, Any]]:
+    """The other processes of this host marked as searching ``folder`` (``searching``) that still run.
+
+    Marks of processes that are gone are removed; those of another host are not judged.
+    """
+    live = []
+    for mark in sorted((folder / SEARCHES_DIR).glob("*.json")):
+        try:
+            tag = json.loads(mark.read_text())
+        except (OSError, ValueError):  # removed meanwhile, or half-written by a search just starting
+            continue
+        if tag_alive(tag):
+            live.append(tag)
+        elif tag_gone(tag):
+            mark.unlink(missing_ok=True)
+    return live
+
+
+def refuse_if_searched(study: optuna.Study, *, doing: str, folder: Path | None = None) -> None:
+    """Refuse to ``doing`` a study while a search on this host runs (its driver is alive).
+
+    Args:
+        study: The study.
+        doing: What the caller was about to do, for the message ("delete").
+        folder: The study's folder of trial files the caller found (``study_folder``), whose marks
+            (``searching``) are read as well as those of the folder the study recorded.
 
     Raises:
-        YolotuneError: A RUNNING trial's driver (``DRIVER_ATTR``) is a live process of this host.
+        YolotuneError: A live process of this host searches the study: it marked one of its folders
+            (``searching``), or it is the driver (``DRIVER_ATTR``) of one of its RUNNING trials.
     """
+    stop = f"stop that `tune run` first (Ctrl-C), then {doing}"
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if tag_alive(driver := t.user_attrs.get(DRIVER_ATTR)):
             raise YolotuneError(
                 f"study '{study.study_name}' is being searched: trial {t.number} runs in process "
-                f"{tag_pid(driver)} on this host; stop that `tune run` first (Ctrl-C), then {doing}"
+                f"{tag_pid(driver)} on this host; {stop}"
+            )
+    for searched in {f.resolve() for f in (folder, recorded_folder(study)) if f is not None}:
+        if live := live_searches(searched):
+            raise YolotuneError(
+                f"study '{study.study_name}' is being searched by process {tag_pid(live[0])} on this host; {stop}"
             )
 
 
@@ -497,13 +554,13 @@ def delete_study(*, study: str, storage: str | None = None, root: Path | str = P
     """
     root = Path(root)
     found = load_study(study=study, storage=storage, root=root)  # says what is there when the name is wrong
-    refuse_if_searched(found, doing="delete")
+    folder = study_folder(found, root, default_storage=storage is None)
+    refuse_if_searched(found, doing="delete", folder=folder)
     url = storage or default_storage_url(root, study)
     with storage_lock(url):
         db = root / f"{study}.db"
         emptied = storage is None and optuna.get_all_study_names(storage=open_storage(url)) == [found.study_name]
         removed: list[Path] = []
-        folder = study_folder(found, root, default_storage=storage is None)
         if folder is not None:  # first: on a full disk, the database needs the space to write a deletion
             shutil.rmtree(folder)
             removed.append(folder)
