@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -346,7 +347,7 @@ def run(
         finally:
             progress.stop()
     show_study(result, where=where_options(config.root, config.storage))
-    consoles.out.print(f"study '{config.name}' in {config.storage_url}")
+    consoles.out.print(f"study '{config.name}' in {shlex.quote(config.storage_url)}", highlight=False)
     if stopped is not None:
         raise stopped  # one line, exit code 2, after the front of what was measured
 

@@ -19,14 +19,6 @@ from yolotune._cli._errors import Interrupts
 __all__ = ["SearchProgress"]
 
 
-def _evaluated(study: Any) -> int:
-    """Candidates evaluated, what the budget counts: COMPLETE trials and rung-0 stops (PRUNED)."""
-    import optuna
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
 class SearchProgress:
     """The progress bar of a search and the callbacks ``run_search`` reports through.
 
@@ -59,16 +51,19 @@ class SearchProgress:
 
     def on_open(self, study: Any) -> None:
         """Show the bar where the study stands (at its budget already: only the re-timing runs)."""
-        done = _evaluated(study)
+        from yolotune.search import evaluated
+
+        done = evaluated(study)
         status = "starting" if not done else ("re-timing the front" if done >= self.budget else "resuming")
         self.progress.update(self.task, completed=min(done, self.budget), status=status)
         self.progress.start()
 
     def on_trial(self, outcome: Any, study: Any) -> None:
         """Say why a trial failed, was reused or stopped at rung 0; move the bar and the front's status on."""
+        from yolotune.search import evaluated
         from yolotune.studies import pareto_front
 
-        done = _evaluated(study)
+        done = evaluated(study)
         front = pareto_front(study) if done else []
         best_map = max((r.map50_95 for r in front), default=None)
         best_ms = min((r.latency_ms for r in front), default=None)

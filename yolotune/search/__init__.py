@@ -22,7 +22,7 @@ from yolotune.search._retime import retime_front, retime_study
 from yolotune.search._sensitivity import SENSITIVITY_RECOVERY, GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
 from yolotune.search._study import constraints_of, open_study
-from yolotune.search._trials import plan_of
+from yolotune.search._trials import evaluated, plan_of
 
 __all__ = [
     "METRIC_NAMES",
@@ -41,6 +41,7 @@ __all__ = [
     "check_plan",
     "check_ray_address",
     "constraints_of",
+    "evaluated",
     "load_space",
     "make_target",
     "open_study",

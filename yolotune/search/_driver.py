@@ -60,6 +60,7 @@ from yolotune.search._sensitivity import GroupSensitivity, Sensitivity, scan_sen
 from yolotune.search._spaces import load_space
 from yolotune.search._study import absolute_files, fine_applies, open_study_for_run, say_setup_changes
 from yolotune.search._trials import (
+    evaluated,
     find_twin,
     queue_failed_references,
     record_trial,
@@ -184,12 +185,6 @@ def _bind(on_step: Callable[[int, str], None] | None, number: int) -> Callable[[
     if on_step is None:
         return None
     return lambda step: on_step(number, step)
-
-
-def _complete(study: optuna.Study) -> int:
-    """Candidates evaluated: COMPLETE trials, and those that stopped at rung 0 (PRUNED)."""
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
 
 
 @dataclass(eq=False)  # hashed by identity: executors key their tasks by it
@@ -419,10 +414,10 @@ def run_search(
                 max_failures=max_failures if max_failures is not None else max(3, config.budget),
             )
             run.until_budget(params)
-        evaluated = _complete(study)
-        if evaluated < run.config.budget:
+        done = evaluated(study)
+        if done < run.config.budget:
             raise SearchStopped(
-                f"stopped after {run.failures} failed candidate(s), {evaluated} of {run.config.budget} evaluated; the "
+                f"stopped after {run.failures} failed candidate(s), {done} of {run.config.budget} evaluated; the "
                 f"last failed with: {run.last_failure.rstrip('.')}. Fix that and run the same command to resume "
                 "(`tune show` lists the latest failures, `tune report` all)",
                 study=study,
@@ -487,11 +482,11 @@ class _Run:
         with storage_lock(self.config.storage_url):
             waiting = queue_failed_references(self.study, list(self.references), params)
         if waiting:
-            self._raise_budget(_complete(self.study) + waiting_through_references(self.study))
+            self._raise_budget(evaluated(self.study) + waiting_through_references(self.study))
         try:
             while True:
                 self.reap()  # before the budget check: a reference found stale now raises the budget
-                if not (_complete(self.study) < self.config.budget and self.failures < self.max_failures):
+                if not (evaluated(self.study) < self.config.budget and self.failures < self.max_failures):
                     break
                 if why := baseline_failed(self.study):
                     self.abandon("the FP32 reference failed: --max-map-drop has no baseline")
@@ -571,14 +566,14 @@ class _Run:
             references_lost += bool(stale.user_attrs.get("reference"))
         if references_lost:  # found stale mid-run (the last run ended under 2 heartbeats ago): still run first
             study = self.study
-            self._raise_budget(_complete(study) + self.executor.in_flight + waiting_through_references(study))
+            self._raise_budget(evaluated(study) + self.executor.in_flight + waiting_through_references(study))
 
     def refill(self, collected: int) -> None:
         """Keep every worker busy, without asking for more trials than the budget needs."""
         executor, study = self.executor, self.study
         while (
             executor.in_flight < executor.workers
-            and _complete(study) + executor.in_flight + collected < self.config.budget
+            and evaluated(study) + executor.in_flight + collected < self.config.budget
             and self.failures < self.max_failures
         ):
             with storage_lock(self.config.storage_url):  # SQLite: two drivers could both take a queued trial

@@ -18,6 +18,7 @@ from yolotune.spaces import CompressionPlan
 from yolotune.studies._storage import DRIVER_ATTR, artifact_dir
 
 __all__ = [
+    "evaluated",
     "find_twin",
     "plan_of",
     "queue_failed_references",
@@ -27,6 +28,12 @@ __all__ = [
     "reuse_twin",
     "waiting_through_references",
 ]
+
+
+def evaluated(study: optuna.Study) -> int:
+    """Candidates evaluated, what the budget counts: COMPLETE trials, and those that stopped at rung 0 (PRUNED)."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def whole_file_store(base: Path) -> Any:
