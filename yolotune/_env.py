@@ -21,6 +21,8 @@ from yolotune._files import whole_file
 __all__ = [
     "configure_ultralytics",
     "library_temp_files_in",
+    "owner_gone",
+    "owner_name",
     "package_versions",
     "pid_alive",
     "process_tag",
@@ -72,14 +74,29 @@ def temporary_dir(prefix: str) -> Iterator[Path]:
     """
     parent = workspace_dir() / "tmp"
     parent.mkdir(exist_ok=True)
-    host = socket.gethostname().replace("-", "_")
     for left in parent.glob(f"{prefix}-*"):
-        owner = left.name.removeprefix(f"{prefix}-").split("-")[0]  # "<pid>@<host>", or "<pid>" before hosts
-        pid, _, where = owner.partition("@")
-        if pid.isdigit() and where in ("", host) and not pid_alive(int(pid)):
+        if owner_gone(left.name.removeprefix(f"{prefix}-").split("-")[0]):  # "<pid>@<host>", or "<pid>" before hosts
             shutil.rmtree(left, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=f"{prefix}-{os.getpid()}@{host}-", dir=parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-{owner_name()}-", dir=parent) as tmp:
         yield Path(tmp)
+
+
+def owner_name() -> str:
+    """This process as a file name records it, ``<pid>@<host>`` (no ``-`` in the host: names split on it)."""
+    return f"{os.getpid()}@{socket.gethostname().replace('-', '_')}"
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether ``owner`` (``owner_name``; a bare ``<pid>`` is this host's) names a process of this host that is gone.
+
+    ``False`` for another host's process (its pid means nothing here), for this process, and for a
+    name that is not an owner's.
+    """
+    pid, _, host = owner.partition("@")
+    here = socket.gethostname()
+    if not pid.isdigit() or host not in ("", here, here.replace("-", "_")):
+        return False
+    return int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import yaml
 
-from yolotune._env import package_versions, pid_alive
+from yolotune._env import owner_gone, owner_name, package_versions
 from yolotune._numbers import is_whole
 from yolotune.errors import YolotuneError
 from yolotune.studies._front import fp32_reference
@@ -164,7 +163,7 @@ def export_trial(
     out_dir.mkdir(parents=True, exist_ok=True)
     # written aside first: Ctrl-C or a failed re-measurement leaves no half export, and an earlier
     # export in the folder stays whole until this one is
-    staging = out_dir / f".export-{os.getpid()}@{_HOST}.partial"
+    staging = out_dir / f".export-{owner_name()}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
@@ -190,9 +189,6 @@ def export_trial(
     )
 
 
-#: This host's name, in the staging folder of an export (on a shared disk another host's may still be writing).
-_HOST = socket.gethostname()
-
 #: What an export writes beside its model file.
 _EXPORT_FILES = ("plan.yaml", "recipe.yaml", "remeasured.json")
 
@@ -210,9 +206,8 @@ def _earlier_export(out_dir: Path, *, writes: tuple[str, ...]) -> list[Path]:
     """
     if not out_dir.is_dir():
         return []
-    for partial in out_dir.glob(f".export-*@{_HOST}.partial"):  # another host's may still be writing
-        pid = partial.name.removeprefix(".export-").removesuffix(f"@{_HOST}.partial")
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+    for partial in out_dir.glob(".export-*.partial"):  # another host's may still be writing: owner_gone says no
+        if owner_gone(partial.name.removeprefix(".export-").removesuffix(".partial")):
             shutil.rmtree(partial, ignore_errors=True)  # an export killed mid-way (kill -9) left it
     try:
         recipe = yaml.safe_load((out_dir / "recipe.yaml").read_text())
