@@ -74,3 +74,62 @@ def test_a_trial_whose_driver_on_this_host_is_gone_is_failed_at_once_on_any_stor
     finally:
         live.kill()
         live.wait(timeout=30)
+
+
+def test_a_journal_shared_by_hosts_fails_a_silent_drivers_trial_by_its_own_heartbeats(tmp_path: Path) -> None:
+    from yolotune._env import process_tag
+    from yolotune.search._heartbeat import BEAT_ATTR, DRIVER_ATTR
+
+    storage = open_storage(f"journal:{tmp_path / 'j.log'}")  # Optuna keeps no heartbeats in a journal
+    study = optuna.create_study(study_name="s", storage=storage)
+    elsewhere = {**process_tag(), "host": "another-host"}  # its pid means nothing here: judged by beats only
+    with Heartbeat(storage, interval=1) as heartbeat:
+        mine, theirs, asleep = study.ask(), study.ask(), study.ask()
+        for trial in (theirs, asleep):
+            trial.set_user_attr(DRIVER_ATTR, elsewhere)
+        heartbeat.add(mine._trial_id)
+        heartbeat.add(theirs._trial_id)
+        heartbeat.remove(theirs._trial_id)  # its driver, on another host, is killed: no more beats
+        time.sleep(1.5)
+        assert fail_stale_trials(study, storage) == []  # within the grace period (3 intervals)
+        beat = study.get_trials()[theirs.number].system_attrs[BEAT_ATTR]
+        assert beat["grace"] == 3 and abs(beat["at"] - time.time()) < 3
+        time.sleep(2.5)
+        failed = fail_stale_trials(study, storage, keep=heartbeat.beat_now())
+    assert [(t.number, t.user_attrs["fail_reason"]) for t in failed] == [
+        (theirs.number, "its driver stopped (no heartbeat for 3 s)")
+    ]
+    # the beating driver's trial stays; one that never beat (an older yolotune's) is not judged
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[mine.number] == states[asleep.number] == optuna.trial.TrialState.RUNNING
+
+
+def test_a_driver_seen_running_on_this_host_keeps_its_trial_however_late_its_beats(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from yolotune._env import _started, process_tag
+    from yolotune.search._heartbeat import BEAT_ATTR, DRIVER_ATTR
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a driver whose machine slept
+    try:
+        time.sleep(0.2)
+        studies = []
+        for url in (f"sqlite:///{tmp_path / 's.db'}", f"journal:{tmp_path / 'j.log'}"):
+            storage = open_storage(url, heartbeat_interval=1)
+            study = optuna.create_study(study_name="s", storage=storage)
+            trial = study.ask()
+            trial.set_user_attr(DRIVER_ATTR, {**process_tag(), "pid": live.pid, "started": _started(live.pid)})
+            if hasattr(storage, "record_heartbeat"):
+                storage.record_heartbeat(trial._trial_id)
+            else:
+                storage.set_trial_system_attr(trial._trial_id, BEAT_ATTR, {"at": time.time(), "grace": 3})
+            studies.append((study, storage))
+        time.sleep(4.5)  # silent past the grace period
+        assert [fail_stale_trials(study, storage) for study, storage in studies] == [[], []]
+        live.kill()
+        live.wait(timeout=30)
+        assert [t.number for t in fail_stale_trials(study, storage)] == [trial.number]  # gone now
+    finally:
+        live.kill()
+        live.wait(timeout=30)

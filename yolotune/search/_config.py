@@ -56,7 +56,7 @@ class SearchConfig:
         workers: Candidates built at once (more than 1: Ray tasks on a local instance).
         ray_address: Join this Ray cluster instead of starting a local instance.
         cpus_per_worker: CPUs each candidate's Ray task declares.
-        heartbeat_interval: Seconds between heartbeats of running trials (RDB storages); a trial
+        heartbeat_interval: Seconds between heartbeats of running trials (RDB and journal storages); a trial
             silent for three intervals belongs to a dead driver and is failed and retried.
         multi_fidelity: Evaluate every candidate cheaply first (rung 0: post-training recovery
             only, no fine-tuning, ``rung0_val`` validation images) and promote only those near the

@@ -398,7 +398,7 @@ def run_search(
 
         # the driver beats for its trials itself (Heartbeat), so Optuna's optimize-only note does not apply
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
-        with Heartbeat(storage) as heartbeat, _executor(config) as executor:
+        with Heartbeat(storage, interval=config.heartbeat_interval) as heartbeat, _executor(config) as executor:
             run = _Run(
                 config=config,
                 study=study,

@@ -6,31 +6,49 @@ older than the grace period belongs to a driver that died (killed, machine lost)
 with that reason and its plan queued once more. Live drivers keep beating, so their trials are
 never touched. Each trial also records its driver (``driver``: ``_env.process_tag``): a trial whose
 driver ran on this host and is gone is failed at once, without waiting out the grace period (a
-search resumed right after ``kill -9``), and so it is on journal storages, which have no heartbeats.
+search resumed right after ``kill -9``), on any storage.
+
+Optuna's journal storage has no heartbeats: there the driver records each beat as a trial system
+attribute (``BEAT_ATTR``: the wall-clock time and the grace period), so a driver on another host, or
+in a container since restarted, that died with a trial RUNNING is found on a shared journal file too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from types import TracebackType
 
 import optuna
 from optuna.storages import RDBStorage
 
-from yolotune._env import tag_gone, tag_pid
+from yolotune._env import tag_alive, tag_gone, tag_pid
 from yolotune.studies._storage import DRIVER_ATTR
 
-__all__ = ["DRIVER_ATTR", "Heartbeat", "fail_stale_trials"]
+__all__ = ["BEAT_ATTR", "DRIVER_ATTR", "Heartbeat", "fail_stale_trials"]
+
+#: The trial system attribute a driver beats in on storages without heartbeats of their own (the
+#: journal): ``{"at": <wall-clock seconds>, "grace": <seconds>}``.
+BEAT_ATTR = "yolotune_heartbeat"
 
 
 class Heartbeat:
-    """A daemon thread that records a heartbeat for each trial this driver is running."""
+    """A daemon thread that records a heartbeat for each trial this driver is running.
 
-    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
-        self._storage = storage if isinstance(storage, RDBStorage) else None
-        interval = self._storage.get_heartbeat_interval() if self._storage else None
-        self._interval = float(interval) if interval else None
+    Args:
+        storage: The study's storage as opened (``open_storage``). An RDB storage beats at its own
+            heartbeat interval (none: no beats); another one (the journal) in ``BEAT_ATTR``.
+        interval: Seconds between beats on a storage without heartbeats of its own; a trial silent
+            for three of them is stale (``None``: no beats there).
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, *, interval: float | None = None) -> None:
+        self._storage = storage
+        if isinstance(storage, RDBStorage):
+            rdb = storage.get_heartbeat_interval()
+            interval = float(rdb) if rdb else None
+        self._interval = interval
         self._trial_ids: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -73,11 +91,15 @@ class Heartbeat:
             self._trial_ids.discard(trial_id)
 
     def _beat(self, trial_ids: set[int]) -> None:
-        if self._storage is None:
+        if self._interval is None:
             return
         for trial_id in trial_ids:
             with contextlib.suppress(Exception):  # a finished trial, a storage hiccup: next beat
-                self._storage.record_heartbeat(trial_id)
+                if isinstance(self._storage, RDBStorage):
+                    self._storage.record_heartbeat(trial_id)
+                else:
+                    beat = {"at": time.time(), "grace": 3 * self._interval}
+                    self._storage.set_trial_system_attr(trial_id, BEAT_ATTR, beat)
 
     def _run(self) -> None:
         assert self._interval is not None
@@ -100,9 +122,14 @@ def fail_stale_trials(
         keep: Trial ids (``_trial_id``) of the caller's own running trials: never stale to it.
     """
     stale: dict[int, str] = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in running:
         if tag_gone(driver := t.user_attrs.get(DRIVER_ATTR)):
             stale[t._trial_id] = f"its driver stopped (process {tag_pid(driver)} is gone)"
+        elif isinstance(beat := t.system_attrs.get(BEAT_ATTR), dict) and _silent(beat):
+            stale[t._trial_id] = f"its driver stopped (no heartbeat for {beat['grace']:g} s)"
+    # a driver of this host seen running keeps its trials, however late its beats (a machine that slept)
+    keep = keep | {t._trial_id for t in running if tag_alive(t.user_attrs.get(DRIVER_ATTR))}
     interval = storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
     if isinstance(storage, RDBStorage) and interval is not None:
         grace = storage.grace_period or 2 * interval
@@ -120,3 +147,11 @@ def fail_stale_trials(
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another driver failed it first
     return failed
+
+
+def _silent(beat: dict[str, object]) -> bool:
+    """Whether a ``BEAT_ATTR`` record is older than its grace period (an unreadable one never is)."""
+    at, grace = beat.get("at"), beat.get("grace")
+    if not isinstance(at, (int, float)) or not isinstance(grace, (int, float)):
+        return False
+    return time.time() - at > grace
