@@ -35,8 +35,12 @@ def test_bad_search_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         SearchConfig(model="m.pt", data="coco8", budget=1, settings={"imgsz": 320})  # type: ignore[arg-type]
     with pytest.raises(YolotuneError, match=r"^--study is empty: give the study a name, or leave out --study"):
         SearchConfig(model="m.pt", data="coco8", budget=1, study_name=" ")
-    with pytest.raises(YolotuneError, match=r"--study names a file under --root: no '/' or '\\' in it; got 'a/b'"):
-        SearchConfig(model="m.pt", data="coco8", budget=1, study_name="a/b")
+    for outside in ("a/b", ".", ".."):  # <root>/.. is not a folder of root's: deleting it removed root's parent
+        with pytest.raises(YolotuneError) as refused:
+            SearchConfig(model="m.pt", data="coco8", budget=1, study_name=outside)
+        assert str(refused.value) == (
+            f"--study names a folder under --root: not '.' or '..', no '/' or '\\' in it; got {outside!r}"
+        )
     # a Path where a str is declared names the same study as the str
     as_path = SearchConfig(model=Path("w") / "m.pt", data=Path("d") / "data.yaml", budget=1)  # type: ignore[arg-type]
     assert (as_path.model, as_path.data, as_path.name) == ("w/m.pt", "d/data.yaml", "m-d-local-cpu-320")

@@ -146,6 +146,17 @@ def test_a_study_is_not_deleted_while_a_search_marks_its_folder_even_with_no_tri
     assert delete_study(study="s", root=tmp_path) == [folder, tmp_path / "s.db"]
 
 
+def test_a_study_named_dot_dot_never_deletes_the_folder_above_root(tmp_path: Path) -> None:
+    root = tmp_path / "project" / "studies"
+    (root / "other").mkdir(parents=True)  # another study's folder, beside the root's own files
+    (tmp_path / "project" / "precious.txt").write_text("mine")
+    for name in ("..", "."):  # made by hand, or by an older yolotune that did not refuse such names
+        url = default_storage_url(root, name)  # <root>/...db, <root>/..db: the folder beside it would be <root>/..
+        optuna.create_study(study_name=name, storage=open_storage(url))
+        assert delete_study(study=name, root=root) == [root / f"{name}.db"]
+    assert (tmp_path / "project" / "precious.txt").read_text() == "mine" and (root / "other").is_dir()
+
+
 def _searched(url: str, name: str, store: Path, artifact_id: str) -> None:
     """A study as `tune run --storage URL` leaves it: its artifact store and its trial's file ids recorded."""
     study = optuna.create_study(study_name=name, storage=open_storage(url))

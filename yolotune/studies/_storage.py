@@ -67,6 +67,8 @@ def study_folder(study: optuna.Study, root: Path, *, default_storage: bool) -> P
     deleting the copy must not touch (``recorded_folder`` names it for a message).
     """
     beside = study_dir(root, study.study_name)
+    if beside.name != study.study_name or beside.name in ("", ".", ".."):  # a name that is not one folder of root's
+        return None
     if not beside.is_dir():
         return None
     owner = _folder_owner(beside)
