@@ -171,7 +171,8 @@ class SearchConfig:
             raise YolotuneError(f"--cpus-per-worker must be positive; got {self.cpus_per_worker}")
         if self.study_name is not None and not self.study_name.strip():
             raise YolotuneError("--study is empty: give the study a name, or leave out --study for the default one")
-        if self.study_name is not None and (any(c in self.study_name for c in "/\\\0") or self.study_name in (".", "..")):
+        study = self.study_name
+        if study is not None and (any(c in study for c in "/\\\0") or study in (".", "..")):
             raise YolotuneError(
                 f"--study names a folder under --root: not '.' or '..', no '/' or '\\' in it; got {self.study_name!r}"
             )
