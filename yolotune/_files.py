@@ -8,7 +8,26 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["whole_file"]
+__all__ = ["check_folder", "whole_file"]
+
+
+def check_folder(path: Path) -> None:
+    """Refuse a folder to write into that is a file, or lies under one (``mkdir`` would raise deep inside a step).
+
+    Args:
+        path: The folder (it need not exist yet).
+
+    Raises:
+        YolotuneError: ``path`` or one of its parents is a file.
+    """
+    from yolotune.errors import YolotuneError
+
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            where = "it is a file" if folder == path else f"{folder} is a file"
+            raise YolotuneError(f"cannot write into the folder {path}: {where}; pass another path")
 
 
 @contextlib.contextmanager

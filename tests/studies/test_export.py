@@ -120,6 +120,10 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     assert not (tmp_path / "out").exists()
     with pytest.raises(YolotuneError, match="--rounds must be a whole number ≥1; got 0"):
         export_trial(study, 1, tmp_path / "out", rounds=0)
+    (tmp_path / "afile").write_text("")  # a file where the folder goes: one line, not a FileExistsError
+    with pytest.raises(YolotuneError) as refused:
+        export_trial(study, 1, tmp_path / "afile", remeasure=False)
+    assert str(refused.value) == f"cannot write into the folder {tmp_path / 'afile'}: it is a file; pass another path"
     with pytest.raises(YolotuneError, match=r"a trial number is a whole number \(see `tune show`\); got '1'"):
         export_trial(study, "1", tmp_path / "out")  # type: ignore[arg-type]
     import numpy as np

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from yolotune._env import package_versions
-from yolotune._files import whole_file
+from yolotune._files import check_folder, whole_file
 from yolotune._numbers import is_real, is_whole
 from yolotune.assets import Dataset, prepare_dataset, resolve_model, val_subset
 from yolotune.compression import (
@@ -435,6 +435,7 @@ def build_candidate(
     _check_arguments(plan, settings)
     settings = settings or CandidateSettings()
     out_dir = Path(out_dir).absolute()  # the files a result names stay found after a chdir
+    check_folder(out_dir)
     # only the target's name and precisions matter here: its device is not needed to build (the
     # driver passes its TargetSpec, so workers need no registry or targets file of their own)
     runs_on: Target | TargetSpec = target or target_spec(settings.target)

@@ -22,6 +22,7 @@ import optuna
 import yaml
 
 from yolotune._env import owner_gone, owner_name, package_versions
+from yolotune._files import check_folder
 from yolotune._numbers import is_whole
 from yolotune.errors import YolotuneError
 from yolotune.studies._front import fp32_reference
@@ -148,6 +149,7 @@ def export_trial(
             cannot time it (a device target whose agent is unreachable).
     """
     out_dir = Path(out_dir)
+    check_folder(out_dir)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise YolotuneError(f"--rounds must be a whole number ≥1; got {rounds!r}")
     trial = _find_trial(study, number)
