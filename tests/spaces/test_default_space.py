@@ -63,6 +63,9 @@ def test_reference_trials() -> None:
     seeds = refs["seeds"]
     assert all(seeds.pruning.ratio(g) == 0.3 for g in GROUPS) and seeds.pruning.importance == "bn_scale"
     assert seeds.recovery.epochs > 0 and seeds.quantization.active
+    # without training labels the seeds' recipe cannot fine-tune: it would score 0.000 for sure, so it is not run
+    unlabelled = DefaultSpace(groups=GROUPS, fine_tune=False)
+    assert set(unlabelled.reference_params()) == set(unlabelled.reference_plans()) == {"fp32", "int8"}
 
 
 def test_pruned_plans_sample_every_recovery_method() -> None:

@@ -342,8 +342,9 @@ class DefaultSpace:
         """Params of the reference trials every study starts with, in the full default space.
 
         ``fp32``: the uncompressed model. ``int8``: INT8 only. ``seeds``: the seeds' recipe,
-        uniform 30% BN-scale pruning + INT8 PTQ + a short fine-tune. ``fp16``: every layer in
-        fp16, for targets that run it.
+        uniform 30% BN-scale pruning + INT8 PTQ + a short fine-tune, when the data has training
+        labels (``fine_tune``; without its fine-tune the recipe scores 0.000 for sure). ``fp16``:
+        every layer in fp16, for targets that run it.
         """
         units = self.units()
         n = 32 if 32 in self.calibration_choices() else self.calibration_choices()[-1]
@@ -363,13 +364,15 @@ class DefaultSpace:
         seeds.update({"prune/importance": "bn_scale", "prune/round_to": 8, "ft/epochs": max(self.epoch_choices())})
         seeds["ft/distill"] = False
         seeds["recover/method"] = "none"  # the seeds' recipe had no post-training recovery
-        refs = {"fp32": fp32, "int8": only_int8, "seeds": seeds}
+        refs = {"fp32": fp32, "int8": only_int8}
+        if self.fine_tune:
+            refs["seeds"] = seeds
         if "fp16" in self.precisions:  # what GPU users deploy by default: every INT8 plan must beat it
             refs["fp16"] = {**fp32, **{f"quant/{u}": "fp16" for u in units}}
         return refs
 
     def reference_plans(self) -> dict[str, CompressionPlan]:
-        """The reference plans (``fp32``, ``int8``, ``seeds``, and ``fp16``), built in the full default space.
+        """The reference plans (``fp32``, ``int8``, ``seeds`` and ``fp16`` as they apply), in the full default space.
 
         Only the groups, units and precisions of this space matter: a narrowed space (a YAML
         file) still gets the same references, so every front shows them.
