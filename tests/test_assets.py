@@ -83,7 +83,9 @@ def test_a_validation_split_without_labels_is_refused_in_one_line(tmp_path: Path
     assert "'val' split" in message and "has no labels" in message and str(tmp_path / "labels" / "val") in message
 
 
-def test_a_training_split_without_labels_calibrates_but_does_not_fine_tune(tmp_path: Path) -> None:
+def test_a_training_split_without_labels_calibrates_but_does_not_fine_tune(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from yolotune import CompressionPlan, PlanError
     from yolotune.evaluators import target_spec
     from yolotune.search import SearchConfig, check_plan, search_spaces
@@ -98,10 +100,14 @@ def test_a_training_split_without_labels_calibrates_but_does_not_fine_tune(tmp_p
     with pytest.raises(PlanError) as info:
         check_plan(fine_tuned, groups=groups, dataset=dataset, target=target_spec("local-cpu"))
     assert "fine-tuning needs labels" in str(info.value) and "recovery.epochs: 0" in str(info.value)
-    # the search's default space leaves fine-tuning out, and its reference plans with it
-    default = search_spaces(SearchConfig(model="yolov8n-coco.pt", data=str(data), budget=1, root=tmp_path))[1]
-    assert default.epoch_choices() == (0,)
-    assert all(plan.recovery.epochs == 0 for plan in default.reference_plans().values())
+    # the search's default space leaves fine-tuning out, and the seeds' reference, which needs it (it scored 0.000)
+    with caplog.at_level("WARNING", logger="yolotune.search._driver"):
+        default = search_spaces(SearchConfig(model="yolov8n-coco.pt", data=str(data), budget=1, root=tmp_path))[1]
+    assert default.epoch_choices() == (0,) and set(default.reference_plans()) == {"fp32", "int8"}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the training split of {data} has no labels: the search does not fine-tune (pruned plans recover from "
+        "calibration images only, and the `seeds` reference, which needs its fine-tune, is not run)"
+    ]
 
 
 def test_a_relative_path_key_is_read_as_ultralytics_reads_it_and_from_the_yaml_folder(
