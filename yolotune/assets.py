@@ -27,7 +27,7 @@ from yolotune._numbers import is_whole
 from yolotune._warn import warn_once
 from yolotune.errors import YolotuneError, yaml_problem
 
-__all__ = ["Dataset", "assets_dir", "prepare_dataset", "resolve_data", "resolve_model", "val_subset"]
+__all__ = ["DATA_CHANGED", "Dataset", "assets_dir", "prepare_dataset", "resolve_data", "resolve_model", "val_subset"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ class Dataset:
         train_labels: Training images with a non-empty label file (fine-tuning needs some).
         shared: Validation images that are training images too (the same file, or equal bytes):
             calibration and recovery see them, and plans do not fine-tune.
+        digest: What the splits hold (each image's name and size, each label file's bytes): a study
+            records it, and refuses to go on over other images or labels (``""``: not computed).
     """
 
     source: Path
@@ -142,6 +144,7 @@ class Dataset:
     val_images: tuple[Path, ...]
     train_labels: int
     shared: tuple[Path, ...] = ()
+    digest: str = ""
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -478,7 +481,33 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
         val_images=tuple(splits["val"]),
         train_labels=labelled["train"],
         shared=shared,
+        digest=_content_digest(splits),
     )
+
+
+#: Why a dataset's digest (``Dataset.digest``) may differ from the one a study recorded.
+DATA_CHANGED = (
+    "images or labels added, removed or edited since, or a relative `path:` in its yaml read from another "
+    "working directory"
+)
+
+
+def _content_digest(splits: dict[str, list[Path]]) -> str:
+    """SHA-256 of what the splits hold: each image's name and size, and each label file's bytes.
+
+    Names, not paths: a dataset moved whole keeps its digest. Image bytes are not read (a large
+    dataset's images are gigabytes); an image replaced by another of the very same size is not seen.
+    """
+    digest = hashlib.sha256()
+    for split, images in splits.items():
+        for image in images:
+            label = _label_for(image)
+            try:
+                labels = hashlib.sha256(label.read_bytes()).hexdigest()
+            except OSError:  # no label file: a negative image
+                labels = "-"
+            digest.update(f"{split}\0{image.name}\0{image.stat().st_size}\0{labels}\n".encode())
+    return digest.hexdigest()
 
 
 def val_subset(dataset: Dataset, count: int) -> Dataset:

@@ -247,6 +247,55 @@ def test_a_study_resumes_from_another_directory_and_refuses_a_checkpoint_replace
         open_study_for_run(SearchConfig(model="work/mine.pt", data=str(work / "data"), **base))
 
 
+def test_a_study_refuses_data_that_holds_other_images_or_labels_than_it_was_measured_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from yolotune.assets import prepare_dataset, resolve_data
+    from yolotune.search._study import open_study_for_run
+
+    coco8 = resolve_data("coco8").parent
+
+    def dataset(folder: Path) -> None:  # coco8's images, its own copy of the labels
+        for split in ("train", "val"):
+            (folder / "images" / split).mkdir(parents=True)
+            shutil.copytree(coco8 / "labels" / split, folder / "labels" / split)
+            for image in (coco8 / "images" / split).iterdir():
+                (folder / "images" / split / image.name).symlink_to(image)
+
+    dataset(tmp_path / "data")
+    names = prepare_dataset("coco8").names
+    (tmp_path / "data" / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames: {names}\n")
+    (tmp_path / "work").mkdir()
+    base = {"budget": 2, "settings": CandidateSettings(imgsz=160), "root": tmp_path / "studies", "study_name": "d"}
+    config = SearchConfig(model="yolov8n-coco.pt", data=str(tmp_path / "data" / "data.yaml"), **base)
+    monkeypatch.chdir(tmp_path / "work")  # `path: .` is not here: read from the yaml's folder
+    study = open_study_for_run(config)[0]
+    assert study.user_attrs["job"]["data_digest"] == prepare_dataset(config.data).digest
+    # from a folder that holds splits of its own, Ultralytics reads `path: .` there: other labels, refused
+    dataset(tmp_path / "elsewhere")
+    label = max((tmp_path / "elsewhere" / "labels" / "val").iterdir(), key=lambda f: len(f.read_text().splitlines()))
+    label.write_text(label.read_text().splitlines()[0] + "\n")  # one box left of several
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    changed = (
+        f"study 'd' was created for another job (dataset {config.data} now holds other images or labels (images or "
+        "labels added, removed or edited since, or a relative `path:` in its yaml read from another working "
+        "directory)): run it with the arguments it was created with to resume it, or pass another --study name"
+    )
+    with pytest.raises(YolotuneError) as refused:
+        open_study_for_run(config)
+    assert str(refused.value) == changed
+    monkeypatch.chdir(tmp_path / "work")
+    open_study_for_run(config)  # the same data again: resumed
+    image = next((tmp_path / "data" / "images" / "val").iterdir())  # a validation image taken out
+    image.unlink()
+    (tmp_path / "data" / "labels" / "val" / image.with_suffix(".txt").name).unlink()
+    with pytest.raises(YolotuneError) as refused:
+        open_study_for_run(config)
+    assert str(refused.value) == changed
+
+
 def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path) -> None:
     from yolotune.search._study import open_study_for_run
 

@@ -118,6 +118,11 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     with pytest.raises(YolotuneError, match=r"dataset .*gone.* not found.*export without re-measuring: --no-remeasure"):
         export_trial(moved, 0, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # data that holds other images or labels than the study measured (edited since): re-measuring would not compare
+    moved.set_user_attr("job", {**study.user_attrs["job"], "data_digest": "0" * 64})
+    with pytest.raises(YolotuneError, match=r"dataset .* now holds other images or labels than the study was measured"):
+        export_trial(moved, 0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     with pytest.raises(YolotuneError, match="--rounds must be a whole number ≥1; got 0"):
         export_trial(study, 1, tmp_path / "out", rounds=0)
     (tmp_path / "afile").write_text("")  # a file where the folder goes: one line, not a FileExistsError

@@ -106,7 +106,7 @@ def open_study_for_run(
                 if config.storage is None and not optuna.get_all_study_names(storage=storage):
                     (config.root / f"{config.name}.db").unlink()  # nor the default file made for it
         raise
-    from yolotune.assets import resolve_data, resolve_model
+    from yolotune.assets import prepare_dataset, resolve_data, resolve_model
 
     spec = target_spec(config.settings.target)
     model_file = resolve_model(config.model)
@@ -114,6 +114,7 @@ def open_study_for_run(
         "model": _job_name(config.model, model_file),
         "model_digest": file_digest(model_file),
         "data": _job_name(config.data, resolve_data(config.data)),
+        "data_digest": prepare_dataset(config.data).digest,
         "imgsz": config.settings.imgsz,
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
@@ -261,6 +262,10 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
             changes.append(f"space file {job['space']} has changed since")
         elif key == "model_digest":
             changes.append(f"model file {job['model']} holds another checkpoint since (its SHA-256 differs)")
+        elif key == "data_digest":
+            from yolotune.assets import DATA_CHANGED
+
+            changes.append(f"dataset {job['data']} now holds other images or labels ({DATA_CHANGED})")
         elif key == "space" and job["space_digest"] and recorded.get("space_digest"):
             changes.append(f"space: was {was!r}, now {now!r}, which defines another space")
             changed.add("space_digest")
@@ -282,7 +287,7 @@ _NOT_TIMING = frozenset({"device_url", "description", "name", "imgsz"})
 
 
 #: Job keys recorded since studies were first made; older studies lack them.
-_JOB_KEYS_ADDED = frozenset({"space_digest", "model_digest", "fine"})
+_JOB_KEYS_ADDED = frozenset({"space_digest", "model_digest", "data_digest", "fine"})
 
 
 def absolute_files(config: SearchConfig) -> SearchConfig:

@@ -449,15 +449,22 @@ def study_target(study: optuna.Study, *, device_url: str | None = None, device_t
 
 def _dataset(job: dict[str, Any]) -> Dataset:
     """The study's validation data, checked before any work."""
-    from yolotune.assets import prepare_dataset
+    from yolotune.assets import DATA_CHANGED, prepare_dataset
 
     try:
-        return prepare_dataset(job["data"])
+        dataset = prepare_dataset(job["data"])
     except YolotuneError as exc:
         raise YolotuneError(
             f"{exc} (the study recorded data '{job['data']}': export from where `tune run` ran, "
             "or export without re-measuring: --no-remeasure)"
         ) from None
+    if job.get("data_digest") not in (None, dataset.digest):  # None: a study made before data digests
+        raise YolotuneError(
+            f"dataset {job['data']} now holds other images or labels than the study was measured on "
+            f"({DATA_CHANGED}): re-measuring there would not compare; export from where `tune run` ran, "
+            "or without re-measuring: --no-remeasure"
+        )
+    return dataset
 
 
 def _remeasure(
