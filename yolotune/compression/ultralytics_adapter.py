@@ -227,15 +227,23 @@ def load_model(path: str | Path) -> UltraModule:
             "checkpoint (Ultralytics saves it as runs/detect/<name>/weights/best.pt)"
         )
     if path.suffix != ".pt":
-        raise YolotuneError(f"model must be an Ultralytics .pt checkpoint; got {path}")
+        hint = f" (rename it to {path.stem}.pt if it is one)" if path.suffix.lower() in (".pt", ".pth") else ""
+        raise YolotuneError(f"model must be an Ultralytics .pt checkpoint; got {path}{hint}")
     try:
         with quiet():
             from ultralytics.nn.tasks import load_checkpoint
 
             model, _ = load_checkpoint(str(path), device="cpu")
     except Exception as exc:
+        text = str(exc)
+        if "not a loadable checkpoint" in text:  # Ultralytics' words for what torch.load could not read
+            why = "the file is empty, truncated or corrupted: PyTorch cannot read it"
+        elif "references types outside" in text:  # Ultralytics' words for a pickle of other classes
+            why = "the file holds no Ultralytics model (a state dict, or another library's objects)"
+        else:
+            why = f"{type(exc).__name__}: {_brief(exc, path)}"
         raise YolotuneError(
-            f"cannot load {path} as an Ultralytics YOLO detector ({type(exc).__name__}: {_brief(exc, path)}); "
+            f"cannot load {path} as an Ultralytics YOLO detector: {why}; "
             "pass a checkpoint saved by Ultralytics (runs/detect/<name>/weights/best.pt)"
         ) from exc
     from ultralytics.nn.tasks import DetectionModel
