@@ -188,10 +188,22 @@ def test_an_image_ultralytics_would_skip_is_refused_and_a_jpeg_it_restores_is_no
         (gif, "a GIF image, which Ultralytics does not read"),  # named .jpg, but a GIF
     ):
         image.write_bytes(broken)
-        with pytest.raises(YolotuneError, match=rf"image {image} \('val' split of {data}\) cannot be read: .*{says}"):
+        with pytest.raises(
+            YolotuneError, match=rf"image {image} \('val' split of {data}\) cannot be read: .*{says}"
+        ) as info:
             prepare_dataset(data)
+        assert str(info.value).endswith("; Ultralytics would skip it and change the mAP: replace it or take it out")
     image.write_bytes(whole + b"\0\0")  # bytes after the end marker: Ultralytics re-saves it and validates it
     assert len(prepare_dataset(data).val_images) == 4
+    train = sorted((tmp_path / "images" / "train").iterdir())[0]  # in the training split it is no mAP's business
+    train.unlink()
+    train.write_bytes(b"")
+    with pytest.raises(YolotuneError) as info:
+        prepare_dataset(data)
+    assert str(info.value) == (
+        f"image {train} ('train' split of {data}) cannot be read: the file is empty; Ultralytics would skip it and "
+        "change calibration and fine-tuning: replace it or take it out"
+    )
 
 
 def test_data_yaml_mistakes_are_named_in_one_line(tmp_path: Path) -> None:

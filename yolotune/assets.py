@@ -181,7 +181,8 @@ def _split_images(data: dict[str, Any], split: str, root: Path, source: Path) ->
         elif p.is_file() and p.suffix == ".txt":
             images += _listed_images(p, root, split, source)
         else:
-            raise YolotuneError(f"'{split}' folder of {source} not found: {p}")
+            kind = "image list" if p.suffix == ".txt" else "folder"
+            raise YolotuneError(f"'{split}' {kind} of {source} not found: {p}")
     return images
 
 
@@ -301,7 +302,8 @@ def _check_images(images: list[Path], split: str, source: Path) -> None:
                 reason = "not an image format PIL can read"
             raise YolotuneError(
                 f"image {image} ('{split}' split of {source}) cannot be read: {reason[:120]}; Ultralytics would skip "
-                "it and change the mAP: replace it or take it out"
+                f"it and change {'the mAP' if split == 'val' else 'calibration and fine-tuning'}: replace it or take "
+                "it out"
             ) from None
 
 
@@ -430,14 +432,15 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
             f"(class x y w h per box) under {where}"
         )
 
-    # the copy links each image and label: a new copy when the yaml, the image list or a label file
-    # changes (edits inside linked images are seen through the links)
+    # the copy links each image and label: a new copy when the yaml, the image list, an image's size or
+    # a label file changes (edits inside linked images are seen through the links; an image replaced
+    # by one of another size is checked again, in the new copy)
     listing = hashlib.sha1(f"{source}:{source.stat().st_mtime_ns}".encode())
     for split, images in splits.items():
         for image in images:
             label = _label_for(image)  # an edited label is checked again, in a new copy
             stamp = label.stat().st_mtime_ns if label.exists() else None
-            listing.update(f"\n{split}:{image}:{stamp}".encode())
+            listing.update(f"\n{split}:{image}:{image.stat().st_size}:{stamp}".encode())
     key = listing.hexdigest()[:16]
     copy = workspace_dir() / "datasets" / key
     if not (copy / "data.yaml").exists():  # checked once per copy: a bad label makes none

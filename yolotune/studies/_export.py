@@ -302,6 +302,7 @@ def _export_files(
                 "versions": package_versions(),
             },
             sort_keys=False,
+            allow_unicode=True,  # a path of the user's as they wrote it, not \xFC escapes
         )
     )
     # what `tune show` lists for this trial: the re-timed medians, else the search's paired timing
