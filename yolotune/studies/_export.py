@@ -303,7 +303,8 @@ def _export_files(
             },
             sort_keys=False,
             allow_unicode=True,  # a path of the user's as they wrote it, not \xFC escapes
-        )
+        ),
+        encoding="utf-8",
     )
     # what `tune show` lists for this trial: the re-timed medians, else the search's paired timing
     if retimed is not None:
