@@ -195,6 +195,27 @@ def test_eval_prints_the_comparison_and_writes_metrics(plan_file, tmp_path: Path
     assert (out / "baseline" / "metrics.json").exists()
 
 
+def test_eval_says_when_the_uncompressed_model_scores_nothing(plan_file, tmp_path: Path) -> None:
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolotune.compression import ultralytics_adapter as adapter
+
+    plan = plan_file({"quantization": {"default": "int8", "calibration_images": 4}})
+    torch.manual_seed(0)  # an untrained detector, saved as a checkpoint like a trained one: no plan compares
+    checkpoint = adapter.save_checkpoint(DetectionModel("yolov8n.yaml", verbose=False).eval(), tmp_path / "new.pt")
+    args = ["eval", "--model", str(checkpoint), "--data", "coco8", "--imgsz", "160", "--plan", plan]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if line.startswith("warning: the uncompressed")]
+    assert said == [
+        "warning: the uncompressed model scores mAP50-95 0.000 on these validation images: it is untrained, trained "
+        "for other data, or run at an input size far from its training size (--imgsz), so no plan can be measured "
+        "against it; pass the trained checkpoint (runs/detect/<name>/weights/best.pt), the data it was trained for, "
+        "and an --imgsz near its training size"
+    ]
+
+
 def test_one_off_measurements_never_overwrite_each_other(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")

@@ -185,6 +185,10 @@ def eval_(
     consoles.out.print(results_table([("baseline", base), ("candidate", cand)], base))
     if warning := noisy_timing([("baseline", base), ("candidate", cand)]):
         consoles.warning(warning)
+    from yolotune.search import untrained
+
+    if why := untrained(base.accuracy.map50_95):  # as `tune baseline` says: the comparison measures nothing
+        consoles.warning(why)
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in cand.step_seconds.items())
     consoles.out.print(f"candidate steps: {steps}")
     consoles.out.print(f"deployable: {cand.deployable}\nmetrics: {(out / 'candidate' / 'metrics.json').absolute()}")
