@@ -10,6 +10,7 @@ nothing is ever written next to the user's data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -133,8 +134,6 @@ class Dataset:
         train_labels: Training images with a non-empty label file (fine-tuning needs some).
         shared: Validation images that are training images too (the same file, or equal bytes):
             calibration and recovery see them, and plans do not fine-tune.
-        digest: What the splits hold (each image's name and size, each label file's bytes): a study
-            records it, and refuses to go on over other images or labels (``""``: not computed).
     """
 
     source: Path
@@ -144,7 +143,26 @@ class Dataset:
     val_images: tuple[Path, ...]
     train_labels: int
     shared: tuple[Path, ...] = ()
-    digest: str = ""
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """What the splits hold: SHA-256 of each image's name and size, and each label file's bytes.
+
+        A study records it, and refuses to go on over other images or labels. Names, not paths: a
+        dataset moved whole keeps its digest. Image bytes are not read (a large dataset's images are
+        gigabytes); an image replaced by another of the very same size is not seen. Worked out when
+        first asked for (the label files are read again), not by every build.
+        """
+        digest = hashlib.sha256()
+        for split, images in (("train", self.train_images), ("val", self.val_images)):
+            for image in images:
+                label = _label_for(image)
+                try:
+                    labels = hashlib.sha256(label.read_bytes()).hexdigest()
+                except OSError:  # no label file: a negative image
+                    labels = "-"
+                digest.update(f"{split}\0{image.name}\0{image.stat().st_size}\0{labels}\n".encode())
+        return digest.hexdigest()
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -484,7 +502,6 @@ def prepare_dataset(name: str | os.PathLike[str]) -> Dataset:
         val_images=tuple(splits["val"]),
         train_labels=labelled["train"],
         shared=shared,
-        digest=_content_digest(splits),
     )
 
 
@@ -493,24 +510,6 @@ DATA_CHANGED = (
     "images or labels added, removed or edited since, or a relative `path:` in its yaml read from another "
     "working directory"
 )
-
-
-def _content_digest(splits: dict[str, list[Path]]) -> str:
-    """SHA-256 of what the splits hold: each image's name and size, and each label file's bytes.
-
-    Names, not paths: a dataset moved whole keeps its digest. Image bytes are not read (a large
-    dataset's images are gigabytes); an image replaced by another of the very same size is not seen.
-    """
-    digest = hashlib.sha256()
-    for split, images in splits.items():
-        for image in images:
-            label = _label_for(image)
-            try:
-                labels = hashlib.sha256(label.read_bytes()).hexdigest()
-            except OSError:  # no label file: a negative image
-                labels = "-"
-            digest.update(f"{split}\0{image.name}\0{image.stat().st_size}\0{labels}\n".encode())
-    return digest.hexdigest()
 
 
 def val_subset(dataset: Dataset, count: int) -> Dataset:
