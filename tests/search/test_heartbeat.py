@@ -78,30 +78,38 @@ def test_a_trial_whose_driver_on_this_host_is_gone_is_failed_at_once_on_any_stor
 
 def test_a_journal_shared_by_hosts_fails_a_silent_drivers_trial_by_its_own_heartbeats(tmp_path: Path) -> None:
     from yolotune._env import process_tag
-    from yolotune.search._heartbeat import BEAT_ATTR, DRIVER_ATTR
+    from yolotune.search._heartbeat import BEAT_ATTR, DRIVER_ATTR, BeatWatch
 
     storage = open_storage(f"journal:{tmp_path / 'j.log'}")  # Optuna keeps no heartbeats in a journal
     study = optuna.create_study(study_name="s", storage=storage)
     elsewhere = {**process_tag(), "host": "another-host"}  # its pid means nothing here: judged by beats only
+    watch = BeatWatch()
     with Heartbeat(storage, interval=1) as heartbeat:
-        mine, theirs, asleep = study.ask(), study.ask(), study.ask()
-        for trial in (theirs, asleep):
+        mine, theirs, asleep, skewed = study.ask(), study.ask(), study.ask(), study.ask()
+        for trial in (theirs, asleep, skewed):
             trial.set_user_attr(DRIVER_ATTR, elsewhere)
         heartbeat.add(mine._trial_id)
         heartbeat.add(theirs._trial_id)
         heartbeat.remove(theirs._trial_id)  # its driver, on another host, is killed: no more beats
+        # a live driver on a host whose clock runs an hour behind: its beats look old, but they change
+        behind = {"at": time.time() - 3600, "grace": 3}
+        storage.set_trial_system_attr(skewed._trial_id, BEAT_ATTR, behind)
+        assert fail_stale_trials(study, storage, watch=watch) == []  # first seen now
         time.sleep(1.5)
-        assert fail_stale_trials(study, storage) == []  # within the grace period (3 intervals)
+        storage.set_trial_system_attr(skewed._trial_id, BEAT_ATTR, {**behind, "at": behind["at"] + 1.5})
+        assert fail_stale_trials(study, storage, watch=watch) == []  # within the grace period (3 intervals)
         beat = study.get_trials()[theirs.number].system_attrs[BEAT_ATTR]
         assert beat["grace"] == 3 and abs(beat["at"] - time.time()) < 3
         time.sleep(2.5)
-        failed = fail_stale_trials(study, storage, keep=heartbeat.beat_now())
+        storage.set_trial_system_attr(skewed._trial_id, BEAT_ATTR, {**behind, "at": behind["at"] + 4})
+        assert fail_stale_trials(study, storage) == []  # without what was seen before, journal beats say nothing
+        failed = fail_stale_trials(study, storage, keep=heartbeat.beat_now(), watch=watch)
     assert [(t.number, t.user_attrs["fail_reason"]) for t in failed] == [
         (theirs.number, "its driver stopped (no heartbeat for 3 s)")
     ]
-    # the beating driver's trial stays; one that never beat (an older yolotune's) is not judged
+    # the beating drivers' trials stay; one that never beat (an older yolotune's) is not judged
     states = {t.number: t.state for t in study.get_trials()}
-    assert states[mine.number] == states[asleep.number] == optuna.trial.TrialState.RUNNING
+    assert states[mine.number] == states[asleep.number] == states[skewed.number] == optuna.trial.TrialState.RUNNING
 
 
 def test_a_driver_seen_running_on_this_host_keeps_its_trial_however_late_its_beats(tmp_path: Path) -> None:
@@ -109,7 +117,7 @@ def test_a_driver_seen_running_on_this_host_keeps_its_trial_however_late_its_bea
     import sys
 
     from yolotune._env import _started, process_tag
-    from yolotune.search._heartbeat import BEAT_ATTR, DRIVER_ATTR
+    from yolotune.search._heartbeat import BEAT_ATTR, DRIVER_ATTR, BeatWatch
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a driver whose machine slept
     try:
@@ -125,8 +133,10 @@ def test_a_driver_seen_running_on_this_host_keeps_its_trial_however_late_its_bea
             else:
                 storage.set_trial_system_attr(trial._trial_id, BEAT_ATTR, {"at": time.time(), "grace": 3})
             studies.append((study, storage))
+        watch = BeatWatch()
+        assert [fail_stale_trials(study, storage, watch=watch) for study, storage in studies] == [[], []]
         time.sleep(4.5)  # silent past the grace period
-        assert [fail_stale_trials(study, storage) for study, storage in studies] == [[], []]
+        assert [fail_stale_trials(study, storage, watch=watch) for study, storage in studies] == [[], []]
         live.kill()
         live.wait(timeout=30)
         assert [t.number for t in fail_stale_trials(study, storage)] == [trial.number]  # gone now

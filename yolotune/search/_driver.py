@@ -54,7 +54,7 @@ from yolotune.search._candidate import (
 from yolotune.search._config import SearchConfig, TrialOutcome
 from yolotune.search._executors import Build, Crashed, Failed, InProcess, RayExecutor, check_ray_address
 from yolotune.search._fidelity import judge_rung0, promote, rung0_floor
-from yolotune.search._heartbeat import DRIVER_ATTR, Heartbeat, fail_stale_trials
+from yolotune.search._heartbeat import DRIVER_ATTR, BeatWatch, Heartbeat, fail_stale_trials
 from yolotune.search._retime import retime_front
 from yolotune.search._sensitivity import GroupSensitivity, Sensitivity, scan_sensitivity
 from yolotune.search._spaces import load_space
@@ -473,6 +473,7 @@ class _Run:
         self.spec = target_spec(config.settings.target)  # a value without secrets: workers need no targets file
         self.storage = storage
         self.heartbeat = heartbeat
+        self.beats_seen = BeatWatch()  # other drivers' journal beats, by this process's clock
         self.executor = executor
         self.on_trial = on_trial
         self.on_step = on_step
@@ -567,7 +568,8 @@ class _Run:
     def reap(self) -> None:
         """Fail and queue again the trials a killed driver left RUNNING (its process gone, or its heartbeats stale)."""
         references_lost = 0
-        for stale in fail_stale_trials(self.study, self.storage, keep=self.heartbeat.beat_now()):
+        keep = self.heartbeat.beat_now()
+        for stale in fail_stale_trials(self.study, self.storage, keep=keep, watch=self.beats_seen):
             retry(self.study, stale, stale.user_attrs.get("fail_reason", "driver died"), always=True)
             shutil.rmtree(self.root / str(stale.number), ignore_errors=True)  # a killed driver's half-built files
             references_lost += bool(stale.user_attrs.get("reference"))

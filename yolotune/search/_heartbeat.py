@@ -9,8 +9,11 @@ driver ran on this host and is gone is failed at once, without waiting out the g
 search resumed right after ``kill -9``), on any storage.
 
 Optuna's journal storage has no heartbeats: there the driver records each beat as a trial system
-attribute (``BEAT_ATTR``: the wall-clock time and the grace period), so a driver on another host, or
-in a container since restarted, that died with a trial RUNNING is found on a shared journal file too.
+attribute (``BEAT_ATTR``: the beating host's time and the grace period), so a driver on another host,
+or in a container since restarted, that died with a trial RUNNING is found on a shared journal file
+too. Hosts' clocks differ, so a beat's time is never compared with this host's: a trial is silent
+once the beat it records has not changed for its grace period by this process's own clock
+(``BeatWatch``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from optuna.storages import RDBStorage
 from yolotune._env import tag_alive, tag_gone, tag_pid
 from yolotune.studies._storage import DRIVER_ATTR
 
-__all__ = ["BEAT_ATTR", "DRIVER_ATTR", "Heartbeat", "fail_stale_trials"]
+__all__ = ["BEAT_ATTR", "DRIVER_ATTR", "BeatWatch", "Heartbeat", "fail_stale_trials"]
 
 #: The trial system attribute a driver beats in on storages without heartbeats of their own (the
 #: journal): ``{"at": <wall-clock seconds>, "grace": <seconds>}``.
@@ -109,24 +112,52 @@ class Heartbeat:
             self._beat(ids)
 
 
+class BeatWatch:
+    """When this process last saw each trial's ``BEAT_ATTR`` change, by its own monotonic clock.
+
+    Another host's clock may run seconds or minutes apart from this one's, so the time a beat records
+    is only compared with the one it recorded before. The monotonic clock stands still while this
+    machine sleeps: a watcher that slept judges no one stale for it.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[object, float]] = {}
+
+    def silent(self, trial_id: int, beat: dict[str, object]) -> bool:
+        """Whether ``beat`` is the one this watcher saw for ``trial_id`` longer than its grace period ago."""
+        now, grace = time.monotonic(), beat.get("grace")
+        first = self._seen.get(trial_id)
+        if first is None or first[0] != beat.get("at"):
+            self._seen[trial_id] = (beat.get("at"), now)
+            return False
+        return isinstance(grace, (int, float)) and now - first[1] > grace
+
+
 def fail_stale_trials(
-    study: optuna.Study, storage: optuna.storages.BaseStorage, *, keep: frozenset[int] = frozenset()
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    *,
+    keep: frozenset[int] = frozenset(),
+    watch: BeatWatch | None = None,
 ) -> list[optuna.trial.FrozenTrial]:
     """Fail RUNNING trials whose driver stopped beating; return them (still holding their params).
 
-    Each gets ``fail_reason`` before it is failed. The caller queues the retries.
+    Each gets ``fail_reason`` before it is failed. The caller queues the retries. A trial whose
+    driver is seen running on this host is never failed, however late its beats.
 
     Args:
         study: The study.
         storage: Its storage as opened (``open_storage``), not the study's cached wrapper.
         keep: Trial ids (``_trial_id``) of the caller's own running trials: never stale to it.
+        watch: What the caller saw of the journal beats (``BEAT_ATTR``) in its earlier calls; a
+            beat unchanged for its grace period since is stale. ``None``: journal beats not judged.
     """
     stale: dict[int, str] = {}
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in running:
         if tag_gone(driver := t.user_attrs.get(DRIVER_ATTR)):
             stale[t._trial_id] = f"its driver stopped (process {tag_pid(driver)} is gone)"
-        elif isinstance(beat := t.system_attrs.get(BEAT_ATTR), dict) and _silent(beat):
+        elif watch and isinstance(beat := t.system_attrs.get(BEAT_ATTR), dict) and watch.silent(t._trial_id, beat):
             stale[t._trial_id] = f"its driver stopped (no heartbeat for {beat['grace']:g} s)"
     # a driver of this host seen running keeps its trials, however late its beats (a machine that slept)
     keep = keep | {t._trial_id for t in running if tag_alive(t.user_attrs.get(DRIVER_ATTR))}
@@ -147,11 +178,3 @@ def fail_stale_trials(
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another driver failed it first
     return failed
-
-
-def _silent(beat: dict[str, object]) -> bool:
-    """Whether a ``BEAT_ATTR`` record is older than its grace period (an unreadable one never is)."""
-    at, grace = beat.get("at"), beat.get("grace")
-    if not isinstance(at, (int, float)) or not isinstance(grace, (int, float)):
-        return False
-    return time.time() - at > grace
