@@ -145,24 +145,27 @@ class Dataset:
     shared: tuple[Path, ...] = ()
 
     @functools.cached_property
-    def digest(self) -> str:
-        """What the splits hold: SHA-256 of each image's name and size, and each label file's bytes.
+    def digests(self) -> dict[str, str]:
+        """What each split (``train``, ``val``) holds: SHA-256 of its images' names and sizes and its label files.
 
-        A study records it, and refuses to go on over other images or labels. Names, not paths: a
-        dataset moved whole keeps its digest. Image bytes are not read (a large dataset's images are
+        A study records them, and refuses to go on over other images or labels (``tune export``
+        re-measures on the validation split, so it compares that one only). Names, not paths: a
+        dataset moved whole keeps its digests. Image bytes are not read (a large dataset's images are
         gigabytes); an image replaced by another of the very same size is not seen. Worked out when
         first asked for (the label files are read again), not by every build.
         """
-        digest = hashlib.sha256()
+        digests = {}
         for split, images in (("train", self.train_images), ("val", self.val_images)):
+            digest = hashlib.sha256()
             for image in images:
                 label = _label_for(image)
                 try:
                     labels = hashlib.sha256(label.read_bytes()).hexdigest()
                 except OSError:  # no label file: a negative image
                     labels = "-"
-                digest.update(f"{split}\0{image.name}\0{image.stat().st_size}\0{labels}\n".encode())
-        return digest.hexdigest()
+                digest.update(f"{image.name}\0{image.stat().st_size}\0{labels}\n".encode())
+            digests[split] = digest.hexdigest()
+        return digests
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:

@@ -272,28 +272,34 @@ def test_a_study_refuses_data_that_holds_other_images_or_labels_than_it_was_meas
     config = SearchConfig(model="yolov8n-coco.pt", data=str(tmp_path / "data" / "data.yaml"), **base)
     monkeypatch.chdir(tmp_path / "work")  # `path: .` is not here: read from the yaml's folder
     study = open_study_for_run(config)[0]
-    assert study.user_attrs["job"]["data_digest"] == prepare_dataset(config.data).digest
+    assert study.user_attrs["job"]["data_digest"] == prepare_dataset(config.data).digests
     # from a folder that holds splits of its own, Ultralytics reads `path: .` there: other labels, refused
     dataset(tmp_path / "elsewhere")
     label = max((tmp_path / "elsewhere" / "labels" / "val").iterdir(), key=lambda f: len(f.read_text().splitlines()))
     label.write_text(label.read_text().splitlines()[0] + "\n")  # one box left of several
     monkeypatch.chdir(tmp_path / "elsewhere")
-    changed = (
-        f"study 'd' was created for another job (dataset {config.data} now holds other images or labels (images or "
-        "labels added, removed or edited since, or a relative `path:` in its yaml read from another working "
-        "directory)): run it with the arguments it was created with to resume it, or pass another --study name"
-    )
     with pytest.raises(YolotuneError) as refused:
         open_study_for_run(config)
-    assert str(refused.value) == changed
+    assert str(refused.value) == (
+        f"study 'd' was measured on other images or labels than the val split(s) of {config.data} hold now (images "
+        "or labels added, removed or edited since, or a relative `path:` in its yaml read from another working "
+        "directory): restore them, or run from the folder `tune run` ran in, or pass another --study name"
+    )
     monkeypatch.chdir(tmp_path / "work")
     open_study_for_run(config)  # the same data again: resumed
     image = next((tmp_path / "data" / "images" / "val").iterdir())  # a validation image taken out
     image.unlink()
     (tmp_path / "data" / "labels" / "val" / image.with_suffix(".txt").name).unlink()
-    with pytest.raises(YolotuneError) as refused:
+    with pytest.raises(YolotuneError, match=r"^study 'd' was measured on other images or labels than the val split"):
         open_study_for_run(config)
-    assert str(refused.value) == changed
+    # a study made before data digests records them on its next run, and is held to them from then on
+    study.set_user_attr("job", {k: v for k, v in study.user_attrs["job"].items() if k != "data_digest"})
+    open_study_for_run(config)
+    assert study.user_attrs["job"]["data_digest"] == prepare_dataset(config.data).digests
+    train = next((tmp_path / "data" / "labels" / "train").iterdir())
+    train.write_text("")  # a training label emptied
+    with pytest.raises(YolotuneError, match=r"^study 'd' was measured on other images or labels than the train split"):
+        open_study_for_run(config)
 
 
 def test_a_resumed_study_does_not_replay_the_previous_runs_draws(tmp_path: Path) -> None:

@@ -119,7 +119,10 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
         export_trial(moved, 0, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # data that holds other images or labels than the study measured (edited since): re-measuring would not compare
-    moved.set_user_attr("job", {**study.user_attrs["job"], "data_digest": "0" * 64})
+    digests = study.user_attrs["job"]["data_digest"]
+    moved.set_user_attr("job", {**study.user_attrs["job"], "data_digest": {**digests, "train": "0" * 64}})
+    export_trial(moved, 0, tmp_path / "train-edited", rounds=1)  # training labels edited: validation is the same
+    moved.set_user_attr("job", {**study.user_attrs["job"], "data_digest": {**digests, "val": "0" * 64}})
     with pytest.raises(YolotuneError, match=r"dataset .* now holds other images or labels than the study was measured"):
         export_trial(moved, 0, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -380,11 +380,15 @@ def run_search(
     timing = target.provenance(imgsz=config.settings.imgsz)
     timed_on = {"device": timing.device, "int8_weight_bits": 7 if config.settings.int8_reduce_range else 8}
     references = default.reference_plans()
+    from yolotune.assets import prepare_dataset
+
+    # hashed before the storage lock: it reads every label file, and other drivers wait on that lock
+    data_digests = prepare_dataset(config.data).digests
     with contextlib.ExitStack() as marked:
         # two drivers starting a study at once on one SQLite file or PostgreSQL database: one creates it and queues
         # its references
         with storage_lock(config.storage_url):
-            study, created, storage = open_study_for_run(config, timed_on=timed_on)
+            study, created, storage = open_study_for_run(config, timed_on=timed_on, data_digests=data_digests)
             # from here to the end (scan, trials, re-timing) `tune delete` refuses: this process searches it
             marked.enter_context(searching(study_dir(config.root, study.study_name)))
             # every study starts with its references, enqueued before any callback runs (also when a run

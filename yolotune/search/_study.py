@@ -76,13 +76,15 @@ def open_study(config: SearchConfig) -> optuna.Study:
 
 
 def open_study_for_run(
-    config: SearchConfig, *, timed_on: dict[str, Any] | None = None
+    config: SearchConfig, *, timed_on: dict[str, Any] | None = None, data_digests: dict[str, str] | None = None
 ) -> tuple[optuna.Study, bool, optuna.storages.BaseStorage]:
     """``open_study``, also saying whether this call created the study (only its creator seeds it).
 
     ``timed_on`` (the device that times, and the INT8 weight width built for it) is recorded by the
     run that creates the study; a run on another device is refused, since its latencies would not
-    compare. Returns the storage too: Optuna wraps it in a cache inside the study, and heartbeats go to it.
+    compare. ``data_digests`` (``Dataset.digests`` of ``config.data``, worked out here when not
+    given) is compared with the study's, or recorded. Returns the storage too: Optuna wraps it in a
+    cache inside the study, and heartbeats go to it.
     """
     optuna.logging.set_verbosity(logging.WARNING)
     storage = open_storage(config.storage_url, heartbeat_interval=config.heartbeat_interval)
@@ -114,7 +116,7 @@ def open_study_for_run(
         "model": _job_name(config.model, model_file),
         "model_digest": file_digest(model_file),
         "data": _job_name(config.data, resolve_data(config.data)),
-        "data_digest": prepare_dataset(config.data).digest,
+        "data_digest": data_digests or prepare_dataset(config.data).digests,
         "imgsz": config.settings.imgsz,
         "target": config.settings.target,
         "space": config.space or ("default-fine" if config.fine else "default"),
@@ -187,6 +189,18 @@ def open_study_for_run(
             f"study '{config.name}' was created for another job ({'; '.join(changed)}): run it with the arguments "
             "it was created with to resume it, or pass another --study name"
         )
+    was_data = recorded.get("data_digest")
+    if was_data is None:  # a study made before data digests: from now on, its data is held to these
+        study.set_user_attr("job", {**recorded, "data_digest": job["data_digest"]})
+        was_data = job["data_digest"]
+    if edited := [split for split, digest in job["data_digest"].items() if was_data.get(split, digest) != digest]:
+        from yolotune.assets import DATA_CHANGED
+
+        raise YolotuneError(
+            f"study '{config.name}' was measured on other images or labels than the {' and '.join(edited)} split(s) "
+            f"of {job['data']} hold now ({DATA_CHANGED}): restore them, or run from the folder `tune run` ran in, "
+            "or pass another --study name"
+        )
     # what changes timings (not the agent's address, the one-line description, nor the default image size)
     was = {k: v for k, v in (study.user_attrs.get("target") or {}).items() if k not in _NOT_TIMING}
     changed = [f"{k}: was {was[k]!r}, now {v!r}" for k, v in spec.to_dict().items() if k in was and was[k] != v]
@@ -241,6 +255,8 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
     changed: set[str] = set()
     # a digest changes with its file's path: only a file changed in place is reported as changed
     for key, now in sorted(job.items(), key=lambda item: item[0].endswith("_digest")):
+        if key == "data_digest":
+            continue  # the same data that holds other files is said on its own (open_study_for_run)
         if key.endswith("_digest") and key.removesuffix("_digest") in changed:
             continue
         was = recorded.get(key, now) if key in _JOB_KEYS_ADDED else recorded.get(key)
@@ -262,10 +278,6 @@ def _job_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]:
             changes.append(f"space file {job['space']} has changed since")
         elif key == "model_digest":
             changes.append(f"model file {job['model']} holds another checkpoint since (its SHA-256 differs)")
-        elif key == "data_digest":
-            from yolotune.assets import DATA_CHANGED
-
-            changes.append(f"dataset {job['data']} now holds other images or labels ({DATA_CHANGED})")
         elif key == "space" and job["space_digest"] and recorded.get("space_digest"):
             changes.append(f"space: was {was!r}, now {now!r}, which defines another space")
             changed.add("space_digest")

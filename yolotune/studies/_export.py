@@ -460,7 +460,8 @@ def _dataset(job: dict[str, Any]) -> Dataset:
             f"{exc} (the study recorded data '{job['data']}': export from where `tune run` ran, "
             "or export without re-measuring: --no-remeasure)"
         ) from None
-    if job.get("data_digest") not in (None, dataset.digest):  # None: a study made before data digests
+    recorded = job.get("data_digest") if isinstance(job.get("data_digest"), dict) else {}  # none before digests
+    if recorded.get("val") not in (None, dataset.digests["val"]):  # the split re-measured: the only one compared
         raise YolotuneError(
             f"dataset {job['data']} now holds other images or labels than the study was measured on "
             f"({DATA_CHANGED}): re-measuring there would not compare; export from where `tune run` ran, "
