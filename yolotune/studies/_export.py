@@ -460,7 +460,8 @@ def _dataset(job: dict[str, Any]) -> Dataset:
             f"{exc} (the study recorded data '{job['data']}': export from where `tune run` ran, "
             "or export without re-measuring: --no-remeasure)"
         ) from None
-    recorded = job.get("data_digest") if isinstance(job.get("data_digest"), dict) else {}  # none before digests
+    recorded = job.get("data_digest")
+    recorded = recorded if isinstance(recorded, dict) else {}  # none: a study made before data digests
     if recorded.get("val") not in (None, dataset.digests["val"]):  # the split re-measured: the only one compared
         raise YolotuneError(
             f"dataset {job['data']} now holds other images or labels than the study was measured on "
