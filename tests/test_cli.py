@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -439,6 +440,21 @@ def test_retime_times_the_front_again_where_the_study_was_searched(tmp_path: Pat
     assert "already timed in 3 rounds (≥ --rounds 2): nothing added; --rounds 5 adds 2" in again.stderr
     assert runner.invoke(app, [*args, "--rounds", "1", "--fresh"]).exit_code == 0
     assert current_retiming(study).rounds == 1
+    # while its rounds run, the study's folder is marked as re-timed: `tune delete` waits for them
+    from yolotune.search import retime_study
+    from yolotune.studies import recorded_folder
+
+    marks = recorded_folder(study) / ".searches"
+    seen: list[list[tuple[int, str]]] = []
+
+    def step(number: int, what: str) -> None:
+        seen.append(
+            [(json.loads(m.read_text())["pid"], json.loads(m.read_text())["use"]) for m in marks.glob("*.json")]
+        )
+
+    retime_study(study, rounds=2, on_step=step)
+    assert seen and all(marked == [(os.getpid(), "retime")] for marked in seen)
+    assert not list(marks.glob("*.json"))  # gone with the rounds
 
     assert _error([*args, "--rounds", "0"]) == "error: --rounds must be ≥1; got 0"
     study.set_user_attr("timed_on", {"device": "Some Other CPU", "int8_weight_bits": 8})

@@ -11,6 +11,7 @@ the median per-round speed-ups (``pareto_front``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -178,7 +179,7 @@ def retime_study(
         YolotuneError: The target cannot time, or it is another device than the one that timed
             the study (its timings would not compare).
     """
-    from yolotune.studies import study_target
+    from yolotune.studies import recorded_folder, searching, study_target
 
     job = study.user_attrs.get("job") or {}
     target = study_target(study, device_url=device_url, device_token=device_token)
@@ -192,6 +193,9 @@ def retime_study(
         )
     if device_url:  # an agent back at another address: export and the next retime find it there
         study.set_user_attr("target", {**(study.user_attrs.get("target") or {}), "device_url": device_url})
-    return retime_front(
-        study, target=target, imgsz=imgsz, rounds=rounds, fresh=fresh, on_step=on_step, artifacts=artifacts
-    )
+    with contextlib.ExitStack() as marked:
+        if (folder := recorded_folder(study)) is not None:  # `tune delete` waits for the rounds to end
+            marked.enter_context(searching(folder, use="retime"))
+        return retime_front(
+            study, target=target, imgsz=imgsz, rounds=rounds, fresh=fresh, on_step=on_step, artifacts=artifacts
+        )

@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from yolotune._env import process_tag, tag_alive, tag_gone, tag_pid
+from yolotune._env import owner_name, process_tag, tag_alive, tag_gone, tag_pid
 from yolotune._files import whole_file
 from yolotune.errors import YolotuneError, disk_full
 
@@ -475,21 +475,26 @@ DRIVER_ATTR = "driver"
 SEARCHES_DIR = ".searches"
 
 
+#: What a mark (``searching``) says its process does with the study, and the command to stop.
+_USES = {"search": ("searched", "tune run"), "retime": ("re-timed", "tune retime")}
+
+
 @contextlib.contextmanager
-def searching(folder: Path) -> Iterator[None]:
-    """Mark ``folder`` (a study's trial files) as searched by this process until the block ends.
+def searching(folder: Path, *, use: str = "search") -> Iterator[None]:
+    """Mark ``folder`` (a study's trial files) as used by this process until the block ends.
 
     The mark is a file naming this process (``_env.process_tag``) in ``folder/.searches``; it
     covers the whole search, the sensitivity scan and the final re-timing included, when no trial is
-    RUNNING. A mark left by a search killed with ``kill -9`` names a gone process and counts for
-    nothing (``live_searches`` removes it).
+    RUNNING (``use="search"``), or a ``tune retime`` (``use="retime"``). A mark left by a process
+    killed with ``kill -9`` names a gone process and counts for nothing (``live_searches`` removes it).
     """
     marks = folder / SEARCHES_DIR
     marks.mkdir(parents=True, exist_ok=True)
-    tag = process_tag()
-    mark = marks / f"{tag['pid']}@{tag['host']}.json"
-    mark.write_text(json.dumps(tag) + "\n")
+    tag = {**process_tag(), "use": use}
+    mark = marks / f"{owner_name()}.{tag['pid_ns'] or 'ns'}.json"  # containers sharing a host name: own pids
     try:
+        with whole_file(mark) as partial:  # read whole or not at all: a half-written mark named no one
+            partial.write_text(json.dumps(tag) + "\n")
         yield
     finally:
         mark.unlink(missing_ok=True)
@@ -504,7 +509,7 @@ def live_searches(folder: Path) -> list[dict[str, Any]]:
     for mark in sorted((folder / SEARCHES_DIR).glob("*.json")):
         try:
             tag = json.loads(mark.read_text())
-        except (OSError, ValueError):  # removed meanwhile, or half-written by a search just starting
+        except (OSError, ValueError):  # removed meanwhile
             continue
         if tag_alive(tag):
             live.append(tag)
@@ -514,7 +519,7 @@ def live_searches(folder: Path) -> list[dict[str, Any]]:
 
 
 def refuse_if_searched(study: optuna.Study, *, doing: str, folder: Path | None = None) -> None:
-    """Refuse to ``doing`` a study while a search on this host runs (its driver is alive).
+    """Refuse to ``doing`` a study while a search or a re-timing on this host uses it (its process is alive).
 
     Args:
         study: The study.
@@ -535,8 +540,10 @@ def refuse_if_searched(study: optuna.Study, *, doing: str, folder: Path | None =
             )
     for searched in {f.resolve() for f in (folder, recorded_folder(study)) if f is not None}:
         if live := live_searches(searched):
+            done, command = _USES.get(str(live[0].get("use")), _USES["search"])
             raise YolotuneError(
-                f"study '{study.study_name}' is being searched by process {tag_pid(live[0])} on this host; {stop}"
+                f"study '{study.study_name}' is being {done} by process {tag_pid(live[0])} on this host; stop that "
+                f"`{command}` first (Ctrl-C), then {doing}"
             )
 
 
@@ -557,9 +564,9 @@ def delete_study(*, study: str, storage: str | None = None, root: Path | str = P
     root = Path(root)
     found = load_study(study=study, storage=storage, root=root)  # says what is there when the name is wrong
     folder = study_folder(found, root, default_storage=storage is None)
-    refuse_if_searched(found, doing="delete", folder=folder)
     url = storage or default_storage_url(root, study)
-    with storage_lock(url):
+    with storage_lock(url):  # a search marks its folder under this lock: none starts between check and deletion
+        refuse_if_searched(found, doing="delete", folder=folder)
         db = root / f"{study}.db"
         emptied = storage is None and optuna.get_all_study_names(storage=open_storage(url)) == [found.study_name]
         removed: list[Path] = []
