@@ -156,7 +156,7 @@ def test_paths_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None
     afile = tmp_path / "afile"
     afile.write_text("")
     line = _error(["baseline", "--data", "coco8", "--imgsz", "160", "--out", str(afile)])
-    assert line == f"error: cannot write into the folder {afile}: it is a file; pass another path"
+    assert line == f"error: cannot write into the folder {afile}: it is not a folder; pass another path"
     # the Python API says the same, as a YolotuneError: not a FileExistsError from deep inside a step
     from yolotune import YolotuneError
     from yolotune.search import run_candidate
@@ -164,7 +164,10 @@ def test_paths_that_cannot_be_used_are_named_in_one_line(tmp_path: Path) -> None
 
     with pytest.raises(YolotuneError) as refused:
         run_candidate(model="yolov8n-coco.pt", data="coco8", plan=CompressionPlan(), out_dir=afile / "trial")
-    assert str(refused.value) == f"cannot write into the folder {afile / 'trial'}: {afile} is a file; pass another path"
+    assert (
+        str(refused.value)
+        == f"cannot write into the folder {afile / 'trial'}: {afile} is not a folder; pass another path"
+    )
     missing = tmp_path / "missing.db"
     assert "storage file" in _error(["show", "--storage", f"sqlite:///{missing}"])
     assert not missing.exists()  # a read-only command creates no empty study file

@@ -8,25 +8,25 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from yolotune.errors import YolotuneError
+
 __all__ = ["check_folder", "whole_file"]
 
 
 def check_folder(path: Path) -> None:
-    """Refuse a folder to write into that is a file, or lies under one (``mkdir`` would raise deep inside a step).
+    """Refuse a folder to write into that is a file or a broken link, or lies under one (``mkdir`` would fail later).
 
     Args:
         path: The folder (it need not exist yet).
 
     Raises:
-        YolotuneError: ``path`` or one of its parents is a file.
+        YolotuneError: ``path`` or one of its parents is something other than a folder.
     """
-    from yolotune.errors import YolotuneError
-
     for folder in (path, *path.parents):
         if folder.is_dir():
             return
         if folder.exists() or folder.is_symlink():
-            where = "it is a file" if folder == path else f"{folder} is a file"
+            where = "it is not a folder" if folder == path else f"{folder} is not a folder"
             raise YolotuneError(f"cannot write into the folder {path}: {where}; pass another path")
 
 

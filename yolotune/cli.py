@@ -351,7 +351,9 @@ def run(
         finally:
             progress.stop()
     show_study(result, where=where_options(config.root, config.storage))
-    consoles.out.print(f"study '{config.name}' in {shlex.quote(config.storage_url)}", highlight=False)
+    from yolotune.studies import shown_url
+
+    consoles.out.print(f"study '{config.name}' in {shlex.quote(shown_url(config.storage_url))}", highlight=False)
     if stopped is not None:
         raise stopped  # one line, exit code 2, after the front of what was measured
 

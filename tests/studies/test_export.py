@@ -131,7 +131,8 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     (tmp_path / "afile").write_text("")  # a file where the folder goes: one line, not a FileExistsError
     with pytest.raises(YolotuneError) as refused:
         export_trial(study, 1, tmp_path / "afile", remeasure=False)
-    assert str(refused.value) == f"cannot write into the folder {tmp_path / 'afile'}: it is a file; pass another path"
+    afile = tmp_path / "afile"
+    assert str(refused.value) == f"cannot write into the folder {afile}: it is not a folder; pass another path"
     with pytest.raises(YolotuneError, match=r"a trial number is a whole number \(see `tune show`\); got '1'"):
         export_trial(study, "1", tmp_path / "out")  # type: ignore[arg-type]
     import numpy as np

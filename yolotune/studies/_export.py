@@ -212,7 +212,7 @@ def _earlier_export(out_dir: Path, *, writes: tuple[str, ...]) -> list[Path]:
         if owner_gone(partial.name.removeprefix(".export-").removesuffix(".partial")):
             shutil.rmtree(partial, ignore_errors=True)  # an export killed mid-way (kill -9) left it
     try:
-        recipe = yaml.safe_load((out_dir / "recipe.yaml").read_text())
+        recipe = yaml.safe_load((out_dir / "recipe.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         recipe = None
     earlier: list[Path] = []

@@ -34,6 +34,7 @@ __all__ = [
     "open_storage",
     "recorded_folder",
     "searching",
+    "shown_url",
     "storage_lock",
     "study_dir",
     "study_folder",
@@ -114,7 +115,7 @@ def claim_folder(study: optuna.Study, root: Path, storage_url: str) -> None:
                 f"{folder} already holds measured trials of an earlier study named '{study.study_name}'; give this "
                 "new study its own folder with --root DIR or another --study name (or delete the folder)"
             )
-        record = {"study": study.study_name, "id": mine or uuid.uuid4().hex, "storage": _shown_url(storage_url)}
+        record = {"study": study.study_name, "id": mine or uuid.uuid4().hex, "storage": shown_url(storage_url)}
         owner = _create_owner_file(folder, record)  # ours, or what a search claiming it meanwhile wrote
         mine = mine or (record["id"] if owner.get("id") == record["id"] else None)
     if not owner.get("id") or owner.get("id") != mine:
@@ -126,7 +127,7 @@ def claim_folder(study: optuna.Study, root: Path, storage_url: str) -> None:
         where = owner.get("storage") or "a storage it does not name"
         whose = (
             f"an earlier study named '{study.study_name}' in this storage, since deleted"
-            if where == _shown_url(storage_url)
+            if where == shown_url(storage_url)
             else f"another study named '{study.study_name}' (in {where})"
         )
         raise YolotuneError(
@@ -169,7 +170,7 @@ def _holds_measurements(folder: Path) -> bool:
     return any(folder.glob("trials/*/metrics.json")) or (artifacts.is_dir() and any(artifacts.iterdir()))
 
 
-def _shown_url(url: str) -> str:
+def shown_url(url: str) -> str:
     """``url`` without its password."""
     if url.startswith(("sqlite:", "journal:")):
         return url
