@@ -123,12 +123,14 @@ def search_spaces(config: SearchConfig) -> tuple[Space, DefaultSpace]:
             "--fine changes nothing: space %s sets its own units (or `fine`); leave out --fine, or those keys",
             config.space,
         )
-    if dataset.train_labels == 0 and not dataset.shared:  # shared images are warned about where they are found
+    if dataset.train_labels == 0 or dataset.shared:
+        why = "has no labels" if dataset.train_labels == 0 else "shares images with 'val'"
         warn_once(
             logger,
-            "the training split of %s has no labels: the search does not fine-tune (pruned plans recover from "
-            "calibration images only, and the `seeds` reference, which needs its fine-tune, is not run)",
+            "the training split of %s %s: the search does not fine-tune (pruned plans recover from calibration "
+            "images only, and the `seeds` reference, which needs its fine-tune, is not run)",
             dataset.source,
+            why,
         )
     default = DefaultSpace(
         groups=layout.groups,
