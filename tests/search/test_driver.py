@@ -469,6 +469,30 @@ def test_an_fp32_reference_interrupted_runs_before_the_trials_that_need_its_map(
     assert all(not any(v > 0 for v in t.constraints.values()) or t.user_attrs["reference"] == "seeds" for t in complete)
 
 
+def test_an_fp32_reference_interrupted_runs_first_so_the_references_queued_before_it_are_paired(
+    coco8_search,
+) -> None:
+    config = coco8_search(budget=3, sampler="random")  # no --max-map-drop: only the speed-ups need the reference
+
+    def stop_in_the_fp32_reference(number: int, step: str) -> None:
+        if number == 0 and step == "export":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, on_step=stop_in_the_fp32_reference)
+    # its retry is queued behind the INT8 and seeds references: they wait for it, and are timed beside its file
+    study = run_search(config)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "int8", "seeds"]
+    assert all("reference_ms" in t.user_attrs and "unpaired" not in t.user_attrs for t in complete[1:])
+    reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))]
+    assert reasons == [
+        "interrupted",
+        "queued again behind the FP32 reference: its speed-up is timed beside the reference's file",
+        "queued again behind the FP32 reference: its speed-up is timed beside the reference's file",
+    ]
+
+
 def test_a_callback_that_raises_at_open_leaves_the_references_queued(coco8_search) -> None:
     config = coco8_search(budget=2)
     optuna.logging.set_verbosity(optuna.logging.DEBUG)  # the caller's, whatever other tests left

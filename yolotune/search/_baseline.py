@@ -11,6 +11,7 @@ from yolotune.studies._front import fp32_reference
 
 __all__ = [
     "QUEUED_BEHIND_FP32",
+    "QUEUED_FOR_PAIRING",
     "UNTRAINED_MAP50_95",
     "WaitsForBaseline",
     "baseline_failed",
@@ -56,15 +57,19 @@ class WaitsForBaseline(YolotuneError):
 
 
 QUEUED_BEHIND_FP32 = "queued again behind the FP32 reference: --max-map-drop needs its mAP"
+#: Why a trial asked for before a queued FP32 reference waits for it when speed-ups are paired (``time_reference``).
+QUEUED_FOR_PAIRING = "queued again behind the FP32 reference: its speed-up is timed beside the reference's file"
 
 
-def waits_for_baseline(study: optuna.Study, *, running: bool = False) -> bool:
+def waits_for_baseline(study: optuna.Study, *, running: bool = False, paired: bool = False) -> bool:
     """Whether trials should wait for the FP32 reference: needed, not complete, and still to come.
 
-    Needed: ``--max-map-drop`` is set. Still to come: queued (or, with ``running``, being built); a
-    reference that failed for good makes nothing wait.
+    Needed: ``--max-map-drop`` is set, or (``paired``) each trial's speed-up is timed beside the
+    reference's file. Still to come: queued (or, with ``running``, being built); a reference that
+    failed for good makes nothing wait.
     """
-    if constraints_of(study)["max_map_drop"] is None or baseline_map(study) is not None:
+    needed = paired or constraints_of(study)["max_map_drop"] is not None
+    if not needed or baseline_map(study) is not None:
         return False
     states = (optuna.trial.TrialState.WAITING, *((optuna.trial.TrialState.RUNNING,) if running else ()))
     return any(t.user_attrs.get("reference") == "fp32" for t in study.get_trials(deepcopy=False, states=states))

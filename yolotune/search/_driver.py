@@ -35,6 +35,7 @@ from yolotune.errors import SearchStopped, StepError, YolotuneError, disk_full
 from yolotune.evaluators import LatencyStats, needs_reduce_range, target_spec
 from yolotune.search._baseline import (
     QUEUED_BEHIND_FP32,
+    QUEUED_FOR_PAIRING,
     WaitsForBaseline,
     baseline_failed,
     check_baseline,
@@ -552,13 +553,13 @@ class _Run:
             self.abandon(f"stopped: {why.split(' (')[0]}")
             raise SearchStopped(why, study=self.study)
 
-    def defer(self, trial: optuna.Trial) -> None:
+    def defer(self, trial: optuna.Trial, reason: str = QUEUED_BEHIND_FP32) -> None:
         """Queue a trial's plan behind the FP32 reference (a retry after Ctrl-C put it last): not a failure."""
         self.open_trials.pop(trial.number, None)
-        trial.set_user_attr("fail_reason", QUEUED_BEHIND_FP32)
+        trial.set_user_attr("fail_reason", reason)
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         shutil.rmtree(self.root / str(trial.number), ignore_errors=True)  # its retry builds it again
-        retry(self.study, trial, QUEUED_BEHIND_FP32, always=True)
+        retry(self.study, trial, reason, always=True)
 
     def abandon(self, reason: str) -> None:
         """Fail the trials still open, with ``reason``, and queue their plans for the next run."""
@@ -606,9 +607,10 @@ class _Run:
                     raise YolotuneError(reason) from exc
                 self.fail(trial, str(exc) if isinstance(exc, YolotuneError) else _unexpected(exc))
                 continue
-            if reference != "fp32" and waits_for_baseline(study):
+            if reference != "fp32" and waits_for_baseline(study, paired=self.config.time_reference):
+                # a retried FP32 reference was queued behind trials taken first: they wait for it, as at the start
                 self.heartbeat.remove(trial._trial_id)
-                self.defer(trial)
+                self.defer(trial, QUEUED_BEHIND_FP32 if waits_for_baseline(study) else QUEUED_FOR_PAIRING)
                 continue
             trial.set_user_attr("plan", plan.to_dict())
             trial.set_user_attr("brief", plan.brief(groups=self.default.groups))
