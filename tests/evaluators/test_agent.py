@@ -360,3 +360,22 @@ def test_an_upload_cut_short_leaves_no_partial_file(agent: AgentServer, fp32_onn
         answer = b"".join(chunks).decode(errors="replace")
     assert " 400 " in answer.splitlines()[0] and "upload cut short" in answer
     assert not list((agent.cache_dir / "models").glob("upload.*"))
+
+
+def test_one_agent_per_cache_folder_so_none_deletes_models_another_is_timing(tmp_path: Path) -> None:
+    first = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=tmp_path))
+    first.start()
+    try:
+        # a second agent on the same folder would trim the first's models, and its start removes partial uploads
+        with pytest.raises(YolotuneError) as refused:
+            AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=tmp_path))
+        assert str(refused.value) == (
+            f"another `tune agent` uses the cache folder {tmp_path}: stop it, or give this one a folder of its own "
+            "(--cache-dir DIR)"
+        )
+        other = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=tmp_path / "other"))  # its own: fine
+        other.start().stop()
+    finally:
+        first.stop()
+    again = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=tmp_path))  # the folder is free again
+    again.start().stop()

@@ -242,6 +242,17 @@ class AgentServer:
             TensorRTTarget().check()
         self.cache_dir = Path(config.cache_dir) if config.cache_dir else workspace_dir() / "agent"
         (self.cache_dir / "models").mkdir(parents=True, exist_ok=True)
+        import filelock
+
+        # one agent per cache folder: another's trimming, or its start's clean-up, would delete models in use
+        self._owner = filelock.FileLock(self.cache_dir / "agent.lock")
+        try:
+            self._owner.acquire(timeout=0)
+        except filelock.Timeout:
+            raise YolotuneError(
+                f"another `tune agent` uses the cache folder {self.cache_dir}: stop it, or give this one a folder of "
+                "its own (--cache-dir DIR)"
+            ) from None
         self._queue = _Fifo()
         self._uploads = threading.Semaphore(1)  # one upload read and checked at a time: bounded memory
         self._cache_lock = threading.Lock()
@@ -270,6 +281,7 @@ class AgentServer:
         try:
             self._server = ThreadingHTTPServer((config.host, config.port), Handler)
         except OSError as exc:
+            self._owner.release()
             raise YolotuneError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -321,6 +333,7 @@ class AgentServer:
                 self._end_children()
             finally:
                 self._server.server_close()
+                self._owner.release()
 
     def start(self) -> AgentServer:
         """Serve in a background thread; return self."""
@@ -335,6 +348,7 @@ class AgentServer:
         self._server.server_close()
         if self._thread:
             self._thread.join(timeout=10)
+        self._owner.release()
 
     def _end_children(self) -> None:
         """Start no more benchmarks; end (and reap) those running, so none outlives the agent."""
