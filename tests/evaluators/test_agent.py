@@ -379,3 +379,24 @@ def test_one_agent_per_cache_folder_so_none_deletes_models_another_is_timing(tmp
         first.stop()
     again = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=tmp_path))  # the folder is free again
     again.start().stop()
+
+
+def test_an_agent_replaced_by_another_device_at_the_same_address_is_never_timed_on(
+    agent: AgentServer, fp32_onnx_160
+) -> None:
+    board = RemoteTarget(spec=BOARD, url=agent.url, token=TOKEN)
+    board.check()
+    first = board.provenance(imgsz=160).device
+    assert board.benchmark(fp32_onnx_160, imgsz=160).median_ms > 0 and board.provenance(imgsz=160).device == first
+    agent.info["device"] = "Raspberry Pi 5 Model B Rev 1.0"  # the agent restarted on another board, same URL
+    said = (
+        f"the agent at {agent.url} now runs on Raspberry Pi 5 Model B Rev 1.0, not on {first}, which this run timed "
+        "on: its timings would not compare; bring that device back at this address (or start a new --study for "
+        "this one)"
+    )
+    with pytest.raises(StepError) as refused:  # its timing is not taken as the first device's
+        board.benchmark(fp32_onnx_160, imgsz=160)
+    assert str(refused.value) == f"latency failed: {said}"
+    with pytest.raises(YolotuneError) as lost:  # and the search's check calls the target lost: it stops, queued
+        board.check()
+    assert str(lost.value) == said

@@ -479,7 +479,9 @@ class AgentServer:
             self._in_use[model] -= 1  # kept while any request that sent it waits
             if self._in_use[model] <= 0:
                 del self._in_use[model]
-        return {**answer, "queued_s": started - queued, "model_sha256": model.stem}
+        # the device in every answer: a client whose agent was replaced at the same address sees it at once
+        device = {"device": self.info.get("device"), "host": self.info.get("host")}
+        return {**answer, **device, "queued_s": started - queued, "model_sha256": model.stem}
 
     def _run_child(self, model: Path, *, imgsz: int, threads: int | None) -> dict[str, Any]:
         """Benchmark in a fresh interpreter with a time limit: a crash or hang costs one request."""

@@ -69,6 +69,7 @@ class RemoteTarget(Target):
         self.ping_s = ping_s
         self._info: dict[str, Any] | None = None
         self._last: dict[str, Any] | None = None
+        self._device: str | None = None  # the device the first check found: every timing must come from it
 
     def _request(self, path: str, *, data: bytes | None = None, timeout: float) -> dict[str, Any]:
         req = urllib.request.Request(self.url + path, data=data, method="POST" if data is not None else "GET")
@@ -126,6 +127,10 @@ class RemoteTarget(Target):
             ) from None
         if "agent" not in info:
             raise YolotuneError(f"{self._not_an_agent} (its {API}/info names no agent version)")
+        device = str(info.get("device", ""))
+        if self._device is not None and device != self._device:
+            raise YolotuneError(self._replaced(device))
+        self._device = device
         if info.get("runtime") != self.spec.runtime:
             raise YolotuneError(
                 f"the agent at {self.url} runs {info.get('runtime')}; target {self.name} needs {self.spec.runtime} "
@@ -161,6 +166,9 @@ class RemoteTarget(Target):
             answer = self._watched(f"{API}/benchmark{query}", body)
         except _AgentError as exc:
             raise StepError("latency", str(exc)) from None
+        now = answer.get("device")  # an older agent does not say: the device its info named
+        if now is not None and now != (self._device or self.info().get("device")):
+            raise StepError("latency", self._replaced(str(now)))
         self._last = answer
         fields = {f.name for f in dataclasses.fields(LatencyStats)}
         return LatencyStats(**{k: v for k, v in answer["latency"].items() if k in fields})
@@ -195,6 +203,14 @@ class RemoteTarget(Target):
         if "error" in outcome:
             raise outcome["error"]
         return dict(outcome["answer"])
+
+    def _replaced(self, device: str) -> str:
+        """Why timings stop: the agent at this URL now runs on another device than the one first checked."""
+        return (
+            f"the agent at {self.url} now runs on {device or 'an unnamed device'}, not on {self._device}, which this "
+            "run timed on: its timings would not compare; bring that device back at this address (or start a new "
+            "--study for this one)"
+        )
 
     def provenance(self, *, imgsz: int) -> Provenance:
         """The device that measured: the agent's own provenance, under this target's name and URL."""
