@@ -526,7 +526,8 @@ def retime(
     if (reason := retiming.failed.get(retiming.reference_trial)) is not None:
         consoles.err.print(
             f"the FP32 reference trial {retiming.reference_trial} could not be timed ({reason}): the "
-            f"{retiming.rounds} round(s) done are kept; the same command goes on from there",
+            f"{retiming.rounds} round(s) done are kept; the same command{' without --fresh' if fresh else ''} goes on "
+            "from there",
             highlight=False,
         )
     elif before is not None and retiming.rounds == before.rounds and before.rounds >= rounds and not fresh:

@@ -197,6 +197,13 @@ def test_a_target_lost_while_re_timing_stops_with_the_rounds_done_and_drops_no_t
     kept = current_retiming(study)
     assert kept is not None and kept.rounds == 1 and not kept.failed  # no trial blamed for the device
     assert [r.brief for r in pareto_front(study)] == ["shared", "separate", "fp32"]
+    # started afresh (--fresh) and lost again: going on means the same command without --fresh, which starts over
+    lost_again = _Lost(lost.true_ms, per_round=3)
+    with pytest.raises(SearchStopped) as stopped:
+        retime_front(study, target=lost_again, imgsz=320, rounds=3, fresh=True)
+    assert str(stopped.value).endswith(
+        "the 1 round(s) done are kept: run the same command again without --fresh to go on"
+    )
     # the agent back: the same call goes on from the rounds done
     back = _TableTarget(lost.true_ms, per_round=3)
     again = retime_front(study, target=back, imgsz=320, rounds=3)

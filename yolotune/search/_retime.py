@@ -141,7 +141,7 @@ def retime_front(
                 except YolotuneError as lost:
                     raise SearchStopped(
                         f"the target stopped timing during re-timing round {k + 1} ({lost}); the {k} round(s) "
-                        "done are kept: run the same command again to go on",
+                        f"done are kept: run the same command again{' without --fresh' if fresh else ''} to go on",
                         study=study,
                     ) from exc
                 failed[n] = str(exc)
