@@ -6,6 +6,7 @@ import dataclasses
 import http.client
 import itertools
 import json
+import math
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -125,6 +126,16 @@ def test_uploads_are_size_limited_and_checked_and_the_agent_keeps_serving(agent:
     prov = target.provenance(imgsz=160)
     assert prov.target == "test-board" and prov.settings["agent"] == agent.url
     assert prov.settings["intra_op_threads"] == 1  # the target's threads reached the agent
+    # a file over the agent's limit is refused before it is sent, with the setting that lets it through
+    small = RemoteTarget(spec=BOARD, url=agent.url, token=TOKEN)
+    small._info = {**target.info(), "max_upload_bytes": 2**20}  # as an agent started with --max-upload-mb 1 says
+    mib = fp32_onnx_160.stat().st_size / 2**20
+    with pytest.raises(StepError) as refused:
+        small.benchmark(fp32_onnx_160, imgsz=160)
+    assert str(refused.value) == (
+        f"latency failed: model is {mib:.1f} MiB, over the agent's 1 MiB limit: restart `tune agent` with "
+        f"--max-upload-mb {math.ceil(mib)} or more (the FP32 reference is the largest file a search sends)"
+    )
 
 
 def test_concurrent_requests_are_timed_one_after_another(agent: AgentServer, fp32_onnx_160) -> None:

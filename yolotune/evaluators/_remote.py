@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import math
 import threading
 import time
 import urllib.error
@@ -161,7 +162,9 @@ class RemoteTarget(Target):
             limit = int(self.info().get("max_upload_bytes", 0))
             if limit and len(body) > limit:
                 raise _AgentError(
-                    f"model is {len(body) / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit"
+                    f"model is {len(body) / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit: restart "
+                    f"`tune agent` with --max-upload-mb {math.ceil(len(body) / 2**20)} or more (the FP32 reference is "
+                    "the largest file a search sends)"
                 )
             answer = self._watched(f"{API}/benchmark{query}", body)
         except _AgentError as exc:
