@@ -411,3 +411,45 @@ def test_an_agent_replaced_by_another_device_at_the_same_address_is_never_timed_
     with pytest.raises(YolotuneError) as lost:  # and the search's check calls the target lost: it stops, queued
         board.check()
     assert str(lost.value) == said
+
+
+def test_a_stalled_upload_holds_up_no_other_and_a_client_gone_before_its_turn_is_not_timed(
+    agent: AgentServer, fp32_onnx_160, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import time
+
+    parts = urllib.parse.urlsplit(agent.url)
+    head = (
+        f"POST /v1/benchmark?imgsz=160&threads=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: {length}\r\n\r\n"
+    )
+    stalled = socket.create_connection((parts.hostname, parts.port))  # a client on a Wi-Fi link that dropped
+    stalled.sendall(head.format(length=1_000_000).encode() + b"abc")
+    try:
+        target = RemoteTarget(spec=BOARD, url=agent.url, token=TOKEN, timeout_s=60)
+        began = time.monotonic()
+        assert target.benchmark(fp32_onnx_160, imgsz=160).median_ms > 0  # not behind the stalled upload
+        alone = time.monotonic() - began
+    finally:
+        stalled.close()
+    timed: list[str] = []
+    run_child = agent._run_child
+
+    def counted(model: Path, **kwargs: object) -> dict:
+        timed.append(model.name)
+        return run_child(model, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agent, "_run_child", counted)
+    body = fp32_onnx_160.read_bytes()
+    busy = threading.Thread(target=lambda: target.benchmark(fp32_onnx_160, imgsz=160))
+    busy.start()  # holds the agent's turn for about a timing
+    while not timed:
+        time.sleep(0.01)
+    gone = socket.create_connection((parts.hostname, parts.port))  # queued behind it, then Ctrl-C'd
+    gone.sendall(head.format(length=len(body)).encode() + body)
+    time.sleep(min(alone / 4, 0.5))  # its upload read while the first is timed
+    gone.close()
+    busy.join(timeout=120)
+    assert target.benchmark(fp32_onnx_160, imgsz=160).median_ms > 0
+    assert len(timed) == 2  # the first and the last: the request whose client left was never timed

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -179,6 +180,16 @@ class _Fifo:
             with self._cv:
                 self._serving += 1
                 self._cv.notify_all()
+
+
+def _client_gone(req: BaseHTTPRequestHandler) -> bool:
+    """Whether the client of a request whose body was read has closed its connection (nothing left to answer)."""
+    sock = req.connection
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # reset, or closed here
+        return True
 
 
 def _bench_child(runtime: str, model: str, imgsz: int, threads: int | None, cache: str) -> dict[str, Any]:
@@ -411,31 +422,36 @@ class AgentServer:
             raise _HTTPError(413, f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit")
         models = self.cache_dir / "models"
         tmp = models / f"upload.{threading.get_ident()}.tmp"
-        with self._uploads:  # streamed to disk while hashed, then checked from there
-            try:
-                digest = hashlib.sha256()
-                got = 0
-                with tmp.open("wb") as out:
-                    while got < size:
-                        chunk = req.rfile.read(min(2**20, size - got))
-                        if not chunk:
-                            break
-                        digest.update(chunk)
-                        out.write(chunk)
-                        got += len(chunk)
-                if got != size:
-                    req.close_connection = True
-                    raise _HTTPError(400, f"upload cut short: {got} of {size} bytes")
-                path = models / f"{digest.hexdigest()}.onnx"
-                if path.is_file():
-                    path.touch()  # recently used: the last the cache lets go
-                else:
+        try:
+            # streamed to disk while hashed, a MiB at a time: a client that sends slowly holds up no other upload
+            digest = hashlib.sha256()
+            got = 0
+            with tmp.open("wb") as out:
+                while got < size:
+                    chunk = req.rfile.read(min(2**20, size - got))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+                    got += len(chunk)
+            if got != size:
+                req.close_connection = True
+                raise _HTTPError(400, f"upload cut short: {got} of {size} bytes")
+            path = models / f"{digest.hexdigest()}.onnx"
+            with self._uploads:  # one model checked at a time: loading it is what takes memory
+                with self._cache_lock:  # held from here: the trimming never takes it
+                    known = path.is_file()
+                    if known:
+                        path.touch()  # recently used: the last the cache lets go
+                        self._in_use[path] += 1
+                if not known:
                     _check_onnx(tmp)
-                    tmp.replace(path)
-            finally:  # a reset connection or a full disk leaves no partial upload behind
-                tmp.unlink(missing_ok=True)
-            self._in_use[path] += 1
-            self._trim_cache()
+                    with self._cache_lock:
+                        tmp.replace(path)
+                        self._in_use[path] += 1
+        finally:  # a reset connection or a full disk leaves no partial upload behind
+            tmp.unlink(missing_ok=True)
+        self._trim_cache()
         return path
 
     def _trim_cache(self) -> None:
@@ -473,12 +489,16 @@ class AgentServer:
         try:
             queued = time.time()
             with self._queue.turn():
+                if _client_gone(req):  # stopped waiting (Ctrl-C, its own timeout): the next request goes first
+                    req.close_connection = True
+                    raise _HTTPError(400, "the client went away before its turn: not timed")
                 started = time.time()
                 answer = self._run_child(model, imgsz=imgsz, threads=threads)
         finally:
-            self._in_use[model] -= 1  # kept while any request that sent it waits
-            if self._in_use[model] <= 0:
-                del self._in_use[model]
+            with self._cache_lock:
+                self._in_use[model] -= 1  # kept while any request that sent it waits
+                if self._in_use[model] <= 0:
+                    del self._in_use[model]
         # the device in every answer: a client whose agent was replaced at the same address sees it at once
         device = {"device": self.info.get("device"), "host": self.info.get("host")}
         return {**answer, **device, "queued_s": started - queued, "model_sha256": model.stem}
