@@ -72,6 +72,13 @@ def test_agent_answers_with_its_device_and_refuses_a_wrong_or_missing_token(agen
     wrong = get_target(BOARD, device_url=agent.url, device_token="nope")
     with pytest.raises(YolotuneError, match="answered 401"):
         wrong.check()
+    none = get_target(BOARD, device_url=agent.url)  # no --device-token-file at all: said so
+    with pytest.raises(YolotuneError) as refused:
+        none.check()
+    assert str(refused.value) == (
+        f"device agent at {agent.url} answered 401: it needs its token: pass --device-token-file, a copy of the "
+        "agent's --token-file"
+    )
     orin = get_target("jetson-orin", device_url=agent.url, device_token=TOKEN)
     with pytest.raises(YolotuneError, match="runs onnxruntime; target jetson-orin needs tensorrt"):
         orin.check()
@@ -132,10 +139,21 @@ def test_uploads_are_size_limited_and_checked_and_the_agent_keeps_serving(agent:
     mib = fp32_onnx_160.stat().st_size / 2**20
     with pytest.raises(StepError) as refused:
         small.benchmark(fp32_onnx_160, imgsz=160)
-    assert str(refused.value) == (
+    over = (
         f"latency failed: model is {mib:.1f} MiB, over the agent's 1 MiB limit: restart `tune agent` with "
         f"--max-upload-mb {math.ceil(mib)} or more (the FP32 reference is the largest file a search sends)"
     )
+    assert str(refused.value) == over
+    # the agent restarted with a lower limit than the one this client read: its refusal, not a broken pipe
+    agent.config = dataclasses.replace(agent.config, max_upload_bytes=2**20)
+    agent.info["max_upload_bytes"] = 2**20
+    with pytest.raises(StepError) as refused:
+        target.benchmark(fp32_onnx_160, imgsz=160)  # still holds the old limit, 32 MiB
+    # the agent's own 413, or (when the agent closed before the body was sent) this client's reading of its new limit
+    assert f"over the agent's 1 MiB limit: restart `tune agent` with --max-upload-mb {math.ceil(mib)}" in str(
+        refused.value
+    )
+    assert "Broken pipe" not in str(refused.value)
 
 
 def test_concurrent_requests_are_timed_one_after_another(agent: AgentServer, fp32_onnx_160) -> None:

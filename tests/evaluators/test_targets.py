@@ -56,9 +56,16 @@ def test_a_device_target_needs_its_agent() -> None:
         get_target("local-cpu", device_url="http://127.0.0.1:8765")
     with pytest.raises(YolotuneError, match="--device-token-file are only for device targets"):
         get_target("local-cpu", device_token="t")
-    for url in ("127.0.0.1:8765", "http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://[::1", "http://a b:1"):
-        with pytest.raises(YolotuneError, match=r"--device-url must look like http://HOST:PORT \(port 1-65535\)"):
+    bad = ("127.0.0.1:8765", "http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://[::1", "http://a b:1")
+    # a path or query would be put before the agent's own (/v1/v1/info), and the agent speaks plain http
+    for url in (*bad, "http://127.0.0.1:8765/v1", "http://127.0.0.1:8765/?x=1", "https://127.0.0.1:8765"):
+        with pytest.raises(YolotuneError) as refused:
             get_target("jetson-orin", device_url=url)
+        assert str(refused.value) == (
+            "--device-url must look like http://HOST:PORT (port 1-65535; plain http, no path: `tune agent` serves its "
+            f"own); got '{url}'"
+        )
+    assert get_target("jetson-orin", device_url="http://127.0.0.1:8765/").url == "http://127.0.0.1:8765"
     unreachable = get_target("jetson-orin", device_url="http://127.0.0.1:9")
     with pytest.raises(YolotuneError, match=r"unreachable.*start `tune agent"):
         unreachable.check()

@@ -419,7 +419,11 @@ class AgentServer:
         limit = self.config.max_upload_bytes
         if size > limit:
             req.close_connection = True  # the body is not read
-            raise _HTTPError(413, f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit")
+            raise _HTTPError(
+                413,
+                f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit: restart "
+                f"`tune agent` with --max-upload-mb {-(-size // 2**20)} or more",
+            )
         models = self.cache_dir / "models"
         tmp = models / f"upload.{threading.get_ident()}.tmp"
         try:

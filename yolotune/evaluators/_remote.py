@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -33,7 +34,8 @@ def _valid_url(url: str) -> bool:
         port = parts.port  # ValueError when not a number in 0-65535
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and " " not in url
+    plain = parts.path in ("", "/") and not parts.query and not parts.fragment  # the agent's paths are its own
+    return parts.scheme == "http" and bool(parts.hostname) and port != 0 and " " not in url and plain
 
 
 class RemoteTarget(Target):
@@ -64,7 +66,10 @@ class RemoteTarget(Target):
         self.activations = spec.activations
         self.url = url.rstrip("/")
         if not _valid_url(self.url):
-            raise YolotuneError(f"--device-url must look like http://HOST:PORT (port 1-65535); got '{url}'")
+            raise YolotuneError(
+                f"--device-url must look like http://HOST:PORT (port 1-65535; plain http, no path: `tune agent` serves "
+                f"its own); got '{url}'"
+            )
         self.token = token
         self.timeout_s = timeout_s
         self.ping_s = ping_s
@@ -86,6 +91,8 @@ class RemoteTarget(Target):
                 reason = json.loads(exc.read())["error"]
             except (ValueError, OSError, TypeError, KeyError):  # not the agent's JSON error
                 raise _AgentError(f"{self._not_an_agent} (it answered {exc.code}: {exc.reason})") from None
+            if exc.code == 401 and not self.token:
+                reason = "it needs its token: pass --device-token-file, a copy of the agent's --token-file"
             raise _AgentError(f"device agent at {self.url} answered {exc.code}: {reason}") from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             why = getattr(exc, "reason", None) or exc
@@ -161,14 +168,18 @@ class RemoteTarget(Target):
         try:
             limit = int(self.info().get("max_upload_bytes", 0))
             if limit and len(body) > limit:
-                raise _AgentError(
-                    f"model is {len(body) / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit: restart "
-                    f"`tune agent` with --max-upload-mb {math.ceil(len(body) / 2**20)} or more (the FP32 reference is "
-                    "the largest file a search sends)"
-                )
+                raise _AgentError(self._over_limit(len(body), limit))
             answer = self._watched(f"{API}/benchmark{query}", body)
         except _AgentError as exc:
+            if "Broken pipe" in str(exc) or "reset" in str(exc):  # the body refused: the limit may be lower now
+                self._info = None
+                with contextlib.suppress(_AgentError, TypeError, ValueError):
+                    limit = int(self.info().get("max_upload_bytes", 0))
+                    if limit and len(body) > limit:
+                        raise StepError("latency", self._over_limit(len(body), limit)) from None
             raise StepError("latency", str(exc)) from None
+        if not isinstance(answer.get("latency"), dict):
+            raise StepError("latency", f"{self._not_an_agent} of this version (its answer holds no latency)")
         now = answer.get("device")  # an older agent does not say: the device its info named
         if now is not None and now != (self._device or self.info().get("device")):
             raise StepError("latency", self._replaced(str(now)))
@@ -206,6 +217,14 @@ class RemoteTarget(Target):
         if "error" in outcome:
             raise outcome["error"]
         return dict(outcome["answer"])
+
+    @staticmethod
+    def _over_limit(size: int, limit: int) -> str:
+        return (
+            f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit: restart `tune agent` "
+            f"with --max-upload-mb {math.ceil(size / 2**20)} or more (the FP32 reference is the largest file a search "
+            "sends)"
+        )
 
     def _replaced(self, device: str) -> str:
         """Why timings stop: the agent at this URL now runs on another device than the one first checked."""
