@@ -471,3 +471,12 @@ def test_a_stalled_upload_holds_up_no_other_and_a_client_gone_before_its_turn_is
     busy.join(timeout=120)
     assert target.benchmark(fp32_onnx_160, imgsz=160).median_ms > 0
     assert len(timed) == 2  # the first and the last: the request whose client left was never timed
+
+
+def test_requests_http_server_refuses_itself_are_answered_in_json_too(agent: AgentServer) -> None:
+    for method in ("PUT", "DELETE"):  # http.server's own 501, a page of HTML before
+        status, body = _raw(agent.url, method, "/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 501 and body["error"].startswith("Unsupported method")
+        assert body["error"].endswith("the agent answers GET /v1/info and POST /v1/benchmark")
+    status, _ = _raw(agent.url, "GET", "/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200  # and it keeps serving

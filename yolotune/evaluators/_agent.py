@@ -37,6 +37,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,12 @@ class AgentServer:
 
             def do_POST(self) -> None:
                 agent._dispatch(self, "POST")
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                # http.server's own refusals (another method, a broken request line): JSON like every answer
+                self.close_connection = True
+                answers = f"the agent answers GET {API}/info and POST {API}/benchmark"
+                agent._reply(self, code, {"error": f"{message or HTTPStatus(code).phrase}; {answers}"})
 
         try:
             self._server = ThreadingHTTPServer((config.host, config.port), Handler)
