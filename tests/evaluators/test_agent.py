@@ -405,7 +405,9 @@ def test_one_agent_per_cache_folder_so_none_deletes_models_another_is_timing(tmp
         other = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=tmp_path / "other"))  # its own: fine
         other.start().stop()
     finally:
-        first.stop()
+        stopping = threading.Thread(target=first.stop)  # stopped from another thread (a watcher, a signal handler)
+        stopping.start()
+        stopping.join(timeout=60)
     again = AgentServer(config=AgentConfig(port=0, token=TOKEN, cache_dir=tmp_path))  # the folder is free again
     again.start().stop()
 

@@ -450,29 +450,12 @@ def test_ctrl_c_fails_the_running_trial_and_the_next_run_retries_it(tmp_path: Pa
     assert plan_of(retried[0]) == CompressionPlan.from_dict(failed[0].user_attrs["plan"])
 
 
-def test_an_fp32_reference_interrupted_runs_before_the_trials_that_need_its_map(coco8_search) -> None:
-    config = coco8_search(budget=3, max_map_drop=0.05, sampler="random")
-
-    def stop_in_the_fp32_reference(number: int, step: str) -> None:
-        if number == 0 and step == "export":
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_search(config, on_step=stop_in_the_fp32_reference)
-    # its retry is queued behind the INT8 and seeds references, which need its mAP: they wait for it
-    study = run_search(config)
-    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "int8", "seeds"]
-    reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))]
-    assert reasons[0] == "interrupted" and all("queued again behind the FP32 reference" in r for r in reasons[1:])
-    assert not any("has not completed" in r for r in reasons)  # none failed for good
-    assert all(not any(v > 0 for v in t.constraints.values()) or t.user_attrs["reference"] == "seeds" for t in complete)
-
-
-def test_an_fp32_reference_interrupted_runs_first_so_the_references_queued_before_it_are_paired(
-    coco8_search,
+@pytest.mark.parametrize("max_map_drop", [0.05, None])
+def test_an_fp32_reference_interrupted_runs_before_the_references_queued_ahead_of_it(
+    coco8_search, max_map_drop: float | None
 ) -> None:
-    config = coco8_search(budget=3, sampler="random")  # no --max-map-drop: only the speed-ups need the reference
+    # with --max-map-drop the others need its mAP; without, their speed-ups are still timed beside its file
+    config = coco8_search(budget=3, max_map_drop=max_map_drop, sampler="random")
 
     def stop_in_the_fp32_reference(number: int, step: str) -> None:
         if number == 0 and step == "export":
@@ -480,17 +463,22 @@ def test_an_fp32_reference_interrupted_runs_first_so_the_references_queued_befor
 
     with pytest.raises(KeyboardInterrupt):
         run_search(config, on_step=stop_in_the_fp32_reference)
-    # its retry is queued behind the INT8 and seeds references: they wait for it, and are timed beside its file
+    # its retry is queued behind the INT8 and seeds references: they wait for it
     study = run_search(config)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert [t.user_attrs.get("reference") for t in complete] == ["fp32", "int8", "seeds"]
     assert all("reference_ms" in t.user_attrs and "unpaired" not in t.user_attrs for t in complete[1:])
     reasons = [t.user_attrs["fail_reason"] for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))]
-    assert reasons == [
-        "interrupted",
-        "queued again behind the FP32 reference: its speed-up is timed beside the reference's file",
-        "queued again behind the FP32 reference: its speed-up is timed beside the reference's file",
-    ]
+    why = (
+        "--max-map-drop needs its mAP"
+        if max_map_drop is not None
+        else "its speed-up is timed beside the reference's file"
+    )
+    assert reasons == ["interrupted", *[f"queued again behind the FP32 reference: {why}"] * 2]
+    if max_map_drop is not None:
+        assert all(
+            not any(v > 0 for v in t.constraints.values()) or t.user_attrs["reference"] == "seeds" for t in complete
+        )
 
 
 def test_a_callback_that_raises_at_open_leaves_the_references_queued(coco8_search) -> None:

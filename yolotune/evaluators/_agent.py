@@ -257,7 +257,7 @@ class AgentServer:
         import filelock
 
         # one agent per cache folder: another's trimming, or its start's clean-up, would delete models in use
-        self._owner = filelock.FileLock(self.cache_dir / "agent.lock")
+        self._owner = filelock.FileLock(self.cache_dir / "agent.lock", thread_local=False)  # stop() may run elsewhere
         try:
             self._owner.acquire(timeout=0)
         except filelock.Timeout:
@@ -364,9 +364,9 @@ class AgentServer:
         self._server.shutdown()
         self._end_children()
         self._server.server_close()
+        self._owner.release()  # the folder is free once nothing answers: an agent started now may take it
         if self._thread:
             self._thread.join(timeout=10)
-        self._owner.release()
 
     def _end_children(self) -> None:
         """Start no more benchmarks; end (and reap) those running, so none outlives the agent."""
