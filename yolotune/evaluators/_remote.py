@@ -137,7 +137,7 @@ class RemoteTarget(Target):
             raise YolotuneError(f"{self._not_an_agent} (its {API}/info names no agent version)")
         device = str(info.get("device", ""))
         if self._device is not None and device != self._device:
-            raise YolotuneError(self._replaced(device))
+            raise YolotuneError(self._replaced(device, self._device))
         self._device = device
         if info.get("runtime") != self.spec.runtime:
             raise YolotuneError(
@@ -180,9 +180,9 @@ class RemoteTarget(Target):
             raise StepError("latency", str(exc)) from None
         if not isinstance(answer.get("latency"), dict):
             raise StepError("latency", f"{self._not_an_agent} of this version (its answer holds no latency)")
-        now = answer.get("device")  # an older agent does not say: the device its info named
-        if now is not None and now != (self._device or self.info().get("device")):
-            raise StepError("latency", self._replaced(str(now)))
+        now, was = answer.get("device"), self._device or str(self.info().get("device", ""))
+        if now is not None and now != was:  # an older agent does not say: the device its info named
+            raise StepError("latency", self._replaced(str(now), was))
         self._last = answer
         fields = {f.name for f in dataclasses.fields(LatencyStats)}
         return LatencyStats(**{k: v for k, v in answer["latency"].items() if k in fields})
@@ -226,12 +226,12 @@ class RemoteTarget(Target):
             "sends)"
         )
 
-    def _replaced(self, device: str) -> str:
+    def _replaced(self, device: str, was: str) -> str:
         """Why timings stop: the agent at this URL now runs on another device than the one first checked."""
         return (
-            f"the agent at {self.url} now runs on {device or 'an unnamed device'}, not on {self._device}, which this "
-            "run timed on: its timings would not compare; bring that device back at this address (or start a new "
-            "--study for this one)"
+            f"the agent at {self.url} now runs on {device or 'an unnamed device'}, not on {was}, which this run timed "
+            "on: its timings would not compare; bring that device back at this address (or start a new --study for "
+            "this one)"
         )
 
     def provenance(self, *, imgsz: int) -> Provenance:
