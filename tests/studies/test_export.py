@@ -17,6 +17,14 @@ from yolotune.spaces import CompressionPlan
 from yolotune.studies import artifact_dir, deployable_file, export_trial, find_artifact_dir, load_study, pareto_front
 
 
+def _copy_of(study: optuna.Study, **attrs: object) -> optuna.Study:
+    """An in-memory study with ``study``'s user attributes, ``attrs`` replacing some (no trials)."""
+    copy = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for key, value in {**study.user_attrs, **attrs}.items():
+        copy.set_user_attr(key, value)
+    return copy
+
+
 def test_export_reproduces_the_recorded_map_of_front_trials(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
     root, name, _ = small_study
     study = load_study(study=name, root=root)
@@ -110,10 +118,7 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
     with pytest.raises(YolotuneError, match=r"trial 0 is FAIL \(export failed\); export a COMPLETE trial"):
         export_trial(scratch, 0, tmp_path)
     # data that cannot be found: refused before any file is written, with the way out
-    moved = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    for key, value in study.user_attrs.items():
-        moved.set_user_attr(key, value)
-    moved.set_user_attr("job", {**study.user_attrs["job"], "data": str(tmp_path / "gone" / "data.yaml")})
+    moved = _copy_of(study, job={**study.user_attrs["job"], "data": str(tmp_path / "gone" / "data.yaml")})
     moved.add_trial(study.trials[1])
     with pytest.raises(YolotuneError, match=r"dataset .*gone.* not found.*export without re-measuring: --no-remeasure"):
         export_trial(moved, 0, tmp_path / "out")
@@ -150,10 +155,7 @@ def test_export_refuses_missing_and_failed_trials(small_study: tuple[Path, str, 
 def test_an_export_re_timed_on_another_device_says_so(small_study: tuple[Path, str, str], tmp_path: Path) -> None:
     root, name, _ = small_study
     study = load_study(study=name, root=root)
-    elsewhere = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    for key, value in study.user_attrs.items():
-        elsewhere.set_user_attr(key, value)
-    elsewhere.set_user_attr("timed_on", {**study.user_attrs["timed_on"], "device": "Raspberry Pi 5 Model B Rev 1.0"})
+    elsewhere = _copy_of(study, timed_on={**study.user_attrs["timed_on"], "device": "Raspberry Pi 5 Model B Rev 1.0"})
     trial = study.trials[1]
     elsewhere.add_trial(trial)
     res = export_trial(elsewhere, 0, tmp_path / "out", artifacts=artifact_dir(root, name), rounds=1)
@@ -174,9 +176,7 @@ def test_exporting_a_trial_that_breaks_the_study_constraints_says_so(
     study = load_study(study=name, root=root)
     base = next(t for t in study.trials if t.user_attrs.get("reference") == "fp32")
     other = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.number != base.number)
-    scratch = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    for key, value in study.user_attrs.items():
-        scratch.set_user_attr(key, value)
+    scratch = _copy_of(study)
     scratch.add_trial(base)
     # the other trial's file and plan, recorded 8 points below FP32: over the study's 5
     drop = base.values[0] - 0.08

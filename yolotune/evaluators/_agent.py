@@ -183,6 +183,14 @@ class _Fifo:
                 self._cv.notify_all()
 
 
+def over_limit(size: int, limit: int) -> str:
+    """Why a model of ``size`` bytes is refused by an agent taking ``limit``, and the setting that lets it through."""
+    return (
+        f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit: restart `tune agent` with "
+        f"--max-upload-mb {-(-size // 2**20)} or more (the FP32 reference is the largest file a search sends)"
+    )
+
+
 def _client_gone(req: BaseHTTPRequestHandler) -> bool:
     """Whether the client of a request whose body was read has closed its connection (nothing left to answer)."""
     sock = req.connection
@@ -426,11 +434,7 @@ class AgentServer:
         limit = self.config.max_upload_bytes
         if size > limit:
             req.close_connection = True  # the body is not read
-            raise _HTTPError(
-                413,
-                f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit: restart "
-                f"`tune agent` with --max-upload-mb {-(-size // 2**20)} or more",
-            )
+            raise _HTTPError(413, over_limit(size, limit))
         models = self.cache_dir / "models"
         tmp = models / f"upload.{threading.get_ident()}.tmp"
         try:

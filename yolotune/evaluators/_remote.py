@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import http.client
 import json
-import math
 import threading
 import time
 import urllib.error
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from yolotune.errors import StepError, YolotuneError
-from yolotune.evaluators._agent import API
+from yolotune.evaluators._agent import API, over_limit
 from yolotune.evaluators._base import LatencyStats, Provenance
 from yolotune.evaluators._spec import TargetSpec
 from yolotune.evaluators._target import Target
@@ -168,7 +167,7 @@ class RemoteTarget(Target):
         try:
             limit = int(self.info().get("max_upload_bytes", 0))
             if limit and len(body) > limit:
-                raise _AgentError(self._over_limit(len(body), limit))
+                raise _AgentError(over_limit(len(body), limit))
             answer = self._watched(f"{API}/benchmark{query}", body)
         except _AgentError as exc:
             if "Broken pipe" in str(exc) or "reset" in str(exc):  # the body refused: the limit may be lower now
@@ -176,7 +175,7 @@ class RemoteTarget(Target):
                 with contextlib.suppress(_AgentError, TypeError, ValueError):
                     limit = int(self.info().get("max_upload_bytes", 0))
                     if limit and len(body) > limit:
-                        raise StepError("latency", self._over_limit(len(body), limit)) from None
+                        raise StepError("latency", over_limit(len(body), limit)) from None
             raise StepError("latency", str(exc)) from None
         if not isinstance(answer.get("latency"), dict):
             raise StepError("latency", f"{self._not_an_agent} of this version (its answer holds no latency)")
@@ -217,14 +216,6 @@ class RemoteTarget(Target):
         if "error" in outcome:
             raise outcome["error"]
         return dict(outcome["answer"])
-
-    @staticmethod
-    def _over_limit(size: int, limit: int) -> str:
-        return (
-            f"model is {size / 2**20:.1f} MiB, over the agent's {limit / 2**20:.0f} MiB limit: restart `tune agent` "
-            f"with --max-upload-mb {math.ceil(size / 2**20)} or more (the FP32 reference is the largest file a search "
-            "sends)"
-        )
 
     def _replaced(self, device: str, was: str) -> str:
         """Why timings stop: the agent at this URL now runs on another device than the one first checked."""
